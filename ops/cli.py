@@ -1,0 +1,69 @@
+"""The `intelbus` command line: one entry, one subcommand per job.
+
+Each subcommand lives in the package that owns it; this module only wires them up. The
+command modules import their heavy dependencies inside the handlers, so `--help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ops.install import Missing
+
+# (name, one-line help, "module:function" that adds the arguments and returns the handler)
+COMMANDS = [
+    ("up", "start the local stack (Kafka, schema registry, ClickHouse, jobs, sink) in the background", "ops.commands:add_up"),
+    ("down", "stop what `up` started; data stays (use --purge to delete .stack/)", "ops.commands:add_down"),
+    ("status", "one line per component: up/down, address, pid, uptime (--json); exit 0 only if all healthy", "ops.commands:add_status"),
+    ("config", "print the effective settings and the environment variables that change them", "ops.commands:add_config"),
+    ("install", "install what the local stack needs (apt packages, Kafka and registry from Maven Central)", "ops.commands:add_install"),
+    ("topics", "create the topics declared in ops/topics.yaml and report drift (`topics apply`)", "ops.commands:add_topics"),
+]
+
+EPILOG = """\
+Typical session:
+  intelbus up                      start everything (safe to repeat)
+  intelbus status                  is everything healthy?
+  intelbus down                    stop it; `down --purge` also deletes the data
+
+Every address comes from `intelbus config` (environment variables INTELBUS_*).
+Run `intelbus COMMAND --help` for a command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intelbus",
+        description="intelbus: an event-streaming intelligence bus for cross-regional police cooperation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, help_text, target in COMMANDS:
+        module_name, func_name = target.split(":")
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        handler = getattr(importlib.import_module(module_name), func_name)(p)
+        p.set_defaults(_handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._handler(args) or 0)
+    except Missing as exc:
+        print(f"intelbus {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"intelbus {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Handlers of the stack commands: up, down, status, config, install, topics."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ops.settings import load_settings
+
+
+def _stack(args=None):
+    from ops.services import full_stack
+
+    return full_stack(load_settings(), include_services=not getattr(args, "infra_only", False))
+
+
+def add_up(p):
+    p.add_argument("--infra-only", action="store_true", help="start only Kafka, the registry and ClickHouse (no jobs, no sink)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for each component to be healthy (default: per component, 60-120)")
+    p.epilog = "Starts each component that is not running, waits until it is healthy, then creates\nmissing topics, registers schemas and applies ClickHouse migrations. Safe to repeat."
+
+    def run(args):
+        from ops.bootstrap import bootstrap
+
+        stack = _stack(args)
+        settings = stack.settings
+        statuses = stack.up(timeout=args.timeout)
+        bootstrap(settings, out=print)
+        print()
+        for s in statuses:
+            print(s.line())
+        return 0 if all(s.healthy for s in statuses) else 1
+
+    return run
+
+
+def add_down(p):
+    p.add_argument("--purge", action="store_true", help="also delete .stack/ (all topics, schemas, tables and logs)")
+
+    def run(args):
+        _stack().down(purge=args.purge)
+        return 0
+
+    return run
+
+
+def add_status(p):
+    p.add_argument("--json", action="store_true", help="print the status as one JSON document")
+
+    def run(args):
+        from ops.stack import status_json
+
+        statuses = _stack().status()
+        if args.json:
+            print(status_json(statuses))
+        else:
+            for s in statuses:
+                print(s.line())
+        return 0 if all(s.healthy for s in statuses) else 1
+
+    return run
+
+
+def add_config(p):
+    p.add_argument("--json", action="store_true", help="print the settings as JSON")
+
+    def run(args):
+        settings = load_settings()
+        rows = settings.describe()
+        if args.json:
+            print(json.dumps({name: value for name, _, value, _ in rows}, ensure_ascii=False, indent=2))
+            return 0
+        width = max(len(env) for _, env, _, _ in rows)
+        for name, env, value, doc in rows:
+            print(f"{env:<{width}}  {value!s:<45}  {doc}")
+        return 0
+
+    return run
+
+
+def add_install(p):
+    def run(args):
+        from ops.install import install_all
+
+        settings = load_settings()
+        install_all(Path(settings.dist_dir), log=lambda m: print(m, file=sys.stderr))
+        print("intelbus install: everything the local stack needs is installed")
+        return 0
+
+    return run
+
+
+def add_topics(p):
+    p.add_argument("action", choices=["apply", "list"], help="apply: create missing topics, report drift; list: show the plan")
+    p.epilog = "Exit code of `apply`: 0 when the broker matches ops/topics.yaml, 1 when drift was found."
+
+    def run(args):
+        from ops.topics import apply_plan, load_plan
+
+        settings = load_settings()
+        plan = load_plan(settings)
+        if args.action == "list":
+            for t in plan:
+                cfg = ", ".join(f"{k}={v}" for k, v in t.config.items())
+                print(f"{t.name:<24} partitions={t.partitions} rf={t.replication_factor} {cfg}  # {t.doc}")
+            return 0
+        from confluent_kafka.admin import AdminClient
+
+        created, drift = apply_plan(AdminClient(settings.kafka_config()), plan)
+        for name in created:
+            print(f"created {name}")
+        for line in drift:
+            print(f"drift: {line} (not changed; fix the topic or ops/topics.yaml)", file=sys.stderr)
+        print(f"topics: {len(plan)} declared, {len(created)} created, {len(drift)} drifted")
+        return 1 if drift else 0
+
+    return run

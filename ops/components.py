@@ -1,0 +1,261 @@
+"""The local stack's infrastructure components: how each is prepared, started and checked."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ops import install
+from ops.processes import port_open
+from ops.settings import REPO_ROOT, Settings
+
+OPS = REPO_ROOT / "ops"
+
+
+@dataclass
+class Component:
+    """One server of the local stack. Subclasses say how to prepare, launch and probe it."""
+
+    name: str
+    settings: Settings
+    start_timeout: float = 90.0
+
+    @property
+    def stack(self) -> Path:
+        return self.settings.stack_path
+
+    @property
+    def log(self) -> Path:
+        return self.stack / "logs" / f"{self.name}.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        """Where the process's stdout and stderr go (its own log file may be elsewhere)."""
+        return self.log
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        host, port = self.host_port
+        return f"{host}:{port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.host_port[1]]
+
+    def prepare(self) -> None:
+        """Fetch, render configuration, format storage: idempotent."""
+
+    def command(self) -> tuple[list[str], dict]:
+        """argv and extra environment of the server process."""
+        raise NotImplementedError
+
+    @property
+    def marker(self) -> str:
+        """A command-line substring that identifies our process."""
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def is_local(self) -> bool:
+        return self.host_port[0] in ("127.0.0.1", "localhost", "::1")
+
+
+def _host_port(addr: str, default_port: int) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return (host or "127.0.0.1", int(port or default_port))
+
+
+class Kafka(Component):
+    @property
+    def host_port(self):
+        return _host_port(self.settings.kafka.split(",")[0], 9092)
+
+    @property
+    def controller_port(self) -> int:
+        return self.host_port[1] + 1
+
+    @property
+    def ports(self):
+        return [self.host_port[1], self.controller_port]
+
+    @property
+    def home(self) -> Path:
+        return self.stack / "kafka"
+
+    @property
+    def marker(self) -> str:
+        return str(self.home / "server.properties")
+
+    def prepare(self) -> None:
+        libs = install.fetch_kafka(Path(self.settings.dist_dir))
+        self.java = install.find_java(17, "Kafka")
+        self.home.mkdir(parents=True, exist_ok=True)
+        text = (OPS / "kafka" / "server.properties.in").read_text()
+        text = (
+            text.replace("@STACK@", str(self.stack))
+            .replace("@PORT@", str(self.host_port[1]))
+            .replace("@CONTROLLER_PORT@", str(self.controller_port))
+        )
+        (self.home / "server.properties").write_text(text)
+        shutil.copy(OPS / "kafka" / "log4j.properties", self.home / "log4j.properties")
+        self.classpath = f"{libs}/*"
+        if not (self.home / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            proc = subprocess.run(
+                [self.java.path, "-cp", self.classpath, f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+                 f"-Dkafka.logs.dir={self.stack / 'logs'}", "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(self.home / "server.properties")],
+                capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                raise install.Missing(f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+
+    def command(self):
+        argv = [
+            self.java.path, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={self.stack / 'logs'}",
+            "-cp", self.classpath, "kafka.Kafka", str(self.home / "server.properties"),
+        ]
+        return argv, {}
+
+    @property
+    def stdout_log(self) -> Path:
+        # the broker logs through log4j into logs/kafka.log; stdout keeps start-up failures
+        return self.stack / "logs" / "kafka.out"
+
+    def healthy(self) -> bool:
+        if not port_open(*self.host_port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            # log_level 0: a probe of a port that is not Kafka must not spray librdkafka logs on stderr
+            admin = AdminClient({**self.settings.kafka_config(), "socket.timeout.ms": 2000, "log_level": 0})
+            meta = admin.list_topics(timeout=3)
+            return bool(meta.brokers)
+        except Exception:
+            return False
+
+
+class Registry(Component):
+    @property
+    def host_port(self):
+        url = urlparse(self.settings.registry_url)
+        return (url.hostname or "127.0.0.1", url.port or 8081)
+
+    @property
+    def management_port(self) -> int:
+        # Quarkus' management interface defaults to 0.0.0.0:9000, ClickHouse's native port.
+        return self.host_port[1] + 10
+
+    @property
+    def home(self) -> Path:
+        return self.stack / "registry"
+
+    @property
+    def marker(self) -> str:
+        return str(self.app / "quarkus-run.jar")
+
+    def prepare(self) -> None:
+        self.app = install.fetch_registry(Path(self.settings.dist_dir))
+        self.java = install.find_java(21, "Apicurio Registry 3")
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def command(self):
+        env = {
+            # persistent storage: an H2 database file under .stack/registry/
+            "APICURIO_STORAGE_KIND": "sql",
+            "APICURIO_STORAGE_SQL_KIND": "h2",
+            "APICURIO_DATASOURCE_URL": f"jdbc:h2:file:{self.home / 'registry'}",
+            "APICURIO_DATASOURCE_USERNAME": "sa",
+            "APICURIO_DATASOURCE_PASSWORD": "sa",
+            "QUARKUS_HTTP_HOST": self.host_port[0],
+            "QUARKUS_HTTP_PORT": str(self.host_port[1]),
+            "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
+            "QUARKUS_MANAGEMENT_PORT": str(self.management_port),
+            "QUARKUS_LOG_LEVEL": "WARN",
+            "QUARKUS_LOG_CATEGORY__IO_QUARKUS__LEVEL": "INFO",
+        }
+        argv = [self.java.path, "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                "-jar", str(self.app / "quarkus-run.jar")]
+        return argv, env
+
+    @property
+    def ports(self):
+        return [self.host_port[1], self.management_port]
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.settings.registry_url.rstrip("/") + "/subjects", timeout=2) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+
+class ClickHouse(Component):
+    @property
+    def host_port(self):
+        url = urlparse(self.settings.clickhouse_url)
+        return (url.hostname or "127.0.0.1", url.port or 9000)
+
+    @property
+    def http_port(self) -> int:
+        return urlparse(self.settings.clickhouse_http).port or 8123
+
+    @property
+    def ports(self):
+        return [self.host_port[1], self.http_port]
+
+    @property
+    def home(self) -> Path:
+        return self.stack / "clickhouse"
+
+    @property
+    def marker(self) -> str:
+        return str(self.home / "config.xml")
+
+    def prepare(self) -> None:
+        self.binary = install.clickhouse_server_binary()
+        for sub in ("data", "tmp", "user_files", "format_schemas"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (self.stack / "logs").mkdir(parents=True, exist_ok=True)
+        text = (OPS / "clickhouse" / "config.xml.in").read_text()
+        text = (
+            text.replace("@STACK@", str(self.stack))
+            .replace("@HTTP_PORT@", str(self.http_port))
+            .replace("@TCP_PORT@", str(self.host_port[1]))
+        )
+        (self.home / "config.xml").write_text(text)
+        shutil.copy(OPS / "clickhouse" / "users.xml", self.home / "users.xml")
+
+    def command(self):
+        argv = [self.binary]
+        if os.path.basename(self.binary) == "clickhouse":
+            argv.append("server")
+        argv.append(f"--config-file={self.home / 'config.xml'}")
+        return argv, {}
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host_port[0]}:{self.http_port}/ping", timeout=2) as resp:
+                return resp.read().strip() == b"Ok."
+        except Exception:
+            return False
+
+
+def infrastructure(settings: Settings) -> list[Component]:
+    """The servers, in start order (the registry keeps its own storage, so order is for readability)."""
+    return [Kafka("kafka", settings), Registry("registry", settings), ClickHouse("clickhouse", settings)]

@@ -1,0 +1,145 @@
+"""Background processes started by `intelbus up`, tracked by pid files.
+
+A pid file records the pid, the start time and a marker from the command line, so
+`down` stops only a process that `up` started (never a recycled pid).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    name: str
+    pid: int
+    started_at: float
+    marker: str  # a substring of the process command line
+    log: str
+
+    def alive(self) -> bool:
+        """True if the recorded process still runs and is the one we started."""
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        if _is_zombie(self.pid):
+            return False
+        # An empty command line is a process between fork and exec (the java launcher
+        # re-executes itself): still ours.
+        return not cmdline.strip() or self.marker in cmdline
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # state is the field after the parenthesised command name
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class PidFiles:
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def read(self, name: str) -> PidRecord | None:
+        try:
+            return PidRecord(**json.loads(self.path(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, record: PidRecord) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(record.name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.__dict__))
+        tmp.replace(self.path(record.name))
+
+    def remove(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+
+def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None) -> PidRecord:
+    """Start argv detached from our session, stdout and stderr appended to log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} intelbus starts {name}: {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    return PidRecord(name=name, pid=proc.pid, started_at=time.time(), marker=marker, log=str(log))
+
+
+def stop(record: PidRecord, *, timeout: float = 30.0) -> bool:
+    """SIGTERM the process group, SIGKILL after timeout. True if it was running."""
+    if not record.alive():
+        return False
+    try:
+        os.killpg(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not record.alive():
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(record.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while record.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_owner(port: int) -> int | None:
+    """Pid listening on a local TCP port, if /proc tells (best effort, for error messages)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(parts[9])
+    if not inodes:
+        return None
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(pid_dir.name)
+        except OSError:
+            continue
+    return None

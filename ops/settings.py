@@ -1,0 +1,101 @@
+"""Every address and tunable of intelbus, in one place.
+
+Each field has a default for the local stack (`intelbus up`) and an environment
+override named in its metadata. `intelbus config` prints the effective values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, doc: str, default):
+    return field(default=default, metadata={"env": name, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: str = _env("INTELBUS_KAFKA", "Kafka bootstrap servers", "127.0.0.1:9092")
+    kafka_security: str = _env(
+        "INTELBUS_KAFKA_SECURITY",
+        "extra librdkafka settings, 'k=v,k=v' (e.g. security.protocol=SASL_SSL,...)",
+        "",
+    )
+    registry_url: str = _env(
+        "INTELBUS_REGISTRY_URL",
+        "Confluent-compatible schema registry URL",
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+    )
+    clickhouse_url: str = _env(
+        "INTELBUS_CLICKHOUSE_URL",
+        "ClickHouse native URL (clickhouse-driver form)",
+        "clickhouse://default@127.0.0.1:9000/intelbus",
+    )
+    clickhouse_http: str = _env(
+        "INTELBUS_CLICKHOUSE_HTTP", "ClickHouse HTTP address for analysts' tools", "http://127.0.0.1:8123"
+    )
+    stack_dir: str = _env("INTELBUS_STACK_DIR", "where the local stack keeps data, logs and pids", str(REPO_ROOT / ".stack"))
+    dist_dir: str = _env(
+        "INTELBUS_DIST_DIR", "where fetched Kafka and registry builds are unpacked (kept by `down --purge`)", str(REPO_ROOT / ".cache" / "dist")
+    )
+    profile: str = _env("INTELBUS_PROFILE", "topic profile: local (replication 1) or production (replication 3)", "local")
+    partitions: int = _env("INTELBUS_PARTITIONS", "partitions of each intelbus topic", 6)
+    dedupe_window_days: int = _env("INTELBUS_DEDUPE_WINDOW_DAYS", "how long an event id is remembered", 7)
+    case_link_window_days: int = _env("INTELBUS_CASE_LINK_WINDOW_DAYS", "window for CASE_LINK hits", 30)
+    jobs_workers: int = _env("INTELBUS_JOBS_WORKERS", "stream-job workers started by `intelbus up`", 1)
+    sink_batch_rows: int = _env("INTELBUS_SINK_BATCH_ROWS", "sink flushes at this many rows", 50_000)
+    sink_batch_seconds: float = _env("INTELBUS_SINK_BATCH_SECONDS", "sink flushes after this many seconds", 1.0)
+    operator: bool = _env(
+        "INTELBUS_OPERATOR",
+        "1 = operator profile: queries without --region see every region",
+        False,
+    )
+    metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
+
+    @property
+    def stack_path(self) -> Path:
+        return Path(self.stack_dir)
+
+    def kafka_config(self) -> dict:
+        """librdkafka client settings: bootstrap plus any security settings."""
+        conf = {"bootstrap.servers": self.kafka}
+        for item in filter(None, (p.strip() for p in self.kafka_security.split(","))):
+            key, _, value = item.partition("=")
+            conf[key.strip()] = value.strip()
+        return conf
+
+    def describe(self) -> list[tuple[str, str, object, str]]:
+        """(name, env var, value, doc) for every setting, for `intelbus config`."""
+        return [
+            (f.name, f.metadata["env"], getattr(self, f.name), f.metadata["doc"])
+            for f in dataclasses.fields(self)
+        ]
+
+
+def _coerce(raw: str, like):
+    if isinstance(like, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(raw)
+    if isinstance(like, float):
+        return float(raw)
+    return raw
+
+
+def load_settings(environ: dict | None = None, **overrides) -> Settings:
+    """Settings from defaults, then the environment, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(f.metadata["env"])
+        if raw is not None and raw != "":
+            try:
+                values[f.name] = _coerce(raw, f.default)
+            except ValueError:
+                raise SystemExit(f"intelbus: {f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}")
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,137 @@
+"""`intelbus up | down | status`: the local stack as background processes."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+from ops.components import Component, infrastructure
+from ops.install import Missing
+from ops.processes import PidFiles, port_open, port_owner, spawn, stop
+from ops.settings import Settings
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    healthy: bool
+    address: str
+    pid: int | None
+    uptime_s: float | None
+    log: str
+    managed: bool  # started by `intelbus up` (pid file) rather than found running
+
+    def line(self) -> str:
+        state = "up" if self.healthy else "down"
+        pid = str(self.pid) if self.pid else "-"
+        uptime = _human_duration(self.uptime_s) if self.uptime_s is not None else "-"
+        origin = "" if self.managed or not self.healthy else "  (not started by intelbus up)"
+        return f"{self.name:<11} {state:<5} {self.address:<32} pid {pid:<8} uptime {uptime:<9} log {self.log}{origin}"
+
+
+def _human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Stack:
+    def __init__(self, settings: Settings, components: list[Component] | None = None, *, out=print):
+        self.settings = settings
+        self.components = components if components is not None else infrastructure(settings)
+        self.pids = PidFiles(settings.stack_path / "run")
+        self.out = out
+
+    def status(self) -> list[ComponentStatus]:
+        result = []
+        for c in self.components:
+            record = self.pids.read(c.name)
+            alive = record is not None and record.alive()
+            result.append(
+                ComponentStatus(
+                    name=c.name,
+                    healthy=c.healthy(),
+                    address=c.address,
+                    pid=record.pid if alive else None,
+                    uptime_s=(time.time() - record.started_at) if alive else None,
+                    log=str(c.log),
+                    managed=alive,
+                )
+            )
+        return result
+
+    def up(self, *, timeout: float | None = None) -> list[ComponentStatus]:
+        """Start what is not running, wait until each is healthy. Safe to run twice."""
+        for c in self.components:
+            self._start(c, timeout or c.start_timeout)
+        return self.status()
+
+    def _start(self, c: Component, timeout: float) -> None:
+        record = self.pids.read(c.name)
+        if record and record.alive():
+            if self._wait_healthy(c, timeout, record):
+                self.out(f"{c.name:<11} already running at {c.address} (pid {record.pid})")
+                return
+            raise Missing(f"{c.name} (pid {record.pid}) runs but is not healthy after {timeout:.0f}s: see {c.log}")
+        if c.healthy():
+            self.out(f"{c.name:<11} already answering at {c.address} (not started by intelbus up; left alone)")
+            return
+        if not c.is_local():
+            raise Missing(f"{c.name} at {c.address} is not reachable, and intelbus only starts servers on loopback")
+        for port in c.ports:
+            if port_open("127.0.0.1", port):
+                owner = port_owner(port)
+                who = f" by pid {owner}" if owner else ""
+                raise Missing(f"port {port} (needed by {c.name}) is in use{who}: stop that process or change the address in `intelbus config`")
+        c.prepare()
+        argv, env = c.command()
+        started = time.monotonic()
+        record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path)
+        self.pids.write(record)
+        if not self._wait_healthy(c, timeout, record):
+            tail = _tail(c.stdout_log)
+            raise Missing(f"{c.name} did not become healthy within {timeout:.0f}s; last output: {tail} (logs: {c.log}, {c.stdout_log})")
+        self.out(f"{c.name:<11} up at {c.address} in {time.monotonic() - started:.1f}s (pid {record.pid}, log {c.log})")
+
+    def _wait_healthy(self, c: Component, timeout: float, record) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if c.healthy():
+                return True
+            if not record.alive():
+                return False
+            time.sleep(0.3)
+        return False
+
+    def down(self, *, purge: bool = False) -> None:
+        """Stop what `up` started (in reverse order), keep data unless purge."""
+        for c in reversed(self.components):
+            record = self.pids.read(c.name)
+            if record is None:
+                continue
+            if stop(record):
+                self.out(f"{c.name:<11} stopped (pid {record.pid})")
+            self.pids.remove(c.name)
+        if purge:
+            shutil.rmtree(self.settings.stack_path, ignore_errors=True)
+            self.out(f"removed {self.settings.stack_path}")
+
+
+def _tail(path, n: int = 1) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])[-300:] if lines else "(empty log)"
+
+
+def status_json(statuses: list[ComponentStatus]) -> str:
+    return json.dumps(
+        {"healthy": all(s.healthy for s in statuses), "components": [asdict(s) for s in statuses]},
+        ensure_ascii=False,
+        indent=2,
+    )
