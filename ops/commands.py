@@ -23,9 +23,7 @@ def add_up(p):
         from ops.bootstrap import bootstrap
 
         stack = _stack(args)
-        settings = stack.settings
-        statuses = stack.up(timeout=args.timeout)
-        bootstrap(settings, out=print)
+        statuses = stack.up(timeout=args.timeout, on_infra_ready=lambda: bootstrap(stack.settings, out=print))
         print()
         for s in statuses:
             print(s.line())

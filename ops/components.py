@@ -25,6 +25,7 @@ class Component:
     name: str
     settings: Settings
     start_timeout: float = 90.0
+    is_service = False  # intelbus's own process (started after the servers are ready)
 
     @property
     def stack(self) -> Path:

@@ -1,11 +1,63 @@
 """The whole local stack: infrastructure servers plus intelbus's own long-running services."""
 from __future__ import annotations
 
-from ops.components import infrastructure
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+
+from ops.components import Component, infrastructure
 from ops.settings import Settings
 from ops.stack import Stack
 
 
+@dataclass
+class PythonService(Component):
+    """An intelbus process (`intelbus jobs`, `intelbus sink`) run in the background by `up`.
+
+    Healthy when its Prometheus endpoint answers: it opens only once the process has
+    loaded its configuration and connected.
+    """
+
+    argv: list[str] = field(default_factory=list)
+    metrics_port: int = 0
+    start_timeout: float = 60.0
+    is_service = True
+
+    @property
+    def host_port(self):
+        return ("127.0.0.1", self.metrics_port)
+
+    @property
+    def address(self) -> str:
+        return f"metrics http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def marker(self) -> str:
+        return " ".join(self.argv[2:])
+
+    def command(self):
+        return [sys.executable, *self.argv], {"PYTHONUNBUFFERED": "1"}
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+
+def services(settings: Settings) -> list[Component]:
+    """intelbus's own processes, with their metrics ports (documented in docs/metrics.md)."""
+    base = settings.metrics_port_base
+    return [
+        PythonService(f"jobs-{i}", settings, argv=["-m", "ops.cli", "jobs", "--worker-index", str(i)],
+                      metrics_port=base + 1 + i)
+        for i in range(settings.jobs_workers)
+    ]
+
+
 def full_stack(settings: Settings, *, include_services: bool = True, out=print) -> Stack:
     components = infrastructure(settings)
+    if include_services:
+        components += services(settings)
     return Stack(settings, components, out=out)

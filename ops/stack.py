@@ -64,10 +64,20 @@ class Stack:
             )
         return result
 
-    def up(self, *, timeout: float | None = None) -> list[ComponentStatus]:
-        """Start what is not running, wait until each is healthy. Safe to run twice."""
+    def up(self, *, timeout: float | None = None, on_infra_ready=None) -> list[ComponentStatus]:
+        """Start what is not running, wait until each is healthy. Safe to run twice.
+
+        on_infra_ready runs once the servers answer and before intelbus's own services
+        start (they need topics, schemas and tables).
+        """
+        ready_called = False
         for c in self.components:
+            if c.is_service and not ready_called and on_infra_ready:
+                on_infra_ready()
+                ready_called = True
             self._start(c, timeout or c.start_timeout)
+        if on_infra_ready and not ready_called:
+            on_infra_ready()
         return self.status()
 
     def _start(self, c: Component, timeout: float) -> None:

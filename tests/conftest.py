@@ -28,9 +28,10 @@ def stack(settings):
 
     stack = full_stack(settings, out=lambda m: print(f"[stack] {m}"))
     was_healthy = all(s.healthy for s in stack.status())
-    if not was_healthy:
-        stack.up()
-    bootstrap(settings, out=lambda m: print(f"[stack] {m}"))
+    if was_healthy:
+        bootstrap(settings, out=lambda m: print(f"[stack] {m}"))
+    else:
+        stack.up(on_infra_ready=lambda: bootstrap(settings, out=lambda m: print(f"[stack] {m}")))
     yield stack
     if not was_healthy and not os.environ.get("INTELBUS_KEEP_STACK"):
         stack.down()
