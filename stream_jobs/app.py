@@ -1,0 +1,231 @@
+"""The faust worker: three agents, each running one stage over batches.
+
+faust owns what it is good at: the consumer group, partition assignment (every topic has
+the same partition count, so a worker gets partition p of every topic and of every
+table's changelog), offset commits and table recovery. The per-event hot path is ours:
+a batch from `take_events` goes through a stage, its outputs and state writes are
+produced with one librdkafka producer, and the batch is acknowledged only after every
+message of it was delivered (at-least-once; the stages make a replay a no-op).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import faust
+from confluent_kafka import KafkaException, Producer
+
+from ops.settings import Settings
+from stream_jobs import metrics
+from stream_jobs.stages import (
+    CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
+)
+from stream_jobs.tables import FaustTableState
+
+log = logging.getLogger("intelbus.jobs")
+
+INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
+DLQ_TOPIC = "intel.dlq"
+APP_ID = "intelbus-jobs"
+
+
+def rocksdb_available() -> bool:
+    try:
+        import rocksdict  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class BatchRunner:
+    """Runs one stage over a batch and makes its effects durable before returning."""
+
+    def __init__(self, producer: Producer, encode_dead_letter, *, name: str):
+        self.producer = producer
+        self.encode_dead_letter = encode_dead_letter
+        self.name = name
+
+    async def run(self, stage, state: FaustTableState, batch: list[Incoming]) -> StageResult:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        result = stage.process(batch, now_ms)
+        errors: list[str] = []
+        offsets: dict[int, int] = {}
+
+        def delivered(err, msg):
+            if err is not None:
+                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+        def changelog_delivered(err, msg):
+            if err is not None:
+                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            else:
+                p = msg.partition()
+                offsets[p] = max(offsets.get(p, -1), msg.offset())
+
+        produce = self._produce
+        for out in result.outputs:
+            produce(out.topic, out.value, out.key, out.partition, delivered)
+        for dl in result.dead_letters:
+            produce(DLQ_TOPIC, self.encode_dead_letter(dl), (dl.source_region or "").encode() or None, None, delivered)
+        writes = state.drain()
+        changelog = state.changelog_topic
+        for partition, items in writes.items():
+            for key, value in items.items():
+                produce(changelog, value, key, partition, changelog_delivered)
+        remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
+        if remaining or errors:
+            # Nothing of this batch is acknowledged: the worker stops and the batch is
+            # consumed again after restart (dedupe state makes the replay harmless).
+            raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {errors[:3]}")
+        state.apply(writes, offsets)
+        metrics.observe_batch(self.name, len(batch), time.perf_counter() - started, result)
+        return result
+
+    def _produce(self, topic, value, key, partition, callback):
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                else:
+                    self.producer.produce(topic, value=value, key=key, partition=partition, on_delivery=callback)
+                return
+            except BufferError:  # local queue full: let librdkafka deliver some, then retry
+                self.producer.poll(0.05)
+
+
+def make_producer(settings: Settings) -> Producer:
+    return Producer({
+        **settings.kafka_config(),
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "lz4",
+        "linger.ms": 2,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        # Java-compatible partitioning of keyed messages (intel.hit is keyed by province).
+        "partitioner": "murmur2_random",
+    })
+
+
+def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2000, batch_within: float = 0.02):
+    """The faust app with its tables and agents wired to the three stages."""
+    from schemas.normalise import normalise_identifier
+    from schemas.regions import load_regions
+    from schemas.wire import SchemaCodec
+    from stream_jobs.decoding import RawDecoder, registry_fetcher
+
+    regions = load_regions()
+    datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
+    replication = 3 if settings.profile == "production" else 1
+    app = faust.App(
+        APP_ID,
+        broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
+        store="rocksdb://" if rocksdb_available() else "memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=replication,
+        topic_allow_declare=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=65536,
+        stream_wait_empty=False,
+        broker_max_poll_records=5000,
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        broker_commit_every=10000,
+        broker_commit_interval=1.0,
+        producer_linger=0.01,
+        producer_max_batch_size=1024 * 1024,
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
+        table_standby_replicas=0,
+    )
+    raw = dict(key_serializer="raw", value_serializer="raw")
+    records = app.Table("records", partitions=settings.partitions, **raw)
+    index = app.Table("index", partitions=settings.partitions, **raw)
+    hits_seen = app.Table("hits-seen", partitions=settings.partitions, **raw)
+
+    codec = SchemaCodec(url=settings.registry_url)
+    producer = make_producer(settings)
+    window_ms = settings.dedupe_window_days * 86_400_000
+    decode = RawDecoder(registry_fetcher(settings.registry_url))
+
+    def encode_dead_letter(dl: DeadLetter) -> bytes:
+        return codec.encode(DLQ_TOPIC, dead_letter_record(dl))
+
+    state = {"records": FaustTableState(records), "index": FaustTableState(index), "hits": FaustTableState(hits_seen)}
+    dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
+                         partitions=settings.partitions, window_ms=window_ms)
+    match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
+                       case_window_ms=settings.case_link_window_days * 86_400_000)
+    hits = HitStage(state=state["hits"], encode_hit=lambda h: codec.encode("intel.hit", hit_record(h)),
+                    provinces_of=lambda notify: provinces_of(notify, regions))
+
+    topics = dict(**raw)
+    wiring = [
+        ("dedupe", app.topic(*INPUT_TOPICS, **topics), dedupe, state["records"]),
+        ("match", app.topic(MATCH_TOPIC, **topics), match, state["index"]),
+        ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"]),
+    ]
+    for name, topic, stage, st in wiring:
+        runner = BatchRunner(producer, encode_dead_letter, name=name)
+        app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within))
+
+    @app.timer(interval=1.0)
+    async def _serve_producer_callbacks():
+        producer.poll(0)
+
+    app.intelbus_producer = producer
+    return app
+
+
+def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float):
+    async def agent(stream):
+        async for events in stream.take_events(batch_size, within=within):
+            batch = [
+                Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                for e in events
+            ]
+            await runner.run(stage, state, batch)
+
+    agent.__name__ = f"{runner.name}_agent"
+    return agent
+
+
+def provinces_of(notify: list[str], regions) -> list[str]:
+    """Province codes of notified regions and of the members of notified zones."""
+    codes: set[str] = set()
+    for entry in notify:
+        members = regions.zone_members(entry) if regions.is_zone(entry) else (entry,)
+        for code in members:
+            codes.add(code[:2] + "0000")
+    return sorted(codes)
+
+
+def hit_record(hit: dict) -> dict:
+    """The hit as the Avro codec takes it (the codec converts epoch ms itself)."""
+    return hit
+
+
+def dead_letter_record(dl: DeadLetter) -> dict:
+    import uuid
+
+    return {
+        "dlq_id": str(uuid.uuid4()),
+        "stage": dl.stage,
+        "source": dl.source,
+        "kind": dl.kind,
+        "field": dl.field,
+        "reason": dl.reason,
+        "raw": dl.raw,
+        "source_region": dl.source_region,
+        "source_system": dl.source_system,
+        "failed_at": int(time.time() * 1000),
+    }
+
+
+def counts_summary(counts: Counter) -> str:
+    return ", ".join(f"{'/'.join(map(str, k))}={v}" for k, v in sorted(counts.items()))

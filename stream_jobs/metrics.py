@@ -1,0 +1,39 @@
+"""Prometheus metrics of the stream-job workers (names: docs/metrics.md)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_IN = Counter("intelbus_jobs_events_total", "Events read by the dedupe stage", ["kind"])
+UNIQUE = Counter("intelbus_jobs_unique_events_total", "Events forwarded once to intel.<kind>.unique", ["kind"])
+DUPLICATES = Counter("intelbus_jobs_duplicates_dropped_total", "Duplicate events dropped", ["kind", "source_system"])
+HITS = Counter("intelbus_jobs_hits_total", "Hits emitted to intel.hit, by type and province pair",
+               ["hit_type", "owner_province", "hit_province"])
+DUPLICATE_HITS = Counter("intelbus_jobs_duplicate_hits_dropped_total", "Hit candidates already emitted", ["hit_type"])
+DLQ = Counter("intelbus_dlq_writes_total", "Messages sent to intel.dlq", ["stage"])
+BATCH_SIZE = Histogram("intelbus_jobs_batch_size", "Messages per processed batch", ["stage"],
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram("intelbus_jobs_batch_seconds", "Time to process a batch and make it durable", ["stage"],
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+PRODUCE_TO_HIT = Histogram("intelbus_produce_to_hit_seconds", "From the triggering event's reported_at to the hit's emission",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30))
+
+
+def observe_batch(stage: str, size: int, seconds: float, result) -> None:
+    BATCH_SIZE.labels(stage).observe(size)
+    BATCH_SECONDS.labels(stage).observe(seconds)
+    for key, n in result.counts.items():
+        what = key[0]
+        if what == "in":
+            EVENTS_IN.labels(key[1]).inc(n)
+        elif what == "unique":
+            UNIQUE.labels(key[1]).inc(n)
+        elif what == "duplicate":
+            DUPLICATES.labels(key[1], key[2]).inc(n)
+        elif what == "duplicate_hit":
+            DUPLICATE_HITS.labels(key[1]).inc(n)
+        elif what == "hit":
+            HITS.labels(key[1], key[2][:2] + "0000", key[3][:2] + "0000").inc(n)
+    for dl in result.dead_letters:
+        DLQ.labels(dl.stage).inc()
+    for delay_ms in result.hit_delays_ms:
+        PRODUCE_TO_HIT.observe(max(0.0, delay_ms / 1000))

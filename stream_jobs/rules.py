@@ -1,0 +1,197 @@
+"""The decisions of the stream jobs, as pure functions of plain data.
+
+Nothing here touches Kafka or faust: the stages in `stream_jobs.stages` call these, and the
+unit tests call them directly. Records are Avro-decoded dicts with timestamps as epoch
+milliseconds (the jobs decode without logical-type conversion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 86_400_000
+
+CLASSIFICATION_ORDER = ("PUBLIC", "INTERNAL", "SECRET", "HIGHLY_SECRET")
+_CLASSIFICATION_RANK = {c: i for i, c in enumerate(CLASSIFICATION_ORDER)}
+
+CLOSING_WANTED_ACTIONS = frozenset({"ARRESTED", "SURRENDERED", "CANCELLED"})
+# Incident types that are cases (串并案 candidates). Identity checks, hotel check-ins,
+# registrations and traffic stops record who was *seen*, not who offended: linking every
+# traveller who passed two checkpoints would drown analysts.
+CASE_INCIDENT_TYPES = frozenset({"THEFT", "FRAUD", "ROBBERY", "DRUGS", "ASSAULT", "OTHER"})
+
+WANTED_PERSON, WATCH_MATCH, CASE_LINK = "WANTED_PERSON", "WATCH_MATCH", "CASE_LINK"
+
+
+# --- dedupe -------------------------------------------------------------------------------
+
+def record_key_of(record: dict) -> str:
+    """The record key: 'REGION/SYSTEM/REF' (all revisions of one record share it)."""
+    return f"{record['source_region']}/{record['source_system']}/{record['source_ref']}"
+
+
+@dataclass
+class SeenRevisions:
+    """What the dedupe stage remembers of one record key: revision -> (event_id, first seen ms)."""
+
+    revisions: dict[int, tuple[str, int]]
+
+    def is_duplicate(self, event_id: str, revision: int, now_ms: int, window_ms: int) -> bool:
+        """Seen within the window, by event id or by (record key, revision)?"""
+        horizon = now_ms - window_ms
+        seen = self.revisions.get(revision)
+        if seen is not None and seen[1] >= horizon:
+            return True
+        return any(eid == event_id and at >= horizon for eid, at in self.revisions.values())
+
+    def remember(self, event_id: str, revision: int, now_ms: int, window_ms: int) -> None:
+        horizon = now_ms - window_ms
+        self.revisions = {r: v for r, v in self.revisions.items() if v[1] >= horizon}
+        self.revisions[revision] = (event_id, now_ms)
+
+
+# --- record lifecycle ---------------------------------------------------------------------
+
+def is_open(kind: str, record: dict, now_ms: int) -> bool:
+    """Does this revision of a wanted record or watch alert keep the record open?"""
+    if kind == "wanted":
+        return record["action"] not in CLOSING_WANTED_ACTIONS
+    if kind == "alert":
+        if record["status"] != "OPEN":
+            return False
+        valid_until = record.get("valid_until")
+        return valid_until is None or valid_until > now_ms
+    return False
+
+
+def is_watchable(kind: str, record: dict) -> bool:
+    """Records that are matched against events: wanted records and WATCH alerts."""
+    return kind == "wanted" or (kind == "alert" and record.get("alert_type") == "WATCH")
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """Latest known state of a wanted record or watch alert."""
+
+    revision: int
+    open: bool
+    identifiers: tuple[str, ...]  # what the index holds for it ('KIND:value')
+    valid_until: int | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: RecordState
+    index_add: tuple[str, ...]     # identifiers to (re)index with the new revision
+    index_remove: tuple[str, ...]  # identifiers to drop the record from
+
+
+def apply_revision(previous: RecordState | None, revision: int, open_now: bool, identifiers: tuple[str, ...],
+                   valid_until: int | None = None) -> Transition | None:
+    """Highest revision wins; a late older revision changes nothing (never reopens a closed record).
+
+    Returns None when the revision is not newer than what is known.
+    """
+    if previous is not None and revision <= previous.revision:
+        return None
+    new_ids = identifiers if open_now else ()
+    old_ids = previous.identifiers if previous is not None else ()
+    state = RecordState(revision=revision, open=open_now, identifiers=new_ids, valid_until=valid_until)
+    return Transition(state=state, index_add=new_ids, index_remove=tuple(i for i in old_ids if i not in new_ids))
+
+
+# --- identifiers --------------------------------------------------------------------------
+
+def identifier(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def split_identifier(ident: str) -> tuple[str, str]:
+    kind, _, value = ident.partition(":")
+    return kind, value
+
+
+def _person_identifier(person: dict) -> str | None:
+    id_type = person.get("id_type")
+    if id_type == "RESIDENT_ID":
+        return identifier("RESIDENT_ID", person["id_number"])
+    if id_type == "PASSPORT":
+        return identifier("PASSPORT", person["id_number"])
+    return None
+
+
+def identifiers_of(kind: str, record: dict) -> tuple[str, ...]:
+    """Every normalised identifier an event or record carries, deduplicated, in a stable order."""
+    out: list[str] = []
+    persons = [record["person"]] if kind == "wanted" else record.get("persons") or ()
+    for p in persons:
+        ident = _person_identifier(p)
+        if ident:
+            out.append(ident)
+    for v in record.get("vehicles") or ():
+        out.append(identifier("PLATE", v["plate"]))
+    for ph in record.get("phones") or ():
+        out.append(identifier("PHONE", ph))
+    return tuple(dict.fromkeys(out))
+
+
+def case_link_identifiers(record: dict) -> tuple[str, ...]:
+    """Identifiers that link cases: suspects' documents, plates and phones of case incidents."""
+    if record.get("incident_type") not in CASE_INCIDENT_TYPES:
+        return ()
+    out: list[str] = []
+    for p in record.get("persons") or ():
+        if p.get("role") == "SUSPECT":
+            ident = _person_identifier(p)
+            if ident:
+                out.append(ident)
+    for v in record.get("vehicles") or ():
+        out.append(identifier("PLATE", v["plate"]))
+    for ph in record.get("phones") or ():
+        out.append(identifier("PHONE", ph))
+    return tuple(dict.fromkeys(out))
+
+
+# --- matching -----------------------------------------------------------------------------
+
+def is_cross_region(record_region: str, event_region: str, is_within) -> bool:
+    """A record hits an event of another region: not its own region, nor inside it.
+
+    `is_within(code, other)` is true when code == other or other is an ancestor of code.
+    """
+    return not is_within(event_region, record_region)
+
+
+def hit_type_for(record_kind: str) -> str:
+    return WANTED_PERSON if record_kind == "wanted" else WATCH_MATCH
+
+
+def is_case_link(earlier_region: str, earlier_occurred_ms: int, region: str, occurred_ms: int, window_ms: int) -> bool:
+    """Two incidents of different regions within the window (either order in time)."""
+    return earlier_region != region and abs(occurred_ms - earlier_occurred_ms) <= window_ms
+
+
+# --- routing ------------------------------------------------------------------------------
+
+def higher_classification(a: str, b: str) -> str:
+    return a if _CLASSIFICATION_RANK.get(a, 1) >= _CLASSIFICATION_RANK.get(b, 1) else b
+
+
+def notify_regions(owner_region: str, hit_region: str, record_scope, event_scope) -> list[str]:
+    """Owner, hit region, then the regions and zones of both records' share_scope, once each."""
+    return list(dict.fromkeys([owner_region, hit_region, *(record_scope or ()), *(event_scope or ())]))
+
+
+def may_see(region: str, notify: list[str], regions) -> bool:
+    """May `region` see a hit notified to these regions and zones?
+
+    A region sees what is notified to it or to any region inside it (a province sees its
+    counties), and what is notified to a zone that it, or a region above it, belongs to.
+    """
+    for entry in notify:
+        if regions.is_zone(entry):
+            members = regions.zone_members(entry)
+            if any(regions.is_within(region, m) or regions.is_within(m, region) for m in members):
+                return True
+        elif regions.is_within(entry, region):
+            return True
+    return False

@@ -1,0 +1,395 @@
+"""The three stages of the stream jobs, as plain classes over batches of messages.
+
+    intel.{alert,wanted,incident}  --DedupeStage-->  intel.<kind>.unique   (same bytes)
+                                                 \-> intel.match.requests (by identifier)
+    intel.match.requests           --MatchStage-->   intel.hit.candidates (by hit id)
+    intel.hit.candidates           --HitStage-->     intel.hit            (by notified province)
+
+Each stage takes a batch of `Incoming` messages of one worker and returns what to send;
+state goes through a `PartitionedState` (read any time, written once per batch by the
+caller). Transport (faust, Kafka producers) lives in `stream_jobs.app`; these classes are
+tested without it. Every output is keyed or partitioned so that replaying a batch (after
+a crash, before its offsets were committed) produces nothing new: dedupe state, the index
+and the seen-hits table all make the second pass a no-op.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+from schemas.ids import hit_id as make_hit_id
+from stream_jobs import rules
+from stream_jobs.state import PartitionedState, dumps, loads
+
+MATCH_TOPIC = "intel.match.requests"
+CANDIDATE_TOPIC = "intel.hit.candidates"
+HIT_TOPIC = "intel.hit"
+KIND_OF_TOPIC = {"intel.alert": "alert", "intel.wanted": "wanted", "intel.incident": "incident"}
+
+
+def unique_topic(kind: str) -> str:
+    return f"intel.{kind}.unique"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None  # None: the producer's partitioner decides by key
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    stage: str  # DECODE | VALIDATE | DEDUPE | MATCH
+    source: str
+    reason: str
+    raw: bytes
+    kind: str | None = None
+    field: str | None = None
+    source_region: str | None = None
+    source_system: str | None = None
+
+
+@dataclass
+class StageResult:
+    outputs: list[Outgoing] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    hit_delays_ms: list[int] = field(default_factory=list)  # trigger reported_at -> hit emitted
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Partition of an identifier or hit id in the jobs' internal topics (CRC-32, stable)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+class InvalidSubject(ValueError):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def normalise_subjects(kind: str, record: dict, normalise) -> None:
+    """Normalise the record's identifiers in place (producers in other languages may not have).
+
+    `normalise(id_kind, raw) -> str` raises ValueError with `.reason` for invalid values.
+    """
+
+    def fix(container, key, id_kind, path):
+        try:
+            container[key] = normalise(id_kind, container[key])
+        except ValueError as exc:
+            raise InvalidSubject(path, getattr(exc, "reason", str(exc))) from None
+
+    persons = [("person", record["person"])] if kind == "wanted" else [
+        (f"persons[{i}]", p) for i, p in enumerate(record.get("persons") or ())
+    ]
+    for path, p in persons:
+        if p.get("id_type") in ("RESIDENT_ID", "PASSPORT") and p.get("id_number"):
+            fix(p, "id_number", p["id_type"], f"{path}.id_number")
+    for i, v in enumerate(record.get("vehicles") or ()):
+        fix(v, "plate", "PLATE", f"vehicles[{i}].plate")
+    phones = record.get("phones") or []
+    for i in range(len(phones)):
+        fix(phones, i, "PHONE", f"phones[{i}]")
+
+
+def event_region(kind: str, record: dict) -> str:
+    """Where an event happened: an incident's location region, else its publisher's region."""
+    if kind == "incident":
+        return (record.get("location") or {}).get("region") or record["source_region"]
+    return record["source_region"]
+
+
+# --- stage 1: dedupe ----------------------------------------------------------------------
+
+class DedupeStage:
+    """Drops events seen within the window; forwards the rest and the index operations they imply."""
+
+    def __init__(self, *, decode, normalise, state: PartitionedState, partitions: int, window_ms: int):
+        self.decode = decode  # bytes -> dict (timestamps as epoch ms); ValueError on bad input
+        self.normalise = normalise
+        self.state = state
+        self.partitions = partitions
+        self.window_ms = window_ms
+
+    def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
+        result = StageResult()
+        requests: dict[int, dict] = {}
+        for msg in batch:
+            kind = KIND_OF_TOPIC[msg.topic]
+            record = self._decode(kind, msg, result)
+            if record is None:
+                continue
+            result.counts[("in", kind)] += 1
+            rkey = rules.record_key_of(record)
+            skey = rkey.encode()
+            entry = loads(self.state.get(msg.partition, skey)) or {}
+            seen = rules.SeenRevisions({int(r): tuple(v) for r, v in entry.get("seen", {}).items()})
+            event_id, revision = record["event_id"], record["revision"]
+            if seen.is_duplicate(event_id, revision, now_ms, self.window_ms):
+                result.counts[("duplicate", kind, record["source_system"])] += 1
+                continue
+            seen.remember(event_id, revision, now_ms, self.window_ms)
+            entry["seen"] = {str(r): list(v) for r, v in seen.revisions.items()}
+            result.outputs.append(Outgoing(unique_topic(kind), msg.key, msg.value, msg.partition))
+            result.counts[("unique", kind)] += 1
+
+            ops = self._index_ops(kind, record, rkey, entry, now_ms)
+            ops += self._lookup_ops(kind, record)
+            if ops:
+                summary = event_summary(kind, record, rkey)
+                for op in ops:
+                    req = requests.setdefault(partition_for(op["id"], self.partitions), {"events": {}, "ops": []})
+                    req["events"][event_id] = summary
+                    req["ops"].append(op)
+            self.state.put(msg.partition, skey, dumps(entry))
+        for partition, req in requests.items():
+            result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
+        return result
+
+    def _decode(self, kind: str, msg: Incoming, result: StageResult) -> dict | None:
+        if msg.value is None:
+            result.dead_letters.append(DeadLetter("DECODE", msg.source, "message has no value (tombstone)", b"", kind))
+            return None
+        try:
+            record = self.decode(msg.value)
+        except ValueError as exc:
+            result.dead_letters.append(DeadLetter("DECODE", msg.source, str(exc), msg.value, kind))
+            return None
+        try:
+            normalise_subjects(kind, record, self.normalise)
+        except InvalidSubject as exc:
+            result.dead_letters.append(DeadLetter(
+                "VALIDATE", msg.source, exc.reason, msg.value, kind, exc.field,
+                record.get("source_region"), record.get("source_system"),
+            ))
+            return None
+        return record
+
+    def _index_ops(self, kind: str, record: dict, rkey: str, entry: dict, now_ms: int) -> list[dict]:
+        if not rules.is_watchable(kind, record):
+            return []
+        prev = entry.get("state")
+        previous = rules.RecordState(prev["rev"], prev["open"], tuple(prev["ids"]), prev.get("until")) if prev else None
+        transition = rules.apply_revision(
+            previous, record["revision"], rules.is_open(kind, record, now_ms),
+            rules.identifiers_of(kind, record), record.get("valid_until"),
+        )
+        if transition is None:  # a late older revision: history only, the record state stays
+            return []
+        s = transition.state
+        entry["state"] = {"rev": s.revision, "open": s.open, "ids": list(s.identifiers), "until": s.valid_until}
+        ops = [{"op": "add", "id": i, "event": record["event_id"]} for i in transition.index_add]
+        ops += [{"op": "remove", "id": i, "record_key": rkey, "rev": s.revision, "at": record["occurred_at"]}
+                for i in transition.index_remove]
+        return ops
+
+    def _lookup_ops(self, kind: str, record: dict) -> list[dict]:
+        if kind == "wanted":
+            return []
+        case_ids = rules.case_link_identifiers(record) if kind == "incident" else ()
+        return [
+            {"op": "lookup", "id": i, "event": record["event_id"], "case": i in case_ids}
+            for i in rules.identifiers_of(kind, record)
+        ]
+
+
+def event_summary(kind: str, record: dict, rkey: str) -> dict:
+    """What the matcher needs of an event, with the whole record as JSON (for the hit)."""
+    return {
+        "kind": kind,
+        "key": rkey,
+        "event_id": record["event_id"],
+        "region": event_region(kind, record),
+        "rev": record["revision"],
+        "occurred": record["occurred_at"],
+        "reported": record["reported_at"],
+        "cls": record["classification"],
+        "scope": record.get("share_scope") or [],
+        "until": record.get("valid_until"),
+        "json": json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+    }
+
+
+# --- stage 2: match -----------------------------------------------------------------------
+
+class MatchStage:
+    """Keeps the identifier index (open records, recent case incidents) and finds hits."""
+
+    def __init__(self, *, state: PartitionedState, partitions: int, is_within, case_window_ms: int,
+                 recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000):
+        self.closed_retention_ms = closed_retention_ms
+        self.state = state
+        self.partitions = partitions
+        self.is_within = is_within
+        self.case_window_ms = case_window_ms
+        self.recent_per_identifier = recent_per_identifier
+
+    def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
+        result = StageResult()
+        for msg in batch:
+            try:
+                doc = loads(msg.value)
+                events, ops = doc["events"], doc["ops"]
+            except (ValueError, TypeError, KeyError) as exc:
+                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable match request: {exc}", msg.value or b""))
+                continue
+            for op in ops:
+                key = op["id"].encode()
+                entry = loads(self.state.get(msg.partition, key)) or {"records": {}, "recent": []}
+                changed = getattr(self, f"_{op['op']}")(op, events, entry, now_ms, result)
+                if changed:
+                    if entry["records"] or entry["recent"]:  # an empty entry is deleted
+                        self.state.put(msg.partition, key, dumps(entry))
+                    else:
+                        self.state.put(msg.partition, key, None)
+        return result
+
+    def _add(self, op, events, entry, now_ms, result) -> bool:
+        ev = events[op["event"]]
+        have = entry["records"].get(ev["key"])
+        if have is not None and have["rev"] >= ev["rev"]:
+            return False
+        still_open = have is not None and have.get("closed") is None
+        # open_from/closed are event times: whether a sighting hits is decided by when it
+        # happened, not by which message the matcher happened to read first.
+        entry["records"][ev["key"]] = {**ev, "open_from": have["open_from"] if still_open else ev["occurred"], "closed": None}
+        result.counts[("indexed", ev["kind"])] += 1
+        return True
+
+    def _remove(self, op, events, entry, now_ms, result) -> bool:
+        have = entry["records"].get(op["record_key"])
+        if have is None or have["rev"] > op["rev"]:
+            return False
+        have["rev"], have["closed"] = op["rev"], op["at"]
+        self._purge_closed(entry, now_ms)
+        return True
+
+    def _purge_closed(self, entry, now_ms) -> None:
+        """Forget closed records once late sightings of their open time are unlikely."""
+        horizon = now_ms - self.closed_retention_ms
+        entry["records"] = {k: r for k, r in entry["records"].items() if r.get("closed") is None or r["closed"] > horizon}
+
+    def _lookup(self, op, events, entry, now_ms, result) -> bool:
+        ev = events[op["event"]]
+        ident = op["id"]
+        occurred = ev["occurred"]
+        for rec in entry["records"].values():
+            if occurred < rec["open_from"] or (rec["closed"] is not None and occurred >= rec["closed"]):
+                continue  # seen before the record was open, or after it was closed
+            if rec["until"] is not None and rec["until"] <= occurred:
+                continue  # a watch alert past its valid_until
+            if rules.is_cross_region(rec["region"], ev["region"], self.is_within):
+                self._candidate(rules.hit_type_for(rec["kind"]), rec, ev, ident, now_ms, result)
+        if not op.get("case"):
+            return False
+        recent = [r for r in entry["recent"] if abs(r["occurred"] - ev["occurred"]) <= self.case_window_ms]
+        if any(r["event_id"] == ev["event_id"] for r in recent):
+            return False  # replay of a request already applied
+        for other in recent:
+            if rules.is_case_link(other["region"], other["occurred"], ev["region"], ev["occurred"], self.case_window_ms):
+                # The earlier incident is the matched record, the later one the trigger, whichever
+                # the matcher read first: so the hit id does not depend on delivery order.
+                first, second = sorted((other, ev), key=lambda e: (e["occurred"], e["event_id"]))
+                self._candidate(rules.CASE_LINK, first, second, ident, now_ms, result)
+        recent.append(ev)
+        recent.sort(key=lambda r: r["occurred"])
+        entry["recent"] = recent[-self.recent_per_identifier:]
+        return True
+
+    def _candidate(self, hit_type, record, event, ident, now_ms, result) -> None:
+        hit = build_hit(hit_type, record, event, ident, now_ms)
+        result.outputs.append(
+            Outgoing(CANDIDATE_TOPIC, hit["hit_id"].encode(), dumps(hit), partition_for(hit["hit_id"], self.partitions))
+        )
+        result.counts[("candidate", hit_type)] += 1
+
+
+def build_hit(hit_type: str, record: dict, event: dict, ident: str, now_ms: int) -> dict:
+    """A hit as the Avro `hit` record wants it (timestamps as epoch ms)."""
+    id_kind, value = rules.split_identifier(ident)
+    return {
+        "hit_id": make_hit_id(record["key"], event["event_id"], hit_type),
+        "hit_type": hit_type,
+        "matched_on": {"kind": id_kind, "value": value},
+        "owner_region": record["region"],
+        "hit_region": event["region"],
+        "notify_regions": rules.notify_regions(record["region"], event["region"], record["scope"], event["scope"]),
+        "classification": rules.higher_classification(record["cls"], event["cls"]),
+        "detected_at": now_ms,
+        "record_kind": record["kind"].upper(),
+        "record_key": record["key"],
+        "record": display_json(record["json"]),
+        "trigger_kind": event["kind"].upper(),
+        "trigger_event_id": event["event_id"],
+        "trigger": display_json(event["json"]),
+        "trigger_reported_at": event["reported"],
+    }
+
+
+_TIMESTAMP_FIELDS = ("occurred_at", "reported_at", "valid_until")
+_EPOCH = date(1970, 1, 1)
+
+
+def display_json(record_json: str) -> str:
+    """The record as integrators wrote it: ISO-8601 times and dates instead of epoch numbers."""
+    record = json.loads(record_json)
+    for name in _TIMESTAMP_FIELDS:
+        if isinstance(record.get(name), int):
+            record[name] = datetime.fromtimestamp(record[name] / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    persons = record.get("persons") or ([record["person"]] if "person" in record else [])
+    for p in persons:
+        if isinstance(p.get("birth_date"), int):
+            p["birth_date"] = (_EPOCH + timedelta(days=p["birth_date"])).isoformat()
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- stage 3: hits ------------------------------------------------------------------------
+
+class HitStage:
+    """Emits each hit once, one copy per notified province (the key), so a command center
+    reads only its province's partition."""
+
+    def __init__(self, *, state: PartitionedState, encode_hit, provinces_of):
+        self.state = state
+        self.encode_hit = encode_hit      # dict -> Confluent wire bytes
+        self.provinces_of = provinces_of  # notify_regions -> sorted province codes
+
+    def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
+        result = StageResult()
+        for msg in batch:
+            try:
+                hit = loads(msg.value)
+                hid = hit["hit_id"]
+            except (ValueError, TypeError, KeyError) as exc:
+                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable hit candidate: {exc}", msg.value or b""))
+                continue
+            key = hid.encode()
+            if self.state.get(msg.partition, key) is not None:
+                result.counts[("duplicate_hit", hit["hit_type"])] += 1
+                continue
+            self.state.put(msg.partition, key, str(hit["detected_at"]).encode())
+            value = self.encode_hit(hit)
+            for province in self.provinces_of(hit["notify_regions"]):
+                result.outputs.append(Outgoing(HIT_TOPIC, province.encode(), value))
+            result.counts[("hit", hit["hit_type"], hit["owner_region"], hit["hit_region"])] += 1
+            result.hit_delays_ms.append(now_ms - hit["trigger_reported_at"])
+        return result

@@ -1,0 +1,90 @@
+"""`intelbus jobs`: run stream-job workers in the foreground."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "asyncio")
+
+
+def add_jobs(p):
+    p.add_argument("--workers", type=int, default=None,
+                   help="number of worker processes sharing the load through the consumer group (default: INTELBUS_JOBS_WORKERS, 1)")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse_suppress())
+    p.add_argument("--batch", type=int, default=2000, help="largest batch a stage processes at once (default 2000)")
+    p.add_argument("--within", type=float, default=0.02, help="seconds a stage waits to fill a batch (default 0.02)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="intelbus log level")
+    p.epilog = (
+        "Stages: dedupe (intel.alert|wanted|incident -> intel.<kind>.unique), match (identifier index),\n"
+        "hits (dedupe by hit id -> intel.hit). Metrics: http://127.0.0.1:<INTELBUS_METRICS_PORT_BASE + 1 + index>/metrics.\n"
+        "SIGTERM or Ctrl-C stops gracefully: batches in flight finish and offsets are committed."
+    )
+
+    def run(args):
+        from ops.settings import load_settings
+
+        settings = load_settings()
+        workers = args.workers or settings.jobs_workers
+        if args.worker_index is not None or workers == 1:
+            return run_worker(settings, args.worker_index or 0, args)
+        return run_many(workers, args)
+
+    return run
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def metrics_port(settings, index: int) -> int:
+    return settings.metrics_port_base + 1 + index
+
+
+def run_worker(settings, index: int, args) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log = logging.getLogger("intelbus.jobs")
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    import faust
+    from prometheus_client import start_http_server
+
+    from stream_jobs.app import create_app, rocksdb_available
+
+    port = metrics_port(settings, index)
+    start_http_server(port, addr="127.0.0.1")
+    app = create_app(settings, worker_index=index, batch_size=args.batch, batch_within=args.within)
+    log.info("worker %d: kafka=%s registry=%s partitions=%d dedupe_window=%dd store=%s batch=%d within=%.3fs metrics=:%d",
+             index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,
+             "rocksdb" if rocksdb_available() else "memory", args.batch, args.within, port)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def run_many(workers: int, args) -> int:
+    """Start N worker processes and wait; SIGTERM/SIGINT is passed on to each."""
+    procs = []
+    for i in range(workers):
+        argv = [sys.executable, "-m", "ops.cli", "jobs", "--worker-index", str(i), "--batch", str(args.batch),
+                "--within", str(args.within), "--log-level", args.log_level]
+        procs.append(subprocess.Popen(argv, env=os.environ.copy()))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes)

@@ -1,0 +1,260 @@
+"""The three stages chained over in-memory state: hits appear exactly once."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from schemas.normalise import normalise_identifier
+from schemas.regions import load_regions
+from stream_jobs.app import provinces_of
+from stream_jobs.stages import (
+    CANDIDATE_TOPIC, HIT_TOPIC, MATCH_TOPIC, DedupeStage, HitStage, Incoming, MatchStage, unique_topic,
+)
+from stream_jobs.state import MemoryState
+
+P = 6
+DAY = 86_400_000
+T0 = 1_790_000_000_000
+REGIONS = load_regions()
+ID18 = "11010519491231002X"
+
+
+def envelope(region, ref, rev=1, *, system="sys", t=T0, event_id=None, scope=(), cls="INTERNAL"):
+    return {"event_id": event_id or f"{region}-{system}-{ref}-{rev}", "source_region": region, "source_system": system,
+            "source_ref": ref, "revision": rev, "occurred_at": t, "reported_at": t, "classification": cls,
+            "share_scope": list(scope)}
+
+
+def person(id_number, role="CHECKED"):
+    return {"id_type": "RESIDENT_ID", "id_number": id_number, "id_number_original": None, "name": "张三",
+            "gender": "M", "birth_date": None, "role": role}
+
+
+def wanted(region, ref, action="LISTED", rev=1, id_number=ID18, phones=(), **kw):
+    return {**envelope(region, ref, rev, **kw), "action": action, "person": person(id_number, "WANTED"),
+            "offence": "THEFT", "warrant_ref": None, "danger_level": "MEDIUM", "phones": list(phones), "vehicles": []}
+
+
+def incident(region, ref, itype="CHECKPOINT_CHECK", persons=(), plates=(), phones=(), rev=1, **kw):
+    return {**envelope(region, ref, rev, **kw), "incident_type": itype, "case_no": None, "title": None,
+            "description": None, "location": {"region": region, "address": None, "lat": None, "lon": None},
+            "persons": list(persons), "vehicles": [{"plate": p, "plate_original": None, "color": None, "description": None} for p in plates],
+            "phones": list(phones)}
+
+
+def watch(region, ref, plates=(), status="OPEN", rev=1, valid_until=None, **kw):
+    return {**envelope(region, ref, rev, **kw), "alert_type": "WATCH", "title": "布控", "description": None,
+            "priority": "URGENT", "status": status, "valid_until": valid_until, "persons": [],
+            "vehicles": [{"plate": p, "plate_original": None, "color": None, "description": None} for p in plates], "phones": []}
+
+
+class Bus:
+    """The three stages wired through in-memory topics, as the faust app wires them through Kafka."""
+
+    def __init__(self):
+        self.records, self.index, self.seen = MemoryState(), MemoryState(), MemoryState()
+        self.dedupe = DedupeStage(decode=lambda b: json.loads(b), normalise=normalise_identifier, state=self.records,
+                                  partitions=P, window_ms=7 * DAY)
+        self.match = MatchStage(state=self.index, partitions=P, is_within=REGIONS.is_within, case_window_ms=30 * DAY)
+        self.hits_stage = HitStage(state=self.seen, encode_hit=lambda h: json.dumps(h).encode(),
+                                   provinces_of=lambda n: provinces_of(n, REGIONS))
+        self.offset = 0
+        self.unique, self.hits, self.dead = [], [], []
+
+    def publish(self, kind, record, *, now=T0, raw=None):
+        self.offset += 1
+        value = raw if raw is not None else json.dumps(record, ensure_ascii=False).encode()
+        key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode() if record else b"k"
+        msg = Incoming(f"intel.{kind}", self.offset % P, self.offset, key, value)
+        self._run(self.dedupe, self.records, [msg], now)
+
+    def _run(self, stage, state, batch, now):
+        result = stage.process(batch, now)
+        state.commit()
+        self.dead += result.dead_letters
+        forward = {}
+        for out in result.outputs:
+            if out.topic in (MATCH_TOPIC, CANDIDATE_TOPIC):
+                forward.setdefault(out.topic, []).append(Incoming(out.topic, out.partition, 0, out.key, out.value))
+            elif out.topic == HIT_TOPIC:
+                self.hits.append((out.key.decode(), json.loads(out.value)))
+            else:
+                self.unique.append(out)
+        if MATCH_TOPIC in forward:
+            self._run(self.match, self.index, forward[MATCH_TOPIC], now)
+        if CANDIDATE_TOPIC in forward:
+            self._run(self.hits_stage, self.seen, forward[CANDIDATE_TOPIC], now)
+        return result
+
+    def distinct_hits(self):
+        return {h["hit_id"]: h for _, h in self.hits}
+
+
+def test_wanted_person_checked_in_another_region_gives_one_hit_to_both():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1"))
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
+    hits = bus.distinct_hits()
+    assert len(hits) == 1
+    hit = next(iter(hits.values()))
+    assert hit["hit_type"] == "WANTED_PERSON"
+    assert hit["owner_region"] == "130822" and hit["hit_region"] == "120119"
+    assert hit["matched_on"] == {"kind": "RESIDENT_ID", "value": ID18}
+    assert hit["notify_regions"] == ["130822", "120119"]
+    assert json.loads(hit["record"])["source_ref"] == "W1"
+    assert json.loads(hit["trigger"])["occurred_at"].startswith("2026-")
+    # one copy per notified province: Hebei and Tianjin
+    assert sorted(k for k, _ in bus.hits) == ["120000", "130000"]
+
+
+def test_duplicates_are_dropped_and_counted_and_still_one_hit():
+    bus = Bus()
+    for _ in range(3):
+        bus.publish("wanted", wanted("130822", "W1"))
+    for _ in range(2):
+        bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
+    assert len(bus.unique) == 2
+    assert len(bus.distinct_hits()) == 1 and len(bus.hits) == 2
+
+
+def test_same_event_id_with_another_revision_number_is_a_duplicate():
+    bus = Bus()
+    bus.publish("incident", incident("120119", "C1", event_id="00000000-0000-0000-0000-000000000001"))
+    bus.publish("incident", incident("120119", "C1", rev=2, event_id="00000000-0000-0000-0000-000000000001"))
+    assert len(bus.unique) == 1
+
+
+def test_no_hit_after_arrest_and_late_update_does_not_reopen():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1))
+    bus.publish("wanted", wanted("130822", "W1", "CANCELLED", rev=3))
+    bus.publish("wanted", wanted("130822", "W1", "UPDATED", rev=2))  # late, older
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
+    assert bus.distinct_hits() == {}
+    assert len(bus.unique) == 4  # history keeps every distinct revision
+
+
+def test_arrested_record_gives_no_hit():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1))
+    bus.publish("wanted", wanted("130822", "W1", "ARRESTED", rev=2))
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
+    assert bus.distinct_hits() == {}
+
+
+def test_fifteen_digit_id_on_the_record_matches_the_eighteen_digit_check():
+    bus = Bus()
+    id15 = "130822850101123"
+    id18 = normalise_identifier("RESIDENT_ID", id15)
+    bus.publish("wanted", wanted("130822", "W1", id_number=id15))
+    bus.publish("incident", incident("120119", "C1", persons=[person(id18)]))
+    assert len(bus.distinct_hits()) == 1
+
+
+def test_watch_on_plate_matched_by_a_differently_written_plate():
+    bus = Bus()
+    bus.publish("alert", watch("110000", "A1", plates=["京A12345"]))
+    bus.publish("incident", incident("131000", "T1", itype="TRAFFIC_STOP", plates=["京a 12345"]))
+    hits = list(bus.distinct_hits().values())
+    assert len(hits) == 1 and hits[0]["hit_type"] == "WATCH_MATCH"
+    assert hits[0]["matched_on"] == {"kind": "PLATE", "value": "京A12345"}
+
+
+def test_expired_or_closed_watch_gives_no_hit():
+    bus = Bus()
+    bus.publish("alert", watch("110000", "A1", plates=["京A12345"], valid_until=T0 - 1))
+    bus.publish("alert", watch("110000", "A2", plates=["京B12345"], status="CLOSED"))
+    bus.publish("incident", incident("131000", "T1", itype="TRAFFIC_STOP", plates=["京A12345", "京B12345"]))
+    assert bus.distinct_hits() == {}
+
+
+def test_check_in_the_owners_own_region_gives_no_hit():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1"))
+    bus.publish("incident", incident("130822", "C1", persons=[person(ID18)]))
+    assert bus.distinct_hits() == {}
+
+
+def test_case_link_between_two_regions_once():
+    bus = Bus()
+    bus.publish("incident", incident("120119", "C1", itype="THEFT", phones=["13800138000"]))
+    bus.publish("incident", incident("130822", "C2", itype="FRAUD", phones=["+86 138-0013-8000"], t=T0 + DAY))
+    bus.publish("incident", incident("130822", "C2", itype="FRAUD", phones=["13800138000"], t=T0 + DAY))  # resend
+    hits = list(bus.distinct_hits().values())
+    assert len(hits) == 1 and hits[0]["hit_type"] == "CASE_LINK"
+    assert hits[0]["owner_region"] == "120119" and hits[0]["hit_region"] == "130822"
+
+
+def test_case_link_needs_the_window_and_two_regions():
+    bus = Bus()
+    bus.publish("incident", incident("120119", "C1", itype="THEFT", phones=["13800138000"]))
+    bus.publish("incident", incident("120119", "C2", itype="THEFT", phones=["13800138000"], t=T0 + DAY))
+    bus.publish("incident", incident("130822", "C3", itype="THEFT", phones=["13800138000"], t=T0 + 40 * DAY))
+    assert bus.distinct_hits() == {}
+
+
+def test_replaying_the_match_requests_makes_no_second_hit():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1"))
+    result = bus.dedupe.process([Incoming("intel.incident", 0, 99, b"k",
+                                          json.dumps(incident("120119", "C9", itype="THEFT", persons=[person(ID18, "SUSPECT")])).encode())], T0)
+    bus.records.commit()
+    requests = [Incoming(MATCH_TOPIC, o.partition, 0, o.key, o.value) for o in result.outputs if o.topic == MATCH_TOPIC]
+    bus._run(bus.match, bus.index, requests, T0)
+    bus._run(bus.match, bus.index, requests, T0)  # redelivered after a crash
+    assert len(bus.distinct_hits()) == 1 and len(bus.hits) == 2  # two provinces, one hit
+
+
+def test_bad_bytes_and_bad_identifiers_go_to_the_dead_letters():
+    bus = Bus()
+    bus.publish("incident", None, raw=b"\x00garbage")
+    bad = incident("120119", "C1", persons=[person("110105194912310021")])
+    bus.publish("incident", bad)
+    assert [d.stage for d in bus.dead] == ["DECODE", "VALIDATE"]
+    assert bus.dead[1].field == "persons[0].id_number" and "check digit" in bus.dead[1].reason
+    assert bus.unique == []
+
+
+def test_state_is_partitioned_by_the_message_partition():
+    bus = Bus()
+    bus.publish("incident", incident("120119", "C1"))
+    assert sum(len(v) for v in bus.records.data.values()) == 1
+
+
+def test_sighting_before_the_arrest_still_hits_when_the_arrest_is_read_first():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1, t=T0))
+    bus.publish("wanted", wanted("130822", "W1", "ARRESTED", rev=2, t=T0 + 10_000))
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 5_000))
+    assert len(bus.distinct_hits()) == 1
+
+
+def test_sighting_before_the_listing_happened_is_not_a_hit():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1, t=T0))
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 - 60_000))
+    assert bus.distinct_hits() == {}
+
+
+def test_relisting_after_arrest_hits_again_for_later_sightings():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1, t=T0))
+    bus.publish("wanted", wanted("130822", "W1", "ARRESTED", rev=2, t=T0 + 1000))
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=3, t=T0 + 2000))
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 3000))
+    assert len(bus.distinct_hits()) == 1
+
+
+def test_case_link_roles_follow_event_time_not_arrival_order():
+    def run(order):
+        bus = Bus()
+        cases = {"early": incident("120119", "C1", itype="THEFT", phones=["13800138000"], t=T0),
+                 "late": incident("130822", "C2", itype="THEFT", phones=["13800138000"], t=T0 + 1000)}
+        for name in order:
+            bus.publish("incident", cases[name])
+        (hit,) = bus.distinct_hits().values()
+        return hit
+    a, b = run(["early", "late"]), run(["late", "early"])
+    assert a["hit_id"] == b["hit_id"] and a["owner_region"] == "120119" and a["hit_region"] == "130822"
