@@ -1,0 +1,57 @@
+"""Kinds, topics, subjects and the Avro schemas of the repo (schemas/avro/*.avsc)."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import fastavro
+
+AVRO_DIR = Path(__file__).resolve().parent / "avro"
+KINDS = ("alert", "wanted", "incident")
+HIT_TOPIC = "intel.hit"
+DLQ_TOPIC = "intel.dlq"
+
+
+def input_topic(kind: str) -> str:
+    return f"intel.{kind}"
+
+
+def unique_topic(kind: str) -> str:
+    return f"intel.{kind}.unique"
+
+
+def subject(topic: str) -> str:
+    """Confluent TopicNameStrategy subject of a topic's values."""
+    return f"{topic}-value"
+
+
+# topic -> schema file name (without .avsc)
+TOPIC_SCHEMAS = {
+    **{input_topic(k): k for k in KINDS},
+    **{unique_topic(k): k for k in KINDS},
+    HIT_TOPIC: "hit",
+    DLQ_TOPIC: "dead_letter",
+}
+
+
+def schema_for_topic(topic: str) -> str:
+    try:
+        return TOPIC_SCHEMAS[topic]
+    except KeyError:
+        raise KeyError(f"no schema is declared for topic {topic!r} (known: {', '.join(TOPIC_SCHEMAS)})") from None
+
+
+@functools.cache
+def schema_text(name: str) -> str:
+    return (AVRO_DIR / f"{name}.avsc").read_text(encoding="utf-8")
+
+
+def load_schema(name: str) -> dict:
+    """The schema as parsed JSON (a fresh copy)."""
+    return json.loads(schema_text(name))
+
+
+@functools.cache
+def parsed_schema(name: str):
+    return fastavro.parse_schema(load_schema(name))

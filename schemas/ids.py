@@ -1,0 +1,22 @@
+"""Record keys, event ids and hit ids: deterministic, so a resend or replay gets the same id."""
+from __future__ import annotations
+
+import uuid
+
+# Fixed forever: changing it changes every derived id.
+NAMESPACE = uuid.UUID("6f1c3e0a-8a4b-5d2e-9c71-1b2a3c4d5e6f")
+
+
+def record_key(source_region: str, source_system: str, source_ref: str) -> str:
+    """'REGION/SYSTEM/REF': all revisions of one record share it (Kafka key, dedupe, state)."""
+    return f"{source_region}/{source_system}/{source_ref}"
+
+
+def derive_event_id(source_region: str, source_system: str, source_ref: str, revision: int) -> str:
+    """UUIDv5 of the record key and revision (DOMAIN.md: a resend gets the same id)."""
+    return str(uuid.uuid5(NAMESPACE, f"{record_key(source_region, source_system, source_ref)}#{revision}"))
+
+
+def hit_id(record_key_: str, trigger_event_id: str, hit_type: str) -> str:
+    """UUIDv5 of the matched record, the triggering event and the hit type."""
+    return str(uuid.uuid5(NAMESPACE, f"hit|{record_key_}|{trigger_event_id}|{hit_type}"))

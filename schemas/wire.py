@@ -1,0 +1,123 @@
+"""The Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body.
+
+`SchemaCodec` registers the repo's schemas under TopicNameStrategy subjects (with
+BACKWARD_TRANSITIVE compatibility) and caches: the id of each topic's schema after the
+first registration, and each writer schema parsed once per id. No message pays a
+registry round trip.
+"""
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import fastavro
+
+from schemas.catalog import TOPIC_SCHEMAS, load_schema, parsed_schema, schema_for_topic, schema_text, subject
+
+_HEADER = struct.Struct(">bI")
+COMPATIBILITY = "BACKWARD_TRANSITIVE"
+
+
+class WireFormatError(ValueError):
+    """Bytes that are not a decodable Confluent wire-format Avro message; str() says why."""
+
+
+def split_header(data: bytes) -> tuple[int, memoryview]:
+    """(schema id, Avro body) of a wire-format message."""
+    if len(data) < 5:
+        raise WireFormatError(f"not Confluent wire format: {len(data)} bytes, the header alone is 5")
+    magic, schema_id = _HEADER.unpack_from(data)
+    if magic != 0:
+        raise WireFormatError(f"not Confluent wire format: magic byte is {magic}, expected 0")
+    return schema_id, memoryview(data)[5:]
+
+
+def encode_with_id(schema_id: int, parsed, record: dict) -> bytes:
+    buf = io.BytesIO()
+    buf.write(_HEADER.pack(0, schema_id))
+    fastavro.schemaless_writer(buf, parsed, record)
+    return buf.getvalue()
+
+
+def decode_body(body, parsed, schema_id: int) -> dict:
+    buf = io.BytesIO(body)
+    try:
+        record = fastavro.schemaless_reader(buf, parsed, None)
+    except Exception as exc:  # EOFError, UnicodeDecodeError, IndexError, ... from a corrupt body
+        raise WireFormatError(f"Avro body does not decode with schema id {schema_id}: {type(exc).__name__}: {exc}") from None
+    if buf.tell() != len(body):
+        raise WireFormatError(f"{len(body) - buf.tell()} trailing bytes after the Avro record (schema id {schema_id})")
+    return record
+
+
+class SchemaCodec:
+    def __init__(self, registry=None, url: str | None = None):
+        if registry is None:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            if url is None:
+                from ops.settings import load_settings
+
+                url = load_settings().registry_url
+            registry = SchemaRegistryClient({"url": url})
+        self.registry = registry
+        self._topic_ids: dict[str, int] = {}
+        self._topic_parsed: dict[str, object] = {}
+        self._by_id: dict[int, object] = {}
+
+    def register(self, topic: str, schema_name: str | None = None) -> int:
+        """Register the repo's schema for topic under '<topic>-value'; returns the schema id."""
+        cached = self._topic_ids.get(topic)
+        if cached is not None:
+            return cached
+        from confluent_kafka.schema_registry import Schema
+
+        name = schema_name or schema_for_topic(topic)
+        subj = subject(topic)
+        try:
+            self.registry.set_compatibility(subject_name=subj, level=COMPATIBILITY)
+        except Exception:
+            # a new subject may need its first version before a per-subject level can be set
+            pass
+        schema_id = self.registry.register_schema(subj, Schema(schema_text(name), "AVRO"))
+        try:
+            self.registry.set_compatibility(subject_name=subj, level=COMPATIBILITY)
+        except Exception:
+            pass
+        self._topic_ids[topic] = schema_id
+        self._topic_parsed[topic] = parsed_schema(name)
+        self._by_id.setdefault(schema_id, parsed_schema(name))
+        return schema_id
+
+    def encode(self, topic: str, record: dict) -> bytes:
+        schema_id = self._topic_ids.get(topic)
+        if schema_id is None:
+            schema_id = self.register(topic)
+        return encode_with_id(schema_id, self._topic_parsed[topic], record)
+
+    def _writer_schema(self, schema_id: int):
+        parsed = self._by_id.get(schema_id)
+        if parsed is None:
+            try:
+                text = self.registry.get_schema(schema_id).schema_str
+            except Exception as exc:
+                raise WireFormatError(f"schema id {schema_id} is unknown to the registry: {exc}") from None
+            parsed = self._by_id[schema_id] = fastavro.parse_schema(json.loads(text))
+        return parsed
+
+    def decode_with_id(self, data: bytes) -> tuple[int, dict]:
+        schema_id, body = split_header(data)
+        return schema_id, decode_body(body, self._writer_schema(schema_id), schema_id)
+
+    def decode(self, data: bytes) -> dict:
+        return self.decode_with_id(data)[1]
+
+
+def register_all(codec: SchemaCodec) -> dict[str, int]:
+    """Register every topic's schema; returns topic -> schema id."""
+    return {topic: codec.register(topic) for topic in TOPIC_SCHEMAS}
+
+
+def writer_schema_json(name: str) -> dict:
+    return load_schema(name)
