@@ -11,3 +11,8 @@ def bootstrap(settings: Settings, *, out=print) -> None:
 
     created, drift = apply_plan(AdminClient(settings.kafka_config()), load_plan(settings))
     out(f"topics      {len(created)} created" + (f", {len(drift)} drifted (see `intelbus topics apply`)" if drift else ", none drifted"))
+
+    from schemas.wire import SchemaCodec, register_all
+
+    ids = register_all(SchemaCodec(url=settings.registry_url))
+    out(f"schemas     {len(ids)} subjects registered (ids {', '.join(str(i) for i in sorted(set(ids.values())))})")

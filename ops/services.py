@@ -14,8 +14,8 @@ from ops.stack import Stack
 class PythonService(Component):
     """An intelbus process (`intelbus jobs`, `intelbus sink`) run in the background by `up`.
 
-    Healthy when its Prometheus endpoint answers: it opens only once the process has
-    loaded its configuration and connected.
+    Healthy when its Prometheus endpoint says `intelbus_service_ready 1`, which the
+    process sets once it has started its consumers.
     """
 
     argv: list[str] = field(default_factory=list)
@@ -41,7 +41,7 @@ class PythonService(Component):
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
-                return resp.status == 200
+                return b"\nintelbus_service_ready 1.0" in resp.read()
         except Exception:
             return False
 

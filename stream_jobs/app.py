@@ -120,6 +120,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
 
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
+    datadir.mkdir(parents=True, exist_ok=True)
     replication = 3 if settings.profile == "production" else 1
     app = faust.App(
         APP_ID,
@@ -144,9 +145,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         table_standby_replicas=0,
     )
     raw = dict(key_serializer="raw", value_serializer="raw")
-    records = app.Table("records", partitions=settings.partitions, **raw)
-    index = app.Table("index", partitions=settings.partitions, **raw)
-    hits_seen = app.Table("hits-seen", partitions=settings.partitions, **raw)
+    records, index, hits_seen = (_raw_table(app, name, settings.partitions) for name in ("records", "index", "hits-seen"))
 
     codec = SchemaCodec(url=settings.registry_url)
     producer = make_producer(settings)
@@ -178,8 +177,19 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     async def _serve_producer_callbacks():
         producer.poll(0)
 
+    @app.task
+    async def _ready():
+        metrics.READY.set(1)
+
     app.intelbus_producer = producer
     return app
+
+
+def _raw_table(app, name: str, partitions: int):
+    """A table whose changelog holds our bytes as they are (faust would JSON-decode them)."""
+    table = app.Table(name, partitions=partitions, help=f"intelbus {name} state")
+    table.key_serializer = table.value_serializer = "raw"
+    return table
 
 
 def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float):

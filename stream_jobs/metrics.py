@@ -1,7 +1,9 @@
 """Prometheus metrics of the stream-job workers (names: docs/metrics.md)."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+READY = Gauge("intelbus_service_ready", "1 once the process has started and joined its consumer group")
 
 EVENTS_IN = Counter("intelbus_jobs_events_total", "Events read by the dedupe stage", ["kind"])
 UNIQUE = Counter("intelbus_jobs_unique_events_total", "Events forwarded once to intel.<kind>.unique", ["kind"])

@@ -1,4 +1,4 @@
-"""The three stages of the stream jobs, as plain classes over batches of messages.
+r"""The three stages of the stream jobs, as plain classes over batches of messages.
 
     intel.{alert,wanted,incident}  --DedupeStage-->  intel.<kind>.unique   (same bytes)
                                                  \-> intel.match.requests (by identifier)
