@@ -38,6 +38,7 @@ def add_simulate(p):
     p.add_argument("--invalid-rate", type=float, default=0.002, help="share of invalid records")
     p.add_argument("--phase-pause", type=float, default=1.0,
                    help="seconds to pause between phases (listings / traffic / closings / traffic), default 1")
+    p.add_argument("--ref-prefix", default="", help="prefix for every source_ref, to tell runs apart on one bus")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.epilog = EPILOG
 
@@ -53,7 +54,7 @@ def config_from_args(args):
     count = args.count if args.count is not None else (int(args.rate * args.duration) if args.duration else 10_000)
     return SimConfig(seed=args.seed, count=count, population=args.population, wanted=args.wanted,
                      watches=args.watches, sighting_rate=args.sighting_rate, duplicate_rate=args.duplicate_rate,
-                     invalid_rate=args.invalid_rate)
+                     invalid_rate=args.invalid_rate, ref_prefix=args.ref_prefix)
 
 
 def write_truth(path: str, sim) -> None:

@@ -50,6 +50,7 @@ class SimConfig:
     regions: tuple[str, ...] = DEFAULT_REGIONS
     start_ms: int | None = None      # event time of the first record (default: now)
     step_ms: int = 50                # event time between consecutive records
+    ref_prefix: str = ""             # prepended to every source_ref: separates runs on one bus
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,9 @@ class Simulation:
         self.t = cfg.start_ms if cfg.start_ms is not None else int(datetime.now(tz=timezone.utc).timestamp() * 1000)
         self.truth = Truth()
         self._seq = 0
-        self._phones = 0
-        self._plates = 0
+        # counters start at a seed-dependent place, so runs with other seeds use other numbers
+        self._phones = self.rng.randrange(0, 500_000_000)
+        self._plates = self.rng.randrange(0, 60_000)
         self._fresh_ids = 0
         self._used_ids: set[str] = set()
         self.population = [self._new_person_id() for _ in range(cfg.population)]
@@ -202,7 +204,7 @@ class Simulation:
             # one in five listed with the old 15-digit number (it exists for births in 19xx only)
             given = id18[:6] + id18[8:17] if id18[6:8] == "19" and rng.random() < 0.2 else id18
             phones = [self._fresh_phone()] if rng.random() < 0.5 else []
-            rec = {**self._envelope("wanted", region, f"ZT{region}{i:05d}"), "action": "LISTED",
+            rec = {**self._envelope("wanted", region, f"{self.cfg.ref_prefix}ZT{region}{i:05d}"), "action": "LISTED",
                    "person": {**self._person(given, "WANTED"), "gender": rng.choice("MF")},
                    "offence": rng.choice(("THEFT", "FRAUD", "TELECOM_FRAUD", "ROBBERY", "DRUGS")),
                    "danger_level": rng.choice(("LOW", "MEDIUM", "HIGH")), "phones": phones,
@@ -214,7 +216,7 @@ class Simulation:
         for i in range(self.cfg.watches):
             region = rng.choice(self.cfg.regions)
             plate = self._fresh_plate(region)
-            rec = {**self._envelope("alert", region, f"BK{region}{i:05d}"), "alert_type": "WATCH",
+            rec = {**self._envelope("alert", region, f"{self.cfg.ref_prefix}BK{region}{i:05d}"), "alert_type": "WATCH",
                    "title": f"布控车辆 {plate}", "priority": rng.choice(("URGENT", "CRITICAL")), "status": "OPEN",
                    "vehicles": [{"plate": plate, "color": rng.choice(("白", "黑", "银"))}]}
             self.watches.append({"key": self._key(rec), "region": region, "plate": plate})
@@ -257,7 +259,7 @@ class Simulation:
                 region = sighted["region"]  # seen at home: no hit
             persons.append(self._person(sighted["id18"], "CHECKED"))
         itype = rng.choice(CHECK_TYPES)
-        rec = {**self._envelope("incident", region, f"JQ{region}{self._seq:08d}"), "incident_type": itype,
+        rec = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}JQ{region}{self._seq:08d}"), "incident_type": itype,
                "title": {"CHECKPOINT_CHECK": "卡口核查", "HOTEL_CHECKIN": "旅馆登记", "RESIDENCE_REGISTRATION": "流动人口登记"}[itype],
                "location": {"region": region, "address": f"{region} 检查站"}, "persons": persons}
         if sighted and sighted["open"] and not is_within(region, sighted["region"]):
@@ -272,7 +274,7 @@ class Simulation:
             watched = rng.choice(self.watches)
             plate = watched["plate"]
         written = plate if rng.random() < 0.5 else plate[0] + plate[1].lower() + " " + plate[2:]
-        rec = {**self._envelope("incident", region, f"JT{region}{self._seq:08d}"), "incident_type": "TRAFFIC_STOP",
+        rec = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}JT{region}{self._seq:08d}"), "incident_type": "TRAFFIC_STOP",
                "location": {"region": region}, "vehicles": [{"plate": written}],
                "persons": [self._person(rng.choice(self.population), "CHECKED")]}
         if watched and not is_within(region, watched["region"]):
@@ -294,7 +296,7 @@ class Simulation:
             occurred -= 40 * DAY_MS  # a case reported late: outside any link window
         suspect = self._person(self._new_person_id(), "SUSPECT")
         itype = rng.choice(CASE_TYPES)
-        rec = {**self._envelope("incident", region, f"AJ{region}{self._seq:08d}", occurred=occurred), "incident_type": itype,
+        rec = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}AJ{region}{self._seq:08d}", occurred=occurred), "incident_type": itype,
                "case_no": f"A{region}{self._seq:010d}", "title": f"{itype.lower()} case",
                "location": {"region": region}, "persons": [suspect], "phones": [phone]}
         ident = f"PHONE:{phone}"
@@ -313,7 +315,7 @@ class Simulation:
     def _assist_request(self, phase: int) -> SimRecord:
         rng = self.rng
         region = rng.choice(self.cfg.regions)
-        rec = {**self._envelope("alert", region, f"XC{region}{self._seq:08d}"), "alert_type": "ASSIST_REQUEST",
+        rec = {**self._envelope("alert", region, f"{self.cfg.ref_prefix}XC{region}{self._seq:08d}"), "alert_type": "ASSIST_REQUEST",
                "title": "协查通报", "description": "请协助查找", "priority": "ROUTINE", "status": "OPEN",
                "persons": [self._person(self._new_person_id(), "SUSPECT")], "phones": [self._fresh_phone()]}
         return self._emit("alert", rec, phase)
@@ -342,7 +344,7 @@ class Simulation:
         good = self._new_person_id()
         bad_digit = "0123456789X"[("0123456789X".index(good[-1]) + 1) % 11]
         choice = rng.randrange(3)
-        base = {**self._envelope("incident", region, f"BAD{self._seq:08d}"), "incident_type": "CHECKPOINT_CHECK",
+        base = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}BAD{self._seq:08d}"), "incident_type": "CHECKPOINT_CHECK",
                 "location": {"region": region}}
         if choice == 0:
             rec = {**base, "persons": [self._person(good[:-1] + bad_digit, "CHECKED")]}

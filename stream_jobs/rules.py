@@ -29,24 +29,36 @@ def record_key_of(record: dict) -> str:
     return f"{record['source_region']}/{record['source_system']}/{record['source_ref']}"
 
 
+NEW, DUPLICATE, REPLAY = "new", "duplicate", "replay"
+
+
 @dataclass
 class SeenRevisions:
-    """What the dedupe stage remembers of one record key: revision -> (event_id, first seen ms)."""
+    """What the dedupe stage remembers of one record key.
 
-    revisions: dict[int, tuple[str, int]]
+    revision -> (event_id, first seen ms, input offset). The offset tells a duplicate (the
+    same event sent again, at another offset) from a replay (the same message read again
+    after a crash, before its offset was committed), which must not count as a duplicate.
+    """
+
+    revisions: dict[int, tuple]
+
+    def classify(self, event_id: str, revision: int, offset: int, now_ms: int, window_ms: int) -> str:
+        """NEW, DUPLICATE (seen within the window by event id or revision) or REPLAY."""
+        horizon = now_ms - window_ms
+        for rev, (eid, at, *rest) in self.revisions.items():
+            if at < horizon or (rev != revision and eid != event_id):
+                continue
+            return REPLAY if rest and rest[0] == offset else DUPLICATE
+        return NEW
 
     def is_duplicate(self, event_id: str, revision: int, now_ms: int, window_ms: int) -> bool:
-        """Seen within the window, by event id or by (record key, revision)?"""
-        horizon = now_ms - window_ms
-        seen = self.revisions.get(revision)
-        if seen is not None and seen[1] >= horizon:
-            return True
-        return any(eid == event_id and at >= horizon for eid, at in self.revisions.values())
+        return self.classify(event_id, revision, -1, now_ms, window_ms) != NEW
 
-    def remember(self, event_id: str, revision: int, now_ms: int, window_ms: int) -> None:
+    def remember(self, event_id: str, revision: int, now_ms: int, window_ms: int, offset: int = -1) -> None:
         horizon = now_ms - window_ms
         self.revisions = {r: v for r, v in self.revisions.items() if v[1] >= horizon}
-        self.revisions[revision] = (event_id, now_ms)
+        self.revisions[revision] = (event_id, now_ms, offset)
 
 
 # --- record lifecycle ---------------------------------------------------------------------

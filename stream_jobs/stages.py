@@ -144,15 +144,25 @@ class DedupeStage:
             entry = loads(self.state.get(msg.partition, skey)) or {}
             seen = rules.SeenRevisions({int(r): tuple(v) for r, v in entry.get("seen", {}).items()})
             event_id, revision = record["event_id"], record["revision"]
-            if seen.is_duplicate(event_id, revision, now_ms, self.window_ms):
+            verdict = seen.classify(event_id, revision, msg.offset, now_ms, self.window_ms)
+            if verdict == rules.DUPLICATE:
                 result.counts[("duplicate", kind, record["source_system"])] += 1
                 continue
-            seen.remember(event_id, revision, now_ms, self.window_ms)
-            entry["seen"] = {str(r): list(v) for r, v in seen.revisions.items()}
+            if verdict == rules.REPLAY:
+                # Read again after a crash: its outputs may not all have been delivered, so
+                # they are sent again (every consumer of them is idempotent), uncounted.
+                result.counts[("replay", kind)] += 1
+            else:
+                seen.remember(event_id, revision, now_ms, self.window_ms, msg.offset)
+                entry["seen"] = {str(r): list(v) for r, v in seen.revisions.items()}
             result.outputs.append(Outgoing(unique_topic(kind), msg.key, msg.value, msg.partition))
-            result.counts[("unique", kind)] += 1
+            if verdict == rules.NEW:
+                result.counts[("unique", kind)] += 1
 
-            ops = self._index_ops(kind, record, rkey, entry, now_ms)
+            if verdict == rules.REPLAY:
+                ops = self._replayed_index_ops(kind, record, rkey, entry)
+            else:
+                ops = self._index_ops(kind, record, rkey, entry, now_ms)
             ops += self._lookup_ops(kind, record)
             if ops:
                 summary = event_summary(kind, record, rkey)
@@ -201,6 +211,17 @@ class DedupeStage:
         ops += [{"op": "remove", "id": i, "record_key": rkey, "rev": s.revision, "at": record["occurred_at"]}
                 for i in transition.index_remove]
         return ops
+
+    def _replayed_index_ops(self, kind: str, record: dict, rkey: str, entry: dict) -> list[dict]:
+        """The index operations of a revision already applied to the record state (the
+        matcher ignores what it already has)."""
+        state = entry.get("state")
+        if not rules.is_watchable(kind, record) or not state or state["rev"] != record["revision"]:
+            return []
+        if state["open"]:
+            return [{"op": "add", "id": i, "event": record["event_id"]} for i in state["ids"]]
+        return [{"op": "remove", "id": i, "record_key": rkey, "rev": state["rev"], "at": record["occurred_at"]}
+                for i in rules.identifiers_of(kind, record)]
 
     def _lookup_ops(self, kind: str, record: dict) -> list[dict]:
         if kind == "wanted":

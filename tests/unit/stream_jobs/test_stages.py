@@ -258,3 +258,16 @@ def test_case_link_roles_follow_event_time_not_arrival_order():
         return hit
     a, b = run(["early", "late"]), run(["late", "early"])
     assert a["hit_id"] == b["hit_id"] and a["owner_region"] == "120119" and a["hit_region"] == "130822"
+
+
+def test_a_replayed_message_is_not_a_duplicate_and_its_outputs_are_sent_again():
+    bus = Bus()
+    record = wanted("130822", "W1")
+    msg = Incoming("intel.wanted", 2, 41, b"130822/sys/W1", json.dumps(record).encode())
+    first = bus.dedupe.process([msg], T0)
+    bus.records.commit()
+    again = bus.dedupe.process([msg], T0)  # the same offset read again after a crash
+    assert again.counts[("replay", "wanted")] == 1 and not any(k[0] == "duplicate" for k in again.counts)
+    assert [o.topic for o in again.outputs] == [o.topic for o in first.outputs]
+    resend = bus.dedupe.process([Incoming("intel.wanted", 2, 42, msg.key, msg.value)], T0)  # sent again
+    assert resend.counts[("duplicate", "wanted", "sys")] == 1 and resend.outputs == []
