@@ -34,9 +34,20 @@ def add_up(p):
 
 def add_down(p):
     p.add_argument("--purge", action="store_true", help="also delete .stack/ (all topics, schemas, tables and logs)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="stop only these components (e.g. jobs-0 sink)")
 
     def run(args):
-        _stack().down(purge=args.purge)
+        stack = _stack()
+        if args.names:
+            if args.purge:
+                print("intelbus down: --purge stops everything; give no names with it", file=sys.stderr)
+                return 2
+            unknown = set(args.names) - {c.name for c in stack.components}
+            if unknown:
+                print(f"intelbus down: unknown component(s) {', '.join(sorted(unknown))} "
+                      f"(known: {', '.join(c.name for c in stack.components)})", file=sys.stderr)
+                return 2
+        stack.down(purge=args.purge, only=set(args.names) or None)
         return 0
 
     return run

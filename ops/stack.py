@@ -117,9 +117,11 @@ class Stack:
             time.sleep(0.3)
         return False
 
-    def down(self, *, purge: bool = False) -> None:
+    def down(self, *, purge: bool = False, only: set[str] | None = None) -> None:
         """Stop what `up` started (in reverse order), keep data unless purge."""
         for c in reversed(self.components):
+            if only is not None and c.name not in only:
+                continue
             record = self.pids.read(c.name)
             if record is None:
                 continue

@@ -69,9 +69,10 @@ class Truth:
     duplicates: int = 0        # resends of valid events
     invalid: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    ref_prefix: str = ""
 
     def summary(self) -> dict:
-        return {"type": "summary", "distinct_events": self.events, "duplicates": self.duplicates,
+        return {"type": "summary", "ref_prefix": self.ref_prefix, "distinct_events": self.events, "duplicates": self.duplicates,
                 "invalid": self.invalid, "hits": len(self.hits), "by_kind": self.by_kind,
                 "hits_by_type": _count(h["hit_type"] for h in self.hits.values())}
 
@@ -103,7 +104,7 @@ class Simulation:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.t = cfg.start_ms if cfg.start_ms is not None else int(datetime.now(tz=timezone.utc).timestamp() * 1000)
-        self.truth = Truth()
+        self.truth = Truth(ref_prefix=cfg.ref_prefix)
         self._seq = 0
         # counters start at a seed-dependent place, so runs with other seeds use other numbers
         self._phones = self.rng.randrange(0, 500_000_000)

@@ -16,9 +16,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 from schemas.ids import derive_event_id
-from schemas.normalise import (
-    InvalidIdentifier, normalise_passport, normalise_phone, normalise_plate, normalise_resident_id,
-)
+from schemas.normalise import InvalidIdentifier, normalise_identifier
 from schemas.regions import load_regions, validate_region_code
 
 BEIJING = timezone(timedelta(hours=8))
@@ -141,18 +139,18 @@ def _type(value) -> str:
     return "null" if value is None else type(value).__name__.replace("dict", "object").replace("str", "string")
 
 
-def _identifier(normalise):
+def _identifier(kind):
     def parse(value, path):
         raw = _string(value, path)
         try:
-            return normalise(raw)
+            return normalise_identifier(kind, raw)
         except InvalidIdentifier as exc:
             raise RecordError(path, exc.reason) from None
 
     return parse
 
 
-_phone = _identifier(normalise_phone)
+_phone = _identifier("PHONE")
 
 CLASSIFICATIONS = ("PUBLIC", "INTERNAL", "SECRET", "HIGHLY_SECRET")
 _GENDER = _enum("M", "F", "U")
@@ -186,10 +184,8 @@ def _person(value, path, default_role="OTHER"):
         raise RecordError(f"{path}.id_number", "is required")
     original = _string(p["id_number"], f"{path}.id_number")
     try:
-        if id_type == "RESIDENT_ID":
-            number = normalise_resident_id(original)
-        elif id_type == "PASSPORT":
-            number = normalise_passport(original)
+        if id_type in ("RESIDENT_ID", "PASSPORT"):
+            number = normalise_identifier(id_type, original)
         else:
             number = original.strip().upper()
             if not number:
@@ -214,7 +210,7 @@ def _vehicle(value, path):
         raise RecordError(f"{path}.plate", "is required")
     original = _string(v["plate"], f"{path}.plate")
     try:
-        plate = normalise_plate(original)
+        plate = normalise_identifier("PLATE", original)
     except InvalidIdentifier as exc:
         raise RecordError(f"{path}.plate", exc.reason) from None
     return {

@@ -159,7 +159,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
                          partitions=settings.partitions, window_ms=window_ms)
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
-                       case_window_ms=settings.case_link_window_days * 86_400_000)
+                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode)
     hits = HitStage(state=state["hits"], encode_hit=lambda h: codec.encode("intel.hit", hit_record(h)),
                     provinces_of=lambda notify: provinces_of(notify, regions))
 

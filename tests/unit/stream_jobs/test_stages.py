@@ -57,7 +57,8 @@ class Bus:
         self.records, self.index, self.seen = MemoryState(), MemoryState(), MemoryState()
         self.dedupe = DedupeStage(decode=lambda b: json.loads(b), normalise=normalise_identifier, state=self.records,
                                   partitions=P, window_ms=7 * DAY)
-        self.match = MatchStage(state=self.index, partitions=P, is_within=REGIONS.is_within, case_window_ms=30 * DAY)
+        self.match = MatchStage(state=self.index, partitions=P, is_within=REGIONS.is_within, case_window_ms=30 * DAY,
+                                decode=lambda b: json.loads(b))
         self.hits_stage = HitStage(state=self.seen, encode_hit=lambda h: json.dumps(h).encode(),
                                    provinces_of=lambda n: provinces_of(n, REGIONS))
         self.offset = 0
