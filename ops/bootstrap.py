@@ -16,3 +16,13 @@ def bootstrap(settings: Settings, *, out=print) -> None:
 
     ids = register_all(SchemaCodec(url=settings.registry_url))
     out(f"schemas     {len(ids)} subjects registered (ids {', '.join(str(i) for i in sorted(set(ids.values())))})")
+
+    from sinks.engine import DriverExecutor
+    from sinks.migrate import apply_migrations
+
+    executor = DriverExecutor(settings.clickhouse_url)
+    try:
+        applied = apply_migrations(executor)
+    finally:
+        executor.close()
+    out(f"migrations  {len(applied)} applied, database {executor.database} is current")

@@ -21,6 +21,8 @@ COMMANDS = [
     ("topics", "create the topics declared in ops/topics.yaml and report drift (`topics apply`)", "ops.commands:add_topics"),
     ("publish", "publish a JSON Lines or CSV file of alerts, wanted-person updates or incidents", "producers.publish:add_publish"),
     ("simulate", "generate several regions' traffic onto the bus at a rate, with its ground truth", "producers.simulate:add_simulate"),
+    ("sink", "write the unique events, hits and dead letters to ClickHouse (foreground, with logs)", "sinks.sink:add_sink"),
+    ("migrate", "apply the ClickHouse migrations in sinks/migrations (idempotent)", "sinks.migrate:add_migrate"),
     ("verify", "compare the bus's hits and events with a simulator's ground truth (recall, false hits)", "ops.verify:add_verify"),
     ("jobs", "run the stream jobs (dedupe, matcher, hits) in the foreground with logs", "stream_jobs.worker:add_jobs"),
 ]

@@ -49,11 +49,12 @@ class PythonService(Component):
 def services(settings: Settings) -> list[Component]:
     """intelbus's own processes, with their metrics ports (documented in docs/metrics.md)."""
     base = settings.metrics_port_base
-    return [
+    jobs = [
         PythonService(f"jobs-{i}", settings, argv=["-m", "ops.cli", "jobs", "--worker-index", str(i)],
                       metrics_port=base + 1 + i)
         for i in range(settings.jobs_workers)
     ]
+    return [*jobs, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20)]
 
 
 def full_stack(settings: Settings, *, include_services: bool = True, out=print) -> Stack:

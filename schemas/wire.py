@@ -114,6 +114,46 @@ class SchemaCodec:
         return self.decode_with_id(data)[1]
 
 
+def strip_logical_types(schema):
+    """A copy of an Avro schema (parsed JSON) without logicalType annotations."""
+    if isinstance(schema, dict):
+        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [strip_logical_types(s) for s in schema]
+    return schema
+
+
+class RawDecoder:
+    """bytes -> dict with timestamps as epoch milliseconds, dates as day numbers, uuids as text.
+
+    For the stream jobs and the sink: they compare and store numbers, and fastavro's
+    logical-type conversion (datetime, UUID objects) would cost time on every record and
+    then need converting back. The writer schema is fetched once per id.
+    """
+
+    def __init__(self, fetch_schema_str):
+        self._fetch = fetch_schema_str  # schema id -> schema JSON text (e.g. the registry)
+        self._parsed: dict[int, object] = {}
+
+    @classmethod
+    def for_registry(cls, url: str) -> "RawDecoder":
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        client = SchemaRegistryClient({"url": url})
+        return cls(lambda schema_id: client.get_schema(schema_id).schema_str)
+
+    def __call__(self, data: bytes) -> dict:
+        schema_id, body = split_header(data)
+        parsed = self._parsed.get(schema_id)
+        if parsed is None:
+            try:
+                text = self._fetch(schema_id)
+            except Exception as exc:
+                raise WireFormatError(f"schema id {schema_id} is unknown to the registry: {exc}") from None
+            parsed = self._parsed[schema_id] = fastavro.parse_schema(strip_logical_types(json.loads(text)))
+        return decode_body(body, parsed, schema_id)
+
+
 def register_all(codec: SchemaCodec) -> dict[str, int]:
     """Register every topic's schema; returns topic -> schema id."""
     return {topic: codec.register(topic) for topic in TOPIC_SCHEMAS}

@@ -116,7 +116,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from schemas.normalise import normalise_identifier
     from schemas.regions import load_regions
     from schemas.wire import SchemaCodec
-    from stream_jobs.decoding import RawDecoder, registry_fetcher
+    from schemas.wire import RawDecoder
 
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
@@ -150,7 +150,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     codec = SchemaCodec(url=settings.registry_url)
     producer = make_producer(settings)
     window_ms = settings.dedupe_window_days * 86_400_000
-    decode = RawDecoder(registry_fetcher(settings.registry_url))
+    decode = RawDecoder.for_registry(settings.registry_url)
 
     def encode_dead_letter(dl: DeadLetter) -> bytes:
         return codec.encode(DLQ_TOPIC, dead_letter_record(dl))

@@ -27,6 +27,7 @@ from stream_jobs.state import PartitionedState, dumps, loads
 
 MATCH_TOPIC = "intel.match.requests"
 CANDIDATE_TOPIC = "intel.hit.candidates"
+DUPLICATES_TOPIC = "intel.duplicates"
 HIT_TOPIC = "intel.hit"
 KIND_OF_TOPIC = {"intel.alert": "alert", "intel.wanted": "wanted", "intel.incident": "incident"}
 
@@ -148,6 +149,10 @@ class DedupeStage:
             verdict = seen.classify(event_id, revision, msg.offset, now_ms, self.window_ms)
             if verdict == rules.DUPLICATE:
                 result.counts[("duplicate", kind, record["source_system"])] += 1
+                result.outputs.append(Outgoing(DUPLICATES_TOPIC, msg.key, dumps({
+                    "event_id": event_id, "kind": kind, "record_key": rkey, "revision": revision,
+                    "source_region": record["source_region"], "source_system": record["source_system"],
+                    "dropped_ms": now_ms, "source": msg.source}), msg.partition))
                 continue
             if verdict == rules.REPLAY:
                 # Read again after a crash: its outputs may not all have been delivered, so

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "asyncio")
+QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "asyncio", "httpx", "httpx2", "httpcore")
 
 
 def add_jobs(p):

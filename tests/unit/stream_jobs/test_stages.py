@@ -62,7 +62,7 @@ class Bus:
         self.hits_stage = HitStage(state=self.seen, encode_hit=lambda h: json.dumps(h).encode(),
                                    provinces_of=lambda n: provinces_of(n, REGIONS))
         self.offset = 0
-        self.unique, self.hits, self.dead = [], [], []
+        self.unique, self.hits, self.dead, self.duplicates = [], [], [], []
 
     def publish(self, kind, record, *, now=T0, raw=None):
         self.offset += 1
@@ -81,6 +81,8 @@ class Bus:
                 forward.setdefault(out.topic, []).append(Incoming(out.topic, out.partition, 0, out.key, out.value))
             elif out.topic == HIT_TOPIC:
                 self.hits.append((out.key.decode(), json.loads(out.value)))
+            elif out.topic == "intel.duplicates":
+                self.duplicates.append(json.loads(out.value))
             else:
                 self.unique.append(out)
         if MATCH_TOPIC in forward:
@@ -117,6 +119,7 @@ def test_duplicates_are_dropped_and_counted_and_still_one_hit():
     for _ in range(2):
         bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
     assert len(bus.unique) == 2
+    assert len(bus.duplicates) == 3 and {d["source_system"] for d in bus.duplicates} == {"sys"}
     assert len(bus.distinct_hits()) == 1 and len(bus.hits) == 2
 
 
@@ -271,4 +274,5 @@ def test_a_replayed_message_is_not_a_duplicate_and_its_outputs_are_sent_again():
     assert again.counts[("replay", "wanted")] == 1 and not any(k[0] == "duplicate" for k in again.counts)
     assert [o.topic for o in again.outputs] == [o.topic for o in first.outputs]
     resend = bus.dedupe.process([Incoming("intel.wanted", 2, 42, msg.key, msg.value)], T0)  # sent again
-    assert resend.counts[("duplicate", "wanted", "sys")] == 1 and resend.outputs == []
+    assert resend.counts[("duplicate", "wanted", "sys")] == 1
+    assert [o.topic for o in resend.outputs] == ["intel.duplicates"]
