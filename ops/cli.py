@@ -23,6 +23,8 @@ COMMANDS = [
     ("simulate", "generate several regions' traffic onto the bus at a rate, with its ground truth", "producers.simulate:add_simulate"),
     ("sink", "write the unique events, hits and dead letters to ClickHouse (foreground, with logs)", "sinks.sink:add_sink"),
     ("migrate", "apply the ClickHouse migrations in sinks/migrations (idempotent)", "sinks.migrate:add_migrate"),
+    ("query", "run a named analyst query (trail, hits, time-to-hit, ...; --list), filtered and audited", "sinks.cli:add_query"),
+    ("sql", "run one read-only SQL statement on the history (refuses writes), filtered and audited", "sinks.cli:add_sql"),
     ("verify", "compare the bus's hits and events with a simulator's ground truth (recall, false hits)", "ops.verify:add_verify"),
     ("jobs", "run the stream jobs (dedupe, matcher, hits) in the foreground with logs", "stream_jobs.worker:add_jobs"),
 ]

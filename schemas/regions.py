@@ -82,6 +82,9 @@ class RegionTable:
             return code[:4]
         return code
 
+    def zones(self) -> list[str]:
+        return sorted(self._zones)
+
     def is_zone(self, name: str) -> bool:
         return name in self._zones
 
