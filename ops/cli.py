@@ -25,6 +25,7 @@ COMMANDS = [
     ("migrate", "apply the ClickHouse migrations in sinks/migrations (idempotent)", "sinks.migrate:add_migrate"),
     ("query", "run a named analyst query (trail, hits, time-to-hit, ...; --list), filtered and audited", "sinks.cli:add_query"),
     ("sql", "run one read-only SQL statement on the history (refuses writes), filtered and audited", "sinks.cli:add_sql"),
+    ("feed", "a command center's feed of the hits its region may see (--follow for live)", "sinks.feed:add_feed"),
     ("verify", "compare the bus's hits and events with a simulator's ground truth (recall, false hits)", "ops.verify:add_verify"),
     ("jobs", "run the stream jobs (dedupe, matcher, hits) in the foreground with logs", "stream_jobs.worker:add_jobs"),
 ]
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="intelbus",
         description="intelbus: an event-streaming intelligence bus for cross-regional police cooperation.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # one line per command, however narrow the terminal
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=14, width=200),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text, target in COMMANDS:
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"intelbus {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `intelbus feed ... | head`: the reader has seen enough
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -103,6 +103,21 @@ class RegionTable:
             out |= self._zones[entry] if entry in self._zones else {entry}
         return frozenset(out)
 
+    def may_see(self, region: str, notify) -> bool:
+        """May `region` see a hit notified to these regions and zones?
+
+        A region sees what is notified to it or to any region inside it (a province sees its
+        counties), and what is notified to a zone that it, or a region above or below it,
+        belongs to. Feeds, queries and the jobs' tests all use this one rule.
+        """
+        for entry in notify:
+            if entry in self._zones:
+                if any(self.is_within(region, m) or self.is_within(m, region) for m in self._zones[entry]):
+                    return True
+            elif self.is_within(entry, region):
+                return True
+        return False
+
     def province_of(self, code: str) -> str:
         return code[:2] + "0000"
 

@@ -1,9 +1,9 @@
 """Prometheus metrics of the sink (names: docs/metrics.md)."""
 from __future__ import annotations
 
+from ops.metrics import DLQ, READY  # noqa: F401  (shared by every process)
 from prometheus_client import Counter, Gauge, Histogram
 
-READY = Gauge("intelbus_service_ready", "1 once the process has started and joined its consumer group")
 MESSAGES = Counter("intelbus_sink_messages_total", "Messages read by the sink", ["topic"])
 ROWS = Counter("intelbus_sink_rows_inserted_total", "Rows inserted into ClickHouse", ["table"])
 REFUSED = Counter("intelbus_sink_rows_refused_total", "Rows ClickHouse refused (sent to intel.dlq)", ["table"])
@@ -14,4 +14,3 @@ INSERT_SECONDS = Histogram("intelbus_sink_insert_seconds", "ClickHouse insert la
 CLICKHOUSE_ERRORS = Counter("intelbus_sink_clickhouse_errors_total", "Failed ClickHouse inserts (each retried)")
 CLICKHOUSE_UP = Gauge("intelbus_sink_clickhouse_up", "0 while inserts into ClickHouse fail")
 LAG_SECONDS = Gauge("intelbus_sink_commit_delay_seconds", "Age of the last committed batch when it was committed")
-DLQ = Counter("intelbus_dlq_writes_total", "Messages sent to intel.dlq", ["stage"])

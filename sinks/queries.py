@@ -115,7 +115,7 @@ def scope_predicates(region: str | None, regions) -> dict[str, str]:
     return {
         # its own and its descendants' events, and events shared with it, an ancestor or a zone of it
         "event": f"(source_region LIKE {like} OR region LIKE {like} OR hasAny(share_scope, {sql_literal(shared_with)}))",
-        # hits notified to it or inside it, or to a zone it or its descendants belong to (rules.may_see)
+        # hits notified to it or inside it, or to a zone it or its descendants belong to (RegionTable.may_see)
         "hit": f"(arrayExists(n -> n LIKE {like}, notify_regions) OR hasAny(notify_regions, {sql_literal(zones or [''])}))",
         "source": f"(source_region LIKE {like})",
     }

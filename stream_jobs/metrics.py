@@ -1,9 +1,9 @@
 """Prometheus metrics of the stream-job workers (names: docs/metrics.md)."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from ops.metrics import DLQ, READY  # noqa: F401  (shared by every process)
+from prometheus_client import Counter, Histogram
 
-READY = Gauge("intelbus_service_ready", "1 once the process has started and joined its consumer group")
 
 EVENTS_IN = Counter("intelbus_jobs_events_total", "Events read by the dedupe stage", ["kind"])
 UNIQUE = Counter("intelbus_jobs_unique_events_total", "Events forwarded once to intel.<kind>.unique", ["kind"])
@@ -11,7 +11,6 @@ DUPLICATES = Counter("intelbus_jobs_duplicates_dropped_total", "Duplicate events
 HITS = Counter("intelbus_jobs_hits_total", "Hits emitted to intel.hit, by type and province pair",
                ["hit_type", "owner_province", "hit_province"])
 DUPLICATE_HITS = Counter("intelbus_jobs_duplicate_hits_dropped_total", "Hit candidates already emitted", ["hit_type"])
-DLQ = Counter("intelbus_dlq_writes_total", "Messages sent to intel.dlq", ["stage"])
 BATCH_SIZE = Histogram("intelbus_jobs_batch_size", "Messages per processed batch", ["stage"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 BATCH_SECONDS = Histogram("intelbus_jobs_batch_seconds", "Time to process a batch and make it durable", ["stage"],

@@ -191,19 +191,3 @@ def higher_classification(a: str, b: str) -> str:
 def notify_regions(owner_region: str, hit_region: str, record_scope, event_scope) -> list[str]:
     """Owner, hit region, then the regions and zones of both records' share_scope, once each."""
     return list(dict.fromkeys([owner_region, hit_region, *(record_scope or ()), *(event_scope or ())]))
-
-
-def may_see(region: str, notify: list[str], regions) -> bool:
-    """May `region` see a hit notified to these regions and zones?
-
-    A region sees what is notified to it or to any region inside it (a province sees its
-    counties), and what is notified to a zone that it, or a region above it, belongs to.
-    """
-    for entry in notify:
-        if regions.is_zone(entry):
-            members = regions.zone_members(entry)
-            if any(regions.is_within(region, m) or regions.is_within(m, region) for m in members):
-                return True
-        elif regions.is_within(entry, region):
-            return True
-    return False

@@ -9,7 +9,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from schemas.regions import load_regions
-from stream_jobs.rules import may_see
 
 REGIONS = load_regions()
 CST = timezone(timedelta(hours=8))
@@ -72,8 +71,8 @@ def test_xinglong_wanted_checked_in_jizhou_gives_one_hit_to_both(producer, codec
     assert hit["matched_on"] == {"kind": "RESIDENT_ID", "value": id18}
     # both command centers are told, each through its own province's key
     assert sorted(k for k, _ in copies) == ["120000", "130000"]
-    assert may_see("130822", hit["notify_regions"], REGIONS) and may_see("120119", hit["notify_regions"], REGIONS)
-    assert not may_see("110000", hit["notify_regions"], REGIONS)
+    assert REGIONS.may_see("130822", hit["notify_regions"]) and REGIONS.may_see("120119", hit["notify_regions"])
+    assert not REGIONS.may_see("110000", hit["notify_regions"])
 
 
 def test_resent_listing_and_check_still_give_one_hit(producer, codec, reader, ids):

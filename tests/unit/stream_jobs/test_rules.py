@@ -144,4 +144,4 @@ class TestRouting:
         ("110117", ["130822", "120119", "JJJ"], True),   # but Beijing is in JJJ
     ])
     def test_may_see(self, region, notify, visible):
-        assert rules.may_see(region, notify, self.regions) is visible
+        assert self.regions.may_see(region, notify) is visible
