@@ -20,7 +20,7 @@ class PythonService(Component):
 
     argv: list[str] = field(default_factory=list)
     metrics_port: int = 0
-    start_timeout: float = 60.0
+    start_timeout: float = 120.0  # a restart waits for the group to rebalance and state to recover
     is_service = True
 
     @property

@@ -38,6 +38,8 @@ def add_simulate(p):
     p.add_argument("--invalid-rate", type=float, default=0.002, help="share of invalid records")
     p.add_argument("--phase-pause", type=float, default=1.0,
                    help="seconds to pause between phases (listings / traffic / closings / traffic), default 1")
+    p.add_argument("--settle", action="store_true",
+                   help="before each new phase, wait until the stream jobs have read everything so far")
     p.add_argument("--ref-prefix", default="", help="prefix for every source_ref, to tell runs apart on one bus")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.epilog = EPILOG
@@ -79,16 +81,27 @@ def simulate_command(args) -> int:
     if cause:
         print(f"intelbus simulate: {cause}", file=sys.stderr)
         return 2
+    settle = None
+    if args.settle:
+        from ops.lag import JOBS_TOPICS, wait_for_zero_lag
+
+        settle = lambda: wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=600)  # noqa: E731
     report = run_simulation(sim, rate=args.rate, settings=settings, phase_pause=args.phase_pause,
-                            log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+                            log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)),
+                            between_phases=settle)
     if args.truth:
         write_truth(args.truth, sim)
     print(json.dumps(report, ensure_ascii=False))
     return 0 if report["undelivered"] == 0 else 1
 
 
-def run_simulation(sim, *, rate: float, settings=None, phase_pause: float = 1.0, log=None, producer=None) -> dict:
-    """Publish the simulation at `rate` records/s; returns counts. Rejected records go to the DLQ."""
+def run_simulation(sim, *, rate: float, settings=None, phase_pause: float = 1.0, log=None, producer=None,
+                   between_phases=None) -> dict:
+    """Publish the simulation at `rate` records/s; returns counts. Rejected records go to the DLQ.
+
+    between_phases(), when given, runs after each phase is delivered (e.g. wait until the
+    stream jobs have read it), so that what the truth assumes known is known.
+    """
     from producers.regional import RegionalProducer
     from schemas.records import RecordError
 
@@ -100,9 +113,12 @@ def run_simulation(sim, *, rate: float, settings=None, phase_pause: float = 1.0,
     last_log = started
     for n, item in enumerate(sim.records()):
         if item.phase != phase:
-            if phase is not None and phase_pause > 0:
+            if phase is not None:
                 producer.flush(30)
-                time.sleep(phase_pause)
+                if between_phases:
+                    between_phases()
+                if phase_pause > 0:
+                    time.sleep(phase_pause)
             phase = item.phase
         try:
             producer.publish(item.kind, item.record)

@@ -106,9 +106,10 @@ class Simulation:
         self.t = cfg.start_ms if cfg.start_ms is not None else int(datetime.now(tz=timezone.utc).timestamp() * 1000)
         self.truth = Truth(ref_prefix=cfg.ref_prefix)
         self._seq = 0
-        # counters start at a seed-dependent place, so runs with other seeds use other numbers
-        self._phones = self.rng.randrange(0, 500_000_000)
-        self._plates = self.rng.randrange(0, 60_000)
+        # each seed numbers its phones and plates in a block of its own, so runs with other
+        # seeds on one bus never share one by chance
+        self._phones = (cfg.seed % 1000) * 500_000
+        self._plates = (cfg.seed % 150) * 15_000
         self._fresh_ids = 0
         self._used_ids: set[str] = set()
         self.population = [self._new_person_id() for _ in range(cfg.population)]
@@ -120,12 +121,17 @@ class Simulation:
 
     # --- identifiers -----------------------------------------------------------------------
     def _new_person_id(self) -> str:
-        """A valid resident ID never handed out before (so no person is matched by accident)."""
+        """A valid resident ID never handed out before, by this run or by a run with another seed.
+
+        The 3-digit sequence part is the seed's (mod 1000), so runs with different seeds on one
+        bus never share a person by chance (a shared person would be a real hit or link).
+        """
         rng = self.rng
+        seq = f"{self.cfg.seed % 1000:03d}"
         while True:
             region = rng.choice(self.cfg.regions)
             birth = datetime(1950, 1, 1) + timedelta(days=rng.randrange(0, 365 * 55))
-            first17 = f"{region}{birth:%Y%m%d}{rng.randrange(1000):03d}"
+            first17 = f"{region}{birth:%Y%m%d}{seq}"
             id18 = first17 + resident_id_check_digit(first17)
             if id18 not in self._used_ids:
                 self._used_ids.add(id18)
@@ -137,11 +143,8 @@ class Simulation:
 
     def _fresh_plate(self, region: str) -> str:
         self._plates += 1
-        serial = f"{self._plates:05d}"
-        if self._plates >= 100_000:
-            serial = "D" + f"{self._plates:05d}"[-5:]  # new-energy form keeps plates unique
-        letter = "ABCDEFGHJKLMNPQRSTUVWXY"[self._plates % 23]
-        return f"{PLATE_PREFIX.get(region[:2], '京')}{letter}{serial}"
+        letter = "ABCDEFGHJKLMNPQRSTUVWXY"[(self._plates // 100_000) % 23]
+        return f"{PLATE_PREFIX.get(region[:2], '京')}{letter}{self._plates % 100_000:05d}"
 
     def _name(self) -> str:
         return self.rng.choice(SURNAMES) + "".join(self.rng.choice(GIVEN) for _ in range(self.rng.randint(1, 2)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -140,8 +141,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         broker_commit_interval=1.0,
         producer_linger=0.01,
         producer_max_batch_size=1024 * 1024,
-        broker_session_timeout=30.0,
-        broker_heartbeat_interval=3.0,
+        # a killed worker's partitions move after this long (FAUST-NOTES: joins take about half of it)
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         table_standby_replicas=0,
     )
     raw = dict(key_serializer="raw", value_serializer="raw")
@@ -186,20 +188,33 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
 
 
 def _raw_table(app, name: str, partitions: int):
-    """A table whose changelog holds our bytes as they are (faust would JSON-decode them)."""
+    """A table whose changelog holds our bytes as they are (by default faust JSON-decodes
+    changelog records when it recovers a table)."""
     table = app.Table(name, partitions=partitions, help=f"intelbus {name} state")
     table.key_serializer = table.value_serializer = "raw"
+    # the changelog topic object was built at construction with the default serializers
+    table.changelog_topic = table._new_changelog_topic()
     return table
 
 
 def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float):
     async def agent(stream):
-        async for events in stream.take_events(batch_size, within=within):
-            batch = [
-                Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                for e in events
-            ]
-            await runner.run(stage, state, batch)
+        try:
+            async for events in stream.take_events(batch_size, within=within):
+                batch = [
+                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                    for e in events
+                ]
+                await runner.run(stage, state, batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # faust would leave a crashed agent dead inside a live worker: its partitions would
+            # stall unseen. Exit instead, without committing; `intelbus up` (or any supervisor)
+            # restarts the worker and the batch is read again.
+            log.critical("stage %s failed; the worker exits so that it is restarted", runner.name, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     agent.__name__ = f"{runner.name}_agent"
     return agent

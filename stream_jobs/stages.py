@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -75,6 +76,12 @@ class StageResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     hit_delays_ms: list[int] = field(default_factory=list)  # trigger reported_at -> hit emitted
+
+
+def internal_error(stage: str, msg: Incoming, exc: Exception, detail: str = "") -> DeadLetter:
+    """A dead letter for an exception the stage did not expect, so the partition moves on."""
+    what = f"{detail}: " if detail else ""
+    return DeadLetter(stage, msg.source, f"internal error, {what}{type(exc).__name__}: {exc}", msg.value or b"")
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -136,50 +143,56 @@ class DedupeStage:
         result = StageResult()
         requests: dict[int, dict] = {}
         for msg in batch:
-            kind = KIND_OF_TOPIC[msg.topic]
-            record = self._decode(kind, msg, result)
-            if record is None:
-                continue
-            result.counts[("in", kind)] += 1
-            rkey = rules.record_key_of(record)
-            skey = rkey.encode()
-            entry = loads(self.state.get(msg.partition, skey)) or {}
-            seen = rules.SeenRevisions({int(r): tuple(v) for r, v in entry.get("seen", {}).items()})
-            event_id, revision = record["event_id"], record["revision"]
-            verdict = seen.classify(event_id, revision, msg.offset, now_ms, self.window_ms)
-            if verdict == rules.DUPLICATE:
-                result.counts[("duplicate", kind, record["source_system"])] += 1
-                result.outputs.append(Outgoing(DUPLICATES_TOPIC, msg.key, dumps({
-                    "event_id": event_id, "kind": kind, "record_key": rkey, "revision": revision,
-                    "source_region": record["source_region"], "source_system": record["source_system"],
-                    "dropped_ms": now_ms, "source": msg.source}), msg.partition))
-                continue
-            if verdict == rules.REPLAY:
-                # Read again after a crash: its outputs may not all have been delivered, so
-                # they are sent again (every consumer of them is idempotent), uncounted.
-                result.counts[("replay", kind)] += 1
-            else:
-                seen.remember(event_id, revision, now_ms, self.window_ms, msg.offset)
-                entry["seen"] = {str(r): list(v) for r, v in seen.revisions.items()}
-            result.outputs.append(Outgoing(unique_topic(kind), msg.key, msg.value, msg.partition))
-            if verdict == rules.NEW:
-                result.counts[("unique", kind)] += 1
-
-            if verdict == rules.REPLAY:
-                ops = self._replayed_index_ops(kind, record, rkey, entry)
-            else:
-                ops = self._index_ops(kind, record, rkey, entry, now_ms)
-            ops += self._lookup_ops(kind, record)
-            if ops:
-                summary = event_summary(kind, record, rkey, msg.value)
-                for op in ops:
-                    req = requests.setdefault(partition_for(op["id"], self.partitions), {"events": {}, "ops": []})
-                    req["events"][event_id] = summary
-                    req["ops"].append(op)
-            self.state.put(msg.partition, skey, dumps(entry))
+            try:
+                self._one(msg, now_ms, result, requests)
+            except Exception as exc:  # a bug or a record we did not foresee: never stall the partition
+                result.dead_letters.append(internal_error("DEDUPE", msg, exc))
         for partition, req in requests.items():
             result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
         return result
+
+    def _one(self, msg: Incoming, now_ms: int, result: StageResult, requests: dict) -> None:
+        kind = KIND_OF_TOPIC[msg.topic]
+        record = self._decode(kind, msg, result)
+        if record is None:
+            return
+        result.counts[("in", kind)] += 1
+        rkey = rules.record_key_of(record)
+        skey = rkey.encode()
+        entry = loads(self.state.get(msg.partition, skey)) or {}
+        seen = rules.SeenRevisions({int(r): tuple(v) for r, v in entry.get("seen", {}).items()})
+        event_id, revision = record["event_id"], record["revision"]
+        verdict = seen.classify(event_id, revision, msg.offset, now_ms, self.window_ms)
+        if verdict == rules.DUPLICATE:
+            result.counts[("duplicate", kind, record["source_system"])] += 1
+            result.outputs.append(Outgoing(DUPLICATES_TOPIC, msg.key, dumps({
+                "event_id": event_id, "kind": kind, "record_key": rkey, "revision": revision,
+                "source_region": record["source_region"], "source_system": record["source_system"],
+                "dropped_ms": now_ms, "source": msg.source}), msg.partition))
+            return
+        if verdict == rules.REPLAY:
+            # Read again after a crash: its outputs may not all have been delivered, so
+            # they are sent again (every consumer of them is idempotent), uncounted.
+            result.counts[("replay", kind)] += 1
+        else:
+            seen.remember(event_id, revision, now_ms, self.window_ms, msg.offset)
+            entry["seen"] = {str(r): list(v) for r, v in seen.revisions.items()}
+        result.outputs.append(Outgoing(unique_topic(kind), msg.key, msg.value, msg.partition))
+        if verdict == rules.NEW:
+            result.counts[("unique", kind)] += 1
+
+        if verdict == rules.REPLAY:
+            ops = self._replayed_index_ops(kind, record, rkey, entry)
+        else:
+            ops = self._index_ops(kind, record, rkey, entry, now_ms)
+        ops += self._lookup_ops(kind, record)
+        if ops:
+            summary = event_summary(kind, record, rkey, msg.value)
+            for op in ops:
+                req = requests.setdefault(partition_for(op["id"], self.partitions), {"events": {}, "ops": []})
+                req["events"][event_id] = summary
+                req["ops"].append(op)
+        self.state.put(msg.partition, skey, dumps(entry))
 
     def _decode(self, kind: str, msg: Incoming, result: StageResult) -> dict | None:
         if msg.value is None:
@@ -267,8 +280,15 @@ class MatchStage:
     """Keeps the identifier index (open records, recent case incidents) and finds hits."""
 
     def __init__(self, *, state: PartitionedState, partitions: int, is_within, case_window_ms: int, decode,
-                 recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000):
+                 recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000,
+                 lookback_seconds: float = 600.0, lookback_identifiers: int = 100_000, clock=time.monotonic):
         self.decode = decode  # wire bytes -> record dict (epoch ms), to put records into hits
+        # Lookups of the last minutes, in memory: a record indexed *after* a sighting of it
+        # was looked up (topics are not read in publication order) still hits it.
+        self.lookback_seconds = lookback_seconds
+        self.lookback_identifiers = lookback_identifiers
+        self.clock = clock
+        self._lookback: OrderedDict[str, deque] = OrderedDict()
         self.closed_retention_ms = closed_retention_ms
         self.state = state
         self.partitions = partitions
@@ -286,15 +306,21 @@ class MatchStage:
                 result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable match request: {exc}", msg.value or b""))
                 continue
             for op in ops:
-                key = op["id"].encode()
-                entry = loads(self.state.get(msg.partition, key)) or {"records": {}, "recent": []}
-                changed = getattr(self, f"_{op['op']}")(op, events, entry, now_ms, result)
-                if changed:
-                    if entry["records"] or entry["recent"]:  # an empty entry is deleted
-                        self.state.put(msg.partition, key, dumps(entry))
-                    else:
-                        self.state.put(msg.partition, key, None)
+                try:
+                    self._apply(op, events, msg.partition, now_ms, result)
+                except Exception as exc:  # never stall the partition on one bad operation
+                    result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {op.get('op')} on {op.get('id')}"))
         return result
+
+    def _apply(self, op: dict, events: dict, partition: int, now_ms: int, result: StageResult) -> None:
+        key = op["id"].encode()
+        entry = loads(self.state.get(partition, key)) or {"records": {}, "recent": []}
+        changed = getattr(self, f"_{op['op']}")(op, events, entry, now_ms, result)
+        if changed:
+            if entry["records"] or entry["recent"]:  # an empty entry is deleted
+                self.state.put(partition, key, dumps(entry))
+            else:
+                self.state.put(partition, key, None)
 
     def _add(self, op, events, entry, now_ms, result) -> bool:
         ev = events[op["event"]]
@@ -304,9 +330,27 @@ class MatchStage:
         still_open = have is not None and have.get("closed") is None
         # open_from/closed are event times: whether a sighting hits is decided by when it
         # happened, not by which message the matcher happened to read first.
-        entry["records"][ev["key"]] = {**ev, "open_from": have["open_from"] if still_open else ev["occurred"], "closed": None}
+        rec = entry["records"][ev["key"]] = {**ev, "open_from": have["open_from"] if still_open else ev["occurred"],
+                                              "closed": None}
         result.counts[("indexed", ev["kind"])] += 1
+        for seen in self._recent_lookups(op["id"]):
+            self._match(rec, seen, op["id"], now_ms, result)
         return True
+
+    def _remember_lookup(self, ident: str, event: dict) -> None:
+        now = self.clock()
+        seen = self._lookback.get(ident)
+        if seen is None:
+            seen = self._lookback[ident] = deque(maxlen=4)
+            if len(self._lookback) > self.lookback_identifiers:
+                self._lookback.popitem(last=False)
+        else:
+            self._lookback.move_to_end(ident)
+        seen.append((now, event))
+
+    def _recent_lookups(self, ident: str) -> list[dict]:
+        horizon = self.clock() - self.lookback_seconds
+        return [event for at, event in self._lookback.get(ident, ()) if at >= horizon]
 
     def _remove(self, op, events, entry, now_ms, result) -> bool:
         have = entry["records"].get(op["record_key"])
@@ -324,14 +368,9 @@ class MatchStage:
     def _lookup(self, op, events, entry, now_ms, result) -> bool:
         ev = events[op["event"]]
         ident = op["id"]
-        occurred = ev["occurred"]
         for rec in entry["records"].values():
-            if occurred < rec["open_from"] or (rec["closed"] is not None and occurred >= rec["closed"]):
-                continue  # seen before the record was open, or after it was closed
-            if rec["until"] is not None and rec["until"] <= occurred:
-                continue  # a watch alert past its valid_until
-            if rules.is_cross_region(rec["region"], ev["region"], self.is_within):
-                self._candidate(rules.hit_type_for(rec["kind"]), rec, ev, ident, now_ms, result)
+            self._match(rec, ev, ident, now_ms, result)
+        self._remember_lookup(ident, ev)
         if not op.get("case"):
             return False
         recent = [r for r in entry["recent"] if abs(r["occurred"] - ev["occurred"]) <= self.case_window_ms]
@@ -347,6 +386,18 @@ class MatchStage:
         recent.sort(key=lambda r: r["occurred"])
         entry["recent"] = recent[-self.recent_per_identifier:]
         return True
+
+    def _match(self, rec: dict, ev: dict, ident: str, now_ms: int, result: StageResult) -> None:
+        """A hit candidate if the open record and the event of another region meet in time."""
+        occurred = ev["occurred"]
+        if occurred < rec["open_from"] or (rec["closed"] is not None and occurred >= rec["closed"]):
+            return  # seen before the record was open, or after it was closed
+        if rec["until"] is not None and rec["until"] <= occurred:
+            return  # a watch alert past its valid_until
+        if rec["event_id"] == ev["event_id"]:
+            return  # a watch alert is looked up too: it does not hit itself
+        if rules.is_cross_region(rec["region"], ev["region"], self.is_within):
+            self._candidate(rules.hit_type_for(rec["kind"]), rec, ev, ident, now_ms, result)
 
     def _candidate(self, hit_type, record, event, ident, now_ms, result) -> None:
         hit = build_hit(hit_type, record, event, ident, now_ms, self.decode)
@@ -419,8 +470,12 @@ class HitStage:
             if self.state.get(msg.partition, key) is not None:
                 result.counts[("duplicate_hit", hit["hit_type"])] += 1
                 continue
+            try:
+                value = self.encode_hit(hit)
+            except Exception as exc:
+                result.dead_letters.append(internal_error("MATCH", msg, exc, detail="hit does not encode"))
+                continue
             self.state.put(msg.partition, key, str(hit["detected_at"]).encode())
-            value = self.encode_hit(hit)
             for province in self.provinces_of(hit["notify_regions"]):
                 result.outputs.append(Outgoing(HIT_TOPIC, province.encode(), value))
             result.counts[("hit", hit["hit_type"], hit["owner_region"], hit["hit_region"])] += 1

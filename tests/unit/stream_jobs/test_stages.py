@@ -276,3 +276,33 @@ def test_a_replayed_message_is_not_a_duplicate_and_its_outputs_are_sent_again():
     resend = bus.dedupe.process([Incoming("intel.wanted", 2, 42, msg.key, msg.value)], T0)  # sent again
     assert resend.counts[("duplicate", "wanted", "sys")] == 1
     assert [o.topic for o in resend.outputs] == ["intel.duplicates"]
+
+
+def test_an_unexpected_error_on_one_operation_is_a_dead_letter_and_the_rest_goes_on():
+    bus = Bus()
+    bus.index.put(0, b"PHONE:13800138000", b'{"records": {"x": {"broken": true}}, "recent": []}')  # a corrupt entry
+    bus.index.commit()
+    bus.publish("wanted", wanted("130822", "W1"))
+    bad = Incoming(MATCH_TOPIC, 0, 0, None, json.dumps({"events": {"e": {"event_id": "e"}}, "ops": [
+        {"op": "lookup", "id": "PHONE:13800138000", "event": "e", "case": False}]}).encode())
+    result = bus.match.process([bad], T0)
+    assert [d.stage for d in result.dead_letters] == ["MATCH"] and "internal error" in result.dead_letters[0].reason
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)]))
+    assert len(bus.distinct_hits()) == 1
+
+
+def test_a_sighting_read_before_its_listing_still_hits():
+    bus = Bus()
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 5000))  # read first
+    bus.publish("wanted", wanted("130822", "W1", t=T0))                                      # listed earlier
+    assert len(bus.distinct_hits()) == 1
+
+
+def test_the_lookback_forgets_after_its_time():
+    now = [0.0]
+    bus = Bus()
+    bus.match.clock = lambda: now[0]
+    bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 5000))
+    now[0] = bus.match.lookback_seconds + 1
+    bus.publish("wanted", wanted("130822", "W1", t=T0))
+    assert bus.distinct_hits() == {}

@@ -1,0 +1,44 @@
+"""Consumer-group lag: how far a group is behind the end of its topics."""
+from __future__ import annotations
+
+import time
+
+
+def group_lag(settings, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages the group has not committed yet."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_config())
+    probe = Consumer({**settings.kafka_config(), "group.id": f"{group}-lag-probe", "enable.auto.commit": False})
+    try:
+        partitions = []
+        for topic in topics:
+            meta = probe.list_topics(topic, timeout=10).topics[topic]
+            partitions += [TopicPartition(topic, p) for p in meta.partitions]
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        committed = admin.list_consumer_group_offsets([request])[group].result(timeout=10).topic_partitions
+        lag = {}
+        for tp in committed:
+            _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            lag[(tp.topic, tp.partition)] = high - (tp.offset if tp.offset >= 0 else 0)
+        return lag
+    finally:
+        probe.close()
+
+
+JOBS_TOPICS = ["intel.alert", "intel.wanted", "intel.incident", "intel.match.requests", "intel.hit.candidates"]
+SINK_TOPICS = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique", "intel.hit", "intel.dlq", "intel.duplicates"]
+
+
+def wait_for_zero_lag(settings, group: str, topics: list[str], *, timeout: float = 300.0, stable: int = 3) -> float:
+    """Block until the group has consumed everything (seen `stable` times in a row); returns seconds waited."""
+    started = time.monotonic()
+    zero_in_a_row = 0
+    while time.monotonic() - started < timeout:
+        total = sum(group_lag(settings, group, topics).values())
+        zero_in_a_row = zero_in_a_row + 1 if total == 0 else 0
+        if zero_in_a_row >= stable:
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise TimeoutError(f"group {group} still has lag after {timeout:.0f}s")

@@ -1,0 +1,108 @@
+"""`intelbus publish` as an integrator runs it, against the real broker and registry."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+
+def run_publish(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "ops.cli", "publish", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120, env=os.environ.copy())
+
+
+def checks_file(tmp_path, ids, tag):
+    good = [{"source_ref": f"{tag}-{i}", "occurred_at": "2026-11-23T09:00:00+08:00", "incident_type": "CHECKPOINT_CHECK",
+             "location": {"region": "120119"}, "persons": [{"id_type": "RESIDENT_ID", "id_number": ids.new("130822")}]}
+            for i in range(5)]
+    bad_digit = dict(good[0], source_ref=f"{tag}-bad", persons=[{"id_type": "RESIDENT_ID", "id_number": "110105194912310021"}])
+    lines = [json.dumps(r, ensure_ascii=False) for r in good]
+    lines.insert(2, json.dumps(bad_digit))                      # line 3: bad check digit
+    lines.insert(4, "{not json")                                # line 5: not JSON
+    lines.append(json.dumps(good[1], ensure_ascii=False))       # line 8: duplicate of line 2
+    path = tmp_path / "checks.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, good
+
+
+def test_publish_reports_every_bad_line_and_sends_good_ones_once(stack, settings, reader, codec, ids, tmp_path):
+    tag = f"P{uuid.uuid4().hex[:8]}"
+    incidents, dlq = reader("intel.incident"), reader("intel.dlq")
+    path, good = checks_file(tmp_path, ids, tag)
+    result = run_publish("--kind", "incident", "--region", "120119", "--system", "kakou", str(path))
+    assert result.returncode == 1, result.stderr
+    errors = [l for l in result.stderr.splitlines() if l.startswith("checks.jsonl:")]
+    assert errors == ["checks.jsonl:3: persons[0].id_number: check digit is 1, expected X",
+                      "checks.jsonl:5: not valid JSON: Expecting property name enclosed in double quotes at column 2"]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("read 8, published 5, rejected 2, duplicates-in-file 1, elapsed ")
+
+    mine = [m for m in incidents.read(until=lambda got: len([m for m in got if tag in m.key().decode()]) >= 5, settle=1)
+            if tag in m.key().decode()]
+    assert len(mine) == 5
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    for msg in mine:
+        assert msg.value()[0] == 0
+        schema_id = int.from_bytes(msg.value()[1:5], "big")
+        assert json.loads(registry.get_schema(schema_id).schema_str)["name"] == "Incident"
+        record = codec.decode(msg.value())
+        assert msg.key().decode() == f"120119/kakou/{record['source_ref']}"
+    assert sorted(codec.decode(m.value())["source_ref"] for m in mine) == sorted(r["source_ref"] for r in good)
+
+    letters = [codec.decode(m.value()) for m in dlq.read(until=lambda got: len(got) >= 2, settle=1)]
+    ours = [d for d in letters if d["source"].startswith("checks.jsonl:")]
+    assert {(d["source"], d["stage"], d["field"]) for d in ours} == {
+        ("checks.jsonl:3", "PUBLISH", "persons[0].id_number"), ("checks.jsonl:5", "PUBLISH", None)}
+    raw3 = next(d for d in ours if d["source"] == "checks.jsonl:3")
+    assert f"{tag}-bad" in raw3["raw"].decode() and raw3["reason"] == "check digit is 1, expected X"
+
+
+def test_strict_sends_nothing_from_a_file_with_one_bad_line(stack, reader, ids, tmp_path):
+    tag = f"S{uuid.uuid4().hex[:8]}"
+    incidents, dlq = reader("intel.incident"), reader("intel.dlq")
+    path, _ = checks_file(tmp_path, ids, tag)
+    result = run_publish("--kind", "incident", "--region", "120119", "--system", "kakou", "--strict", str(path))
+    assert result.returncode == 1
+    assert "--strict: 2 bad line(s), nothing sent" in result.stderr
+    assert "published 0" in result.stdout
+    assert [m for m in incidents.read(until=lambda got: False, timeout=3) if tag in (m.key() or b"").decode()] == []
+    assert [m for m in dlq.read(until=lambda got: False, timeout=2) if b"checks.jsonl" in m.value()] == []
+
+
+def test_csv_wanted_file_and_stdin(stack, reader, codec, ids, tmp_path):
+    tag = f"C{uuid.uuid4().hex[:8]}"
+    wanted = reader("intel.wanted")
+    id15 = ids.to_15(ids.new("130822"))
+    csv_text = ("source_ref,occurred_at,action,person.id_type,person.id_number,person.name,offence,phones\n"
+                f"{tag}-1,2026-11-20 10:00:00,LISTED,RESIDENT_ID,{id15},赵六,fraud,13800138000;+86 139 0013 9000\n")
+    path = tmp_path / "wanted.csv"
+    path.write_text(csv_text, encoding="utf-8")
+    result = run_publish("--kind", "wanted", "--region", "130822", "--system", "ztry", str(path))
+    assert result.returncode == 0, result.stderr
+    jsonl = json.dumps({"source_ref": f"{tag}-2", "occurred_at": "2026-11-20T10:00:00+08:00", "action": "LISTED",
+                        "person": {"id_type": "RESIDENT_ID", "id_number": ids.new("130822")}})
+    result = run_publish("--kind", "wanted", "--region", "130822", "--system", "ztry", "-", stdin=jsonl + "\n")
+    assert result.returncode == 0, result.stderr
+    got = {codec.decode(m.value())["source_ref"]: codec.decode(m.value())
+           for m in wanted.read(until=lambda g: len([m for m in g if tag in m.key().decode()]) >= 2, settle=0.5)
+           if tag in m.key().decode()}
+    first = got[f"{tag}-1"]
+    assert first["person"]["id_number"] == id15[:6] + "19" + id15[6:] + first["person"]["id_number"][-1]
+    assert first["person"]["id_number_original"] == id15 and first["offence"] == "FRAUD"
+    assert first["phones"] == ["13800138000", "13900139000"]
+
+
+def test_unreachable_broker_is_exit_2_with_one_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    env = {**os.environ, "INTELBUS_KAFKA": "127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--kind", "incident", str(path)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("%")]
+    assert len(lines) == 1 and "cannot reach Kafka at 127.0.0.1:1" in lines[0]
