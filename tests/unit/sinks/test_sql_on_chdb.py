@@ -1,0 +1,102 @@
+"""Every migration and every named query on chDB (ClickHouse 26.x, embedded): the SQL that
+runs on the Debian 18.16 server in the integration tests must run on a current engine too."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.regions import load_regions
+from sinks.engine import ChdbExecutor
+from sinks.migrate import apply_migrations, load_migrations
+from sinks.queries import check_read_only, load_queries, restrict_to_region, scope_predicates
+from sinks.rows import COLUMNS, event_rows, hit_row
+
+chdb = pytest.importorskip("chdb")
+REGIONS = load_regions()
+T = 1_795_000_000_000
+PERSON = "11010519491231002X"
+
+
+def event(kind, region, ref, minutes, **extra):
+    base = {"event_id": f"00000000-0000-0000-0000-{abs(hash(ref)) % 10**12:012d}", "source_region": region,
+            "source_system": "s", "source_ref": ref, "revision": 1, "occurred_at": T + minutes * 60_000,
+            "reported_at": T + minutes * 60_000, "classification": "INTERNAL", "share_scope": [], "phones": [], "vehicles": []}
+    if kind == "wanted":
+        base.update(action="LISTED", person={"id_type": "RESIDENT_ID", "id_number": PERSON, "role": "WANTED"},
+                    offence="FRAUD", warrant_ref=None, danger_level="HIGH")
+    else:
+        base.update(incident_type="CHECKPOINT_CHECK", case_no=None, title="核查", description=None,
+                    location={"region": region, "address": "站", "lat": None, "lon": None},
+                    persons=[{"id_type": "RESIDENT_ID", "id_number": PERSON, "role": "CHECKED"}])
+    base.update(extra)
+    return base
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    ex = ChdbExecutor(str(tmp_path_factory.mktemp("chdb")), database="intelbus")
+    assert [m for m in apply_migrations(ex)] == [f"{m.version:04d}_{m.name}" for m in load_migrations()]
+    assert apply_migrations(ex) == []  # idempotent
+    events = [("wanted", event("wanted", "130822", "W1", 0)), ("incident", event("incident", "120119", "C1", 30)),
+              ("incident", event("incident", "110112", "C2", 10))]
+    for kind, rec in events:
+        row, subjects = event_rows(kind, rec, topic=f"intel.{kind}.unique", partition=0, offset=0, ingested_ms=T)
+        for _ in range(2):  # delivered twice: FINAL shows it once
+            ex.insert("events", COLUMNS["events"], [row])
+            ex.insert("event_subjects", COLUMNS["event_subjects"], subjects)
+    hit = {"hit_id": "11111111-1111-5111-8111-111111111111", "hit_type": "WANTED_PERSON",
+           "matched_on": {"kind": "RESIDENT_ID", "value": PERSON}, "owner_region": "130822", "hit_region": "120119",
+           "notify_regions": ["130822", "120119"], "classification": "INTERNAL", "detected_at": T + 31 * 60_000,
+           "record_kind": "WANTED", "record_key": "130822/s/W1", "record": "{}", "trigger_kind": "INCIDENT",
+           "trigger_event_id": events[1][1]["event_id"], "trigger": json.dumps({"occurred_at": "2026-11-19T00:00:00+00:00"}),
+           "trigger_reported_at": T + 30 * 60_000}
+    ex.insert("hits", COLUMNS["hits"], [hit_row(hit, T)])
+    yield ex
+    ex.close()
+
+
+def run(engine, name, region=None, **values):
+    q = load_queries()[name]
+    sql = q.render(values, scope_predicates(region, REGIONS))
+    import re
+
+    sql = re.sub(r"\b(FROM|JOIN|IN)\s+(events|event_subjects|hits|dead_letters|duplicates|audit_log)\b",
+                 lambda m: f"{m.group(1)} intelbus.{m.group(2)}", sql)
+    return engine.query(sql)
+
+
+@pytest.mark.parametrize("name", sorted(load_queries()))
+def test_every_named_query_runs(engine, name):
+    values = {"ids": [PERSON]} if name == "trail" else {}
+    for region in (None, "130000", "120119"):
+        columns, _ = run(engine, name, region, **values)
+        assert columns
+
+
+def test_trail_in_time_order_and_once_each(engine):
+    columns, rows = run(engine, "trail", None, ids=[PERSON])
+    regions = [dict(zip(columns, r))["region"] for r in rows]
+    assert regions == ["130822", "110112", "120119"]
+
+
+def test_trail_region_filter_hides_other_regions(engine):
+    columns, rows = run(engine, "trail", "120000", ids=[PERSON])
+    assert [dict(zip(columns, r))["region"] for r in rows] == ["120119"]
+    assert run(engine, "trail", "440000", ids=[PERSON])[1] == []
+
+
+def test_hits_and_time_to_hit(engine):
+    columns, rows = run(engine, "hits")
+    assert [dict(zip(columns, r))["hits"] for r in rows] == [1]
+    assert run(engine, "hits", "110000")[1] == []
+    columns, rows = run(engine, "time-to-hit")
+    assert dict(zip(columns, rows[0]))["p50_s"] == 60.0
+
+
+def test_ad_hoc_sql_is_rewritten_to_the_region_and_refuses_other_tables(engine):
+    sql = restrict_to_region(check_read_only("SELECT region FROM events ORDER BY region"),
+                             scope_predicates("110000", REGIONS), "intelbus")
+    assert {r[0] for r in engine.query(sql)[1]} == {"110112"}  # Tongzhou only: Beijing sees nothing else
+    with pytest.raises(Exception, match="may read only"):
+        restrict_to_region("SELECT * FROM audit_log", scope_predicates("110000", REGIONS), "intelbus")
