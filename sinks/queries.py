@@ -135,7 +135,7 @@ REGION_TABLES = {"events": "event", "event_subjects": "event", "hits": "hit"}
 
 def check_read_only(sql: str) -> str:
     """The statement if it is one read-only query; QueryError naming what is refused otherwise."""
-    code = _STRINGS_AND_COMMENTS.sub("''", sql).strip().rstrip(";").strip()
+    code = _STRINGS_AND_COMMENTS.sub(lambda m: "''" if m.group(0).startswith("'") else " ", sql).strip().rstrip(";").strip()
     if ";" in code:
         raise QueryError("only one statement at a time")
     first = code.split(None, 1)[0].upper() if code else ""
