@@ -345,8 +345,8 @@ def subjects_of(kind: str, record: dict) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     persons = [record["person"]] if kind == "wanted" else record.get("persons") or ()
     for p in persons:
-        if p["id_type"] in ("RESIDENT_ID", "PASSPORT"):
-            out.append((p["id_type"], p["id_number"], p["role"]))
+        if p.get("id_type") in ("RESIDENT_ID", "PASSPORT"):
+            out.append((p["id_type"], p["id_number"], p.get("role") or ""))
     out += [("PLATE", v["plate"], "") for v in record.get("vehicles") or ()]
     out += [("PHONE", ph, "") for ph in record.get("phones") or ()]
     return list(dict.fromkeys(out))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from schemas.records import subjects_of
+
 EVENT_COLUMNS = ("event_id", "kind", "type", "source_region", "source_system", "source_ref", "revision",
                  "occurred_at", "occurred_ms", "reported_ms", "classification", "share_scope", "region", "title",
                  "status", "address", "lat", "lon", "identifiers", "raw", "topic", "partition", "offset", "ingested_ms")
@@ -33,25 +35,13 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(tzinfo=None)
 
 
-def subjects(kind: str, record: dict) -> list[tuple[str, str, str]]:
-    """(id_kind, value, role) of every identifier of a decoded record, once each."""
-    out = []
-    persons = [record["person"]] if kind == "wanted" else record.get("persons") or ()
-    for p in persons:
-        if p["id_type"] in ("RESIDENT_ID", "PASSPORT"):
-            out.append((p["id_type"], p["id_number"], p["role"]))
-    out += [("PLATE", v["plate"], "") for v in record.get("vehicles") or ()]
-    out += [("PHONE", ph, "") for ph in record.get("phones") or ()]
-    return list(dict.fromkeys(out))
-
-
 def event_rows(kind: str, record: dict, *, topic: str, partition: int, offset: int, ingested_ms: int):
     """(events row, [event_subjects rows]) of one unique event."""
     location = record.get("location") or {}
     region = location.get("region") or record["source_region"]
     occurred_ms = record["occurred_at"]
     occurred_at = utc(occurred_ms)
-    subs = subjects(kind, record)
+    subs = subjects_of(kind, record)
     status = record.get("status") or ("CLOSED" if record.get("action") in ("ARRESTED", "SURRENDERED", "CANCELLED")
                                        else "OPEN" if kind == "wanted" else "")
     row = (

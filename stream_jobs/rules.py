@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.records import subjects_of
+
 DAY_MS = 86_400_000
 
 CLASSIFICATION_ORDER = ("PUBLIC", "INTERNAL", "SECRET", "HIGHLY_SECRET")
@@ -122,45 +124,17 @@ def split_identifier(ident: str) -> tuple[str, str]:
     return kind, value
 
 
-def _person_identifier(person: dict) -> str | None:
-    id_type = person.get("id_type")
-    if id_type == "RESIDENT_ID":
-        return identifier("RESIDENT_ID", person["id_number"])
-    if id_type == "PASSPORT":
-        return identifier("PASSPORT", person["id_number"])
-    return None
-
-
 def identifiers_of(kind: str, record: dict) -> tuple[str, ...]:
-    """Every normalised identifier an event or record carries, deduplicated, in a stable order."""
-    out: list[str] = []
-    persons = [record["person"]] if kind == "wanted" else record.get("persons") or ()
-    for p in persons:
-        ident = _person_identifier(p)
-        if ident:
-            out.append(ident)
-    for v in record.get("vehicles") or ():
-        out.append(identifier("PLATE", v["plate"]))
-    for ph in record.get("phones") or ():
-        out.append(identifier("PHONE", ph))
-    return tuple(dict.fromkeys(out))
+    """Every normalised identifier an event or record carries ('KIND:value'), once each, in order."""
+    return tuple(dict.fromkeys(identifier(k, v) for k, v, _ in subjects_of(kind, record)))
 
 
 def case_link_identifiers(record: dict) -> tuple[str, ...]:
     """Identifiers that link cases: suspects' documents, plates and phones of case incidents."""
     if record.get("incident_type") not in CASE_INCIDENT_TYPES:
         return ()
-    out: list[str] = []
-    for p in record.get("persons") or ():
-        if p.get("role") == "SUSPECT":
-            ident = _person_identifier(p)
-            if ident:
-                out.append(ident)
-    for v in record.get("vehicles") or ():
-        out.append(identifier("PLATE", v["plate"]))
-    for ph in record.get("phones") or ():
-        out.append(identifier("PHONE", ph))
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(identifier(k, v) for k, v, role in subjects_of("incident", record)
+                               if role == "SUSPECT" or k in ("PLATE", "PHONE")))
 
 
 # --- matching -----------------------------------------------------------------------------
