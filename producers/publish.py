@@ -31,6 +31,7 @@ def add_publish(p):
     p.add_argument("--region", help="source_region for records without one (six-digit code, e.g. 120119)")
     p.add_argument("--system", help="source_system for records without one (your local system's name)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad; send nothing")
+    p.add_argument("--topic", help="publish to this topic instead of intel.<kind> (staging, benchmarks)")
     p.add_argument("file", help="a .jsonl or .csv file, or - for standard input")
     p.epilog = EPILOG
 
@@ -122,7 +123,7 @@ def publish_command(args) -> int:
     summary = PublishSummary()
     started = time.monotonic()
     progress = Progress(None if args.file == "-" else _count_lines(args.file))
-    producer = RegionalProducer(region=args.region, system=args.system, settings=settings)
+    producer = RegionalProducer(region=args.region, system=args.system, settings=settings, topic=args.topic)
     short = name.rsplit("/", 1)[-1]
     seen_ids: set[str] = set()
     staged: list = []  # --strict: (kind, valid) held back until the whole file is known good

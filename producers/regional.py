@@ -69,7 +69,8 @@ class DeliveryStats:
 
 class RegionalProducer:
     def __init__(self, *, region: str | None = None, system: str | None = None, settings: Settings | None = None,
-                 codec: SchemaCodec | None = None, kafka_overrides: dict | None = None, on_delivery=None):
+                 codec: SchemaCodec | None = None, kafka_overrides: dict | None = None, on_delivery=None,
+                 topic: str | None = None):
         self.settings = settings or load_settings()
         self.region, self.system = region, system
         self.codec = codec or SchemaCodec(url=self.settings.registry_url)
@@ -77,6 +78,7 @@ class RegionalProducer:
         self.stats = DeliveryStats()
         self._user_callback = on_delivery
         self._closed = False
+        self._topic = topic  # None: intel.<kind>; another topic for staging and benchmarks
 
     def _delivered(self, err, msg) -> None:
         if err is None:
@@ -99,7 +101,7 @@ class RegionalProducer:
 
     def publish_valid(self, kind: str, valid: dict) -> Published:
         """Send a record already returned by `validate`."""
-        topic = input_topic(kind)
+        topic = self._topic or input_topic(kind)
         key = record_key(valid["source_region"], valid["source_system"], valid["source_ref"])
         self._produce(topic, self.codec.encode(topic, valid), key.encode())
         self.stats.published += 1
