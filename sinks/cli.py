@@ -133,26 +133,39 @@ def _in_database(sql: str, database: str) -> str:
 def add_sql(p):
     p.add_argument("query", help="one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)")
     _common(p)
-    p.epilog = ("Refuses anything that writes (INSERT, ALTER, DROP, ...), more than one statement, and table\n"
+    p.add_argument("--raw", action="store_true",
+                   help="operators only: read the tables as stored, without FINAL (a row the sink wrote twice "
+                        "shows twice until ClickHouse merges)")
+    p.epilog = ("Tables are named bare (events, event_subjects, hits, dead_letters, duplicates, audit_log) and\n"
+                "read as their latest rows: the sink is at-least-once, so the query sees each event, hit and\n"
+                "rejection once (ReplacingMergeTree ... FINAL), as the named queries do.\n"
+                "Refuses anything that writes (INSERT, ALTER, DROP, ...), more than one statement, and table\n"
                 "functions; the server runs it with readonly=2 as well. With --region, the query may read only\n"
-                "events, event_subjects and hits, each limited to what the region may see. Audited.")
+                "events, event_subjects and hits, each limited to what the region may see. Audited.\n\n"
+                "example:\n"
+                "  intelbus sql \"SELECT kind, count() FROM events GROUP BY kind\" --region 130000 --purpose 'weekly report'")
 
     def run(args):
         from sinks.engine import DriverExecutor
-        from sinks.queries import QueryError, check_read_only, format_result, restrict_to_region, run_and_audit, scope_predicates
+        from sinks.queries import QueryError, check_read_only, format_result, rewrite_tables, run_and_audit, scope_predicates
 
         try:
             sql = check_read_only(args.query)
         except QueryError as exc:
             print(f"intelbus sql: refused: {exc}", file=sys.stderr)
             return 2
+        if args.raw and args.region:
+            print("intelbus sql: refused: --raw is for operators (no --region): region-limited reads are always FINAL",
+                  file=sys.stderr)
+            return 2
         settings, regions = _context(args)
         executor = DriverExecutor(settings.clickhouse_url)
         try:
-            if args.region:
-                sql = restrict_to_region(sql, scope_predicates(args.region, regions), executor.database)
-            else:
+            if args.raw:
                 sql = _in_database(sql, executor.database)
+            else:
+                scope = scope_predicates(args.region, regions) if args.region else None
+                sql = rewrite_tables(sql, executor.database, scope)
         except QueryError as exc:
             print(f"intelbus sql: refused: {exc}", file=sys.stderr)
             return 2

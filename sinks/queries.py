@@ -129,7 +129,6 @@ _FORBIDDEN = re.compile(
 _TABLE_FUNCTIONS = re.compile(r"\b(file|url|remote|remoteSecure|cluster|mysql|postgresql|s3|hdfs|jdbc|odbc|input|executable)\s*\(",
                               re.IGNORECASE)
 _STRINGS_AND_COMMENTS = re.compile(r"'(?:\\.|[^'\\])*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
-_TABLE_REF = re.compile(r"\b(FROM|JOIN)\s+([A-Za-z_][\w.]*)", re.IGNORECASE)
 REGION_TABLES = {"events": "event", "event_subjects": "event", "hits": "hit"}
 
 
@@ -150,23 +149,70 @@ def check_read_only(sql: str) -> str:
     return sql.strip().rstrip(";")
 
 
-def restrict_to_region(sql: str, scope: dict[str, str], database: str) -> str:
-    """Rewrite FROM/JOIN of events, event_subjects and hits into filtered subqueries; refuse other tables."""
+_AFTER_TABLE = ("WHERE|PREWHERE|GROUP|ORDER|LIMIT|OFFSET|FINAL|SAMPLE|ARRAY|LEFT|RIGHT|INNER|FULL|CROSS|OUTER|ANY|ALL|ASOF|"
+                "SEMI|ANTI|GLOBAL|JOIN|ON|USING|UNION|HAVING|SETTINGS|FORMAT|WITH|INTERSECT|EXCEPT|WINDOW|QUALIFY|AS")
+_TABLE_REF_OR_STRING = re.compile(
+    r"'(?:\\.|[^'\\])*'"                                             # a string literal: left alone
+    r"|\b(?:FROM|JOIN)\s+([A-Za-z_]\w*)\s*\("                            # a table function
+    r"|\b(FROM|JOIN)\s+([A-Za-z_][\w.]*)\b"                             # FROM/JOIN table
+    r"(?:\s+(?:AS\s+)?(?!(?:" + _AFTER_TABLE + r")\b)([A-Za-z_]\w*))?"    # an optional alias
+    r"(?:\s+FINAL\b)?(\s*,)?",                                          # FINAL (read anyway); a comma join
+    re.IGNORECASE)
+# What a region-limited query may not name anywhere: other databases, and `x IN table` (reads a
+# whole table without the region's filter); the other history tables are refused where they are read.
+_REGION_FORBIDDEN = re.compile(r"\b(system|information_schema|default)\s*\.|\bIN\s+(?!\()([A-Za-z_][\w.]*)", re.IGNORECASE)
+DEDUPLICATED_TABLES = ("events", "event_subjects", "hits", "dead_letters", "duplicates")
+HISTORY_TABLES = DEDUPLICATED_TABLES + ("audit_log",)
+
+
+def rewrite_tables(sql: str, database: str, scope: dict[str, str] | None = None) -> str:
+    """Point an ad-hoc query's tables at what an analyst means by them.
+
+    Every read of a history table becomes a read of its latest rows (`FINAL`: the sink is
+    at-least-once, so a row may be stored twice until ClickHouse merges), in the configured
+    database. With a region `scope`, only events, event_subjects and hits may be read, each
+    limited to what the region may see; anything else is refused.
+    """
     code = _STRINGS_AND_COMMENTS.sub(lambda m: m.group(0) if m.group(0).startswith("'") else " ", sql)
+    if scope is not None:
+        bare_code = _STRINGS_AND_COMMENTS.sub("''", code)
+        bad = _REGION_FORBIDDEN.search(bare_code)
+        if bad:
+            what = f"{bad.group(1)}." if bad.group(1) else f"IN {bad.group(2)}"
+            raise QueryError(f"with --region, ad-hoc SQL may not use {what} (write IN (SELECT ... FROM events) instead)"
+                             if bad.group(2) else f"with --region, ad-hoc SQL may not read {what} tables")
+    seen = []
 
     def replace(m):
-        keyword, table = m.group(1), m.group(2)
-        bare = table.split(".", 1)[1] if table.startswith(f"{database}.") else table
-        if bare.startswith("("):
+        if m.group(0).startswith("'"):
             return m.group(0)
-        if bare not in REGION_TABLES:
+        if m.group(1) is not None:  # a table function
+            if scope is not None:
+                raise QueryError(f"with --region, table functions ({m.group(1)}) are not allowed")
+            return m.group(0)
+        keyword, table, alias, comma = m.group(2), m.group(3), m.group(4), m.group(5)
+        if comma:
+            raise QueryError(f"write JOIN instead of a comma after {table}: each table must be read through FROM or JOIN")
+        bare = table.split(".", 1)[1] if table.startswith(f"{database}.") else table
+        seen.append(bare)
+        if scope is not None and bare not in REGION_TABLES:
             raise QueryError(f"with --region, ad-hoc SQL may read only {', '.join(REGION_TABLES)} (not {table})")
-        return f"{keyword} (SELECT * FROM {database}.{bare} WHERE {scope[REGION_TABLES[bare]]}) AS {bare}"
+        if bare not in HISTORY_TABLES:
+            return m.group(0)  # system tables and the like: as written (operators only)
+        if bare not in DEDUPLICATED_TABLES:
+            return f"{keyword} {database}.{bare}" + (f" AS {alias}" if alias else "")
+        where = f" WHERE {scope[REGION_TABLES[bare]]}" if scope is not None else ""
+        return f"{keyword} (SELECT * FROM {database}.{bare} FINAL{where}) AS {alias or bare}"
 
-    rewritten = _TABLE_REF.sub(replace, code)
-    if not _TABLE_REF.search(code):
+    rewritten = _TABLE_REF_OR_STRING.sub(replace, code)
+    if scope is not None and not seen:
         raise QueryError("with --region, ad-hoc SQL must read from events, event_subjects or hits")
     return rewritten
+
+
+def restrict_to_region(sql: str, scope: dict[str, str], database: str) -> str:
+    """Ad-hoc SQL limited to what a region may see (see rewrite_tables)."""
+    return rewrite_tables(sql, database, scope)
 
 
 # --- running and auditing -----------------------------------------------------------------

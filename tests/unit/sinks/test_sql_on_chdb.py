@@ -9,7 +9,7 @@ import pytest
 from schemas.regions import load_regions
 from sinks.engine import ChdbExecutor
 from sinks.migrate import apply_migrations, load_migrations
-from sinks.queries import check_read_only, load_queries, restrict_to_region, scope_predicates
+from sinks.queries import QueryError, check_read_only, load_queries, restrict_to_region, rewrite_tables, scope_predicates
 from sinks.rows import COLUMNS, event_rows, hit_row
 
 chdb = pytest.importorskip("chdb")
@@ -97,6 +97,42 @@ def test_hits_and_time_to_hit(engine):
 def test_ad_hoc_sql_is_rewritten_to_the_region_and_refuses_other_tables(engine):
     sql = restrict_to_region(check_read_only("SELECT region FROM events ORDER BY region"),
                              scope_predicates("110000", REGIONS), "intelbus")
-    assert {r[0] for r in engine.query(sql)[1]} == {"110112"}  # Tongzhou only: Beijing sees nothing else
+    assert [r[0] for r in engine.query(sql)[1]] == ["110112"]  # Tongzhou only, once: Beijing sees nothing else
     with pytest.raises(Exception, match="may read only"):
         restrict_to_region("SELECT * FROM audit_log", scope_predicates("110000", REGIONS), "intelbus")
+
+
+def test_ad_hoc_sql_reads_each_event_once_although_the_sink_stored_it_twice(engine):
+    rec = event("incident", "110112", "TWICE", 40, persons=[])
+    row, subjects = event_rows("incident", rec, topic="intel.incident.unique", partition=0, offset=1, ingested_ms=T)
+    engine.execute("SYSTEM STOP MERGES intelbus.events")
+    try:
+        for _ in range(2):  # a crash between insert and commit: the sink inserts the batch again
+            engine.insert("events", COLUMNS["events"], [row])
+        raw = "SELECT count() FROM intelbus.events WHERE source_ref = 'TWICE'"
+        assert engine.query(raw)[1] == [(2,)]
+        sql = "SELECT count() FROM events AS e FINAL WHERE e.source_ref = 'TWICE' AND e.title != 'FROM events'"
+        assert engine.query(rewrite_tables(check_read_only(sql), "intelbus"))[1] == [(1,)]
+        scoped = rewrite_tables("SELECT count() FROM events WHERE source_ref = 'TWICE'", "intelbus",
+                                scope_predicates("110000", REGIONS))
+        assert engine.query(scoped)[1] == [(1,)]
+    finally:
+        engine.execute("SYSTEM START MERGES intelbus.events")
+
+
+def test_ad_hoc_sql_rewrite_leaves_strings_and_functions_alone():
+    sql = rewrite_tables("SELECT 'FROM events', number FROM numbers(3) WHERE 1", "intelbus")
+    assert sql == "SELECT 'FROM events', number FROM numbers(3) WHERE 1"
+
+
+
+@pytest.mark.parametrize("sql, refusal", [
+    ("SELECT number FROM numbers(3)", "table functions"),
+    ("SELECT * FROM events AS e, audit_log", "JOIN instead of a comma"),
+    ("SELECT * FROM events WHERE event_id IN hits", "IN hits"),
+    ("SELECT * FROM events WHERE 1 IN (SELECT 1 FROM system.tables)", "system."),
+    ("SELECT * FROM events JOIN intelbus.audit_log USING event_id", "not intelbus.audit_log"),
+])
+def test_region_limited_sql_cannot_reach_around_the_filter(sql, refusal):
+    with pytest.raises(QueryError, match=refusal):
+        rewrite_tables(sql, "intelbus", scope_predicates("110000", REGIONS))
