@@ -65,6 +65,9 @@ def add_status(p):
         else:
             for s in statuses:
                 print(s.line())
+            base = load_settings().metrics_port_base
+            print(f"(while they run: `intelbus simulate` serves metrics on http://127.0.0.1:{base + 30}/metrics, "
+                  f"`intelbus publish` on :{base + 31}; Prometheus config: ops/prometheus/)")
         return 0 if all(s.healthy for s in statuses) else 1
 
     return run

@@ -184,6 +184,37 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1][:300] if lines else f"exit code {proc.returncode}"
 
 
+def promtool_path(dist: Path) -> Path:
+    return dist / "promtool" / "usr" / "bin" / "promtool"
+
+
+def fetch_promtool(dist: Path, *, log=print) -> Path | None:
+    """Prometheus's promtool (checks the alert rules), unpacked from Debian's package without installing it.
+
+    Optional: where apt-get is missing or the download fails, the rules are checked by parsing only.
+    """
+    target = promtool_path(dist)
+    if target.exists():
+        return target
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        log("promtool: apt-get/dpkg-deb missing, alert rules will be checked by parsing only")
+        return None
+    download = dist / "promtool" / "deb"
+    download.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["apt-get", "download", "-q", "prometheus"], cwd=download, capture_output=True, text=True)
+    debs = sorted(download.glob("prometheus_*.deb"))
+    if proc.returncode != 0 or not debs:
+        log(f"promtool: apt-get download prometheus failed ({_last_line(proc)}); alert rules checked by parsing only")
+        return None
+    unpack = subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(dist / "promtool")], capture_output=True, text=True)
+    if unpack.returncode != 0 or not target.exists():
+        log(f"promtool: could not unpack {debs[-1].name}: {_last_line(unpack)}")
+        return None
+    for deb in debs:
+        deb.unlink()
+    return target
+
+
 def install_all(dist: Path, *, log=print) -> None:
     """Everything the local stack needs: apt packages, Kafka jars, the registry."""
     install_apt_packages(log=log)
@@ -193,3 +224,4 @@ def install_all(dist: Path, *, log=print) -> None:
     fetch_kafka(dist)
     log("fetching Apicurio Registry with Maven (cached in ~/.m2) ...")
     fetch_registry(dist)
+    fetch_promtool(dist, log=log)

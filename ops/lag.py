@@ -4,25 +4,42 @@ from __future__ import annotations
 import time
 
 
-def group_lag(settings, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> messages the group has not committed yet."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+class LagProbe:
+    """Reads a consumer group's committed offsets and the topics' end offsets (one admin client, one consumer)."""
 
-    admin = AdminClient(settings.kafka_config())
-    probe = Consumer({**settings.kafka_config(), "group.id": f"{group}-lag-probe", "enable.auto.commit": False})
-    try:
+    def __init__(self, settings, group: str, topics: list[str]):
+        from confluent_kafka import Consumer
+        from confluent_kafka.admin import AdminClient
+
+        self.group, self.topics = group, list(topics)
+        self._admin = AdminClient(settings.kafka_config())
+        self._probe = Consumer({**settings.kafka_config(), "group.id": f"{group}-lag-probe", "enable.auto.commit": False})
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> messages the group has not committed yet."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
         partitions = []
-        for topic in topics:
-            meta = probe.list_topics(topic, timeout=10).topics[topic]
+        for topic in self.topics:
+            meta = self._probe.list_topics(topic, timeout=10).topics[topic]
             partitions += [TopicPartition(topic, p) for p in meta.partitions]
-        request = ConsumerGroupTopicPartitions(group, partitions)
-        committed = admin.list_consumer_group_offsets([request])[group].result(timeout=10).topic_partitions
+        request = ConsumerGroupTopicPartitions(self.group, partitions)
+        committed = self._admin.list_consumer_group_offsets([request])[self.group].result(timeout=10).topic_partitions
         lag = {}
         for tp in committed:
-            _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            _, high = self._probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
             lag[(tp.topic, tp.partition)] = high - (tp.offset if tp.offset >= 0 else 0)
         return lag
+
+    def close(self) -> None:
+        self._probe.close()
+
+
+def group_lag(settings, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages the group has not committed yet."""
+    probe = LagProbe(settings, group, topics)
+    try:
+        return probe.lag()
     finally:
         probe.close()
 

@@ -32,6 +32,9 @@ def add_publish(p):
     p.add_argument("--system", help="source_system for records without one (your local system's name)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad; send nothing")
     p.add_argument("--topic", help="publish to this topic instead of intel.<kind> (staging, benchmarks)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT while publishing "
+                        "(default INTELBUS_METRICS_PORT_BASE + 31, i.e. 9431; 0 = off)")
     p.add_argument("file", help="a .jsonl or .csv file, or - for standard input")
     p.epilog = EPILOG
 
@@ -118,8 +121,10 @@ def publish_command(args) -> int:
         print(f"intelbus publish: {unreachable}", file=sys.stderr)
         return EXIT_USAGE
 
+    from producers.metrics import serve
     from producers.regional import RegionalProducer
 
+    serve(settings.metrics_port_base + 31 if args.metrics_port is None else args.metrics_port, "publish")
     summary = PublishSummary()
     started = time.monotonic()
     progress = Progress(None if args.file == "-" else _count_lines(args.file))

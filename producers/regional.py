@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 
 from ops.settings import Settings, load_settings
+from producers import metrics
 from schemas.catalog import DLQ_TOPIC, input_topic
 from schemas.ids import record_key
 from schemas.records import RecordError, validate_record
@@ -67,6 +68,18 @@ class DeliveryStats:
         return self.published + self.dead_letters - self.delivered - self.failed
 
 
+class _ByTopic(dict):
+    """topic -> bound metric child, made on first use (no label lookup per message)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, topic):
+        child = self[topic] = self._make(topic)
+        return child
+
+
 class RegionalProducer:
     def __init__(self, *, region: str | None = None, system: str | None = None, settings: Settings | None = None,
                  codec: SchemaCodec | None = None, kafka_overrides: dict | None = None, on_delivery=None,
@@ -79,12 +92,18 @@ class RegionalProducer:
         self._user_callback = on_delivery
         self._closed = False
         self._topic = topic  # None: intel.<kind>; another topic for staging and benchmarks
+        self._published_metric = _ByTopic(lambda t: metrics.RECORDS.labels(self._kind_of(t), "published"))
+        self._failed_metric = _ByTopic(lambda t: metrics.RECORDS.labels(self._kind_of(t), "failed"))
+        self._kind_by_topic: dict[str, str] = {}
 
     def _delivered(self, err, msg) -> None:
         if err is None:
             self.stats.delivered += 1
+            if msg.topic() != DLQ_TOPIC:
+                self._published_metric[msg.topic()].inc()
         else:
             self.stats.failed += 1
+            self._failed_metric[msg.topic()].inc()
             if len(self.stats.errors) < 100:
                 self.stats.errors.append(f"{msg.topic()} key={msg.key()!r}: {err.str()}")
         if self._user_callback is not None:
@@ -92,7 +111,12 @@ class RegionalProducer:
 
     def validate(self, kind: str, record: dict, *, now_ms: int | None = None) -> dict:
         """The Avro-ready, normalised record, or RecordError naming the field and the reason."""
-        return validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
+        try:
+            return validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
+        except RecordError as exc:
+            metrics.RECORDS.labels(kind, "rejected").inc()
+            metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()
+            raise
 
     def publish(self, kind: str, record: dict, *, now_ms: int | None = None) -> Published:
         """Validate, encode and hand one record to Kafka. Raises RecordError for a bad record."""
@@ -102,6 +126,7 @@ class RegionalProducer:
     def publish_valid(self, kind: str, valid: dict) -> Published:
         """Send a record already returned by `validate`."""
         topic = self._topic or input_topic(kind)
+        self._kind_by_topic[topic] = kind
         key = record_key(valid["source_region"], valid["source_system"], valid["source_ref"])
         self._produce(topic, self.codec.encode(topic, valid), key.encode())
         self.stats.published += 1
@@ -125,6 +150,9 @@ class RegionalProducer:
         key = (source_region or self.region or "").encode() or None
         self._produce(DLQ_TOPIC, self.codec.encode(DLQ_TOPIC, record), key)
         self.stats.dead_letters += 1
+
+    def _kind_of(self, topic: str) -> str:
+        return self._kind_by_topic.get(topic, "unknown")
 
     def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
         while True:

@@ -42,6 +42,9 @@ def add_simulate(p):
                    help="before each new phase, wait until the stream jobs have read everything so far")
     p.add_argument("--ref-prefix", default="", help="prefix for every source_ref, to tell runs apart on one bus")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (default INTELBUS_METRICS_PORT_BASE + 30, "
+                        "i.e. 9430; 0 = off)")
     p.epilog = EPILOG
 
     def run(args):
@@ -81,6 +84,9 @@ def simulate_command(args) -> int:
     if cause:
         print(f"intelbus simulate: {cause}", file=sys.stderr)
         return 2
+    from producers.metrics import serve
+
+    serve(settings.metrics_port_base + 30 if args.metrics_port is None else args.metrics_port, "simulate")
     settle = None
     if args.settle:
         from ops.lag import JOBS_TOPICS, wait_for_zero_lag

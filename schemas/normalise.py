@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import time
 from datetime import date
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -44,8 +45,19 @@ def _check_birth_date(text: str) -> None:
         born = date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
         raise InvalidIdentifier(f"birth date {text} is not a valid date") from None
-    if born > date.today():
+    if born > _today():
         raise InvalidIdentifier(f"birth date {text} is in the future")
+
+
+_today_cache = [0.0, date.min]
+
+
+def _today() -> date:
+    """date.today(), asked of the clock at most once a minute."""
+    now = time.monotonic()
+    if now - _today_cache[0] > 60:
+        _today_cache[:] = [now, date.today()]
+    return _today_cache[1]
 
 
 def normalise_resident_id(raw: str) -> str:

@@ -11,6 +11,7 @@ milliseconds and `datetime.date`, as fastavro writes them.
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -104,9 +105,12 @@ def _uuid(value, path):
         raise RecordError(path, f"{value!r} is not a UUID") from None
 
 
+_known_region = functools.lru_cache(maxsize=16384)(validate_region_code)  # raises (uncached) for a bad code
+
+
 def _region(value, path):
     try:
-        return validate_region_code(_string(value, path).strip())
+        return _known_region(_string(value, path).strip())
     except ValueError as exc:
         raise RecordError(path, str(exc)) from None
 
@@ -116,6 +120,8 @@ def _enum(*symbols):
     listed = "|".join(symbols)
 
     def parse(value, path):
+        if value in allowed:  # the common case: already canonical
+            return value
         text = _string(value, path).strip().upper()
         if text not in allowed:
             raise RecordError(path, f"{value!r} is not one of {listed}")
@@ -159,6 +165,8 @@ _ROLE = _enum("SUSPECT", "VICTIM", "WITNESS", "WANTED", "CHECKED", "OTHER")
 
 
 def _check_fields(raw: dict, allowed: frozenset, path: str) -> None:
+    if raw.keys() <= allowed:
+        return
     for name in raw:
         if name not in allowed:
             where = f"{path}.{name}" if path else name
@@ -179,12 +187,16 @@ _LOCATION_FIELDS = frozenset({"region", "address", "lat", "lon"})
 def _person(value, path, default_role="OTHER"):
     p = _object(value, path)
     _check_fields(p, _PERSON_FIELDS, path)
-    id_type = _ID_TYPE(p["id_type"], f"{path}.id_type") if p.get("id_type") is not None else "OTHER"
-    if p.get("id_number") is None:
+    get = p.get
+    id_type = get("id_type")
+    id_type = "OTHER" if id_type is None else _ID_TYPE(id_type, f"{path}.id_type")
+    original = get("id_number")
+    if original is None:
         raise RecordError(f"{path}.id_number", "is required")
-    original = _string(p["id_number"], f"{path}.id_number")
+    if type(original) is not str:
+        _string(original, f"{path}.id_number")
     try:
-        if id_type in ("RESIDENT_ID", "PASSPORT"):
+        if id_type != "OTHER":
             number = normalise_identifier(id_type, original)
         else:
             number = original.strip().upper()
@@ -192,14 +204,15 @@ def _person(value, path, default_role="OTHER"):
                 raise InvalidIdentifier("is empty")
     except InvalidIdentifier as exc:
         raise RecordError(f"{path}.id_number", exc.reason) from None
+    name, gender, birth_date, role = get("name"), get("gender"), get("birth_date"), get("role")
     return {
         "id_type": id_type,
         "id_number": number,
         "id_number_original": original if original != number else None,
-        "name": _optional_string(p.get("name"), f"{path}.name"),
-        "gender": _GENDER(p["gender"], f"{path}.gender") if p.get("gender") is not None else "U",
-        "birth_date": _date(p.get("birth_date"), f"{path}.birth_date"),
-        "role": _ROLE(p["role"], f"{path}.role") if p.get("role") is not None else default_role,
+        "name": name if name is None or type(name) is str else _string(name, f"{path}.name"),
+        "gender": "U" if gender is None else _GENDER(gender, f"{path}.gender"),
+        "birth_date": None if birth_date is None else _date(birth_date, f"{path}.birth_date"),
+        "role": default_role if role is None else _ROLE(role, f"{path}.role"),
     }
 
 
@@ -287,6 +300,10 @@ _KIND_FIELDS = {
     },
 }
 _ALLOWED = {kind: frozenset(ENVELOPE_FIELDS) | frozenset(fields) for kind, fields in _KIND_FIELDS.items()}
+_EMPTY = object()  # default: a new empty list
+_FIELD_PLAN = {kind: tuple((name, parse, required, _EMPTY if default == [] else default)
+                           for name, (parse, required, default) in fields.items())
+               for kind, fields in _KIND_FIELDS.items()}
 _CLASSIFICATION = _enum(*CLASSIFICATIONS)
 
 
@@ -298,32 +315,44 @@ def validate_record(kind: str, raw: dict, *, source_region: str | None = None, s
     if not isinstance(raw, dict):
         raise RecordError("", f"a record must be an object, got {_type(raw)}")
     _check_fields(raw, _ALLOWED[kind], "")
-    out: dict = {}
-    out["source_region"] = _region(_from_publisher(raw, "source_region", source_region), "source_region")
-    out["source_system"] = _non_empty(_from_publisher(raw, "source_system", source_system), "source_system")
-    if raw.get("source_ref") is None:
+    get = raw.get
+    region = get("source_region")
+    if region is None or (source_region is not None and region != source_region):
+        region = _from_publisher(raw, "source_region", source_region)
+    region = _region(region, "source_region")
+    system = _non_empty(_from_publisher(raw, "source_system", source_system), "source_system")
+    ref = get("source_ref")
+    if ref is None:
         raise RecordError("source_ref", "is required")
-    out["source_ref"] = _non_empty(raw["source_ref"], "source_ref")
-    revision = _int(raw["revision"], "revision") if raw.get("revision") is not None else 1
+    ref = _non_empty(ref, "source_ref")
+    revision = get("revision")
+    revision = 1 if revision is None else _int(revision, "revision")
     if revision < 1:
         raise RecordError("revision", f"must be 1 or more, got {revision}")
-    out["revision"] = revision
-    out["event_id"] = (_uuid(raw["event_id"], "event_id") if raw.get("event_id") is not None
-                       else derive_event_id(out["source_region"], out["source_system"], out["source_ref"], revision))
-    if raw.get("occurred_at") is None:
+    event_id = get("event_id")
+    occurred, reported, classification = get("occurred_at"), get("reported_at"), get("classification")
+    if occurred is None:
         raise RecordError("occurred_at", "is required")
-    out["occurred_at"] = _timestamp(raw["occurred_at"], "occurred_at")
-    out["reported_at"] = (_timestamp(raw["reported_at"], "reported_at") if raw.get("reported_at") is not None
-                          else (now_ms if now_ms is not None else int(time.time() * 1000)))
-    out["classification"] = (_CLASSIFICATION(raw["classification"], "classification")
-                             if raw.get("classification") is not None else "INTERNAL")
-    out["share_scope"] = _scope(raw.get("share_scope"), "share_scope")
-    for name, (parse, required, default) in _KIND_FIELDS[kind].items():
-        value = raw.get(name)
+    scope = get("share_scope")
+    out = {
+        "source_region": region,
+        "source_system": system,
+        "source_ref": ref,
+        "revision": revision,
+        "event_id": (derive_event_id(region, system, ref, revision) if event_id is None
+                     else _uuid(event_id, "event_id")),
+        "occurred_at": _timestamp(occurred, "occurred_at"),
+        "reported_at": (_timestamp(reported, "reported_at") if reported is not None
+                        else now_ms if now_ms is not None else int(time.time() * 1000)),
+        "classification": "INTERNAL" if classification is None else _CLASSIFICATION(classification, "classification"),
+        "share_scope": _scope(scope, "share_scope") if scope else [],
+    }
+    for name, parse, required, default in _FIELD_PLAN[kind]:
+        value = get(name)
         if value is None:
             if required:
                 raise RecordError(name, "is required")
-            out[name] = list(default) if isinstance(default, list) else default
+            out[name] = [] if default is _EMPTY else default
         else:
             out[name] = parse(value, name)
     return out

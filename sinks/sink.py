@@ -279,6 +279,10 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     signal.signal(signal.SIGTERM, sink.stop)
     signal.signal(signal.SIGINT, sink.stop)
     start_http_server(settings.metrics_port_base + 20, addr="127.0.0.1")
+    from ops.lag import SINK_TOPICS
+    from ops.lag_metrics import LagExporter
+
+    LagExporter(settings, GROUP, SINK_TOPICS).start()
     log.info("sink: kafka=%s clickhouse=%s topics=%s batch=%d rows/%.1fs, at most %d inserts in flight, metrics=:%d",
              settings.kafka, settings.clickhouse_url, ",".join(TOPICS), sink.policy.max_rows, sink.policy.max_seconds,
              MAX_IN_FLIGHT, settings.metrics_port_base + 20)

@@ -63,6 +63,10 @@ def run_worker(settings, index: int, args) -> int:
     port = metrics_port(settings, index)
     app = create_app(settings, worker_index=index, batch_size=args.batch, batch_within=args.within)
     start_http_server(port, addr="127.0.0.1")
+    from ops.lag import JOBS_TOPICS
+    from ops.lag_metrics import LagExporter
+
+    LagExporter(settings, app.conf.id, JOBS_TOPICS).start()
     log.info("worker %d: kafka=%s registry=%s partitions=%d dedupe_window=%dd store=%s batch=%d within=%.3fs metrics=:%d",
              index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,
              "rocksdb" if rocksdb_available() else "memory", args.batch, args.within, port)

@@ -58,6 +58,19 @@ def test_resend_gets_the_same_event_id():
     assert validate_record("incident", incident(revision=2), now_ms=NOW)["event_id"] != a["event_id"]
 
 
+
+@pytest.mark.parametrize("name", ["110112/jwzh/C1", "130822/ztry/ZT-2026-001", "京A12345/中文/ref", ""])
+def test_ids_are_the_uuid5_of_domain_md(name):
+    """Other languages derive the same ids with their UUIDv5: the fast path must stay exactly uuid5."""
+    import uuid
+
+    from schemas.ids import NAMESPACE, derive_event_id, hit_id
+
+    region, system, ref = (name.split("/") + ["", "", ""])[:3]
+    assert derive_event_id(region, system, ref, 3) == str(uuid.uuid5(NAMESPACE, f"{region}/{system}/{ref}#3"))
+    assert hit_id(name, "e", "CASE_LINK") == str(uuid.uuid5(NAMESPACE, f"hit|{name}|e|CASE_LINK"))
+
+
 @pytest.mark.parametrize("kind,raw,field,reason", [
     ("incident", incident(source_ref=None), "source_ref", "is required"),
     ("incident", incident(occurred_at=None), "occurred_at", "is required"),
