@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from confluent_kafka import Producer
 
@@ -45,8 +46,7 @@ def producer_config(settings: Settings, **overrides) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(NamedTuple):
     """What was handed to Kafka for one record (delivery is reported through `stats`)."""
 
     kind: str

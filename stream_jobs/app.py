@@ -53,6 +53,7 @@ class BatchRunner:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         result = stage.process(batch, now_ms)
+        processed = time.perf_counter()
         errors: list[str] = []
         offsets: dict[int, int] = {}
 
@@ -77,13 +78,18 @@ class BatchRunner:
         for partition, items in writes.items():
             for key, value in items.items():
                 produce(changelog, value, key, partition, changelog_delivered)
+        produced = time.perf_counter()
         remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
+        delivered_at = time.perf_counter()
         if remaining or errors:
             # Nothing of this batch is acknowledged: the worker stops and the batch is
             # consumed again after restart (dedupe state makes the replay harmless).
             raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {errors[:3]}")
         state.apply(writes, offsets)
-        metrics.observe_batch(self.name, len(batch), time.perf_counter() - started, result)
+        done = time.perf_counter()
+        metrics.observe_phases(self.name, process=processed - started, produce=produced - processed,
+                               deliver=delivered_at - produced, apply=done - delivered_at)
+        metrics.observe_batch(self.name, len(batch), done - started, result)
         return result
 
     def _produce(self, topic, value, key, partition, callback):

@@ -15,8 +15,18 @@ BATCH_SIZE = Histogram("intelbus_jobs_batch_size", "Messages per processed batch
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 BATCH_SECONDS = Histogram("intelbus_jobs_batch_seconds", "Time to process a batch and make it durable", ["stage"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+PHASE_SECONDS = Histogram("intelbus_jobs_phase_seconds",
+                          "Time per batch in each phase: process (the stage's logic), produce (handing outputs and "
+                          "changelog records to the producer), deliver (waiting for Kafka's acknowledgements), "
+                          "apply (state store write)", ["stage", "phase"],
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 PRODUCE_TO_HIT = Histogram("intelbus_produce_to_hit_seconds", "From the triggering event's reported_at to the hit's emission",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30))
+
+
+def observe_phases(stage: str, **seconds: float) -> None:
+    for phase, value in seconds.items():
+        PHASE_SECONDS.labels(stage, phase).observe(value)
 
 
 def observe_batch(stage: str, size: int, seconds: float, result) -> None:
