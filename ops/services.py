@@ -50,8 +50,10 @@ def services(settings: Settings) -> list[Component]:
     """intelbus's own processes, with their metrics ports (documented in docs/metrics.md)."""
     base = settings.metrics_port_base
     jobs = [
+        # a worker joining a group recovers its partitions' state from the changelogs first:
+        # minutes for a new worker on a bus with a long history
         PythonService(f"jobs-{i}", settings, argv=["-m", "ops.cli", "jobs", "--worker-index", str(i)],
-                      metrics_port=base + 1 + i)
+                      metrics_port=base + 1 + i, start_timeout=600.0)
         for i in range(settings.jobs_workers)
     ]
     return [*jobs, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20)]

@@ -76,12 +76,12 @@ def apply_migrations(executor, *, migrations: list[Migration] | None = None, log
     return done
 
 
-_CREATE = re.compile(r"^(CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+)(\w+)", re.IGNORECASE)
+_TABLE_STATEMENT = re.compile(r"^(CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+|ALTER\s+TABLE\s+)(\w+)(?=\s)", re.IGNORECASE)
 
 
 def _qualify(statement: str, db: str) -> str:
-    """CREATE TABLE IF NOT EXISTS t -> ... db.t (migrations name tables without a database)."""
-    return _CREATE.sub(lambda m: f"{m.group(1)}{db}.{m.group(2)}", statement, count=1)
+    """CREATE TABLE IF NOT EXISTS t / ALTER TABLE t -> ... db.t (migrations name tables without a database)."""
+    return _TABLE_STATEMENT.sub(lambda m: f"{m.group(1)}{db}.{m.group(2)}", statement, count=1)
 
 
 def add_migrate(p):

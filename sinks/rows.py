@@ -14,7 +14,7 @@ EVENT_COLUMNS = ("event_id", "kind", "type", "source_region", "source_system", "
                  "occurred_at", "occurred_ms", "reported_ms", "classification", "share_scope", "region", "title",
                  "status", "address", "lat", "lon", "identifiers", "raw", "topic", "partition", "offset", "ingested_ms")
 SUBJECT_COLUMNS = ("id_value", "id_kind", "role", "event_id", "kind", "type", "source_region", "region",
-                   "occurred_at", "occurred_ms", "classification", "share_scope", "ingested_ms")
+                   "occurred_at", "occurred_ms", "classification", "share_scope", "ingested_ms", "title", "address")
 HIT_COLUMNS = ("hit_id", "hit_type", "matched_kind", "matched_value", "owner_region", "hit_region", "notify_regions",
                "classification", "detected_at", "detected_ms", "record_kind", "record_key", "record", "trigger_kind",
                "trigger_event_id", "trigger", "trigger_reported_ms", "trigger_occurred_ms", "ingested_ms")
@@ -54,7 +54,8 @@ def event_rows(kind: str, record: dict, *, topic: str, partition: int, offset: i
     )
     subject_rows = [
         (value, id_kind, role, str(record["event_id"]), kind, record[_TYPE_FIELD[kind]], record["source_region"], region,
-         occurred_at, occurred_ms, record["classification"], list(record.get("share_scope") or ()), ingested_ms)
+         occurred_at, occurred_ms, record["classification"], list(record.get("share_scope") or ()), ingested_ms,
+         record.get("title") or "", location.get("address") or "")
         for id_kind, value, role in subs
     ]
     return row, subject_rows

@@ -12,6 +12,7 @@ and the rest of the batch goes on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC = "intel.hit", "intel.dlq", "intel.duplic
 TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC)
 GROUP = "intelbus-sink"
 MAX_IN_FLIGHT = 2
+FAULT = os.environ.get("INTELBUS_SINK_FAULT", "")  # tests only: "exit-before-commit"
 
 
 class ClickHouseWriter:
@@ -185,6 +187,14 @@ class Sink:
 
     def _commit(self, batch: Batch) -> None:
         from confluent_kafka import TopicPartition
+
+        if FAULT == "exit-before-commit" and batch.row_count:
+            # Fault injection for the tests: die like a killed process, with the batch's rows
+            # in ClickHouse and its offsets not committed.
+            log.critical("INTELBUS_SINK_FAULT=exit-before-commit: exiting after inserting %d rows, before the commit",
+                         batch.row_count)
+            logging.shutdown()
+            os._exit(70)
 
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
         if offsets:

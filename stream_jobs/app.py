@@ -188,6 +188,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     @app.task
     async def _ready():
         metrics.READY.set(1)
+        log.info("worker %d ready (state recovered, agents running)", worker_index)
 
     app.intelbus_producer = producer
     return app

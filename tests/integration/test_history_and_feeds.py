@@ -96,6 +96,52 @@ def test_a_batch_delivered_twice_is_stored_once(story, stack, settings):
     assert ch(settings, "SELECT count() - uniqExact(event_id) FROM intelbus.events FINAL")[0][0] == 0
 
 
+def test_sink_killed_between_insert_and_commit_stores_each_event_and_hit_once(stack, settings):
+    """The sink inserts a batch and dies before committing it (INTELBUS_SINK_FAULT); the next
+    sink reads the same batch again and inserts it again: queries still see everything once."""
+    from producers.regional import RegionalProducer
+    from schemas.normalise import resident_id_check_digit
+
+    tag = uuid.uuid4().hex[:8]
+    first17 = f"1308221980{int(tag[:2], 16) % 12 + 1:02d}{int(tag[2:4], 16) % 28 + 1:02d}{int(tag[4:7], 16) % 1000:03d}"
+    person = first17 + resident_id_check_digit(first17)
+    stack.down(only={"sink"})
+    try:
+        with RegionalProducer(settings=settings) as p:
+            p.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"KW-{tag}",
+                                 "occurred_at": iso(-60), "action": "LISTED",
+                                 "person": {"id_type": "RESIDENT_ID", "id_number": person}})
+            for i in range(20):
+                p.publish("incident", {"source_region": "120119", "source_system": "kakou", "source_ref": f"K{i}-{tag}",
+                                       "occurred_at": iso(-30 + i), "incident_type": "CHECKPOINT_CHECK",
+                                       "location": {"region": "120119"},
+                                       "persons": [{"id_type": "RESIDENT_ID", "id_number": person}]})
+        wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=300)
+        killed = intelbus("sink", env={"INTELBUS_SINK_FAULT": "exit-before-commit", "INTELBUS_METRICS_PORT_BASE": "29400"},
+                          timeout=120)
+        assert killed.returncode == 70, killed.stderr[-2000:]
+        # the rows are in ClickHouse, the offsets are not committed: the batch will come again
+        assert ch(settings, f"SELECT uniqExact(event_id) FROM intelbus.events WHERE source_ref LIKE '%-{tag}'") == [(21,)]
+        assert ch(settings, f"SELECT uniqExact(hit_id) FROM intelbus.hits WHERE record_key = '130822/ztry/KW-{tag}'") == [(20,)]
+        from ops.lag import group_lag
+
+        assert sum(group_lag(settings, "intelbus-sink", SINK_TOPICS).values()) > 0
+    finally:
+        stack.up()
+    wait_for_zero_lag(settings, "intelbus-sink", SINK_TOPICS, timeout=120)
+    time.sleep(1.5)
+    raw = ch(settings, f"SELECT count() FROM intelbus.events WHERE source_ref LIKE '%-{tag}'")[0][0]
+    assert 21 <= raw <= 42  # stored twice until ClickHouse merges the parts
+    assert ch(settings, f"SELECT count() FROM intelbus.events FINAL WHERE source_ref LIKE '%-{tag}'") == [(21,)]
+    assert ch(settings, f"SELECT count() FROM intelbus.hits FINAL WHERE record_key = '130822/ztry/KW-{tag}'") == [(20,)]
+    trail = intelbus("query", "trail", "--id", person, "--purpose", f"kill {tag}", "--format", "json",
+                     env={"INTELBUS_OPERATOR": "1"})
+    assert len(trail.stdout.splitlines()) == 21, trail.stderr
+    sql = intelbus("sql", f"SELECT count() AS n FROM hits WHERE record_key = '130822/ztry/KW-{tag}'", "--format", "json",
+                   env={"INTELBUS_OPERATOR": "1"})
+    assert json.loads(sql.stdout)["n"] == 20, sql.stderr
+
+
 def test_clickhouse_down_for_30s_loses_nothing(story, stack, settings):
     from producers.regional import RegionalProducer
 

@@ -1,0 +1,90 @@
+"""The benchmarks' pure helpers, and the trail generator's SQL on chDB (a current ClickHouse)."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+# `bench` is not an installed package: `python -m pytest` finds it from the repo root, bare `pytest` needs this
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from bench.bench_sink import AsTopic  # noqa: E402
+from bench.bench_trail import (  # noqa: E402
+    chunks, database_url, events_insert_sql, latency_summary, percentile, region_codes, subjects_insert_sql)
+
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([5], 0.5) == 5
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([4, 1, 3, 2], 0.0) == 1 and percentile([4, 1, 3, 2], 1.0) == 4
+    assert percentile(range(1, 101), 0.95) == pytest.approx(95.05)
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+    with pytest.raises(ValueError):
+        percentile([1], 1.5)
+
+
+def test_latency_summary():
+    assert latency_summary([10.0, 30.0, 20.0]) == {"p50_ms": 20.0, "p95_ms": 29.0, "max_ms": 30.0, "mean_ms": 20.0}
+
+
+def test_chunks_cover_every_event_once():
+    assert chunks(2_500_000, 1_000_000) == [(0, 1_000_000), (1_000_000, 1_000_000), (2_000_000, 500_000)]
+    assert chunks(0) == []
+
+
+def test_database_url_keeps_host_and_user():
+    assert database_url("clickhouse://default@127.0.0.1:9000/intelbus", "intelbus_bench") == \
+        "clickhouse://default@127.0.0.1:9000/intelbus_bench"
+
+
+def test_as_topic_renames_only_the_topic():
+    class Msg:
+        def topic(self): return "bench.sink.incident.1"
+        def partition(self): return 3
+        def offset(self): return 7
+        def value(self): return b"v"
+        def key(self): return b"k"
+        def error(self): return None
+
+    m = AsTopic(Msg(), "intel.incident.unique")
+    assert (m.topic(), m.partition(), m.offset(), m.value(), m.key(), m.error()) == \
+        ("intel.incident.unique", 3, 7, b"v", b"k", None)
+
+
+def test_trail_generator_on_chdb(tmp_path):
+    """Generated identifiers survive the real normaliser, events and subjects agree, and `trail` finds them."""
+    pytest.importorskip("chdb")
+    from schemas.normalise import normalise_identifier
+    from schemas.regions import load_regions
+    from sinks.cli import _in_database, identifier_forms
+    from sinks.engine import ChdbExecutor
+    from sinks.migrate import apply_migrations
+    from sinks.queries import load_queries, scope_predicates
+
+    ex = ChdbExecutor(str(tmp_path), database="trail_gen")
+    try:
+        apply_migrations(ex)
+        regions = region_codes()
+        n = 3000
+        for lo, count in chunks(n, 1000):
+            ex.execute(events_insert_sql("trail_gen", lo, count, n, regions))
+            ex.execute(subjects_insert_sql("trail_gen", lo, count, n, regions))
+        _, [(events, identifiers)] = ex.query("SELECT count(), sum(length(identifiers)) FROM trail_gen.events")
+        _, subjects = ex.query("SELECT id_value, id_kind, event_id FROM trail_gen.event_subjects")
+        assert int(events) == n and int(identifiers) == len(subjects)
+        assert 1.3 * n < len(subjects) < 1.7 * n
+        kinds = Counter(kind for _, kind, _ in subjects)
+        assert set(kinds) == {"RESIDENT_ID", "PLATE", "PHONE"} and kinds["RESIDENT_ID"] > kinds["PLATE"] + kinds["PHONE"]
+        for value, kind, _ in subjects:
+            assert normalise_identifier(kind, value) == value
+            assert identifier_forms(value) == [value]
+        value, _, event_id = subjects[0]
+        sql = _in_database(load_queries()["trail"].render({"id": value, "ids": identifier_forms(value)},
+                                                          scope_predicates(None, load_regions())), "trail_gen")
+        _, rows = ex.query(sql)
+        assert event_id in {r[-1] for r in rows}
+    finally:
+        ex.close()
