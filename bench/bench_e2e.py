@@ -136,6 +136,8 @@ class _Sampler(threading.Thread):
         self.sink_lag = LagProbe(settings, "intelbus-sink", SINK_TOPICS)
         self.series: list[dict] = []
         self.peak_rss_mb: dict[str, float] = {}
+        self.cpu_first: dict[str, tuple[float, float]] = {}
+        self.cpu_last: dict[str, tuple[float, float]] = {}
         self.stop = threading.Event()
 
     def _metric(self, port: int, name: str) -> float:
@@ -145,6 +147,19 @@ class _Sampler(threading.Thread):
             return _metric_sum(port, name)
         except Exception:
             return float("nan")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """utime + stime of each process so far, in seconds."""
+        out = {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for name, pid in list(self.pids.items()):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
 
     def rss(self) -> None:
         for name, pid in list(self.pids.items()):
@@ -172,6 +187,9 @@ class _Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.series.append(self.sample())
+            for name, cpu in self.cpu_seconds().items():
+                self.cpu_first.setdefault(name, (time.time(), cpu))
+                self.cpu_last[name] = (time.time(), cpu)
             self.stop.wait(1.0)
         self.jobs_lag.close()
         self.sink_lag.close()
@@ -189,7 +207,65 @@ def _simulate(rate: float, seconds: float, prefix: str, seed: int) -> subprocess
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 120.0) -> dict:
+def _profile_jobs(pid: int | None, seconds: float):
+    """py-spy on the jobs worker while the simulator runs (in the background); the raw output's path."""
+    import shutil
+    import tempfile
+
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not pid or not os.path.exists(spy):
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="intelbus-spy-"), "jobs.txt")
+    subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "raw", "-o", path,
+                      "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
+# where a sample of the jobs worker is, by the first matching frame (innermost first)
+PROFILE_BUCKETS = (
+    ("Avro decode (fastavro)", ("decode_body",)),
+    ("Avro encode (fastavro)", ("encode_with_id",)),
+    ("JSON state and requests", ("json/",)),
+    ("intelbus stages (dedupe, match, hits logic)", ("stream_jobs/stages.py", "stream_jobs/rules.py",
+                                                      "stream_jobs/state.py", "schemas/")),
+    ("state store and changelog (rocksdict, tables.py)", ("stream_jobs/tables.py",)),
+    ("waiting for Kafka acks (producer flush thread)", ("concurrent/futures/thread.py",)),
+    ("faust/mode/aiokafka consumer machinery", ("faust/", "mode/", "aiokafka/", "asyncio/", "selectors.py")),
+)
+
+
+def _summarise_profile(path: str) -> dict:
+    deadline = time.time() + 40
+    while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path) > 0):
+        time.sleep(1)
+    if not os.path.exists(path):
+        return {"error": "no py-spy output (ptrace not permitted?)"}
+    time.sleep(1)
+    buckets: dict[str, int] = {}
+    total = 0
+    for line in open(path, encoding="utf-8", errors="replace"):
+        line = line.rstrip()
+        if not line or " " not in line:
+            continue
+        stack, n = line.rsplit(" ", 1)
+        try:
+            count = int(n)
+        except ValueError:
+            continue
+        total += count
+        frames = stack.split(";")
+        label = "other (event loop in C, threads idle in C)"
+        for frame in reversed(frames):
+            hit = next((name for name, needles in PROFILE_BUCKETS if any(x in frame for x in needles)), None)
+            if hit:
+                label = hit
+                break
+        buckets[label] = buckets.get(label, 0) + count
+    return {"samples": total, "share": {k: round(v / total, 3) for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])}
+            if total else {}}
+
+
+def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 120.0, profile: bool = False) -> dict:
     """One run at `rate` for `seconds`: latencies, throughput, lag and memory."""
     from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
 
@@ -205,6 +281,7 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
     started = time.time()
     sim = _simulate(rate, seconds, prefix, seed)
     sampler.pids["simulate"] = sim.pid
+    profile_path = _profile_jobs(sampler.pids.get("jobs-0"), min(seconds, 30.0)) if profile else None
     out, err = sim.communicate(timeout=seconds * 5 + 300)
     published_at = time.time()
     report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
@@ -220,6 +297,9 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
         t.stop.set()
     for t in (hits, queryable, sampler):
         t.join(10)
+    cpu_cores = {name: round((sampler.cpu_last[name][1] - c0) / max(1e-9, sampler.cpu_last[name][0] - t0), 2)
+                 for name, (t0, c0) in sampler.cpu_first.items() if name in sampler.cpu_last}
+    profile = _summarise_profile(profile_path) if profile_path else {"error": "py-spy did not run"}
     hit_lat = list(hits.latencies_s.values())
     q_lat = list(queryable.latencies_s.values())
     series = sampler.series
@@ -242,6 +322,8 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
         "produce_to_queryable_s": {"sampled": len(q_lat), "p50": _percentile(q_lat, 0.5), "p99": _percentile(q_lat, 0.99),
                                    "max": max(q_lat) if q_lat else None},
         "peak_rss_mb": sampler.peak_rss_mb,
+        "cpu_cores_used": cpu_cores,
+        "jobs_profile": profile,
         "series": [{**p, "t": round(p["t"] - started, 2)} for p in series],
         "hit_latencies_s": sorted(round(x, 4) for x in hit_lat),
         "queryable_latencies_s": sorted(round(x, 3) for x in q_lat),
@@ -316,7 +398,7 @@ def plot(result: dict, path) -> None:
 
 def run(settings, *, rate: float, seconds: float, ladder: list[float], hold: float) -> dict:
     result = {"avro_ceiling": avro_ceiling()}
-    result["fixed_rate"] = fixed_rate(settings, rate, seconds)
+    result["fixed_rate"] = fixed_rate(settings, rate, seconds, profile=True)
     result["max_sustainable"] = max_sustainable(settings, ladder, hold)
     best = result["max_sustainable"]["max_sustainable_rate"]
     ceiling = result["avro_ceiling"]["ceiling_events_per_s_one_core"]

@@ -79,7 +79,13 @@ class BatchRunner:
             for key, value in items.items():
                 produce(changelog, value, key, partition, changelog_delivered)
         produced = time.perf_counter()
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
+        # Flushed on the loop's own thread first: from an executor thread, every delivery
+        # callback had to win the GIL back from the event loop, and a batch's flush took
+        # 50-70 ms instead of 5-10 (bench: 1,600 -> 1,900 events/s). Only what is still
+        # undelivered after half a second (a slow or absent broker) is waited for off the loop.
+        remaining = self.producer.flush(0.5)
+        if remaining:
+            remaining = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 60.0)
         delivered_at = time.perf_counter()
         if remaining or errors:
             # Nothing of this batch is acknowledged: the worker stops and the batch is
