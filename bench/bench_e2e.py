@@ -340,15 +340,22 @@ def sustained(result: dict, rate: float) -> bool:
 
 
 def max_sustainable(settings, ladder: list[float], hold: float) -> dict:
+    """Up the ladder until a rate lags; if the first already does, one step at half of it."""
     steps = []
     best = None
-    for rate in ladder:
+
+    def step(rate: float) -> bool:
         r = fixed_rate(settings, rate, hold, drain_timeout=180)
         ok = sustained(r, rate)
         steps.append({"rate": rate, "sustained": ok, "achieved_publish_rate": r["achieved_publish_rate"],
                       "lag_at_end": r["lag_at_end_of_publishing"], "jobs_events_per_s_steady": r["jobs_events_per_s_steady"],
                       "produce_to_hit_p99_s": r["produce_to_hit_s"]["p99"]})
-        if not ok:
+        return ok
+
+    for rate in ladder:
+        if not step(rate):
+            if best is None and step(rate / 2):
+                best = rate / 2
             break
         best = rate
     return {"hold_seconds": hold, "steps": steps, "max_sustainable_rate": best}

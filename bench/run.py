@@ -50,15 +50,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             results["producer"] = bench_producer.run(settings, 100_000 if args.quick else 1_000_000, Path(tmp))
     if wanted("jobs"):
-        results["jobs_1_worker"] = bench_jobs.throughput(settings, 20_000 if args.quick else 100_000, workers=1)
+        results["jobs_1_worker"] = bench_jobs.throughput(settings, 20_000 if args.quick else 60_000, workers=1)
         if not args.quick:
-            results["jobs_2_workers"] = bench_jobs.throughput(settings, 100_000, workers=2)
+            results["jobs_2_workers"] = bench_jobs.throughput(settings, 60_000, workers=2)
     if only and "latency" in only:  # superseded by e2e (exact latencies); kept for comparison runs
         results["produce_to_hit_2000_per_s"] = bench_jobs.latency(settings, 2000, 15 if args.quick else 60)
     if wanted("sink"):
         from bench import bench_sink
 
-        results["sink"] = bench_sink.run(settings, 30_000 if args.quick else 100_000)
+        results["sink"] = bench_sink.run(settings, 30_000 if args.quick else 60_000)
     if wanted("trail"):
         from bench import bench_trail
 
@@ -67,7 +67,7 @@ def main() -> int:
     if wanted("e2e"):
         from bench import bench_e2e
 
-        results["e2e"] = bench_e2e.run(settings, rate=2000, seconds=20 if args.quick else 60,
+        results["e2e"] = bench_e2e.run(settings, rate=2000, seconds=20 if args.quick else 30,
                                        ladder=[1000, 2000] if args.quick else [1000, 1500, 2000, 3000, 5000],
                                        hold=15 if args.quick else 60)
         RESULTS.mkdir(exist_ok=True)

@@ -1,10 +1,12 @@
-"""`intelbus feed`: a command center's live feed of the hits that concern its region.
+"""`intelbus feed`: a command center's live feed of the hits and alerts that concern its region.
 
 intel.hit holds one copy of each hit per notified province, keyed by province code, so a
 feed reads one partition: its province's. It shows what the region may see
 (`RegionTable.may_see`: its own hits, those of regions inside it, and of its zones),
-newest last. Its consumer group is `feed-<region>-<user>`: with --follow, the position is
-committed as hits are shown, and a restart resumes there.
+newest last. Alerts shared with the region (their `share_scope` names the region, a
+region inside it, one of its ancestors or one of its zones) come from intel.alert.unique.
+Its consumer group is `feed-<region>-<user>`: with --follow, the position is committed as
+items are shown, and a restart resumes there.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 from sinks.queries import display_width, pad
 
 FEED_EPILOG = """\
-Without --follow the feed prints the hits of the last --since (default 24h) and exits;
+Without --follow the feed prints the hits and shared alerts of the last --since (default 24h) and exits;
 with --follow it keeps printing as hits arrive and resumes, after a restart, where it
 stopped (consumer group feed-<region>-<user>). Every read is written to the audit log.
 
@@ -102,6 +104,35 @@ def render_block(hit: dict, regions, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def alert_shared_with(region: str, scope: list[str], regions) -> bool:
+    """An alert's share_scope reaches the region: names it, a region inside it, an ancestor of it or a zone of it."""
+    return bool(scope) and (regions.may_see(region, scope) or any(regions.is_within(region, s) for s in scope)
+                            or bool(set(scope) & set(regions.zones_of(region))))
+
+
+def alert_for_display(alert: dict) -> dict:
+    return {"feed_item": "alert", **{k: (str(v) if k == "event_id" else v) for k, v in alert.items()}}
+
+
+def render_alert_block(alert: dict, regions, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    rows = [
+        ("协查 alert", f"{alert['alert_type']} · {alert['priority']} · {alert['status']} · {alert['classification']} · "
+                      f"{_age(alert['reported_at'], now)}"),
+        ("发布方 from", f"{alert['source_region']} {regions.name(alert['source_region'])} ({alert['source_system']} "
+                       f"{alert['source_ref']} rev {alert['revision']})"),
+        ("标题 title", alert["title"]),
+        ("对象 subjects", ", ".join([p["id_number"] for p in alert.get("persons") or []]
+                                   + [v["plate"] for v in alert.get("vehicles") or []] + list(alert.get("phones") or []))
+         or "-"),
+        ("共享 shared with", ", ".join(alert["share_scope"])),
+    ]
+    width = max(display_width(label) for label, _ in rows)
+    lines = [f"── alert {alert['event_id']} " + "─" * 14]
+    lines += [f"  {pad(label, width)}  {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
 def add_feed(p):
     p.add_argument("--region", required=True, help="the command center's region code (a province sees its counties)")
     p.add_argument("--follow", action="store_true", help="keep printing hits as they arrive (Ctrl-C to stop)")
@@ -139,53 +170,73 @@ def feed_command(args) -> int:
     consumer = Consumer({**settings.kafka_config(), "group.id": f"feed-{args.region}-{user}",
                          "enable.auto.commit": False, "auto.offset.reset": "latest"})
     executor = DriverExecutor(settings.clickhouse_url)
-    topic = "intel.hit"
-    partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-    tp = TopicPartition(topic, hit_partition(regions.province_of(args.region), partitions))
-    start = None
-    if args.follow:
-        committed = consumer.committed([tp], timeout=10)[0]
-        if committed.offset >= 0:
-            start = committed.offset
-    if start is None:
-        by_time = consumer.offsets_for_times([TopicPartition(topic, tp.partition, int((time.time() - since) * 1000))], timeout=10)[0]
-        start = by_time.offset if by_time.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[1]
-    _, end = consumer.get_watermark_offsets(tp, timeout=10)
-    consumer.assign([TopicPartition(topic, tp.partition, start)])
+    hit_topic, alert_topic = "intel.hit", "intel.alert.unique"
+    meta = consumer.list_topics(timeout=10).topics
+    tps = [TopicPartition(hit_topic, hit_partition(regions.province_of(args.region), len(meta[hit_topic].partitions)))]
+    tps += [TopicPartition(alert_topic, p) for p in sorted(meta[alert_topic].partitions)]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)} if args.follow else {}
+    by_time = {(tp.topic, tp.partition): tp.offset for tp in consumer.offsets_for_times(
+        [TopicPartition(tp.topic, tp.partition, int((time.time() - since) * 1000)) for tp in tps], timeout=10)}
+    ends, assignment = {}, []
+    for tp in tps:
+        key = (tp.topic, tp.partition)
+        _, end = consumer.get_watermark_offsets(tp, timeout=10)
+        start = committed.get(key, -1)
+        if start < 0:
+            start = by_time[key] if by_time[key] >= 0 else end
+        ends[key] = end
+        assignment.append(TopicPartition(tp.topic, tp.partition, start))
+    consumer.assign(assignment)
+    described = f"intel.hit partition {tps[0].partition}, intel.alert.unique"
+
+    def caught_up() -> bool:
+        return all(p.offset >= ends[(p.topic, p.partition)] or p.offset < 0 and ends[(p.topic, p.partition)] == 0
+                   for p in consumer.position(assignment))
+
     shown = 0
     try:
         while True:
-            if not args.follow and consumer.position([tp])[0].offset >= end:
+            if not args.follow and caught_up():
                 break
             messages = consumer.consume(500, 0.2)
             batch = []
             for msg in messages:
-                if msg.error():
+                if msg.error() or msg.value() is None:
                     continue
-                if not args.follow and msg.offset() >= end:
+                if not args.follow and msg.offset() >= ends[(msg.topic(), msg.partition())]:
                     continue
-                hit = codec.decode(msg.value())
-                if regions.may_see(args.region, hit["notify_regions"]):
-                    batch.append(hit_for_display(hit))
-            for hit in batch:
-                print(json.dumps(hit, ensure_ascii=False, default=str) if args.json else render_block(hit, regions) + "\n",
-                      flush=True)
+                if msg.topic() == hit_topic:
+                    hit = codec.decode(msg.value())
+                    if regions.may_see(args.region, hit["notify_regions"]):
+                        batch.append(("hit", hit_for_display(hit)))
+                else:
+                    alert = codec.decode(msg.value())
+                    if alert_shared_with(args.region, alert.get("share_scope") or [], regions):
+                        batch.append(("alert", alert_for_display(alert)))
+            for kind, item in batch:
+                if args.json:
+                    print(json.dumps(item, ensure_ascii=False, default=str), flush=True)
+                else:
+                    print((render_block(item, regions) if kind == "hit" else render_alert_block(item, regions)) + "\n",
+                          flush=True)
             if batch:
                 shown += len(batch)
                 audit(executor, user=user, region=args.region, purpose=args.purpose, action="feed",
-                      query_name="feed", query_text=f"intel.hit partition {tp.partition}",
-                      params={"hit_ids": [h["hit_id"] for h in batch][:100]}, row_count=len(batch))
+                      query_name="feed", query_text=described,
+                      params={"hit_ids": [i["hit_id"] for k, i in batch if k == "hit"][:100],
+                              "alert_event_ids": [i["event_id"] for k, i in batch if k == "alert"][:100]},
+                      row_count=len(batch))
             if messages and args.follow:
                 consumer.commit(asynchronous=False)
-            if not messages and not args.follow and consumer.position([tp])[0].offset >= end:
+            if not messages and not args.follow and caught_up():
                 break
     except KeyboardInterrupt:
         pass
     finally:
         if shown == 0:
             audit(executor, user=user, region=args.region, purpose=args.purpose, action="feed", query_name="feed",
-                  query_text=f"intel.hit partition {tp.partition}", params={}, row_count=0)
+                  query_text=described, params={}, row_count=0)
         consumer.close()
     if not args.json:
-        print(f"({shown} hits for {args.region} {regions.name(args.region)})", file=sys.stderr)
+        print(f"({shown} hits and shared alerts for {args.region} {regions.name(args.region)})", file=sys.stderr)
     return 0

@@ -55,6 +55,10 @@ def run_worker(settings, index: int, args) -> int:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # faust runs aiokafka's consumer in a thread of its own. Each time the event loop's thread
+    # releases the GIL (a RocksDB read, the producer's flush), getting it back waited for that
+    # thread's switch interval, 5 ms by default: hundreds of times a second.
+    sys.setswitchinterval(float(os.environ.get("INTELBUS_JOBS_GIL_SWITCH_S", "0.0005")))
     import faust
     from prometheus_client import start_http_server
 

@@ -1,0 +1,37 @@
+"""Which alerts a command center's feed shows, and how an alert block lines up."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from schemas.regions import load_regions
+from sinks.feed import alert_shared_with, render_alert_block
+from sinks.queries import display_width
+
+REGIONS = load_regions()
+
+
+@pytest.mark.parametrize("viewer, scope, shown", [
+    ("130000", ["130822"], True),    # shared with a county: its province sees it
+    ("130822", ["130000"], True),    # shared with the province: its counties see it
+    ("130822", ["130822"], True),
+    ("120119", ["130000"], False),   # Tianjin is not Hebei
+    ("120119", ["JJJ"], True),       # Jing-Jin-Ji zone
+    ("440300", ["JJJ"], False),
+    ("130000", [], False),           # not shared at all
+])
+def test_alert_shared_with(viewer, scope, shown):
+    assert alert_shared_with(viewer, scope, REGIONS) is shown
+
+
+def test_alert_block_labels_line_up_in_display_width():
+    alert = {"event_id": "e1", "alert_type": "WATCH", "priority": "URGENT", "status": "OPEN", "classification": "INTERNAL",
+             "reported_at": datetime.now(tz=timezone.utc), "source_region": "110105", "source_system": "bk",
+             "source_ref": "BK-1", "revision": 1, "title": "盗抢车辆布控", "persons": [], "vehicles": [{"plate": "京A12345"}],
+             "phones": ["13800138000"], "share_scope": ["JJJ"]}
+    lines = render_alert_block(alert, REGIONS).splitlines()[1:]
+    value_columns = {display_width(l[:re.match(r"^  \S.*?\s{2,}(?=\S)", l).end()]) for l in lines}
+    assert len(value_columns) == 1
+    assert "京A12345, 13800138000" in "\n".join(lines)
