@@ -116,7 +116,8 @@ class Kafka(Component):
             proc = subprocess.run(
                 [self.java.path, "-cp", self.classpath, f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
                  f"-Dkafka.logs.dir={self.stack / 'logs'}", "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(self.home / "server.properties")],
+                 # "--cluster-id=": a base64 id may start with "-", which argparse would take for an option
+                 f"--cluster-id={cluster_id}", "-c", str(self.home / "server.properties")],
                 capture_output=True, text=True,
             )
             if proc.returncode != 0:

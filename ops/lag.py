@@ -5,26 +5,29 @@ import time
 
 
 class LagProbe:
-    """Reads a consumer group's committed offsets and the topics' end offsets (one admin client, one consumer)."""
+    """Reads a consumer group's committed offsets and the topics' end offsets.
+
+    One consumer that carries the group's id but never joins the group: `committed()` is a
+    plain OffsetFetch, so probing does not disturb the group. (The admin API's
+    list_consumer_group_offsets segfaulted inside the faust worker on a freshly formatted
+    broker, while the offsets topic was still loading.)
+    """
 
     def __init__(self, settings, group: str, topics: list[str]):
         from confluent_kafka import Consumer
-        from confluent_kafka.admin import AdminClient
 
         self.group, self.topics = group, list(topics)
-        self._admin = AdminClient(settings.kafka_config())
-        self._probe = Consumer({**settings.kafka_config(), "group.id": f"{group}-lag-probe", "enable.auto.commit": False})
+        self._probe = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
 
     def lag(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> messages the group has not committed yet."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka import TopicPartition
 
         partitions = []
         for topic in self.topics:
             meta = self._probe.list_topics(topic, timeout=10).topics[topic]
             partitions += [TopicPartition(topic, p) for p in meta.partitions]
-        request = ConsumerGroupTopicPartitions(self.group, partitions)
-        committed = self._admin.list_consumer_group_offsets([request])[self.group].result(timeout=10).topic_partitions
+        committed = self._probe.committed(partitions, timeout=10)
         lag = {}
         for tp in committed:
             _, high = self._probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)

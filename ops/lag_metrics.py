@@ -21,7 +21,7 @@ class LagExporter(threading.Thread):
     def __init__(self, settings, group: str, topics: list[str], *, interval: float = 10.0):
         super().__init__(name=f"lag-{group}", daemon=True)
         self.settings, self.group, self.topics, self.interval = settings, group, list(topics), interval
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def sample(self, probe) -> dict[tuple[str, int], int]:
         lag = probe.lag()
@@ -33,15 +33,15 @@ class LagExporter(threading.Thread):
         from ops.lag import LagProbe
 
         probe = None
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 probe = probe or LagProbe(self.settings, self.group, self.topics)
                 self.sample(probe)
             except Exception as exc:  # the broker restarting: keep the last values, try again
                 log.debug("lag probe of %s failed: %s", self.group, exc)
-            self._stop.wait(self.interval)
+            self._stopping.wait(self.interval)
         if probe is not None:
             probe.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()

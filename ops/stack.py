@@ -104,10 +104,12 @@ class Stack:
         self.pids.write(record)
         if not self._wait_healthy(c, timeout, record):
             tail = _tail(c.stdout_log)
-            still = (f"; it is still running (pid {record.pid}): `intelbus status` shows when it is ready, "
-                     f"`intelbus down {c.name}` stops it") if record.alive() else ""
-            raise Missing(f"{c.name} did not become healthy within {timeout:.0f}s{still}; last output: {tail} "
-                          f"(logs: {c.log}, {c.stdout_log})")
+            if record.alive():
+                what = (f"did not become healthy within {timeout:.0f}s; it is still running (pid {record.pid}): "
+                        f"`intelbus status` shows when it is ready, `intelbus down {c.name}` stops it")
+            else:
+                what = f"exited while starting, after {time.monotonic() - started:.0f}s"
+            raise Missing(f"{c.name} {what}; last output: {tail} (logs: {c.log}, {c.stdout_log})")
         self.out(f"{c.name:<11} up at {c.address} in {time.monotonic() - started:.1f}s (pid {record.pid}, log {c.log})")
 
     def _wait_healthy(self, c: Component, timeout: float, record) -> bool:
