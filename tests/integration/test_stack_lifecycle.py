@@ -25,6 +25,8 @@ def isolated_env(tmp_path_factory):
         "INTELBUS_REGISTRY_URL": f"http://127.0.0.1:{PORTS['registry']}/apis/ccompat/v7",
         "INTELBUS_CLICKHOUSE_URL": f"clickhouse://default@127.0.0.1:{PORTS['clickhouse']}/intelbus",
         "INTELBUS_CLICKHOUSE_HTTP": f"http://127.0.0.1:{PORTS['clickhouse_http']}",
+        # its jobs and sink would answer here: not where the main stack's do
+        "INTELBUS_METRICS_PORT_BASE": "29400",
     }
     yield env
     subprocess.run([sys.executable, "-m", "ops.cli", "down", "--purge"], env=env, capture_output=True, timeout=120)
@@ -43,11 +45,12 @@ def test_up_twice_down_and_data_survives(isolated_env):
     assert "already running" in second.stdout
 
     status = intelbus(env, "status", "--json")
-    assert status.returncode == 0, status.stdout
     doc = json.loads(status.stdout)
     by_name = {c["name"]: c for c in doc["components"]}
-    assert doc["healthy"] is True
     assert all(by_name[n]["healthy"] for n in ("kafka", "registry", "clickhouse"))
+    # --infra-only started no jobs or sink: status says so and exits 1 (0 only when all is healthy)
+    assert not by_name["jobs-0"]["healthy"] and not by_name["sink"]["healthy"]
+    assert status.returncode == 1 and doc["healthy"] is False
     assert by_name["kafka"]["address"] == f"127.0.0.1:{PORTS['kafka']}"
 
     # put one topic, one schema and one table row in, then restart the stack
