@@ -139,7 +139,7 @@ def markdown(r: dict) -> str:
             "", "CPU used during the fixed-rate run (cores, of 2): "
             + ", ".join(f"{k} {v:.2f}" for k, v in f.get("cpu_cores_used", {}).items()) + ".",
             "", "Where the jobs worker spends its time during that run (py-spy samples, innermost known frame): "
-            + ", ".join(f"{k} {v:.0%}" for k, v in (f.get("jobs_profile") or {}).get("share", {}).items()) + "."
+            + ", ".join(f"{k} {v:.0%}" for k, v in (f.get("jobs_profile") or {}).get("share", {}).items()) + ".",
             "", "Plot: `latest.png` (latency distributions; throughput and lag over time)."]
     if p:
         lines += ["", f"Average Avro incident: {p['avg_avro_bytes']} bytes. Where (c) spends its time (share of profiled time):", ""]
