@@ -189,9 +189,11 @@ def feed_command(args) -> int:
     consumer.assign(assignment)
     described = f"intel.hit partition {tps[0].partition}, intel.alert.unique"
 
+    # how far each partition has been read: without --follow, the feed stops at the ends seen at start
+    read_to = {(tp.topic, tp.partition): tp.offset for tp in assignment}
+
     def caught_up() -> bool:
-        return all(p.offset >= ends[(p.topic, p.partition)] or p.offset < 0 and ends[(p.topic, p.partition)] == 0
-                   for p in consumer.position(assignment))
+        return all(read_to[key] >= end for key, end in ends.items())
 
     shown = 0
     try:
@@ -201,7 +203,10 @@ def feed_command(args) -> int:
             messages = consumer.consume(500, 0.2)
             batch = []
             for msg in messages:
-                if msg.error() or msg.value() is None:
+                if msg.error():
+                    continue
+                read_to[(msg.topic(), msg.partition())] = msg.offset() + 1
+                if msg.value() is None:
                     continue
                 if not args.follow and msg.offset() >= ends[(msg.topic(), msg.partition())]:
                     continue
