@@ -1,8 +1,8 @@
 """Consumer lag as a metric: every consuming process exports its own group's lag per partition.
 
 `intelbus_consumer_lag_messages{group, topic, partition}`: committed offset to end of log,
-read every `interval` seconds by a daemon thread (admin API, not the consumer's own view,
-so a stalled consumer still shows its lag growing). Several workers of one group export
+read every `interval` seconds by a daemon thread from the broker (the group's committed
+offsets, not the consumer's own view, so a stalled consumer still shows its lag growing). Several workers of one group export
 the same series; dashboards and rules take the max per partition.
 """
 from __future__ import annotations

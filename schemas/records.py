@@ -316,10 +316,7 @@ def validate_record(kind: str, raw: dict, *, source_region: str | None = None, s
         raise RecordError("", f"a record must be an object, got {_type(raw)}")
     _check_fields(raw, _ALLOWED[kind], "")
     get = raw.get
-    region = get("source_region")
-    if region is None or (source_region is not None and region != source_region):
-        region = _from_publisher(raw, "source_region", source_region)
-    region = _region(region, "source_region")
+    region = _region(_from_publisher(raw, "source_region", source_region), "source_region")
     system = _non_empty(_from_publisher(raw, "source_system", source_system), "source_system")
     ref = get("source_ref")
     if ref is None:

@@ -106,8 +106,8 @@ def render_block(hit: dict, regions, now: float | None = None) -> str:
 
 def alert_shared_with(region: str, scope: list[str], regions) -> bool:
     """An alert's share_scope reaches the region: names it, a region inside it, an ancestor of it or a zone of it."""
-    return bool(scope) and (regions.may_see(region, scope) or any(regions.is_within(region, s) for s in scope)
-                            or bool(set(scope) & set(regions.zones_of(region))))
+    # may_see covers the region, regions inside it and its zones; sharing with an ancestor is the rest
+    return regions.may_see(region, scope) or any(regions.is_within(region, s) for s in scope)
 
 
 def alert_for_display(alert: dict) -> dict:
@@ -233,8 +233,6 @@ def feed_command(args) -> int:
                       row_count=len(batch))
             if messages and args.follow:
                 consumer.commit(asynchronous=False)
-            if not messages and not args.follow and caught_up():
-                break
     except KeyboardInterrupt:
         pass
     finally:

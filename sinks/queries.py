@@ -210,11 +210,6 @@ def rewrite_tables(sql: str, database: str, scope: dict[str, str] | None = None)
     return rewritten
 
 
-def restrict_to_region(sql: str, scope: dict[str, str], database: str) -> str:
-    """Ad-hoc SQL limited to what a region may see (see rewrite_tables)."""
-    return rewrite_tables(sql, database, scope)
-
-
 # --- running and auditing -----------------------------------------------------------------
 
 @dataclass

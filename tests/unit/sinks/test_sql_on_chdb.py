@@ -9,7 +9,7 @@ import pytest
 from schemas.regions import load_regions
 from sinks.engine import ChdbExecutor
 from sinks.migrate import apply_migrations, load_migrations
-from sinks.queries import QueryError, check_read_only, load_queries, restrict_to_region, rewrite_tables, scope_predicates
+from sinks.queries import QueryError, check_read_only, load_queries, rewrite_tables, scope_predicates
 from sinks.rows import COLUMNS, event_rows, hit_row
 
 chdb = pytest.importorskip("chdb")
@@ -95,11 +95,11 @@ def test_hits_and_time_to_hit(engine):
 
 
 def test_ad_hoc_sql_is_rewritten_to_the_region_and_refuses_other_tables(engine):
-    sql = restrict_to_region(check_read_only("SELECT region FROM events ORDER BY region"),
-                             scope_predicates("110000", REGIONS), "intelbus")
+    sql = rewrite_tables(check_read_only("SELECT region FROM events ORDER BY region"), "intelbus",
+                         scope_predicates("110000", REGIONS))
     assert [r[0] for r in engine.query(sql)[1]] == ["110112"]  # Tongzhou only, once: Beijing sees nothing else
     with pytest.raises(Exception, match="may read only"):
-        restrict_to_region("SELECT * FROM audit_log", scope_predicates("110000", REGIONS), "intelbus")
+        rewrite_tables("SELECT * FROM audit_log", "intelbus", scope_predicates("110000", REGIONS))
 
 
 def test_ad_hoc_sql_reads_each_event_once_although_the_sink_stored_it_twice(engine):
