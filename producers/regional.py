@@ -68,18 +68,6 @@ class DeliveryStats:
         return self.published + self.dead_letters - self.delivered - self.failed
 
 
-class _ByTopic(dict):
-    """topic -> bound metric child, made on first use (no label lookup per message)."""
-
-    def __init__(self, make):
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, topic):
-        child = self[topic] = self._make(topic)
-        return child
-
-
 class RegionalProducer:
     def __init__(self, *, region: str | None = None, system: str | None = None, settings: Settings | None = None,
                  codec: SchemaCodec | None = None, kafka_overrides: dict | None = None, on_delivery=None,
@@ -87,25 +75,61 @@ class RegionalProducer:
         self.settings = settings or load_settings()
         self.region, self.system = region, system
         self.codec = codec or SchemaCodec(url=self.settings.registry_url)
-        self._producer = Producer(producer_config(self.settings, **(kafka_overrides or {})))
-        self.stats = DeliveryStats()
+        # A delivery report per message costs about 3 µs in librdkafka's Python binding,
+        # whatever the callback does (bench/bench_producer.py). Without a callback of the
+        # caller's, only failures are reported, and what was delivered is counted from what
+        # was handed over, what failed and what is still in librdkafka's queue.
+        config = producer_config(self.settings, **(kafka_overrides or {}))
+        config.setdefault("delivery.report.only.error", on_delivery is None)
+        config["on_delivery"] = self._delivered
+        self._producer = Producer(config)
+        self._stats = DeliveryStats()
         self._user_callback = on_delivery
         self._closed = False
         self._topic = topic  # None: intel.<kind>; another topic for staging and benchmarks
-        self._published_metric = _ByTopic(lambda t: metrics.RECORDS.labels(self._kind_of(t), "published"))
-        self._failed_metric = _ByTopic(lambda t: metrics.RECORDS.labels(self._kind_of(t), "failed"))
         self._kind_by_topic: dict[str, str] = {}
+        self._sent_by_topic: dict[str, int] = {}  # records handed to librdkafka (not the DLQ)
+        self._failed_by_topic: dict[str, int] = {}
+        self._counted_by_topic: dict[str, int] = {}  # already in the `published` metric
+        self._next_settle = 0.0
+        self._until_settle = 64
+
+    @property
+    def stats(self) -> DeliveryStats:
+        """Counts so far; `delivered` is exact once flushed (pending: still in librdkafka's queue)."""
+        self._settle()
+        return self._stats
+
+    def _settle(self) -> None:
+        """Bring `delivered` and the per-kind `published` metric up to date.
+
+        delivered = handed over - failed - still queued, exact at every moment. Per kind,
+        the metric takes the same bound with the whole queue as that kind's: it never counts
+        a record Kafka has not acknowledged, is exact whenever the queue is empty (after
+        every flush) and, with one kind in flight, always.
+        """
+        in_flight = len(self._producer)
+        st = self._stats
+        st.delivered = st.published + st.dead_letters - st.failed - in_flight
+        failed, counted = self._failed_by_topic, self._counted_by_topic
+        for topic, sent in self._sent_by_topic.items():
+            bound = sent - failed.get(topic, 0) - in_flight
+            done = counted.get(topic, 0)
+            if bound > done:
+                metrics.RECORDS.labels(self._kind_of(topic), "published").inc(bound - done)
+                counted[topic] = bound
+        self._next_settle = time.monotonic() + 1.0
 
     def _delivered(self, err, msg) -> None:
-        if err is None:
-            self.stats.delivered += 1
-            if msg.topic() != DLQ_TOPIC:
-                self._published_metric[msg.topic()].inc()
-        else:
-            self.stats.failed += 1
-            self._failed_metric[msg.topic()].inc()
-            if len(self.stats.errors) < 100:
-                self.stats.errors.append(f"{msg.topic()} key={msg.key()!r}: {err.str()}")
+        """librdkafka's report: every failure, and every success when the caller asked for them."""
+        if err is not None:
+            topic = msg.topic()
+            self._stats.failed += 1
+            if topic != DLQ_TOPIC:
+                self._failed_by_topic[topic] = self._failed_by_topic.get(topic, 0) + 1
+            metrics.RECORDS.labels(self._kind_of(topic), "failed").inc()
+            if len(self._stats.errors) < 100:
+                self._stats.errors.append(f"{topic} key={msg.key()!r}: {err.str()}")
         if self._user_callback is not None:
             self._user_callback(err, msg)
 
@@ -114,22 +138,38 @@ class RegionalProducer:
         try:
             return validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
         except RecordError as exc:
-            metrics.RECORDS.labels(kind, "rejected").inc()
-            metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()
+            _count_rejection(kind, exc)
             raise
 
     def publish(self, kind: str, record: dict, *, now_ms: int | None = None) -> Published:
         """Validate, encode and hand one record to Kafka. Raises RecordError for a bad record."""
-        valid = self.validate(kind, record, now_ms=now_ms)
+        try:
+            valid = validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
+        except RecordError as exc:
+            _count_rejection(kind, exc)
+            raise
         return self.publish_valid(kind, valid)
 
     def publish_valid(self, kind: str, valid: dict) -> Published:
         """Send a record already returned by `validate`."""
         topic = self._topic or input_topic(kind)
-        self._kind_by_topic[topic] = kind
+        sent = self._sent_by_topic
+        if topic not in sent:
+            self._kind_by_topic[topic] = kind
+            sent[topic] = 0
         key = record_key(valid["source_region"], valid["source_system"], valid["source_ref"])
-        self._produce(topic, self.codec.encode(topic, valid), key.encode())
-        self.stats.published += 1
+        value, key_bytes = self.codec.encode(topic, valid), key.encode()
+        try:
+            self._producer.produce(topic, value, key_bytes)
+        except BufferError:
+            self._produce(topic, value, key_bytes)  # waits for room in librdkafka's queue
+        else:
+            self._producer.poll(0)
+            self._until_settle -= 1
+            if not self._until_settle:
+                self._settle_now_and_then()
+        sent[topic] += 1
+        self._stats.published += 1
         return Published(kind, topic, key, valid["event_id"])
 
     def send_dead_letter(self, *, stage: str, source: str, reason: str, raw: bytes, kind: str | None = None,
@@ -149,7 +189,7 @@ class RegionalProducer:
         }
         key = (source_region or self.region or "").encode() or None
         self._produce(DLQ_TOPIC, self.codec.encode(DLQ_TOPIC, record), key)
-        self.stats.dead_letters += 1
+        self._stats.dead_letters += 1
 
     def _kind_of(self, topic: str) -> str:
         return self._kind_by_topic.get(topic, "unknown")
@@ -157,18 +197,29 @@ class RegionalProducer:
     def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                self._producer.produce(topic, value, key)
                 break
             except BufferError:  # local queue full: serve deliveries, then retry
                 self._producer.poll(0.1)
         self._producer.poll(0)
+        self._settle_now_and_then()
+
+    def _settle_now_and_then(self) -> None:
+        """`_settle` at most once a second, looked at every 64 records (not per record)."""
+        self._until_settle = 64
+        if self._next_settle <= time.monotonic():
+            self._settle()
 
     def poll(self, timeout: float = 0) -> int:
-        return self._producer.poll(timeout)
+        served = self._producer.poll(timeout)
+        self._settle()
+        return served
 
     def flush(self, timeout: float = 60.0) -> int:
         """Wait for delivery reports; returns how many messages are still undelivered."""
-        return self._producer.flush(timeout)
+        remaining = self._producer.flush(timeout)
+        self._settle()
+        return remaining
 
     def close(self) -> None:
         if not self._closed:
@@ -180,3 +231,8 @@ class RegionalProducer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _count_rejection(kind: str, exc: RecordError) -> None:
+    metrics.RECORDS.labels(kind, "rejected").inc()
+    metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()

@@ -9,13 +9,15 @@ NAMESPACE = uuid.UUID("6f1c3e0a-8a4b-5d2e-9c71-1b2a3c4d5e6f")
 _NAMESPACE_BYTES = NAMESPACE.bytes
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits 10xx
+_sha1 = hashlib.sha1
+
+
 def _uuid5(name: str) -> str:
-    """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects (the producer's hot path)."""
-    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50  # version 5
-    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects (the producer's hot path):
+    the first 16 bytes of the SHA-1, version nibble 5, variant bits 10."""
+    x = _sha1(_NAMESPACE_BYTES + name.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def record_key(source_region: str, source_system: str, source_ref: str) -> str:

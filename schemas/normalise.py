@@ -14,8 +14,6 @@ from datetime import date
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ASCII_ZERO_TOTAL = 48 * sum(_WEIGHTS)  # the weighted sum of ASCII codes, less this, is the digits' sum
 _CHECK = "10X98765432"
-_DIGITS_17 = re.compile(r"\d{17}")
-_DIGITS_15 = re.compile(r"\d{15}")
 
 # Province abbreviations on mainland plates (GA 36).
 PLATE_PROVINCES = frozenset("京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼")
@@ -40,11 +38,18 @@ def resident_id_check_digit(first17: str) -> str:
     return _CHECK[(sum(map(operator.mul, first17.encode("ascii"), _WEIGHTS)) - _ASCII_ZERO_TOTAL) % 11]
 
 
-def _check_birth_date(text: str) -> None:
+@functools.lru_cache(maxsize=65_536)  # about 36,500 birth dates a century: persons share them
+def _birth_date(text: str) -> date | None:
     try:
-        born = date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
-        raise InvalidIdentifier(f"birth date {text} is not a valid date") from None
+        return None
+
+
+def _check_birth_date(text: str) -> None:
+    born = _birth_date(text)
+    if born is None:
+        raise InvalidIdentifier(f"birth date {text} is not a valid date")
     if born > _today():
         raise InvalidIdentifier(f"birth date {text} is in the future")
 
@@ -66,7 +71,7 @@ def normalise_resident_id(raw: str) -> str:
         raise InvalidIdentifier("is empty")
     text = str(raw).strip().upper()
     if len(text) == 15:
-        if not _DIGITS_15.fullmatch(text):
+        if not (text.isascii() and text.isdigit()):
             raise InvalidIdentifier("a 15-character resident ID must be all digits")
         first17 = text[:6] + "19" + text[6:]
         _check_region_and_date(first17)
@@ -74,7 +79,7 @@ def normalise_resident_id(raw: str) -> str:
     if len(text) != 18:
         raise InvalidIdentifier(f"has {len(text)} characters, expected 15 or 18")
     first17, check = text[:17], text[17]
-    if not _DIGITS_17.fullmatch(first17):
+    if not (first17.isascii() and first17.isdigit()):
         raise InvalidIdentifier("the first 17 characters must be digits")
     if check not in "0123456789X":
         raise InvalidIdentifier(f"last character {check!r} must be a digit or X")

@@ -33,3 +33,80 @@ def test_each_kind_of_bad_record_gets_its_reason_class(change, expected):
 
 def test_the_good_record_is_good():
     assert validate_record("incident", GOOD)["source_ref"] == "JQ1"
+
+
+class FakeKafka:
+    """librdkafka as RegionalProducer sees it: a queue, and error reports on poll."""
+
+    def __init__(self, report):
+        self.report = report  # the producer's on_delivery
+        self.queue, self.failures = [], []
+
+    def produce(self, topic, value, key):
+        self.queue.append((topic, key))
+
+    def poll(self, timeout=0):
+        for topic, key in self.failures:
+            self.report(FakeError(), FakeMsg(topic, key))
+        self.failures.clear()
+        return 0
+
+    def flush(self, timeout=0):
+        self.poll()
+        self.queue.clear()
+        return 0
+
+    def __len__(self):
+        return len(self.queue)
+
+    def settle(self, done: int, failed: int = 0):
+        """`done` leave the queue; the first `failed` of them will be reported as errors."""
+        gone, self.queue = self.queue[:done], self.queue[done:]
+        self.failures += gone[:failed]
+
+
+class FakeError:
+    def str(self):
+        return "Broker: Not enough in-sync replicas"
+
+
+class FakeMsg:
+    def __init__(self, topic, key):
+        self._topic, self._key = topic, key
+
+    def topic(self):
+        return self._topic
+
+    def key(self):
+        return self._key
+
+
+def published_metric(kind):
+    from producers import metrics
+
+    return metrics.RECORDS.labels(kind, "published")._value.get()
+
+
+def test_delivered_counts_come_from_the_queue_and_error_reports_without_a_report_per_message():
+    from ops.settings import Settings
+    from producers.regional import RegionalProducer
+
+    class Codec:
+        def encode(self, topic, record):
+            return b"avro"
+
+    producer = RegionalProducer(settings=Settings(), codec=Codec(), region="120119", system="kakou")
+    kafka = producer._producer = FakeKafka(producer._delivered)
+    before = published_metric("incident")
+    for i in range(5):
+        producer.publish("incident", {**GOOD, "source_ref": f"JQ{i}"})
+    kafka.settle(done=3, failed=1)
+    producer.poll(0)
+    stats = producer.stats
+    assert (stats.published, stats.delivered, stats.failed, stats.pending) == (5, 2, 1, 2)
+    assert "Not enough in-sync replicas" in stats.errors[0]
+    # never more than Kafka acknowledged: 5 sent - 1 failed - 2 still queued
+    assert published_metric("incident") - before == 2
+    producer.flush()
+    assert (producer.stats.delivered, producer.stats.pending) == (4, 0)
+    assert published_metric("incident") - before == 4
