@@ -142,6 +142,14 @@ class DedupeStage:
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
         requests: dict[int, dict] = {}
+        # the state key is the record key, which producers also put in the message key:
+        # read those in one go (a message keyed otherwise is read on its own)
+        keys_by_partition: dict[int, list[bytes]] = {}
+        for msg in batch:
+            if msg.key:
+                keys_by_partition.setdefault(msg.partition, []).append(msg.key)
+        for partition, keys in keys_by_partition.items():
+            self.state.prefetch(partition, keys)
         for msg in batch:
             try:
                 self._one(msg, now_ms, result, requests)
@@ -298,13 +306,21 @@ class MatchStage:
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
+        requests = []
         for msg in batch:
             try:
                 doc = loads(msg.value)
                 events, ops = doc["events"], doc["ops"]
+                if not isinstance(ops, list):
+                    raise TypeError(f"ops is {type(ops).__name__}, not a list")
             except (ValueError, TypeError, KeyError) as exc:
                 result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable match request: {exc}", msg.value or b""))
                 continue
+            requests.append((msg, events, ops))
+            # every identifier of the batch read in one go (a malformed op fails on its own below)
+            self.state.prefetch(msg.partition, [op["id"].encode() for op in ops
+                                                if type(op) is dict and type(op.get("id")) is str])
+        for msg, events, ops in requests:
             for op in ops:
                 try:
                     self._apply(op, events, msg.partition, now_ms, result)

@@ -13,28 +13,52 @@ from typing import Protocol
 
 class PartitionedState(Protocol):
     def get(self, partition: int, key: bytes) -> bytes | None: ...
+    def prefetch(self, partition: int, keys) -> None: ...
     def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
     def drain(self) -> dict[int, dict[bytes, bytes | None]]: ...
 
 
 class BatchOverlay:
-    """Buffers a batch's writes over a read function; `drain()` returns and clears them."""
+    """Buffers a batch's writes over a read function; `drain()` returns and clears them.
 
-    def __init__(self, read):
+    `prefetch` reads the keys a batch is about to ask for in one call (RocksDB's multi-get:
+    the store releases and retakes the GIL once per batch instead of once per key, and
+    the worker's consumer thread wants the GIL too). What was fetched serves `get` until
+    the batch is drained.
+    """
+
+    def __init__(self, read, read_many=None):
         self._read = read  # (partition, key) -> bytes | None, the persisted value
+        self._read_many = read_many  # (partition, [key]) -> [bytes | None], or None: one by one
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
+        self._fetched: dict[int, dict[bytes, bytes | None]] = {}
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         pending = self._pending.get(partition)
         if pending is not None and key in pending:
             return pending[key]
+        fetched = self._fetched.get(partition)
+        if fetched is not None and key in fetched:
+            return fetched[key]
         return self._read(partition, key)
+
+    def prefetch(self, partition: int, keys) -> None:
+        fetched = self._fetched.setdefault(partition, {})
+        wanted = [k for k in dict.fromkeys(keys) if k not in fetched]
+        if not wanted:
+            return
+        if self._read_many is None:
+            for k in wanted:
+                fetched[k] = self._read(partition, k)
+        else:
+            fetched.update(zip(wanted, self._read_many(partition, wanted)))
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         self._pending.setdefault(partition, {})[key] = value
 
     def drain(self) -> dict[int, dict[bytes, bytes | None]]:
         pending, self._pending = self._pending, {}
+        self._fetched = {}
         return pending
 
 
@@ -57,9 +81,18 @@ class MemoryState(BatchOverlay):
         return sum(len(v) for v in writes.values())
 
 
-def dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+try:  # faust-streaming's [orjson] extra: the same JSON, 5-10 times faster both ways
+    import orjson
 
+    def dumps(obj) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
-def loads(data: bytes | None):
-    return None if data is None else json.loads(data)
+    def loads(data: bytes | None):
+        return None if data is None else orjson.loads(data)
+
+except ImportError:  # pragma: no cover - the project installs it
+    def dumps(obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def loads(data: bytes | None):
+        return None if data is None else json.loads(data)

@@ -18,7 +18,7 @@ from stream_jobs.state import BatchOverlay
 class FaustTableState(BatchOverlay):
     def __init__(self, table):
         self.table = table
-        super().__init__(self._read)
+        super().__init__(self._read, self._read_many)
 
     @property
     def changelog_topic(self) -> str:
@@ -36,6 +36,13 @@ class FaustTableState(BatchOverlay):
         if self._is_rocksdb():
             return store._db_for_partition(partition).get(key)
         return store.data.get(key)
+
+    def _read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        store = self._store
+        if self._is_rocksdb():
+            return store._db_for_partition(partition).get(keys)  # rocksdict: a list is a multi-get
+        data = store.data
+        return [data.get(k) for k in keys]
 
     def apply(self, writes: dict[int, dict[bytes, bytes | None]], offsets: dict[int, int]) -> None:
         """Write delivered changelog records into the store; offsets: partition -> last changelog offset."""

@@ -71,9 +71,11 @@ def run_worker(settings, index: int, args) -> int:
     from ops.lag_metrics import LagExporter
 
     LagExporter(settings, app.conf.id, JOBS_TOPICS).start()
-    log.info("worker %d: kafka=%s registry=%s partitions=%d dedupe_window=%dd store=%s batch=%d within=%.3fs metrics=:%d",
+    log.info("worker %d: kafka=%s registry=%s partitions=%d dedupe_window=%dd store=%s batch=%d within=%.3fs "
+             "consumer_loop=%s metrics=:%d",
              index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,
-             "rocksdb" if rocksdb_available() else "memory", args.batch, args.within, port)
+             "rocksdb" if rocksdb_available() else "memory", args.batch, args.within,
+             "direct" if app.intelbus_consumer_loop_patched else "faust", port)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

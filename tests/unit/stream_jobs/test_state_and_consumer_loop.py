@@ -1,0 +1,91 @@
+"""Batch state reads (prefetch) and the condition under which the consumer loop skips faust's wait_first."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from stream_jobs import faust_patches
+from stream_jobs.state import BatchOverlay
+
+
+class Store:
+    def __init__(self, data):
+        self.data = data
+        self.single, self.many = [], []
+
+    def read(self, partition, key):
+        self.single.append((partition, key))
+        return self.data.get((partition, key))
+
+    def read_many(self, partition, keys):
+        self.many.append((partition, list(keys)))
+        return [self.data.get((partition, k)) for k in keys]
+
+
+def test_prefetch_reads_a_batch_in_one_call_and_serves_gets_until_drained():
+    store = Store({(0, b"a"): b"1", (0, b"b"): b"2"})
+    state = BatchOverlay(store.read, store.read_many)
+    state.prefetch(0, [b"a", b"b", b"a", b"missing"])
+    assert store.many == [(0, [b"a", b"b", b"missing"])]  # once each
+    assert (state.get(0, b"a"), state.get(0, b"b"), state.get(0, b"missing")) == (b"1", b"2", None)
+    assert store.single == []  # all served from the prefetch
+    state.put(0, b"a", b"new")
+    assert state.get(0, b"a") == b"new"  # the batch's own write wins over what was fetched
+    assert state.get(1, b"a") is None and store.single == [(1, b"a")]  # not prefetched: read on its own
+    state.prefetch(0, [b"a", b"b"])
+    assert len(store.many) == 1  # already fetched in this batch
+    assert state.drain() == {0: {b"a": b"new"}}
+    store.data[(0, b"b")] = b"changed"
+    assert state.get(0, b"b") == b"changed"  # drained: the fetched copy is gone
+
+
+def test_prefetch_without_a_multi_read_falls_back_to_single_reads():
+    store = Store({(2, b"k"): b"v"})
+    state = BatchOverlay(store.read)
+    state.prefetch(2, [b"k", b"x"])
+    assert store.single == [(2, b"k"), (2, b"x")]
+    assert state.get(2, b"k") == b"v" and len(store.single) == 2
+
+
+def consumer(*, suspended=False, flow_active=True, locked=False, buffered=0, full_queue=False, tp="t0"):
+    lock = asyncio.Lock()
+    if locked:
+        lock._locked = True  # as after an uncontended acquire()
+    queue = SimpleNamespace(full=lambda: full_queue)
+    app = SimpleNamespace(
+        flow_control=SimpleNamespace(is_active=lambda: flow_active),
+        topics=SimpleNamespace(_tp_to_callback_lock=lock, _tp_index={tp: [SimpleNamespace(queue=queue)]}),
+        producer=SimpleNamespace(buffer=SimpleNamespace(size=buffered, max_messages=100)),
+    )
+    return SimpleNamespace(app=app, suspend_flow=SimpleNamespace(is_set=lambda: suspended))
+
+
+@pytest.mark.parametrize("kw,direct", [
+    ({}, True),
+    ({"suspended": True}, False),  # the consumer was told to stop the flow (a rebalance)
+    ({"flow_active": False}, False),  # flow control would make the callback wait
+    ({"locked": True}, False),  # the conductor is updating its indices
+    ({"buffered": 101}, False),  # faust's producer buffer would be flushed first
+    ({"full_queue": True}, False),  # the stream buffer is full: put would wait
+])
+def test_the_consumer_loop_awaits_directly_only_when_the_callback_cannot_wait(kw, direct):
+    assert faust_patches._delivers_without_waiting(consumer(**kw), "t0") is direct
+
+
+def test_a_partition_without_channels_is_direct():
+    assert faust_patches._delivers_without_waiting(consumer(), "other") is True
+
+
+def test_the_patch_applies_only_to_the_faust_version_it_was_written_for(monkeypatch):
+    import faust
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._drain_messages
+    monkeypatch.setattr(faust_patches, "_installed", False)
+    monkeypatch.setattr(faust, "__version__", "0.99.0")
+    assert faust_patches.install() is False and Consumer._drain_messages is original
+    monkeypatch.setattr(faust, "__version__", faust_patches.PATCHED_VERSION)
+    monkeypatch.setattr(Consumer, "_drain_messages", original)
+    assert faust_patches.install() is True and Consumer._drain_messages is faust_patches._drain_messages
