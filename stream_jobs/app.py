@@ -41,13 +41,62 @@ def rocksdb_available() -> bool:
     return True
 
 
+class DeliveryWaiter:
+    """Batches wait here for librdkafka's delivery reports without blocking the event loop.
+
+    One task serves the reports (`poll(0)` on the loop's thread) every millisecond while
+    any batch waits, and wakes each batch when its count reaches zero. Meanwhile faust's
+    consumer fills the stream buffers (so the next batch is larger) and the other stages
+    run. A blocking flush held the loop for each batch's acknowledgement round trip (5-10
+    ms, three stages a batch); reports served from another thread had to win the GIL back
+    from the loop (50-70 ms a batch, measured); a polling loop per waiting batch woke the
+    loop up to three times a millisecond.
+    """
+
+    def __init__(self, producer: Producer, interval: float = 0.001):
+        self.producer = producer
+        self.interval = interval
+        self._waiting: list[tuple[list[int], asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def wait(self, outstanding: list[int], timeout: float) -> int:
+        self.producer.poll(0)
+        if outstanding[0] <= 0:
+            return 0
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._waiting.append((outstanding, done))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._serve())
+        try:
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
+            self._waiting = [w for w in self._waiting if w[1] is not done]
+        return max(0, outstanding[0])
+
+    async def _serve(self) -> None:
+        poll, sleep = self.producer.poll, asyncio.sleep
+        while self._waiting:
+            await sleep(self.interval)
+            poll(0)
+            still = []
+            for outstanding, done in self._waiting:
+                if outstanding[0] <= 0:
+                    if not done.done():
+                        done.set_result(None)
+                elif not done.done():
+                    still.append((outstanding, done))
+            self._waiting = still
+
+
 class BatchRunner:
     """Runs one stage over a batch and makes its effects durable before returning."""
 
-    def __init__(self, producer: Producer, encode_dead_letter, *, name: str):
+    def __init__(self, producer: Producer, encode_dead_letter, *, name: str, waiter: DeliveryWaiter | None = None):
         self.producer = producer
         self.encode_dead_letter = encode_dead_letter
         self.name = name
+        self.waiter = waiter or DeliveryWaiter(producer)
 
     async def run(self, stage, state: FaustTableState, batch: list[Incoming]) -> StageResult:
         started = time.perf_counter()
@@ -97,25 +146,8 @@ class BatchRunner:
         return result
 
     async def _delivered(self, outstanding: list[int], timeout: float = 60.0) -> int:
-        """Wait until this batch's messages are reported, serving reports on the loop's thread.
-
-        The loop is not blocked meanwhile: faust's consumer fills the stream buffers (so the
-        next batch is larger) and the other stages run their batches. A blocking flush here
-        held the loop for each batch's acknowledgement round trip (5-10 ms), three stages
-        a batch, and kept batches small (bench: ~1,900 -> ~2,400 events/s with the direct
-        consumer loop). Reports come from `poll` on this thread: from another thread every
-        report had to win the GIL back from the loop (50-70 ms a batch, measured).
-        """
-        poll = self.producer.poll
-        poll(0)
-        if outstanding[0] <= 0:
-            return 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while outstanding[0] > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.001)
-            poll(0)
-        return max(0, outstanding[0])
+        """Wait until this batch's messages are reported; how many were not, after `timeout`."""
+        return await self.waiter.wait(outstanding, timeout)
 
     def _produce(self, topic, value, key, partition, callback):
         while True:
@@ -205,8 +237,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         ("match", app.topic(MATCH_TOPIC, **topics), match, state["index"]),
         ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"]),
     ]
+    waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
     for name, topic, stage, st in wiring:
-        runner = BatchRunner(producer, encode_dead_letter, name=name)
+        runner = BatchRunner(producer, encode_dead_letter, name=name, waiter=waiter)
         app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within))
 
     @app.timer(interval=1.0)

@@ -89,3 +89,40 @@ def test_the_patch_applies_only_to_the_faust_version_it_was_written_for(monkeypa
     monkeypatch.setattr(faust, "__version__", faust_patches.PATCHED_VERSION)
     monkeypatch.setattr(Consumer, "_drain_messages", original)
     assert faust_patches.install() is True and Consumer._drain_messages is faust_patches._drain_messages
+
+
+def test_batches_wait_for_their_own_delivery_reports_without_blocking_the_loop():
+    from stream_jobs.app import DeliveryWaiter
+
+    class Producer:
+        """Reports one message per poll, in the order produced."""
+
+        def __init__(self):
+            self.queue, self.polls = [], 0
+
+        def poll(self, timeout):
+            self.polls += 1
+            if self.queue:
+                self.queue.pop(0)[0] -= 1
+
+    async def scenario():
+        producer = Producer()
+        waiter = DeliveryWaiter(producer, interval=0)
+        a, b, never = [2], [1], [1]
+        producer.queue += [a, b, a]
+        ticks = 0
+
+        async def other_work():  # the loop stays free while batches wait
+            nonlocal ticks
+            for _ in range(20):
+                ticks += 1
+                await asyncio.sleep(0)
+
+        results = await asyncio.gather(waiter.wait(a, 5), waiter.wait(b, 5), other_work())
+        timed_out = await waiter.wait(never, 0.05)
+        return results[:2], timed_out, ticks, waiter._waiting
+
+    (left_a, left_b), timed_out, ticks, waiting = asyncio.run(scenario())
+    assert (left_a, left_b) == (0, 0)
+    assert timed_out == 1 and waiting == []  # nothing reported: the batch is told how many are missing
+    assert ticks == 20
