@@ -167,7 +167,7 @@ def _list(item):
     def parse(value):
         if value is None:
             return []
-        if type(value) is not list:
+        if not isinstance(value, list):
             raise RecordError("", f"must be a list, got {_type(value)}")
         try:
             return list(map(item, value))
