@@ -138,17 +138,13 @@ class RegionalProducer:
         try:
             return validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
         except RecordError as exc:
-            _count_rejection(kind, exc)
+            metrics.RECORDS.labels(kind, "rejected").inc()
+            metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()
             raise
 
     def publish(self, kind: str, record: dict, *, now_ms: int | None = None) -> Published:
         """Validate, encode and hand one record to Kafka. Raises RecordError for a bad record."""
-        try:
-            valid = validate_record(kind, record, source_region=self.region, source_system=self.system, now_ms=now_ms)
-        except RecordError as exc:
-            _count_rejection(kind, exc)
-            raise
-        return self.publish_valid(kind, valid)
+        return self.publish_valid(kind, self.validate(kind, record, now_ms=now_ms))
 
     def publish_valid(self, kind: str, valid: dict) -> Published:
         """Send a record already returned by `validate`."""
@@ -231,8 +227,3 @@ class RegionalProducer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _count_rejection(kind: str, exc: RecordError) -> None:
-    metrics.RECORDS.labels(kind, "rejected").inc()
-    metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()

@@ -196,6 +196,7 @@ def _identifier(kind):
 
 
 _phone = _identifier("PHONE")
+_plate = _identifier("PLATE")
 
 CLASSIFICATIONS = ("PUBLIC", "INTERNAL", "SECRET", "HIGHLY_SECRET")
 _GENDER = _Enum("M", "F", "U")
@@ -217,6 +218,11 @@ def _object(value) -> dict:
     return value
 
 
+def _refuse_object(value, allowed: frozenset) -> None:
+    """Why `value` is not an object with only `allowed` fields (callers test the good case inline)."""
+    _check_fields(_object(value), allowed)
+
+
 _PERSON_FIELDS = frozenset({"id_type", "id_number", "name", "gender", "birth_date", "role"})
 _VEHICLE_FIELDS = frozenset({"plate", "color", "description"})
 _LOCATION_FIELDS = frozenset({"region", "address", "lat", "lon"})
@@ -227,10 +233,8 @@ def _person_of(default_role: str):
     roles = _ROLE.symbols
 
     def person(p):
-        if type(p) is not dict:
-            _object(p)
-        if not p.keys() <= _PERSON_FIELDS:
-            _check_fields(p, _PERSON_FIELDS)
+        if type(p) is not dict or not p.keys() <= _PERSON_FIELDS:
+            _refuse_object(p, _PERSON_FIELDS)
         get = p.get
         id_type = get("id_type")
         if id_type is None:
@@ -274,19 +278,12 @@ def _sub(parse, value, segment: str):
 
 
 def _vehicle(v):
-    if type(v) is not dict:
-        _object(v)
-    if not v.keys() <= _VEHICLE_FIELDS:
-        _check_fields(v, _VEHICLE_FIELDS)
+    if type(v) is not dict or not v.keys() <= _VEHICLE_FIELDS:
+        _refuse_object(v, _VEHICLE_FIELDS)
     original = v.get("plate")
     if original is None:
         raise RecordError("plate", "is required")
-    if type(original) is not str:
-        _sub(_string, original, "plate")
-    try:
-        plate = normalise_identifier("PLATE", original)
-    except InvalidIdentifier as exc:
-        raise RecordError("plate", exc.reason) from None
+    plate = _sub(_plate, original, "plate")
     color, description = v.get("color"), v.get("description")
     return {
         "plate": plate,
@@ -298,10 +295,8 @@ def _vehicle(v):
 
 
 def _location(loc):
-    if type(loc) is not dict:
-        _object(loc)
-    if not loc.keys() <= _LOCATION_FIELDS:
-        _check_fields(loc, _LOCATION_FIELDS)
+    if type(loc) is not dict or not loc.keys() <= _LOCATION_FIELDS:
+        _refuse_object(loc, _LOCATION_FIELDS)
     get = loc.get
     region, address, lat, lon = get("region"), get("address"), get("lat"), get("lon")
     if region is None:
