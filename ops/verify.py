@@ -2,7 +2,7 @@
 
 Reads intel.hit and the unique event topics from the beginning, keeps what belongs to the
 simulated run (its source_ref prefix), and reports recall, false hits, duplicate hits and
-the count of distinct events.
+the count of distinct events and of input messages dropped as duplicates.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ class Verdict:
     duplicate_hits: int = 0          # the same hit_id on intel.hit more often than its province copies
     expected_events: int = 0
     distinct_events: int = 0
+    expected_duplicates: int = 0
+    duplicates_dropped: int = 0      # distinct input messages on intel.duplicates (a replayed drop counts once)
 
     @property
     def recall(self) -> float:
@@ -30,13 +32,14 @@ class Verdict:
     @property
     def exact(self) -> bool:
         return not self.missing and not self.false_hits and not self.duplicate_hits and \
-            self.distinct_events == self.expected_events
+            self.distinct_events == self.expected_events and self.duplicates_dropped == self.expected_duplicates
 
     def summary(self) -> dict:
         return {"expected_hits": self.expected_hits, "found_hits": self.found_hits, "recall": round(self.recall, 6),
                 "missing": len(self.missing), "false_hits": len(self.false_hits),
                 "duplicate_hits": self.duplicate_hits, "expected_events": self.expected_events,
-                "distinct_events": self.distinct_events, "exact": self.exact}
+                "distinct_events": self.distinct_events, "expected_duplicates": self.expected_duplicates,
+                "duplicates_dropped": self.duplicates_dropped, "exact": self.exact}
 
 
 def load_truth(path: str) -> tuple[dict, dict[str, dict]]:
@@ -111,14 +114,34 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
         events.add(str(codec.decode(msg.value())["event_id"]))
     verdict.expected_events = summary.get("distinct_events", 0)
     verdict.distinct_events = len(events)
+    verdict.expected_duplicates = summary.get("duplicates", 0)
+    verdict.duplicates_dropped = count_dropped_duplicates(
+        (msg.value() for msg in read_topic(settings, ["intel.duplicates"], idle_seconds=idle_seconds)), prefix)
     return verdict
+
+
+def count_dropped_duplicates(values, prefix: str) -> int:
+    """Input messages the dedupe stage dropped, counted by where they were read
+    (topic/partition/offset): a batch read again after a crash or a rebalance drops its
+    duplicates a second time, and those are the same messages."""
+    sources = set()
+    for value in values:
+        try:
+            drop = json.loads(value)
+            record_key, source = drop["record_key"], drop["source"]
+        except (ValueError, TypeError, KeyError):
+            continue  # not a dedupe drop (a benchmark's filler, say): no run's duplicate
+        if prefix and not _ref_of(record_key).startswith(prefix):
+            continue
+        sources.add(source)
+    return len(sources)
 
 
 def add_verify(p):
     p.add_argument("--truth", required=True, help="the ground-truth file written by `intelbus simulate --truth`")
     p.add_argument("--idle", type=float, default=3.0, help="seconds without new messages that end the reading (default 3)")
     p.epilog = ("Exit code 0 when the bus produced exactly the expected hits (no missing, no false, no duplicate)\n"
-                "and exactly the expected number of distinct events; 1 otherwise.")
+                "and exactly the expected numbers of distinct events and of dropped duplicates; 1 otherwise.")
 
     def run(args):
         from ops.settings import load_settings

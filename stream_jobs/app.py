@@ -25,6 +25,7 @@ from stream_jobs.stages import (
     CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
 )
 from stream_jobs.tables import FaustTableState
+from stream_jobs.watchdog import CommitWatchdog, PartitionView
 
 log = logging.getLogger("intelbus.jobs")
 
@@ -184,8 +185,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from stream_jobs import faust_patches
 
     # INTELBUS_JOBS_CONSUMER_LOOP=direct: the patched consumer loop (stream_jobs/faust_patches.py).
-    # Off by default: in one two-worker benchmark run with it, one partition's committed offset
-    # stopped advancing after a rebalance (not yet explained, nor seen with faust's loop).
+    # Off by default until it has had more runs. A partition whose committed offset stops
+    # advancing after a rebalance was first seen with it, then with faust's own loop too;
+    # stream_jobs/watchdog.py repairs that with either loop.
     patched = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust") == "direct" and faust_patches.install()
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
@@ -248,6 +250,13 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     async def _serve_producer_callbacks():
         producer.poll(0)
 
+    watched = {*INPUT_TOPICS, MATCH_TOPIC, CANDIDATE_TOPIC}
+    watchdog = CommitWatchdog(stuck_after=float(os.environ.get("INTELBUS_JOBS_STUCK_AFTER_S", "30")))
+
+    @app.timer(interval=5.0)
+    async def _watch_commits():
+        await repair_stuck_partitions(app, watchdog, watched)
+
     @app.task
     async def _ready():
         metrics.READY.set(1)
@@ -256,6 +265,39 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     app.intelbus_producer = producer
     app.intelbus_consumer_loop_patched = patched
     return app
+
+
+async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str]) -> list:
+    """Seek each partition the watchdog finds stuck back to its committed offset (see
+    `stream_jobs.watchdog`); nothing is judged while faust rebalances or recovers tables."""
+    consumer = app.consumer
+    if app.rebalancing or app.in_recovery or not consumer.flow_active:
+        watchdog.reset()
+        return []
+    committed, acked = consumer._committed_offset, consumer._acked  # faust 0.15.3 bookkeeping
+    views = {}
+    for tp in consumer.assignment():
+        if tp.topic in topics:
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                highwater = None
+            pending = acked.get(tp)
+            views[tp] = PartitionView(committed.get(tp), len(pending) if pending else 0, highwater)
+    stuck = watchdog.check(views)
+    for tp in stuck:
+        view = views[tp]
+        offset = view.committed if view.committed is not None else 0
+        log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it "
+                    "(end offset %s): reading the partition again from %d (what was processed is a replay)",
+                    tp.topic, tp.partition, view.committed, watchdog.stuck_after, view.acked_pending,
+                    view.highwater, offset)
+        metrics.PARTITION_REPAIRS.labels(tp.topic).inc()
+        # seek_wait seeks in the consumer's own thread; faust's read offset must follow, or its
+        # consumer loop would drop the messages read again as already read
+        await consumer.seek_wait({tp: offset})
+        consumer._read_offset[tp] = offset or None
+    return stuck
 
 
 def _raw_table(app, name: str, partitions: int):

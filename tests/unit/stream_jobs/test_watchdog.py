@@ -1,0 +1,122 @@
+from stream_jobs.watchdog import CommitWatchdog, PartitionView
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def watchdog():
+    clock = Clock()
+    return CommitWatchdog(stuck_after=30, clock=clock), clock
+
+
+def test_a_commit_stuck_behind_acknowledged_messages_is_reported_after_the_delay():
+    dog, clock = watchdog()
+    stuck = {"p3": PartitionView(committed=566797, acked_pending=2600, highwater=569417)}
+    assert dog.check(stuck) == []
+    clock.now += 29
+    assert dog.check(stuck) == []
+    clock.now += 1
+    assert dog.check(stuck) == ["p3"]
+    clock.now += 5
+    assert dog.check(stuck) == []  # once per delay, not at every look
+    clock.now += 25
+    assert dog.check(stuck) == ["p3"]
+
+
+def test_a_partition_whose_commit_moves_is_never_reported():
+    dog, clock = watchdog()
+    for i in range(20):
+        assert dog.check({"p0": PartitionView(committed=100 + i * 500, acked_pending=300, highwater=50_000)}) == []
+        clock.now += 10
+
+
+def test_a_partition_with_messages_but_no_progress_at_all_is_reported():
+    # faust 166: a partition never processed, nothing acknowledged, lag behind the end
+    dog, clock = watchdog()
+    view = {"p1": PartitionView(committed=10, acked_pending=0, highwater=500)}
+    dog.check(view)
+    clock.now += 31
+    assert dog.check(view) == ["p1"]
+
+
+def test_an_idle_caught_up_partition_is_never_reported():
+    dog, clock = watchdog()
+    for _ in range(10):
+        assert dog.check({"p2": PartitionView(committed=500, acked_pending=0, highwater=500),
+                          "p4": PartitionView(committed=None, acked_pending=0, highwater=None)}) == []
+        clock.now += 60
+
+
+def test_the_clock_starts_again_after_a_reset_or_a_reassignment():
+    dog, clock = watchdog()
+    view = {"p3": PartitionView(committed=7, acked_pending=5, highwater=100)}
+    dog.check(view)
+    clock.now += 25
+    dog.reset()  # a rebalance: nothing is judged, the clock restarts afterwards
+    dog.check(view)
+    clock.now += 25
+    assert dog.check(view) == []
+    dog.check({})  # the partition moved to another worker
+    clock.now += 40
+    assert dog.check(view) == []
+    clock.now += 30
+    assert dog.check(view) == ["p3"]
+
+
+class FakeTP(tuple):
+    topic = property(lambda self: self[0])
+    partition = property(lambda self: self[1])
+
+
+class FakeConsumer:
+    """faust 0.15.3's consumer as repair_stuck_partitions reads it."""
+
+    def __init__(self):
+        self.flow_active = True
+        self.tp = FakeTP(("intel.incident", 3))
+        self.other = FakeTP(("intelbus-jobs-records-changelog", 3))
+        self._committed_offset = {self.tp: 566797, self.other: 5}
+        self._acked = {self.tp: [566821, 566828, 566829], self.other: [9]}
+        self._read_offset = {self.tp: 569416}
+        self.seeks = []
+
+    def assignment(self):
+        return {self.tp, self.other}
+
+    def highwater(self, tp):
+        return 569417
+
+    async def seek_wait(self, partitions):
+        self.seeks.append(dict(partitions))
+
+
+class FakeApp:
+    def __init__(self):
+        self.consumer = FakeConsumer()
+        self.rebalancing = False
+        self.in_recovery = False
+
+
+def test_a_stuck_partition_is_sought_back_to_its_committed_offset_and_read_again():
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    dog, clock = watchdog()
+    app = FakeApp()
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS)))
+    assert run() == []
+    clock.now += 31
+    app.rebalancing = True
+    assert run() == [] and app.consumer.seeks == []  # nothing judged during a rebalance
+    app.rebalancing = False
+    run()
+    clock.now += 31
+    assert run() == [app.consumer.tp]
+    assert app.consumer.seeks == [{app.consumer.tp: 566797}]  # the changelog partition is not ours to judge
+    assert app.consumer._read_offset[app.consumer.tp] == 566797  # faust's loop must not drop what is read again
