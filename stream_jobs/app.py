@@ -255,7 +255,11 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
 
     @app.timer(interval=5.0)
     async def _watch_commits():
-        await repair_stuck_partitions(app, watchdog, watched)
+        try:
+            await repair_stuck_partitions(app, watchdog, watched)
+        except Exception:  # the broker away, say: a safety net must not take the worker down
+            log.warning("could not check or repair the partitions' commits; trying again in 5 s", exc_info=True)
+            watchdog.reset()
 
     @app.task
     async def _ready():
