@@ -271,7 +271,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     return app
 
 
-async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str]) -> list:
+async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2) -> list:
     """Seek each partition the watchdog finds stuck back to its committed offset (see
     `stream_jobs.watchdog`); nothing is judged while faust rebalances or recovers tables."""
     consumer = app.consumer
@@ -291,16 +291,25 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
     stuck = watchdog.check(views)
     for tp in stuck:
         view = views[tp]
-        offset = view.committed if view.committed is not None else 0
         log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it "
-                    "(end offset %s): reading the partition again from %d (what was processed is a replay)",
-                    tp.topic, tp.partition, view.committed, watchdog.stuck_after, view.acked_pending,
-                    view.highwater, offset)
+                    "(end offset %s): reading the worker's partitions again from their committed offsets "
+                    "(what was processed is a replay)", tp.topic, tp.partition, view.committed,
+                    watchdog.stuck_after, view.acked_pending, view.highwater)
         metrics.PARTITION_REPAIRS.labels(tp.topic).inc()
-        # seek_wait seeks in the consumer's own thread; faust's read offset must follow, or its
-        # consumer loop would drop the messages read again as already read
-        await consumer.seek_wait({tp: offset})
-        consumer._read_offset[tp] = offset or None
+    if stuck:
+        # What faust itself does around a rebalance. Stop the flow, so that its fetch loop
+        # hands out nothing more of what it fetched before; give the message in flight time
+        # to finish; seek every assigned partition to its committed offset, read offsets
+        # included; resume. Setting one read offset back while messages fetched before are
+        # still being handed out can make faust take the offsets in between for a gap
+        # (`Consumer._add_gap`), that is, as done, and commit them unprocessed: probably what
+        # lost 692 events in a run with the first version of this repair, which did that.
+        consumer.stop_flow()
+        try:
+            await asyncio.sleep(settle)
+            await consumer.perform_seek()
+        finally:
+            consumer.resume_flow()
     return stuck
 
 

@@ -83,7 +83,7 @@ class FakeConsumer:
         self._committed_offset = {self.tp: 566797, self.other: 5}
         self._acked = {self.tp: [566821, 566828, 566829], self.other: [9]}
         self._read_offset = {self.tp: 569416}
-        self.seeks = []
+        self.calls = []
 
     def assignment(self):
         return {self.tp, self.other}
@@ -91,8 +91,18 @@ class FakeConsumer:
     def highwater(self, tp):
         return 569417
 
-    async def seek_wait(self, partitions):
-        self.seeks.append(dict(partitions))
+    def stop_flow(self):
+        self.flow_active = False
+        self.calls.append("stop_flow")
+
+    def resume_flow(self):
+        self.flow_active = True
+        self.calls.append("resume_flow")
+
+    async def perform_seek(self):
+        assert not self.flow_active, "seeking while the fetch loop still hands out old messages"
+        self.calls.append("perform_seek")
+        self._read_offset.update({tp: off for tp, off in self._committed_offset.items()})
 
 
 class FakeApp:
@@ -109,14 +119,15 @@ def test_a_stuck_partition_is_sought_back_to_its_committed_offset_and_read_again
 
     dog, clock = watchdog()
     app = FakeApp()
-    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS)))
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0))
     assert run() == []
     clock.now += 31
     app.rebalancing = True
-    assert run() == [] and app.consumer.seeks == []  # nothing judged during a rebalance
+    assert run() == [] and app.consumer.calls == []  # nothing judged during a rebalance
     app.rebalancing = False
     run()
     clock.now += 31
-    assert run() == [app.consumer.tp]
-    assert app.consumer.seeks == [{app.consumer.tp: 566797}]  # the changelog partition is not ours to judge
+    assert run() == [app.consumer.tp]  # the changelog partition is not ours to judge
+    assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
     assert app.consumer._read_offset[app.consumer.tp] == 566797  # faust's loop must not drop what is read again
+    assert app.consumer.flow_active
