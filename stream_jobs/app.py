@@ -302,8 +302,7 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
         # to finish; seek every assigned partition to its committed offset, read offsets
         # included; resume. Setting one read offset back while messages fetched before are
         # still being handed out can make faust take the offsets in between for a gap
-        # (`Consumer._add_gap`), that is, as done, and commit them unprocessed: probably what
-        # lost 692 events in a run with the first version of this repair, which did that.
+        # (`Consumer._add_gap`), that is, as done, and commit them unprocessed.
         consumer.stop_flow()
         try:
             await asyncio.sleep(settle)
