@@ -185,9 +185,10 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from stream_jobs import faust_patches
 
     # INTELBUS_JOBS_CONSUMER_LOOP=direct: the patched consumer loop (stream_jobs/faust_patches.py).
-    # Off by default until it has had more runs. A partition whose committed offset stops
-    # advancing after a rebalance was first seen with it, then with faust's own loop too;
-    # stream_jobs/watchdog.py repairs that with either loop.
+    # Off by default: in one killed-and-restarted run with it, 714 consecutive messages of an
+    # input partition were committed without being processed (docs/architecture.md). The
+    # partition whose commit stops after a rebalance, first seen with it, happens with faust's
+    # own loop too; stream_jobs/watchdog.py repairs that with either loop.
     patched = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust") == "direct" and faust_patches.install()
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
@@ -272,8 +273,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
 
 
 async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2) -> list:
-    """Seek each partition the watchdog finds stuck back to its committed offset (see
-    `stream_jobs.watchdog`); nothing is judged while faust rebalances or recovers tables."""
+    """When the watchdog finds a partition stuck (`stream_jobs.watchdog`), read the worker's
+    partitions again from their committed offsets; nothing is judged while faust rebalances
+    or recovers tables. Returns the stuck partitions."""
     consumer = app.consumer
     if app.rebalancing or app.in_recovery or not consumer.flow_active:
         watchdog.reset()

@@ -12,10 +12,11 @@ stop").
 
 The cure does not depend on which race in faust drops the messages: a worker that sees a
 partition's committed offset unchanged for `stuck_after` seconds while messages past it
-were acknowledged (or while the partition has messages past it at all) seeks that partition
-back to its committed offset. Everything after it is read again; what was already processed
-is a replay, a no-op for every stage (dedupe state, index revisions, seen hit ids), and the
-missing messages are processed, acknowledged and committed.
+were acknowledged (or while the partition has messages past it at all) reads its partitions
+again from their committed offsets, the way faust does around a rebalance
+(`stream_jobs.app.repair_stuck_partitions`). What was already processed is a replay, a
+no-op for every stage (dedupe state, index revisions, seen hit ids), and the missing
+messages are processed, acknowledged and committed.
 """
 from __future__ import annotations
 
