@@ -12,8 +12,9 @@ HITS = Counter("intelbus_jobs_hits_total", "Hits emitted to intel.hit, by type a
                ["hit_type", "owner_province", "hit_province"])
 DUPLICATE_HITS = Counter("intelbus_jobs_duplicate_hits_dropped_total", "Hit candidates already emitted", ["hit_type"])
 PARTITION_REPAIRS = Counter("intelbus_jobs_partition_repairs_total",
-                            "Partitions read again from their committed offset because it had stopped moving "
-                            "with work past it (stream_jobs/watchdog.py)", ["topic"])
+                            "Partitions whose committed offset had stopped moving with work past it; each made "
+                            "the worker read its partitions again from their committed offsets "
+                            "(stream_jobs/watchdog.py)", ["topic"])
 BATCH_SIZE = Histogram("intelbus_jobs_batch_size", "Messages per processed batch", ["stage"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 BATCH_SECONDS = Histogram("intelbus_jobs_batch_seconds", "Time to process a batch and make it durable", ["stage"],
