@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException, Producer
 
 from ops.settings import Settings
 from stream_jobs import metrics
+from stream_jobs.lookback import Lookback, LookbackRestorer, read_since
 from stream_jobs.stages import (
     CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
 )
@@ -231,21 +232,29 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     state = {"records": FaustTableState(records), "index": FaustTableState(index), "hits": FaustTableState(hits_seen)}
     dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
                          partitions=settings.partitions, window_ms=window_ms)
+    lookback = Lookback()
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
-                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode)
+                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback)
+    kafka_config = settings.kafka_config()
+    restorer = LookbackRestorer(lookback, lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
+                                topic=MATCH_TOPIC)
+
+    @app.on_partitions_assigned.connect
+    async def _match_partitions_assigned(sender, assigned, **kwargs):
+        restorer.on_assigned(tp.partition for tp in assigned if tp.topic == MATCH_TOPIC)
     hits = HitStage(state=state["hits"], encode_hit=lambda h: codec.encode("intel.hit", hit_record(h)),
                     provinces_of=lambda notify: provinces_of(notify, regions))
 
     topics = dict(**raw)
     wiring = [
-        ("dedupe", app.topic(*INPUT_TOPICS, **topics), dedupe, state["records"]),
-        ("match", app.topic(MATCH_TOPIC, **topics), match, state["index"]),
-        ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"]),
+        ("dedupe", app.topic(*INPUT_TOPICS, **topics), dedupe, state["records"], None),
+        ("match", app.topic(MATCH_TOPIC, **topics), match, state["index"], restorer.before),
+        ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"], None),
     ]
     waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
-    for name, topic, stage, st in wiring:
+    for name, topic, stage, st, before in wiring:
         runner = BatchRunner(producer, encode_dead_letter, name=name, waiter=waiter)
-        app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within))
+        app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within, before))
 
     @app.timer(interval=1.0)
     async def _serve_producer_callbacks():
@@ -324,7 +333,8 @@ def _raw_table(app, name: str, partitions: int):
     return table
 
 
-def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float):
+def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float, before=None):
+    """The agent of one stage; `before(batch)`, when given, is awaited ahead of each batch."""
     async def agent(stream):
         try:
             async for events in stream.take_events(batch_size, within=within):
@@ -332,6 +342,8 @@ def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float):
                     Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                     for e in events
                 ]
+                if before is not None:
+                    await before(batch)
                 await runner.run(stage, state, batch)
         except asyncio.CancelledError:
             raise

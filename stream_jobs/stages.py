@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import zlib
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
+from stream_jobs.lookback import Lookback
 from stream_jobs.state import PartitionedState, dumps, loads
 
 MATCH_TOPIC = "intel.match.requests"
@@ -289,14 +289,11 @@ class MatchStage:
 
     def __init__(self, *, state: PartitionedState, partitions: int, is_within, case_window_ms: int, decode,
                  recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000,
-                 lookback_seconds: float = 600.0, lookback_identifiers: int = 100_000, clock=time.monotonic):
+                 lookback: Lookback | None = None):
         self.decode = decode  # wire bytes -> record dict (epoch ms), to put records into hits
-        # Lookups of the last minutes, in memory: a record indexed *after* a sighting of it
-        # was looked up (topics are not read in publication order) still hits it.
-        self.lookback_seconds = lookback_seconds
-        self.lookback_identifiers = lookback_identifiers
-        self.clock = clock
-        self._lookback: OrderedDict[str, deque] = OrderedDict()
+        # Lookups of the last minutes: a record indexed *after* a sighting of it was looked
+        # up (topics are not read in publication order) still hits it (stream_jobs/lookback.py).
+        self.lookback = lookback or Lookback()
         self.closed_retention_ms = closed_retention_ms
         self.state = state
         self.partitions = partitions
@@ -331,14 +328,14 @@ class MatchStage:
     def _apply(self, op: dict, events: dict, partition: int, now_ms: int, result: StageResult) -> None:
         key = op["id"].encode()
         entry = loads(self.state.get(partition, key)) or {"records": {}, "recent": []}
-        changed = getattr(self, f"_{op['op']}")(op, events, entry, now_ms, result)
+        changed = getattr(self, f"_{op['op']}")(op, events, entry, partition, now_ms, result)
         if changed:
             if entry["records"] or entry["recent"]:  # an empty entry is deleted
                 self.state.put(partition, key, dumps(entry))
             else:
                 self.state.put(partition, key, None)
 
-    def _add(self, op, events, entry, now_ms, result) -> bool:
+    def _add(self, op, events, entry, partition, now_ms, result) -> bool:
         ev = events[op["event"]]
         have = entry["records"].get(ev["key"])
         if have is not None and have["rev"] >= ev["rev"]:
@@ -349,26 +346,11 @@ class MatchStage:
         rec = entry["records"][ev["key"]] = {**ev, "open_from": have["open_from"] if still_open else ev["occurred"],
                                               "closed": None}
         result.counts[("indexed", ev["kind"])] += 1
-        for seen in self._recent_lookups(op["id"]):
+        for seen in self.lookback.recent(partition, op["id"]):
             self._match(rec, seen, op["id"], now_ms, result)
         return True
 
-    def _remember_lookup(self, ident: str, event: dict) -> None:
-        now = self.clock()
-        seen = self._lookback.get(ident)
-        if seen is None:
-            seen = self._lookback[ident] = deque(maxlen=4)
-            if len(self._lookback) > self.lookback_identifiers:
-                self._lookback.popitem(last=False)
-        else:
-            self._lookback.move_to_end(ident)
-        seen.append((now, event))
-
-    def _recent_lookups(self, ident: str) -> list[dict]:
-        horizon = self.clock() - self.lookback_seconds
-        return [event for at, event in self._lookback.get(ident, ()) if at >= horizon]
-
-    def _remove(self, op, events, entry, now_ms, result) -> bool:
+    def _remove(self, op, events, entry, partition, now_ms, result) -> bool:
         have = entry["records"].get(op["record_key"])
         if have is None or have["rev"] > op["rev"]:
             return False
@@ -381,12 +363,12 @@ class MatchStage:
         horizon = now_ms - self.closed_retention_ms
         entry["records"] = {k: r for k, r in entry["records"].items() if r.get("closed") is None or r["closed"] > horizon}
 
-    def _lookup(self, op, events, entry, now_ms, result) -> bool:
+    def _lookup(self, op, events, entry, partition, now_ms, result) -> bool:
         ev = events[op["event"]]
         ident = op["id"]
         for rec in entry["records"].values():
             self._match(rec, ev, ident, now_ms, result)
-        self._remember_lookup(ident, ev)
+        self.lookback.remember(partition, ident, ev)
         if not op.get("case"):
             return False
         recent = [r for r in entry["recent"] if abs(r["occurred"] - ev["occurred"]) <= self.case_window_ms]

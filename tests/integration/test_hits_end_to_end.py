@@ -201,3 +201,28 @@ def test_undecodable_and_invalid_messages_land_in_the_dlq_and_the_job_goes_on(st
     publish_all(producer, "incident", [check("120119", id18)])
     messages = hits_topic.read(until=lambda got: len(hits_of(got, codec, record_key(wanted))) >= 1, timeout=30)
     assert len(hits_of(messages, codec, record_key(wanted))) == 1
+
+
+def test_a_sighting_read_before_its_listing_still_hits_after_a_worker_restart_in_between(
+        stack, settings, producer, codec, reader, ids):
+    """The matcher remembers recent lookups, so a listing read after a sighting of it still
+    hits (the input topics are not read in publication order). That memory is rebuilt from
+    the match requests when a worker gets its partitions: a restart in between loses nothing."""
+    from ops.lag import JOBS_TOPICS, wait_for_zero_lag
+    from ops.services import full_stack
+
+    hits_topic = reader("intel.hit")
+    id18 = ids.new("130822")
+    publish_all(producer, "incident", [check("120119", id18)])  # the check is read and looked up first
+    wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=120)
+    services = full_stack(settings, out=lambda m: None)
+    services.down(only={"jobs-0"})  # SIGTERM: the worker commits what it did and stops
+    services.up()                   # returns once the worker recovered its tables and runs
+    wanted = listing("130822", ref("W"), id18, minutes=-10)  # listed before the check, read after it
+    publish_all(producer, "wanted", [wanted])
+    rkey = record_key(wanted)
+    messages = hits_topic.read(until=lambda got: len(hits_of(got, codec, rkey)) >= 1, timeout=60)
+    hits = hits_of(messages, codec, rkey)
+    assert len(hits) == 1, hits
+    hit = next(iter(hits.values()))[0][1]
+    assert hit["hit_type"] == "WANTED_PERSON" and (hit["owner_region"], hit["hit_region"]) == ("130822", "120119")

@@ -301,8 +301,8 @@ def test_a_sighting_read_before_its_listing_still_hits():
 def test_the_lookback_forgets_after_its_time():
     now = [0.0]
     bus = Bus()
-    bus.match.clock = lambda: now[0]
+    bus.match.lookback.clock = lambda: now[0]
     bus.publish("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 5000))
-    now[0] = bus.match.lookback_seconds + 1
+    now[0] = bus.match.lookback.seconds + 1
     bus.publish("wanted", wanted("130822", "W1", t=T0))
     assert bus.distinct_hits() == {}

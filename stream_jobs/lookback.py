@@ -1,0 +1,171 @@
+"""The matcher's look-back: the lookups of the last minutes, per partition.
+
+The three input topics are not read in publication order, so a check can reach the
+matcher before the listing it sights: the matcher remembers recent lookups and, when a
+record is indexed, matches it against them too (`MatchStage._add`).
+
+The memory is a worker's, not a table's: writing every lookup to a changelog would cost a
+state write per identifier of every event. It is rebuilt instead from the topic the
+lookups came from. When a worker gets a partition of `intel.match.requests` (at start,
+after a crash, in a rebalance), `LookbackRestorer` reads that partition's requests of the
+last `seconds` again, up to the first one the worker is about to process, and remembers
+their lookups before the batch runs. So a listing read after a restart still hits a
+sighting looked up before it, as it would have without the restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Iterable
+
+from stream_jobs.state import loads
+
+log = logging.getLogger("intelbus.jobs")
+
+
+class Lookback:
+    """Recent lookups by partition and identifier: (when, event summary), newest last.
+
+    Time is wall-clock seconds, so that lookups read back from Kafka (message timestamps)
+    and live ones compare. An event is remembered once per identifier, however often its
+    request is read (replays after a crash or a repair).
+    """
+
+    def __init__(self, seconds: float = 600.0, per_identifier: int = 4, identifiers: int = 20_000,
+                 clock: Callable[[], float] = time.time):
+        self.seconds = seconds
+        self.per_identifier = per_identifier
+        self.identifiers = identifiers  # per partition; the least recently used are forgotten first
+        self.clock = clock
+        self._by_partition: dict[int, OrderedDict[str, deque]] = {}
+
+    def remember(self, partition: int, ident: str, event: dict, at: float | None = None) -> None:
+        seen_by_id = self._by_partition.setdefault(partition, OrderedDict())
+        seen = seen_by_id.get(ident)
+        if seen is None:
+            seen = seen_by_id[ident] = deque(maxlen=self.per_identifier)
+            if len(seen_by_id) > self.identifiers:
+                seen_by_id.popitem(last=False)
+        else:
+            seen_by_id.move_to_end(ident)
+            if any(e["event_id"] == event["event_id"] for _, e in seen):
+                return
+        seen.append((self.clock() if at is None else at, event))
+
+    def recent(self, partition: int, ident: str) -> list[dict]:
+        horizon = self.clock() - self.seconds
+        seen = self._by_partition.get(partition, {}).get(ident, ())
+        return [event for at, event in seen if at >= horizon]
+
+    def forget(self, partition: int) -> None:
+        self._by_partition.pop(partition, None)
+
+    def restore(self, partition: int, requests: Iterable[tuple[float, bytes]]) -> int:
+        """Remember the lookups of match requests read back (timestamp in seconds, value), oldest
+        first; returns how many. A request that does not parse is skipped: the match stage
+        dead-lettered it when it was first read."""
+        n = 0
+        horizon = self.clock() - self.seconds
+        for at, value in requests:
+            if at < horizon:
+                continue
+            try:
+                doc = loads(value)
+                events = doc["events"]
+                for op in doc["ops"]:
+                    if op.get("op") == "lookup":
+                        self.remember(partition, op["id"], events[op["event"]], at)
+                        n += 1
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+        return n
+
+
+class LookbackRestorer:
+    """Rebuilds the look-back of a match-request partition the worker did not have before.
+
+    `on_assigned` takes the worker's new assignment of the topic (faust's signal after every
+    rebalance); a partition gained is forgotten and marked, one lost is forgotten. `before`
+    runs ahead of each match batch: for the marked partitions in it, the requests of the
+    last `lookback.seconds` up to the batch's first offset there are read (`read`, in a
+    thread, so faust's consumer and heartbeats go on) and restored.
+
+    read(partition -> stop offset, since epoch ms) -> partition -> [(timestamp s, value)]
+    """
+
+    def __init__(self, lookback: Lookback, read, *, topic: str):
+        self.lookback = lookback
+        self.read = read
+        self.topic = topic
+        self.owned: set[int] = set()
+        self.pending: set[int] = set()
+
+    def on_assigned(self, partitions: Iterable[int]) -> None:
+        now = set(partitions)
+        for p in self.owned - now:
+            self.lookback.forget(p)
+            self.pending.discard(p)
+        for p in now - self.owned:
+            self.lookback.forget(p)
+            self.pending.add(p)
+        self.owned = now
+
+    async def before(self, batch) -> None:
+        stops: dict[int, int] = {}
+        for msg in batch:
+            if msg.partition in self.pending:
+                stops[msg.partition] = min(msg.offset, stops.get(msg.partition, msg.offset))
+        if not stops:
+            return
+        started = time.monotonic()
+        since_ms = int((self.lookback.clock() - self.lookback.seconds) * 1000)
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, self.read, stops, since_ms)
+        restored = sum(self.lookback.restore(p, found.get(p, ())) for p in stops)
+        self.pending.difference_update(stops)
+        log.info("%s %s: look-back restored, %d lookups of the last %.0f s read back in %.1f s",
+                 self.topic, sorted(stops), restored, self.lookback.seconds, time.monotonic() - started)
+
+
+def read_since(kafka_config: dict, topic: str, stops: dict[int, int], since_ms: int,
+               timeout: float = 60.0) -> dict[int, list[tuple[float, bytes]]]:
+    """The messages of `topic`'s partitions from the first one at or after `since_ms` (by
+    timestamp) up to, not including, `stops[partition]`: (timestamp in seconds, value).
+
+    A plain assigned consumer (no group membership, nothing committed). What cannot be read
+    within `timeout` is left out, with a warning: the look-back is then shorter, nothing else."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**kafka_config, "group.id": "intelbus-jobs-lookback", "enable.auto.commit": False,
+                         "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
+    try:
+        found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in stops], timeout=timeout)
+        starts = {tp.partition: tp.offset for tp in found
+                  if tp.error is None and 0 <= tp.offset < stops[tp.partition]}
+        out: dict[int, list[tuple[float, bytes]]] = {p: [] for p in starts}
+        if not starts:
+            return out
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        remaining = set(starts)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.5):
+                if msg.error():
+                    continue
+                p = msg.partition()
+                if p not in remaining:
+                    continue
+                if msg.offset() >= stops[p]:
+                    remaining.discard(p)
+                    continue
+                out[p].append((msg.timestamp()[1] / 1000, msg.value()))
+                if msg.offset() >= stops[p] - 1:
+                    remaining.discard(p)
+        if remaining:
+            log.warning("%s %s: look-back not read to its end within %.0f s; it is shorter for them",
+                        topic, sorted(remaining), timeout)
+        return out
+    finally:
+        consumer.close()

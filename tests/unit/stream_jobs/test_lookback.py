@@ -1,0 +1,118 @@
+"""The matcher's look-back: per partition, once per event, forgotten with its partition,
+and rebuilt from the match requests read back when a worker gets a partition."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from stream_jobs.lookback import Lookback, LookbackRestorer
+from stream_jobs.stages import Incoming, MATCH_TOPIC
+
+
+def ev(event_id):
+    return {"event_id": event_id, "region": "120119"}
+
+
+def request(*lookups, other_ops=()):
+    """A match request as the dedupe stage writes it: event summaries and operations."""
+    return json.dumps({"events": {e: ev(e) for e, _ in lookups},
+                       "ops": [{"op": "lookup", "id": i, "event": e, "case": False} for e, i in lookups] + list(other_ops)}).encode()
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_an_event_is_remembered_once_per_identifier_however_often_it_is_read():
+    lb = Lookback(clock=Clock())
+    for _ in range(3):
+        lb.remember(0, "RESIDENT_ID:1", ev("a"))
+    lb.remember(0, "RESIDENT_ID:1", ev("b"))
+    assert [e["event_id"] for e in lb.recent(0, "RESIDENT_ID:1")] == ["a", "b"]
+
+
+def test_lookups_are_kept_per_partition_and_forgotten_with_it():
+    lb = Lookback(clock=Clock())
+    lb.remember(0, "PLATE:京A12345", ev("a"))
+    lb.remember(1, "PLATE:京A12345", ev("b"))
+    lb.forget(0)
+    assert lb.recent(0, "PLATE:京A12345") == []
+    assert [e["event_id"] for e in lb.recent(1, "PLATE:京A12345")] == ["b"]
+
+
+def test_only_the_newest_lookups_of_an_identifier_and_of_the_last_minutes_count():
+    clock = Clock()
+    lb = Lookback(seconds=600, per_identifier=2, clock=clock)
+    for i, e in enumerate("abc"):
+        lb.remember(0, "PHONE:1", ev(e), at=clock.now + i)
+    assert [e["event_id"] for e in lb.recent(0, "PHONE:1")] == ["b", "c"]
+    clock.now += 601.5  # b (at now + 1) is now older than the look-back, c (at now + 2) is not
+    assert [e["event_id"] for e in lb.recent(0, "PHONE:1")] == ["c"]
+
+
+def test_restore_remembers_the_lookups_of_requests_read_back_and_skips_the_rest():
+    clock = Clock()
+    lb = Lookback(seconds=600, clock=clock)
+    n = lb.restore(3, [
+        (clock.now - 700, request(("old", "RESIDENT_ID:1"))),  # older than the look-back
+        (clock.now - 10, request(("a", "RESIDENT_ID:1"), ("a", "PHONE:2"),
+                                 other_ops=[{"op": "add", "id": "PLATE:x", "event": "a"}])),
+        (clock.now - 5, b"not json"),  # dead-lettered when it was first read
+        (clock.now - 1, request(("b", "RESIDENT_ID:1"))),
+    ])
+    assert n == 3
+    assert [e["event_id"] for e in lb.recent(3, "RESIDENT_ID:1")] == ["a", "b"]
+    assert [e["event_id"] for e in lb.recent(3, "PHONE:2")] == ["a"]
+    assert lb.recent(3, "PLATE:x") == []
+
+
+class Reads:
+    def __init__(self, data):
+        self.data = data  # partition -> [(ts, offset, value)]
+        self.calls = []
+
+    def __call__(self, stops, since_ms):
+        self.calls.append((dict(stops), since_ms))
+        return {p: [(ts, v) for ts, off, v in self.data.get(p, []) if ts * 1000 >= since_ms and off < stop]
+                for p, stop in stops.items()}
+
+
+def batch(*partition_offsets):
+    return [Incoming(MATCH_TOPIC, p, o, None, b"") for p, o in partition_offsets]
+
+
+def test_a_partition_gained_is_read_back_up_to_its_first_offset_in_the_batch_once():
+    clock = Clock()
+    lb = Lookback(seconds=600, clock=clock)
+    reads = Reads({2: [(clock.now - 30, 10, request(("a", "PHONE:1"))), (clock.now - 20, 11, request(("b", "PHONE:1"))),
+                       (clock.now - 10, 12, request(("c", "PHONE:1")))]})
+    restorer = LookbackRestorer(lb, reads, topic=MATCH_TOPIC)
+    restorer.on_assigned([1, 2])
+    asyncio.run(restorer.before(batch((2, 12), (2, 13))))
+    # offset 12 is about to be processed: only what came before it is read back
+    assert reads.calls == [({2: 12}, int((clock.now - 600) * 1000))]
+    assert [e["event_id"] for e in lb.recent(2, "PHONE:1")] == ["a", "b"]
+    asyncio.run(restorer.before(batch((2, 14))))  # restored already: not read again
+    assert len(reads.calls) == 1
+    asyncio.run(restorer.before(batch((1, 0))))  # partition 1's turn when it has traffic
+    assert len(reads.calls) == 2 and restorer.pending == set()
+
+
+def test_a_partition_lost_is_forgotten_and_one_kept_through_a_rebalance_is_not_read_again():
+    clock = Clock()
+    lb = Lookback(clock=clock)
+    reads = Reads({})
+    restorer = LookbackRestorer(lb, reads, topic=MATCH_TOPIC)
+    restorer.on_assigned([0, 1])
+    asyncio.run(restorer.before(batch((0, 5), (1, 5))))
+    lb.remember(0, "PHONE:1", ev("a"))
+    lb.remember(1, "PHONE:1", ev("b"))
+    restorer.on_assigned([1])  # partition 0 went to another worker
+    assert lb.recent(0, "PHONE:1") == [] and restorer.pending == set()
+    assert [e["event_id"] for e in lb.recent(1, "PHONE:1")] == ["b"]
+    restorer.on_assigned([0, 1])  # and came back: what it saw meanwhile is read back
+    assert restorer.pending == {0}
