@@ -191,6 +191,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     # partition whose commit stops after a rebalance, first seen with it, happens with faust's
     # own loop too; stream_jobs/watchdog.py repairs that with either loop.
     patched = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust") == "direct" and faust_patches.install()
+    faust_patches.guard_commits(on_hole=_report_commit_hold, on_gap=_report_gap_left_open)
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     @app.timer(interval=5.0)
     async def _watch_commits():
         try:
-            await repair_stuck_partitions(app, watchdog, watched)
+            await repair_stuck_partitions(app, watchdog, watched, probe=lambda *where: probe_hole(kafka_config, *where))
         except Exception:  # the broker away, say: a safety net must not take the worker down
             log.warning("could not check or repair the partitions' commits; trying again in 5 s", exc_info=True)
             watchdog.reset()
@@ -281,10 +282,61 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     return app
 
 
-async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2) -> list:
+_held: set = set()
+
+
+def _report_commit_hold(tp, committed: int, first_acked: int) -> None:
+    """Called by the commit guard at every commit attempt it holds: reported once a hole. A
+    hole seen right after a rebalance often fills by itself (messages still on their way);
+    one that stays is what the watchdog repairs."""
+    if (tp, committed) in _held:
+        return
+    _held.add((tp, committed))
+    metrics.COMMIT_HOLDS.labels(tp.topic).inc()
+    skipped = first_acked - committed
+    log.warning("%s[%d]: %s not processed (yet), but %d and later were; the commit is held at %d%s, and the "
+                "watchdog reads the partition again if it stays so", tp.topic, tp.partition,
+                f"message {committed} is" if skipped == 1 else f"messages {committed}-{first_acked - 1} are",
+                first_acked, committed, " (faust would commit over this one)" if skipped == 1 else "")
+
+
+def _report_gap_left_open(tp, first: int, last: int) -> None:
+    metrics.GAPS_LEFT_OPEN.labels(tp.topic).inc()
+    log.warning("%s[%d]: offsets %d-%d were skipped by the fetch (faust would take them as absent and commit over "
+                "them); left a hole, so the commit holds there until they are processed or found to hold no "
+                "message", tp.topic, tp.partition, first, last)
+
+
+def probe_hole(kafka_config: dict, topic: str, partition: int, first: int, last: int,
+               timeout: float = 10.0) -> bool | None:
+    """Does offsets [first, last] of the partition hold any message? None if Kafka did not say
+    within `timeout`. Offsets without a message: a transactional producer's markers, or
+    messages deleted by retention."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**kafka_config, "group.id": "intelbus-jobs-probe", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "isolation.level": "read_uncommitted"})
+    try:
+        consumer.assign([TopicPartition(topic, partition, first)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10, 0.5):
+                if not msg.error():
+                    return msg.offset() <= last
+        return None
+    finally:
+        consumer.close()
+
+
+async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2,
+                                  probe=None) -> list:
     """When the watchdog finds a partition stuck (`stream_jobs.watchdog`), read the worker's
     partitions again from their committed offsets; nothing is judged while faust rebalances
-    or recovers tables. Returns the stuck partitions."""
+    or recovers tables. Returns the stuck partitions.
+
+    A stuck partition whose hole at the commit point holds no message at all (`probe`:
+    (topic, partition, first, last) -> bool | None, blocking) is not read again: the hole is
+    recorded as a gap, and faust commits over it."""
     consumer = app.consumer
     if app.rebalancing or app.in_recovery or not consumer.flow_active:
         watchdog.reset()
@@ -300,6 +352,8 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
             pending = acked.get(tp)
             views[tp] = PartitionView(committed.get(tp), len(pending) if pending else 0, highwater)
     stuck = watchdog.check(views)
+    if stuck and probe is not None:
+        stuck = [tp for tp in stuck if not await _hole_without_messages(consumer, tp, probe)]
     for tp in stuck:
         view = views[tp]
         log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it "
@@ -321,6 +375,23 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
         finally:
             consumer.resume_flow()
     return stuck
+
+
+async def _hole_without_messages(consumer, tp, probe) -> bool:
+    """True (and the hole recorded as a gap) when the stuck partition's hole holds no message."""
+    from stream_jobs.faust_patches import hole_at_commit_point, record_gap
+
+    hole = hole_at_commit_point(consumer, tp)
+    if hole is None:
+        return False
+    first, end = hole
+    holds = await asyncio.get_running_loop().run_in_executor(None, probe, tp.topic, tp.partition, first, end - 1)
+    if holds is not False:
+        return False
+    record_gap(consumer, tp, first, end - 1)
+    log.warning("%s[%d]: offsets %d-%d hold no message (transaction markers, or deleted by retention): "
+                "recorded as a gap, the commit moves on", tp.topic, tp.partition, first, end - 1)
+    return True
 
 
 def _raw_table(app, name: str, partitions: int):

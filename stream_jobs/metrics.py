@@ -15,6 +15,14 @@ PARTITION_REPAIRS = Counter("intelbus_jobs_partition_repairs_total",
                             "Partitions whose committed offset had stopped moving with work past it; each made "
                             "the worker read its partitions again from their committed offsets "
                             "(stream_jobs/watchdog.py)", ["topic"])
+COMMIT_HOLDS = Counter("intelbus_jobs_commit_holds_total",
+                       "Holes at a partition's commit point: messages not processed while later ones were "
+                       "(faust 0.15.3 commits over a hole of one message); the commit is held there; one that "
+                       "stays is repaired by the watchdog (stream_jobs/faust_patches.py)", ["topic"])
+GAPS_LEFT_OPEN = Counter("intelbus_jobs_gaps_left_open_total",
+                         "Runs of offsets skipped by the fetch that faust would have taken as absent and committed "
+                         "over; left holes instead, to be processed or probed (stream_jobs/faust_patches.py)",
+                         ["topic"])
 BATCH_SIZE = Histogram("intelbus_jobs_batch_size", "Messages per processed batch", ["stage"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 BATCH_SECONDS = Histogram("intelbus_jobs_batch_seconds", "Time to process a batch and make it durable", ["stage"],

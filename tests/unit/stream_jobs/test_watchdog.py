@@ -1,3 +1,7 @@
+from collections import defaultdict
+
+from intervaltree import IntervalTree
+
 from stream_jobs.watchdog import CommitWatchdog, PartitionView
 
 
@@ -83,6 +87,7 @@ class FakeConsumer:
         self._committed_offset = {self.tp: 566797, self.other: 5}
         self._acked = {self.tp: [566821, 566828, 566829], self.other: [9]}
         self._read_offset = {self.tp: 569416}
+        self._gap = defaultdict(IntervalTree)
         self.calls = []
 
     def assignment(self):
@@ -131,3 +136,48 @@ def test_a_stuck_partition_is_sought_back_to_its_committed_offset_and_read_again
     assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
     assert app.consumer._read_offset[app.consumer.tp] == 566797  # faust's loop must not drop what is read again
     assert app.consumer.flow_active
+
+
+def test_a_stuck_partition_whose_hole_holds_no_message_is_recorded_as_a_gap_and_not_read_again():
+    import asyncio
+
+    from faust.transport.consumer import Consumer
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+    from stream_jobs.faust_patches import _guard
+
+    dog, clock = watchdog()
+    app = FakeApp()
+    c = app.consumer
+    c._acked_index = {c.tp: set(c._acked[c.tp])}
+    c._acked[c.tp] = [566797 + 24, 566797 + 25]  # 566797..566820 never seen (markers, say), 566821.. processed
+    probed = []
+
+    def probe(topic, partition, first, last):
+        probed.append((topic, partition, first, last))
+        return False  # Kafka holds no message there
+
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0, probe=probe))
+    run()
+    clock.now += 31
+    assert run() == [] and c.calls == []  # not read again ...
+    assert probed == [("intel.incident", 3, 566797, 566820)]
+    faust_new_offset = getattr(Consumer._new_offset, "__wrapped__", Consumer._new_offset)
+    assert _guard(faust_new_offset, lambda *a: None)(c, c.tp) == 566823  # ... and the commit moves on
+
+
+def test_a_stuck_partition_whose_hole_holds_messages_or_cannot_be_probed_is_read_again():
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    for answer in (True, None):
+        dog, clock = watchdog()
+        app = FakeApp()
+        run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0,
+                                                          probe=lambda *where: answer))
+        run()
+        clock.now += 31
+        assert run() == [app.consumer.tp]
+        assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
+        assert not app.consumer._gap[app.consumer.tp]
