@@ -49,6 +49,15 @@ def run_worker(settings, index: int, args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # faust gives the root logger's handler its own level (WARNING, below) when the worker
+    # starts; ours has a handler of its own, so "ready", look-back restores and the like
+    # still show at info.
+    ours = logging.getLogger("intelbus")
+    ours.setLevel(args.log_level.upper())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.propagate = False
     log = logging.getLogger("intelbus.jobs")
     import asyncio
 
