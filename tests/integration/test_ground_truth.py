@@ -50,16 +50,27 @@ def simulate(settings, tmp_path, seed, rate, during=None, count=COUNT):
     return sim, truth, report
 
 
+def assert_exact(verdict, sim, **context) -> None:
+    """Every expected hit once, no other hit, exactly the distinct events and dropped duplicates.
+
+    What was wrong is printed in full (which hits are missing or false, not only how many),
+    so a failure in CI can be traced to its messages."""
+    print(json.dumps({**context, "verdict": verdict.summary(), "missing": verdict.missing[:20],
+                      "false_hits": verdict.false_hits[:20]}, ensure_ascii=False, default=str))
+    assert sim.truth.hits
+    assert verdict.recall == 1.0 and verdict.missing == []
+    assert verdict.false_hits == [] and verdict.duplicate_hits == 0
+    assert verdict.distinct_events == sim.truth.events
+    assert verdict.duplicates_dropped == sim.truth.duplicates
+    assert verdict.exact
+
+
 def test_simulator_run_matches_its_ground_truth_exactly(stack, settings, tmp_path):
     before = duplicates_dropped(settings)
     sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=0)
     verdict = verify(settings, str(truth))
-    print(json.dumps({"report": report, "verdict": verdict.summary()}))
-    assert sim.truth.hits and verdict.recall == 1.0
-    assert verdict.missing == [] and verdict.false_hits == [] and verdict.duplicate_hits == 0
-    assert verdict.distinct_events == sim.truth.events
+    assert_exact(verdict, sim, report=report)
     assert duplicates_dropped(settings) - before == sim.truth.duplicates
-    assert verdict.duplicates_dropped == sim.truth.duplicates and verdict.exact
 
 
 def test_worker_killed_mid_run_and_restarted_still_gives_the_ground_truth(stack, settings, tmp_path):
@@ -75,10 +86,7 @@ def test_worker_killed_mid_run_and_restarted_still_gives_the_ground_truth(stack,
 
     sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=4000, during=kill_and_restart)
     verdict = verify(settings, str(truth))
-    print(json.dumps({"report": report, "verdict": verdict.summary()}))
-    assert verdict.recall == 1.0 and verdict.false_hits == [] and verdict.duplicate_hits == 0
-    assert verdict.distinct_events == sim.truth.events
-    assert verdict.duplicates_dropped == sim.truth.duplicates  # the killed worker's counter died with it
+    assert_exact(verdict, sim, report=report)  # duplicates from `verify`: the killed worker's counter died with it
 
 
 def test_a_second_worker_joining_and_leaving_mid_run_changes_nothing(stack, settings, tmp_path):
@@ -106,10 +114,6 @@ def test_a_second_worker_joining_and_leaving_mid_run_changes_nothing(stack, sett
     sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=1000,
                                   during=join_then_leave, count=60_000)
     verdict = verify(settings, str(truth))
-    print(json.dumps({"report": report, "verdict": verdict.summary(),
-                      "joined_after_s": round(moments["joined"] - started, 1),
-                      "left_after_s": round(moments["left"] - started, 1)}))
     assert stack.pids.read("jobs-1") is None or not stack.pids.read("jobs-1").alive()
-    assert verdict.recall == 1.0 and verdict.false_hits == [] and verdict.duplicate_hits == 0
-    assert verdict.distinct_events == sim.truth.events
-    assert verdict.duplicates_dropped == sim.truth.duplicates
+    assert_exact(verdict, sim, report=report, joined_after_s=round(moments["joined"] - started, 1),
+                 left_after_s=round(moments["left"] - started, 1))
