@@ -112,7 +112,7 @@ def test_a_second_worker_joining_and_leaving_mid_run_changes_nothing(stack, sett
 
     started = time.monotonic()
     sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=1000,
-                                  during=join_then_leave, count=60_000)
+                                  during=join_then_leave, count=40_000)
     verdict = verify(settings, str(truth))
     assert stack.pids.read("jobs-1") is None or not stack.pids.read("jobs-1").alive()
     assert_exact(verdict, sim, report=report, joined_after_s=round(moments["joined"] - started, 1),
