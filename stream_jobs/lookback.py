@@ -122,9 +122,14 @@ class LookbackRestorer:
         started = time.monotonic()
         since_ms = int((self.lookback.clock() - self.lookback.seconds) * 1000)
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, self.read, stops, since_ms)
-        restored = sum(self.lookback.restore(p, found.get(p, ())) for p in stops)
         self.pending.difference_update(stops)
+        try:
+            found = await loop.run_in_executor(None, self.read, stops, since_ms)
+        except Exception:  # Kafka away, say: the worker goes on with a shorter look-back
+            log.warning("%s %s: the look-back could not be read back; it starts empty", self.topic, sorted(stops),
+                        exc_info=True)
+            return
+        restored = sum(self.lookback.restore(p, found.get(p, ())) for p in stops)
         log.info("%s %s: look-back restored, %d lookups of the last %.0f s read back in %.1f s",
                  self.topic, sorted(stops), restored, self.lookback.seconds, time.monotonic() - started)
 

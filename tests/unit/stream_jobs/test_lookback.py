@@ -116,3 +116,14 @@ def test_a_partition_lost_is_forgotten_and_one_kept_through_a_rebalance_is_not_r
     assert [e["event_id"] for e in lb.recent(1, "PHONE:1")] == ["b"]
     restorer.on_assigned([0, 1])  # and came back: what it saw meanwhile is read back
     assert restorer.pending == {0}
+
+
+def test_a_look_back_that_cannot_be_read_leaves_the_worker_running_with_it_empty():
+    def broken(stops, since_ms):
+        raise RuntimeError("broker away")
+
+    lb = Lookback(clock=Clock())
+    restorer = LookbackRestorer(lb, broken, topic=MATCH_TOPIC)
+    restorer.on_assigned([0])
+    asyncio.run(restorer.before(batch((0, 7))))  # no exception: the batch runs
+    assert restorer.pending == set() and lb.recent(0, "PHONE:1") == []
