@@ -233,7 +233,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     state = {"records": FaustTableState(records), "index": FaustTableState(index), "hits": FaustTableState(hits_seen)}
     dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
                          partitions=settings.partitions, window_ms=window_ms)
-    lookback = Lookback()
+    # 2 minutes: the skew between input topics is seconds, a partition the watchdog repairs
+    # is read about 35 s late; each assignment reads this much of a partition's requests back.
+    lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
                        case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback)
     kafka_config = settings.kafka_config()

@@ -8,7 +8,7 @@ The memory is a worker's, not a table's: writing every lookup to a changelog wou
 state write per identifier of every event. It is rebuilt instead from the topic the
 lookups came from. When a worker gets a partition of `intel.match.requests` (at start,
 after a crash, in a rebalance), `LookbackRestorer` reads that partition's requests of the
-last `seconds` again, up to the first one the worker is about to process, and remembers
+last `seconds` (2 minutes by default) again, up to the first one the worker is about to process, and remembers
 their lookups before the batch runs. So a listing read after a restart still hits a
 sighting looked up before it, as it would have without the restart.
 """
@@ -33,7 +33,7 @@ class Lookback:
     request is read (replays after a crash or a repair).
     """
 
-    def __init__(self, seconds: float = 600.0, per_identifier: int = 4, identifiers: int = 20_000,
+    def __init__(self, seconds: float = 120.0, per_identifier: int = 4, identifiers: int = 20_000,
                  clock: Callable[[], float] = time.time):
         self.seconds = seconds
         self.per_identifier = per_identifier
