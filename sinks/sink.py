@@ -289,6 +289,10 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     signal.signal(signal.SIGTERM, sink.stop)
     signal.signal(signal.SIGINT, sink.stop)
     start_http_server(settings.metrics_port_base + 20, addr="127.0.0.1")
+    from ops.metrics import tune_gc, watch_gc
+
+    watch_gc()
+    tune_gc()
     from ops.lag import SINK_TOPICS
     from ops.lag_metrics import LagExporter
 

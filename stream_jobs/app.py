@@ -275,7 +275,18 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
             watchdog.reset()
 
     @app.task
+    async def _measure_loop_lag():
+        interval, clock = 0.05, time.perf_counter
+        while True:
+            before = clock()
+            await asyncio.sleep(interval)
+            metrics.LOOP_LAG.observe(max(0.0, clock() - before - interval))
+
+    @app.task
     async def _ready():
+        import gc
+
+        gc.freeze()  # what start-up built (modules, schemas, region tables) lives as long as the worker
         metrics.READY.set(1)
         log.info("worker %d ready (state recovered, agents running)", worker_index)
 

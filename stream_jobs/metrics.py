@@ -32,6 +32,10 @@ PHASE_SECONDS = Histogram("intelbus_jobs_phase_seconds",
                           "changelog records to the producer), deliver (waiting for Kafka's acknowledgements), "
                           "apply (state store write)", ["stage", "phase"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+LOOP_LAG = Histogram("intelbus_jobs_event_loop_lag_seconds",
+                     "How late the worker's event loop ran a 50 ms timer: time it spent on something else "
+                     "without giving control back (a long batch, a garbage collection, a blocking call)",
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 PRODUCE_TO_HIT = Histogram("intelbus_produce_to_hit_seconds", "From the triggering event's reported_at to the hit's emission",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30))
 

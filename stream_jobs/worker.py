@@ -76,6 +76,10 @@ def run_worker(settings, index: int, args) -> int:
     port = metrics_port(settings, index)
     app = create_app(settings, worker_index=index, batch_size=args.batch, batch_within=args.within)
     start_http_server(port, addr="127.0.0.1")
+    from ops.metrics import tune_gc, watch_gc
+
+    watch_gc()
+    tune_gc()
     from ops.lag import JOBS_TOPICS
     from ops.lag_metrics import LagExporter
 
