@@ -6,7 +6,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-READY = Gauge("intelbus_service_ready", "1 once the process has started and joined its consumer group")
+READY = Gauge("intelbus_service_ready", "1 once the process consumes: in its consumer group with partitions (and, for a "
+              "jobs worker, its tables recovered); 0 while a jobs worker rebalances or recovers")
 DLQ = Counter("intelbus_dlq_writes_total", "Messages sent to intel.dlq", ["stage"])
 GC_PAUSE = Histogram("intelbus_gc_pause_seconds",
                      "Time the process stood still in Python's cyclic garbage collector, by generation "

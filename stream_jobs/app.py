@@ -286,13 +286,45 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     async def _ready():
         import gc
 
-        gc.freeze()  # what start-up built (modules, schemas, region tables) lives as long as the worker
-        metrics.READY.set(1)
-        log.info("worker %d ready (state recovered, agents running)", worker_index)
+        # Ready while in the group with its tables recovered; not ready during a rebalance
+        # or a recovery. faust starts this task after its first recovery, but that one may
+        # have had nothing to recover: a worker joining a busy group can get an empty first
+        # assignment and its partitions in the next rebalance, then read their changelogs
+        # for minutes if its store is behind.
+        frozen, since, reason = False, time.monotonic(), "joining the consumer group"
+        while True:
+            now_reason = not_ready_because(app)
+            if now_reason is None and reason is not None:
+                if not frozen:
+                    gc.freeze()  # what start-up built (modules, schemas, region tables) lives as long as the worker
+                    frozen = True
+                    log.info("worker %d ready (in the group, state recovered)", worker_index)
+                else:
+                    log.info("worker %d ready again after %.1f s", worker_index, time.monotonic() - since)
+                metrics.READY.set(1)
+            elif now_reason is not None and reason is None:
+                metrics.READY.set(0)
+                since = time.monotonic()
+                log.info("worker %d not ready: %s", worker_index, now_reason)
+            reason = now_reason
+            await asyncio.sleep(0.25)
 
     app.intelbus_producer = producer
     app.intelbus_consumer_loop_patched = patched
     return app
+
+
+def not_ready_because(app) -> str | None:
+    """Why the worker is not processing yet, or None when it is: faust's table recovery has
+    completed at least once, and no rebalance or recovery is under way."""
+    recovery = app.tables.recovery
+    if app.rebalancing:
+        return "rebalancing"
+    if recovery.in_recovery:
+        return "recovering its tables from the changelogs"
+    if not recovery.completed.is_set():
+        return "joining the consumer group"
+    return None
 
 
 _held: set = set()
