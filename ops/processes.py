@@ -67,6 +67,10 @@ class PidFiles:
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
 
+    def names(self) -> list[str]:
+        """Every process with a pid file, in name order."""
+        return sorted(p.stem for p in self.run_dir.glob("*.pid"))
+
 
 def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None) -> PidRecord:
     """Start argv detached from our session, stdout and stderr appended to log."""

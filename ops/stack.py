@@ -124,6 +124,16 @@ class Stack:
 
     def down(self, *, purge: bool = False, only: set[str] | None = None) -> None:
         """Stop what `up` started (in reverse order), keep data unless purge."""
+        # Processes of an earlier `up` that the settings no longer name (it ran with
+        # INTELBUS_JOBS_WORKERS=2, this one with 1): first, while the servers they use still run.
+        known = {c.name for c in self.components}
+        for name in self.pids.names():
+            if name in known or (only is not None and name not in only):
+                continue
+            record = self.pids.read(name)
+            if record is not None and stop(record):
+                self.out(f"{name:<11} stopped (pid {record.pid}; started by an earlier `intelbus up` with other settings)")
+            self.pids.remove(name)
         for c in reversed(self.components):
             if only is not None and c.name not in only:
                 continue
