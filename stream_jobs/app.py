@@ -264,9 +264,10 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         producer.poll(0)
 
     watched = {*INPUT_TOPICS, MATCH_TOPIC, CANDIDATE_TOPIC}
-    watchdog = CommitWatchdog(stuck_after=float(os.environ.get("INTELBUS_JOBS_STUCK_AFTER_S", "30")))
+    watchdog = CommitWatchdog(stuck_after=float(os.environ.get("INTELBUS_JOBS_STUCK_AFTER_S", "30")),
+                              hole_after=float(os.environ.get("INTELBUS_JOBS_HOLE_AFTER_S", "5")))
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=1.0)
     async def _watch_commits():
         try:
             await repair_stuck_partitions(app, watchdog, watched, probe=lambda *where: probe_hole(kafka_config, *where))
@@ -386,6 +387,8 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
     if app.rebalancing or app.in_recovery or not consumer.flow_active:
         watchdog.reset()
         return []
+    from stream_jobs.faust_patches import hole_at_commit_point
+
     committed, acked = consumer._committed_offset, consumer._acked  # faust 0.15.3 bookkeeping
     views = {}
     for tp in consumer.assignment():
@@ -395,16 +398,17 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
             except Exception:  # not fetched yet
                 highwater = None
             pending = acked.get(tp)
-            views[tp] = PartitionView(committed.get(tp), len(pending) if pending else 0, highwater)
+            views[tp] = PartitionView(committed.get(tp), len(pending) if pending else 0, highwater,
+                                      hole=hole_at_commit_point(consumer, tp) is not None)
     stuck = watchdog.check(views)
     if stuck and probe is not None:
         stuck = [tp for tp in stuck if not await _hole_without_messages(consumer, tp, probe)]
     for tp in stuck:
         view = views[tp]
-        log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it "
+        log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it%s "
                     "(end offset %s): reading the worker's partitions again from their committed offsets "
                     "(what was processed is a replay)", tp.topic, tp.partition, view.committed,
-                    watchdog.stuck_after, view.acked_pending, view.highwater)
+                    watchdog.delay(view), view.acked_pending, " and not itself" if view.hole else "", view.highwater)
         metrics.PARTITION_REPAIRS.labels(tp.topic).inc()
     if stuck:
         # What faust itself does around a rebalance. Stop the flow, so that its fetch loop

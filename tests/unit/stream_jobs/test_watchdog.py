@@ -181,3 +181,35 @@ def test_a_stuck_partition_whose_hole_holds_messages_or_cannot_be_probed_is_read
         assert run() == [app.consumer.tp]
         assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
         assert not app.consumer._gap[app.consumer.tp]
+
+
+def test_a_hole_at_the_commit_point_is_reported_sooner_than_a_commit_that_merely_stands_still():
+    clock = Clock()
+    dog = CommitWatchdog(stuck_after=30, hole_after=5, clock=clock)
+    hole = PartitionView(committed=47777, acked_pending=9212, highwater=56990, hole=True)
+    still = PartitionView(committed=10, acked_pending=0, highwater=500)
+    views = {"p2": hole, "p1": still}
+    assert dog.check(views) == []
+    clock.now += 4.9
+    assert dog.check(views) == []
+    clock.now += 0.1
+    assert dog.check(views) == ["p2"]
+    clock.now += 25
+    assert sorted(dog.check(views)) == ["p1", "p2"]  # the hole again (every 5 s without progress), the other at last
+
+
+def test_a_hole_is_read_again_after_the_hole_delay():
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    clock = Clock()
+    dog = CommitWatchdog(stuck_after=30, hole_after=5, clock=clock)
+    app = FakeApp()  # incident[3]: committed 566797, acknowledged from 566821 on: a hole
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0))
+    assert run() == []
+    clock.now += 4
+    assert run() == [] and app.consumer.calls == []
+    clock.now += 1
+    assert run() == [app.consumer.tp]
+    assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
