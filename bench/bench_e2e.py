@@ -26,6 +26,8 @@ import threading
 import time
 import uuid
 
+from ops.consume import consume_ready
+
 AVRO_PASSES = {"encode": 1, "decode": 2}
 
 
@@ -82,7 +84,7 @@ class _Hits(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            msgs = self.consumer.consume(500, 0.2)
+            msgs = consume_ready(self.consumer, 500, 0.2)  # consume(500, 0.2) held each hit up to 0.2 s
             if self.consumer.assignment():
                 self.assigned.set()
             now_ms = time.time() * 1000

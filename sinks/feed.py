@@ -16,6 +16,7 @@ import re
 import sys
 import time
 
+from ops.consume import consume_ready
 from sinks.queries import display_width, pad
 
 FEED_EPILOG = """\
@@ -200,7 +201,7 @@ def feed_command(args) -> int:
         while True:
             if not args.follow and caught_up():
                 break
-            messages = consumer.consume(500, 0.2)
+            messages = consume_ready(consumer, 500, 0.2)  # a hit as soon as it is there
             batch = []
             for msg in messages:
                 if msg.error():
