@@ -49,6 +49,8 @@ class Settings:
     jobs_workers: int = _env("INTELBUS_JOBS_WORKERS", "stream-job workers started by `intelbus up`", 1)
     sink_batch_rows: int = _env("INTELBUS_SINK_BATCH_ROWS", "sink flushes at this many rows", 50_000)
     sink_batch_seconds: float = _env("INTELBUS_SINK_BATCH_SECONDS", "sink flushes after this many seconds", 1.0)
+    gc_gen0: int = _env("INTELBUS_GC_GEN0", "jobs and sink: Python's collector takes its youngest generation every "
+                        "this many allocations (Python's default: 700)", 50_000)
     operator: bool = _env(
         "INTELBUS_OPERATOR",
         "1 = operator profile: queries without --region see every region",

@@ -292,7 +292,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     from ops.metrics import tune_gc, watch_gc
 
     watch_gc()
-    tune_gc()
+    tune_gc(settings.gc_gen0)
     from ops.lag import SINK_TOPICS
     from ops.lag_metrics import LagExporter
 

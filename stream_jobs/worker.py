@@ -79,7 +79,7 @@ def run_worker(settings, index: int, args) -> int:
     from ops.metrics import tune_gc, watch_gc
 
     watch_gc()
-    tune_gc()
+    tune_gc(settings.gc_gen0)
     from ops.lag import JOBS_TOPICS
     from ops.lag_metrics import LagExporter
 
