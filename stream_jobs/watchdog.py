@@ -51,7 +51,7 @@ class CommitWatchdog:
 
     Pure bookkeeping over snapshots (`check`); the worker takes the snapshots from faust's
     consumer and does the seeking (`stream_jobs.app`). A reported partition is reported
-    again only after another `stuck_after` seconds without progress.
+    again only after another delay (`stuck_after`, or `hole_after` for a hole) without progress.
     """
 
     def __init__(self, stuck_after: float = 30.0, clock=time.monotonic, hole_after: float | None = None):
