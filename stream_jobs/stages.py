@@ -317,12 +317,22 @@ class MatchStage:
             # every identifier of the batch read in one go (a malformed op fails on its own below)
             self.state.prefetch(msg.partition, [op["id"].encode() for op in ops
                                                 if type(op) is dict and type(op.get("id")) is str])
-        for msg, events, ops in requests:
-            for op in ops:
-                try:
-                    self._apply(op, events, msg.partition, now_ms, result)
-                except Exception as exc:  # never stall the partition on one bad operation
-                    result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {op.get('op')} on {op.get('id')}"))
+        # The batch's index operations first, then its lookups. Matching is by event time, so
+        # the order the matcher reads them in must not decide a hit; a lookup applied before the
+        # listing it sights is only caught by the look-back, which keeps the last four lookups of
+        # an identifier: a listing batched with nine checks of its person behind five of them
+        # lost those five hits.
+        for lookups in (False, True):
+            for msg, events, ops in requests:
+                for op in ops:
+                    if (type(op) is dict and op.get("op") == "lookup") is not lookups:
+                        continue
+                    try:
+                        self._apply(op, events, msg.partition, now_ms, result)
+                    except Exception as exc:  # never stall the partition on one bad operation
+                        what = op.get("op") if type(op) is dict else type(op).__name__
+                        where = op.get("id") if type(op) is dict else None
+                        result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {what} on {where}"))
         return result
 
     def _apply(self, op: dict, events: dict, partition: int, now_ms: int, result: StageResult) -> None:

@@ -71,6 +71,16 @@ class Bus:
         msg = Incoming(f"intel.{kind}", zlib.crc32(key) % P, self.offset, key, value)  # same key, same partition
         self._run(self.dedupe, self.records, [msg], now)
 
+    def publish_batch(self, items, *, now=T0):
+        """Several records read by the dedupe stage in one batch, in this order."""
+        batch = []
+        for kind, record in items:
+            self.offset += 1
+            key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode()
+            batch.append(Incoming(f"intel.{kind}", zlib.crc32(key) % P, self.offset, key,
+                                  json.dumps(record, ensure_ascii=False).encode()))
+        self._run(self.dedupe, self.records, batch, now)
+
     def _run(self, stage, state, batch, now):
         result = stage.process(batch, now)
         state.commit()
@@ -306,3 +316,22 @@ def test_the_lookback_forgets_after_its_time():
     now[0] = bus.match.lookback.seconds + 1
     bus.publish("wanted", wanted("130822", "W1", t=T0))
     assert bus.distinct_hits() == {}
+
+
+def test_a_listing_batched_behind_many_sightings_of_its_person_hits_every_one():
+    # One dedupe batch (the input topics are read side by side): nine checks of the person
+    # come before the listing in it; the look-back keeps only four lookups an identifier,
+    # so the listing must be indexed before the batch's lookups run.
+    bus = Bus()
+    checks = [("incident", incident("120119", f"C{i}", persons=[person(ID18)], t=T0 + 1000 * (i + 1))) for i in range(9)]
+    bus.publish_batch(checks + [("wanted", wanted("130822", "W1", t=T0))])
+    assert len(bus.distinct_hits()) == 9
+
+
+def test_a_check_batched_before_the_arrest_that_came_after_it_still_hits_and_one_after_does_not():
+    bus = Bus()
+    bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1, t=T0))
+    bus.publish_batch([("incident", incident("120119", "C1", persons=[person(ID18)], t=T0 + 1000)),
+                       ("incident", incident("120119", "C2", persons=[person(ID18)], t=T0 + 3000)),
+                       ("wanted", wanted("130822", "W1", "ARRESTED", rev=2, t=T0 + 2000))])
+    assert [json.loads(h["trigger"])["source_ref"] for h in bus.distinct_hits().values()] == ["C1"]
