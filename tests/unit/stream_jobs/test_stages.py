@@ -65,21 +65,17 @@ class Bus:
         self.unique, self.hits, self.dead, self.duplicates = [], [], [], []
 
     def publish(self, kind, record, *, now=T0, raw=None):
-        self.offset += 1
-        value = raw if raw is not None else json.dumps(record, ensure_ascii=False).encode()
-        key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode() if record else b"k"
-        msg = Incoming(f"intel.{kind}", zlib.crc32(key) % P, self.offset, key, value)  # same key, same partition
-        self._run(self.dedupe, self.records, [msg], now)
+        self._run(self.dedupe, self.records, [self._message(kind, record, raw)], now)
 
     def publish_batch(self, items, *, now=T0):
         """Several records read by the dedupe stage in one batch, in this order."""
-        batch = []
-        for kind, record in items:
-            self.offset += 1
-            key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode()
-            batch.append(Incoming(f"intel.{kind}", zlib.crc32(key) % P, self.offset, key,
-                                  json.dumps(record, ensure_ascii=False).encode()))
-        self._run(self.dedupe, self.records, batch, now)
+        self._run(self.dedupe, self.records, [self._message(kind, record) for kind, record in items], now)
+
+    def _message(self, kind, record, raw=None):
+        self.offset += 1
+        value = raw if raw is not None else json.dumps(record, ensure_ascii=False).encode()
+        key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode() if record else b"k"
+        return Incoming(f"intel.{kind}", zlib.crc32(key) % P, self.offset, key, value)  # same key, same partition
 
     def _run(self, stage, state, batch, now):
         result = stage.process(batch, now)

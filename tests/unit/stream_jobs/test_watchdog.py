@@ -13,9 +13,9 @@ class Clock:
         return self.now
 
 
-def watchdog():
+def watchdog(hole_after=None):
     clock = Clock()
-    return CommitWatchdog(stuck_after=30, clock=clock), clock
+    return CommitWatchdog(stuck_after=30, clock=clock, hole_after=hole_after), clock
 
 
 def test_a_commit_stuck_behind_acknowledged_messages_is_reported_after_the_delay():
@@ -184,8 +184,7 @@ def test_a_stuck_partition_whose_hole_holds_messages_or_cannot_be_probed_is_read
 
 
 def test_a_hole_at_the_commit_point_is_reported_sooner_than_a_commit_that_merely_stands_still():
-    clock = Clock()
-    dog = CommitWatchdog(stuck_after=30, hole_after=5, clock=clock)
+    dog, clock = watchdog(hole_after=5)
     hole = PartitionView(committed=47777, acked_pending=9212, highwater=56990, hole=True)
     still = PartitionView(committed=10, acked_pending=0, highwater=500)
     views = {"p2": hole, "p1": still}
@@ -203,8 +202,7 @@ def test_a_hole_is_read_again_after_the_hole_delay():
 
     from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
 
-    clock = Clock()
-    dog = CommitWatchdog(stuck_after=30, hole_after=5, clock=clock)
+    dog, clock = watchdog(hole_after=5)
     app = FakeApp()  # incident[3]: committed 566797, acknowledged from 566821 on: a hole
     run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0))
     assert run() == []
