@@ -31,9 +31,14 @@ class Lookback:
     Time is wall-clock seconds, so that lookups read back from Kafka (message timestamps)
     and live ones compare. An event is remembered once per identifier, however often its
     request is read (replays after a crash or a repair).
+
+    What bounds it is time: every lookup of the last `seconds` is kept, up to
+    `per_identifier` of one identifier (a guard against one identifier sighted hundreds of
+    times in two minutes, not a working limit: with four, a listing read after more than
+    four sightings of its person lost the hits of the older ones).
     """
 
-    def __init__(self, seconds: float = 120.0, per_identifier: int = 4, identifiers: int = 20_000,
+    def __init__(self, seconds: float = 120.0, per_identifier: int = 256, identifiers: int = 20_000,
                  clock: Callable[[], float] = time.time):
         self.seconds = seconds
         self.per_identifier = per_identifier
@@ -42,6 +47,8 @@ class Lookback:
         self._by_partition: dict[int, OrderedDict[str, deque]] = {}
 
     def remember(self, partition: int, ident: str, event: dict, at: float | None = None) -> None:
+        now = self.clock()
+        at = now if at is None else at
         seen_by_id = self._by_partition.setdefault(partition, OrderedDict())
         seen = seen_by_id.get(ident)
         if seen is None:
@@ -50,9 +57,12 @@ class Lookback:
                 seen_by_id.popitem(last=False)
         else:
             seen_by_id.move_to_end(ident)
+            horizon = now - self.seconds
+            while seen and seen[0][0] < horizon:
+                seen.popleft()
             if any(e["event_id"] == event["event_id"] for _, e in seen):
                 return
-        seen.append((self.clock() if at is None else at, event))
+        seen.append((at, event))
 
     def recent(self, partition: int, ident: str) -> list[dict]:
         horizon = self.clock() - self.seconds

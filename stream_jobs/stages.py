@@ -318,10 +318,10 @@ class MatchStage:
             self.state.prefetch(msg.partition, [op["id"].encode() for op in ops
                                                 if type(op) is dict and type(op.get("id")) is str])
         # The batch's index operations first, then its lookups. Matching is by event time, so
-        # the order the matcher reads them in must not decide a hit; a lookup applied before the
-        # listing it sights is only caught by the look-back, which keeps the last four lookups of
-        # an identifier: a listing batched with nine checks of its person behind five of them
-        # lost those five hits.
+        # the order the matcher reads them in must not decide a hit: a lookup applied before the
+        # listing it sights is caught only by the look-back (bounded by time, and by a guard of
+        # a few hundred lookups an identifier), and a check read before an arrest that happened
+        # earlier would hit.
         for lookups in (False, True):
             for msg, events, ops in requests:
                 for op in ops:

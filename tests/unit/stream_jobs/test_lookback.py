@@ -54,6 +54,23 @@ def test_only_the_newest_lookups_of_an_identifier_and_of_the_last_minutes_count(
     assert [e["event_id"] for e in lb.recent(0, "PHONE:1")] == ["c"]
 
 
+def test_a_lookup_read_again_after_its_time_is_remembered_anew():
+    clock = Clock()
+    lb = Lookback(seconds=60, clock=clock)
+    for e in "abc":
+        lb.remember(0, "PHONE:1", ev(e))
+    clock.now += 61
+    lb.remember(0, "PHONE:1", ev("a"))  # its request read again (a restore), at a new time
+    assert [e["event_id"] for e in lb.recent(0, "PHONE:1")] == ["a"]
+
+
+def test_every_lookup_of_the_last_minutes_is_kept_not_only_the_newest_few():
+    lb = Lookback(clock=Clock())
+    for i in range(50):
+        lb.remember(0, "RESIDENT_ID:1", ev(f"e{i}"))
+    assert len(lb.recent(0, "RESIDENT_ID:1")) == 50
+
+
 def test_restore_remembers_the_lookups_of_requests_read_back_and_skips_the_rest():
     clock = Clock()
     lb = Lookback(seconds=600, clock=clock)

@@ -324,6 +324,20 @@ def test_a_listing_batched_behind_many_sightings_of_its_person_hits_every_one():
     assert len(bus.distinct_hits()) == 9
 
 
+def test_a_listing_read_after_twenty_sightings_of_its_person_in_earlier_batches_hits_every_one():
+    # The integration run that found it: 20 checks of the person read in batches before the
+    # listing's; a look-back of four lookups an identifier gave 15 hits (the newest four
+    # of the nine read before the listing, and the eleven read after).
+    bus = Bus()
+    for start in (0, 5, 10, 15):
+        bus.publish_batch([("incident", incident("120119", f"C{i}", persons=[person(ID18)], t=T0 + 1000 * (i + 1)))
+                           for i in range(start, start + 5)])
+    assert bus.distinct_hits() == {}
+    bus.publish("wanted", wanted("130822", "W1", t=T0))
+    assert sorted(json.loads(h["trigger"])["source_ref"] for h in bus.distinct_hits().values()) == \
+        sorted(f"C{i}" for i in range(20))
+
+
 def test_a_check_batched_before_the_arrest_that_came_after_it_still_hits_and_one_after_does_not():
     bus = Bus()
     bus.publish("wanted", wanted("130822", "W1", "LISTED", rev=1, t=T0))
