@@ -144,3 +144,20 @@ def test_a_look_back_that_cannot_be_read_leaves_the_worker_running_with_it_empty
     restorer.on_assigned([0])
     asyncio.run(restorer.before(batch((0, 7))))  # no exception: the batch runs
     assert restorer.pending == set() and lb.recent(0, "PHONE:1") == []
+
+
+def test_remembered_events_come_back_as_they_went_in_and_are_not_left_to_the_collector():
+    import gc
+
+    lb = Lookback(clock=Clock())
+    event = {"event_id": "a", "region": "120119", "rev": 2, "occurred": 5, "until": None, "scope": ["110000", "Z:JJJ"],
+             "avro": "AAEC"}
+    lb.remember(0, "PHONE:1", event)
+    # Each collection untracks the tuples whose contents are untracked, in the order it walks
+    # them: two (in a worker, the young collection and the next one) untrack the nested scope
+    # and then the summary, before it reaches the old generation that full collections walk.
+    gc.collect(0)
+    gc.collect(1)
+    (_, _, frozen), = lb._by_partition[0]["PHONE:1"]
+    assert not gc.is_tracked(frozen)
+    assert lb.recent(0, "PHONE:1") == [event]
