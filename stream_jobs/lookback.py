@@ -17,81 +17,127 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
 from typing import Callable, Iterable
 
-from stream_jobs.state import loads
+from stream_jobs.state import dumps, loads
 
 log = logging.getLogger("intelbus.jobs")
 
 
-def freeze(event: dict) -> tuple:
-    """An event summary as one flat tuple of keys and plain values (a list becomes a tuple, made
-    first: the collector untracks a tuple only once what it holds is untracked)."""
-    flat = []
-    for k, v in event.items():
-        flat.append(k)
-        flat.append(tuple(v) if type(v) is list else v)
-    return tuple(flat)
-
-
-def thaw(frozen: tuple) -> dict:
-    it = iter(frozen)
-    return {k: list(v) if type(v) is tuple else v for k, v in zip(it, it)}
+ENTRY, FIELD = b"\x1e", b"\x1f"  # control bytes: JSON writes them escaped, never raw
 
 
 class Lookback:
-    """Recent lookups by partition and identifier: (when, event summary), newest last.
+    """Recent lookups by partition and identifier, newest last.
 
     Time is wall-clock seconds, so that lookups read back from Kafka (message timestamps)
     and live ones compare. An event is remembered once per identifier, however often its
     request is read (replays after a crash or a repair).
 
-    What bounds it is time: every lookup of the last `seconds` is kept, up to
-    `per_identifier` of one identifier (a guard against one identifier sighted hundreds of
-    times in two minutes, not a working limit: with four, a listing read after more than
-    four sightings of its person lost the hits of the older ones).
+    What bounds it is time: every lookup of the last `seconds` is kept (a look-back of the
+    last four lookups of an identifier lost hits: a listing read after more than four
+    sightings of its person). Guards: `per_identifier` lookups of one identifier (one
+    identifier sighted hundreds of times in two minutes), and `max_entries` in all (when
+    they are reached the oldest slice of time is forgotten early, with a warning).
 
-    At 2,000 events/s two minutes are some 240,000 events. Kept as dicts (with a list in
-    each), they would be three quarters of a million objects for Python's collector to walk
-    in every full collection (300 ms measured, a stall of every hit in flight); kept as
-    tuples of plain values they are untracked by the collector after their first young
-    collection (24 ms for the same look-back). `remember` freezes an event summary, `recent`
-    thaws it: summaries hold plain values and lists of plain values.
+    Nothing in it is an object Python's collector tracks. Two minutes at 2,000 events/s
+    are some 300,000 lookups; kept as dicts, tuples and a deque per identifier they made the
+    worker's young collections walk 100,000-300,000 new objects each (0.1-0.8 s, every
+    hit in flight waiting: measured in the e2e benchmark's runs). So time is cut into
+    `slices` slices; a slice maps an identifier (str) to its lookups packed in one bytes
+    value (`at FIELD event_id FIELD summary-json`, entries joined by ENTRY), and a slice
+    past the look-back is dropped whole. A dict of str to bytes is never tracked.
     """
 
-    def __init__(self, seconds: float = 120.0, per_identifier: int = 256, identifiers: int = 20_000,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, seconds: float = 120.0, per_identifier: int = 256, max_entries: int = 1_000_000,
+                 slices: int = 4, clock: Callable[[], float] = time.time):
         self.seconds = seconds
         self.per_identifier = per_identifier
-        self.identifiers = identifiers  # per partition; the least recently used are forgotten first
+        self.max_entries = max_entries
+        self.width = seconds / slices
         self.clock = clock
-        self._by_partition: dict[int, OrderedDict[str, deque]] = {}
+        # partition -> slice number (int(at / width)) -> identifier -> packed lookups
+        self._by_partition: dict[int, dict[int, dict[str, bytes]]] = {}
+        self._counts: dict[tuple[int, int], int] = {}  # (partition, slice) -> entries
+        self.entries = 0
+
+    def _expire(self, now: float) -> None:
+        oldest = int((now - self.seconds) // self.width)
+        for partition, slices in self._by_partition.items():
+            for n in [n for n in slices if n < oldest]:
+                self._drop(partition, n)
+
+    def _drop(self, partition: int, n: int) -> None:
+        del self._by_partition[partition][n]
+        self.entries -= self._counts.pop((partition, n), 0)
 
     def remember(self, partition: int, ident: str, event: dict, at: float | None = None) -> None:
         now = self.clock()
         at = now if at is None else at
-        seen_by_id = self._by_partition.setdefault(partition, OrderedDict())
-        seen = seen_by_id.get(ident)
-        if seen is None:
-            seen = seen_by_id[ident] = deque(maxlen=self.per_identifier)
-            if len(seen_by_id) > self.identifiers:
-                seen_by_id.popitem(last=False)
+        if at < now - self.seconds:
+            return
+        slices = self._by_partition.setdefault(partition, {})
+        if slices and min(slices) < int((now - self.seconds) // self.width):
+            self._expire(now)
+        horizon = now - self.seconds
+        marker = FIELD + event["event_id"].encode() + FIELD
+        seen = 0
+        for sl in slices.values():
+            packed = sl.get(ident)
+            if packed is not None:
+                found = packed.find(marker)
+                if found >= 0 and float(packed[packed.rfind(ENTRY, 0, found) + 1:found]) >= horizon:
+                    return
+                seen += packed.count(ENTRY) + 1
+        if seen >= self.per_identifier:  # the guard: the oldest lookup of a hot identifier makes room
+            self._drop_oldest(partition, ident)
+        n = int(at // self.width)
+        sl = slices.setdefault(n, {})
+        entry = b"%.3f" % at + marker + dumps(event)
+        have = sl.get(ident)
+        sl[ident] = entry if have is None else have + ENTRY + entry
+        self._counts[(partition, n)] = self._counts.get((partition, n), 0) + 1
+        self.entries += 1
+        if self.entries > self.max_entries:
+            self._shorten()
+
+    def _drop_oldest(self, partition: int, ident: str) -> None:
+        slices = self._by_partition[partition]
+        n = min(n for n, sl in slices.items() if ident in sl)
+        rest = slices[n][ident].split(ENTRY, 1)[1:]
+        if rest:
+            slices[n][ident] = rest[0]
         else:
-            seen_by_id.move_to_end(ident)
-            horizon = now - self.seconds
-            while seen and seen[0][0] < horizon:
-                seen.popleft()
-            if any(event_id == event["event_id"] for _, event_id, _ in seen):
-                return
-        seen.append((at, event["event_id"], freeze(event)))
+            del slices[n][ident]
+        self._counts[(partition, n)] -= 1
+        self.entries -= 1
+
+    def _shorten(self) -> None:
+        """Forget the oldest slice of every partition until there is room again."""
+        while self.entries > self.max_entries * 0.9 and any(self._by_partition.values()):
+            oldest = min(n for slices in self._by_partition.values() for n in slices)
+            for partition, slices in self._by_partition.items():
+                if oldest in slices:
+                    self._drop(partition, oldest)
+        log.warning("look-back full (%d lookups): the oldest lookups were forgotten early; it covers less than %.0f s "
+                    "(Lookback.max_entries)", self.max_entries, self.seconds)
 
     def recent(self, partition: int, ident: str) -> list[dict]:
         horizon = self.clock() - self.seconds
-        seen = self._by_partition.get(partition, {}).get(ident, ())
-        return [thaw(frozen) for at, _, frozen in seen if at >= horizon]
+        out = []
+        for n in sorted(self._by_partition.get(partition, {})):
+            packed = self._by_partition[partition][n].get(ident)
+            if packed is None:
+                continue
+            for entry in packed.split(ENTRY):
+                at, _, summary = entry.split(FIELD, 2)
+                if float(at) >= horizon:
+                    out.append(loads(summary))
+        return out
 
     def forget(self, partition: int) -> None:
+        for n in list(self._by_partition.get(partition, ())):
+            self._drop(partition, n)
         self._by_partition.pop(partition, None)
 
     def restore(self, partition: int, requests: Iterable[tuple[float, bytes]]) -> int:

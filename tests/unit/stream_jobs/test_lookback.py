@@ -146,18 +146,31 @@ def test_a_look_back_that_cannot_be_read_leaves_the_worker_running_with_it_empty
     assert restorer.pending == set() and lb.recent(0, "PHONE:1") == []
 
 
-def test_remembered_events_come_back_as_they_went_in_and_are_not_left_to_the_collector():
+def test_remembered_events_come_back_as_they_went_in_and_nothing_is_left_to_the_collector():
     import gc
 
-    lb = Lookback(clock=Clock())
+    clock = Clock()
+    lb = Lookback(clock=clock)
     event = {"event_id": "a", "region": "120119", "rev": 2, "occurred": 5, "until": None, "scope": ["110000", "Z:JJJ"],
              "avro": "AAEC"}
-    lb.remember(0, "PHONE:1", event)
-    # Each collection untracks the tuples whose contents are untracked, in the order it walks
-    # them: two (in a worker, the young collection and the next one) untrack the nested scope
-    # and then the summary, before it reaches the old generation that full collections walk.
-    gc.collect(0)
-    gc.collect(1)
-    (_, _, frozen), = lb._by_partition[0]["PHONE:1"]
-    assert not gc.is_tracked(frozen)
-    assert lb.recent(0, "PHONE:1") == [event]
+    for i in range(1000):
+        lb.remember(i % 3, f"PHONE:{i % 7}", {**event, "event_id": f"e{i}"})
+        clock.now += 0.1
+    lb.remember(0, "PHONE:x", event)
+    assert lb.recent(0, "PHONE:x") == [event]
+    # a young collection walks every tracked object made since the last one: the look-back's
+    # lookups, one per identifier of every event, must not be among them
+    slices = [sl for per_partition in lb._by_partition.values() for sl in per_partition.values()]
+    assert len(slices) >= 6 and not any(gc.is_tracked(sl) for sl in slices)
+    assert lb.entries == 1001
+
+
+def test_when_full_the_oldest_lookups_are_forgotten_first(caplog):
+    clock = Clock()
+    lb = Lookback(seconds=120, max_entries=100, clock=clock)
+    for i in range(150):
+        lb.remember(0, f"PHONE:{i}", ev(f"e{i}"))
+        clock.now += 0.5
+    assert lb.entries <= 100
+    assert lb.recent(0, "PHONE:149") and not lb.recent(0, "PHONE:0")
+    assert "look-back full" in caplog.text
