@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -15,13 +16,19 @@ GC_PAUSE = Histogram("intelbus_gc_pause_seconds",
                      buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 _gc_started: list[float] = [0.0]
+SLOW_GC_S = 0.1  # a collection this long is logged, with what it found
 
 
 def _on_gc(phase: str, info: dict) -> None:
     if phase == "start":
         _gc_started[0] = time.perf_counter()
     else:
-        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started[0])
+        took = time.perf_counter() - _gc_started[0]
+        GC_PAUSE.labels(str(info["generation"])).observe(took)
+        if took >= SLOW_GC_S:
+            logging.getLogger("intelbus.gc").warning(
+                "garbage collection of generation %d stood the process still for %.3f s: %d objects collected, "
+                "%d uncollectable", info["generation"], took, info["collected"], info["uncollectable"])
 
 
 def watch_gc() -> None:
