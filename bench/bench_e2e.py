@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 from ops.consume import consume_ready
@@ -75,6 +76,7 @@ class _Hits(threading.Thread):
 
         self.prefix = prefix
         self.latencies_s: dict[str, float] = {}
+        self.reported_s: dict[str, float] = {}  # when each hit's trigger was reported (epoch s)
         self.decode = RawDecoder.for_registry(settings.registry_url)
         self.consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "latest", "enable.auto.commit": False})
@@ -95,6 +97,7 @@ class _Hits(threading.Thread):
                 if f"/{self.prefix}" not in hit["record_key"] or hit["hit_id"] in self.latencies_s:
                     continue
                 self.latencies_s[hit["hit_id"]] = (now_ms - hit["trigger_reported_at"]) / 1000
+                self.reported_s[hit["hit_id"]] = hit["trigger_reported_at"] / 1000
         self.consumer.close()
 
 
@@ -184,12 +187,14 @@ class _Sampler(threading.Thread):
         except Exception:
             point["jobs_lag"] = point["sink_lag"] = float("nan")
         self.rss()
+        point["cpu_s"] = self.cpu_seconds()
         return point
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.series.append(self.sample())
-            for name, cpu in self.cpu_seconds().items():
+            point = self.sample()
+            self.series.append(point)
+            for name, cpu in point["cpu_s"].items():
                 self.cpu_first.setdefault(name, (time.time(), cpu))
                 self.cpu_last[name] = (time.time(), cpu)
             self.stop.wait(1.0)
@@ -267,6 +272,52 @@ def _summarise_profile(path: str) -> dict:
             if total else {}}
 
 
+def gc_pauses(port: int) -> dict[str, dict[str, float]]:
+    """A process's `intelbus_gc_pause_seconds` by generation: collections, seconds, and how many
+    took 0.1 s or more."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("intelbus_gc_pause_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        gen = name.split('generation="', 1)[1].split('"', 1)[0] if 'generation="' in name else "?"
+        g = out.setdefault(gen, {"count": 0.0, "seconds": 0.0, "over_0.1s": 0.0})
+        if name.startswith("intelbus_gc_pause_seconds_count"):
+            g["count"] = float(value)
+            g["over_0.1s"] += float(value)
+        elif name.startswith("intelbus_gc_pause_seconds_sum"):
+            g["seconds"] = float(value)
+        elif name.startswith("intelbus_gc_pause_seconds_bucket") and 'le="0.1"' in name:
+            g["over_0.1s"] -= float(value)
+    return out
+
+
+def _gc_delta(before: dict, after: dict) -> dict:
+    return {gen: {k: round(v - before.get(gen, {}).get(k, 0.0), 3) for k, v in g.items()} for gen, g in sorted(after.items())}
+
+
+def stalls(reported_s: dict[str, float], latencies_s: dict[str, float], series: list[dict], started: float,
+           slow: float = 0.5) -> list[dict]:
+    """The seconds in which hits were slow (over `slow`): when (from the start of publishing), how
+    many, the worst, and the CPU each process used in that second and the one before it (a
+    merge in ClickHouse, a burst in Kafka, a worker that stood still)."""
+    by_second: dict[int, list[float]] = {}
+    for hit_id, lat in latencies_s.items():
+        if lat > slow:
+            by_second.setdefault(int(reported_s[hit_id] - started), []).append(lat)
+    out = []
+    for sec, lats in sorted(by_second.items()):
+        window = [p for p in series if started + sec - 1 <= p["t"] <= started + sec + 2]
+        cpu = {}
+        if len(window) >= 2:
+            span = window[-1]["t"] - window[0]["t"]
+            cpu = {name: round((window[-1]["cpu_s"].get(name, c) - c) / span, 2)
+                   for name, c in window[0]["cpu_s"].items()}
+        out.append({"t": sec, "slow_hits": len(lats), "worst_s": round(max(lats), 3), "cpu_cores": cpu})
+    return out
+
+
 def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 120.0, profile: bool = False) -> dict:
     """One run at `rate` for `seconds`: latencies, throughput, lag and memory."""
     from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
@@ -279,6 +330,11 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
     queryable = _Queryable(settings, prefix)
     queryable.start()
     sampler = _Sampler(settings, _service_pids(settings))
+    jobs_port = settings.metrics_port_base + 1
+    try:
+        gc_before = gc_pauses(jobs_port)
+    except OSError:
+        gc_before = None
     sampler.start()
     started = time.time()
     sim = _simulate(rate, seconds, prefix, seed)
@@ -299,6 +355,10 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
         t.stop.set()
     for t in (hits, queryable, sampler):
         t.join(10)
+    try:
+        jobs_gc = _gc_delta(gc_before, gc_pauses(jobs_port)) if gc_before is not None else {"error": "no metrics"}
+    except OSError as exc:
+        jobs_gc = {"error": str(exc)}
     cpu_cores = {name: round((sampler.cpu_last[name][1] - c0) / max(1e-9, sampler.cpu_last[name][0] - t0), 2)
                  for name, (t0, c0) in sampler.cpu_first.items() if name in sampler.cpu_last}
     profile = _summarise_profile(profile_path) if profile_path else {"error": "py-spy did not run"}
@@ -325,8 +385,10 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
                                    "max": max(q_lat) if q_lat else None},
         "peak_rss_mb": sampler.peak_rss_mb,
         "cpu_cores_used": cpu_cores,
+        "jobs_gc_pauses": jobs_gc,
+        "slow_hit_seconds": stalls(hits.reported_s, hits.latencies_s, series, started),
         "jobs_profile": profile,
-        "series": [{**p, "t": round(p["t"] - started, 2)} for p in series],
+        "series": [{**{k: v for k, v in p.items() if k != "cpu_s"}, "t": round(p["t"] - started, 2)} for p in series],
         "hit_latencies_s": sorted(round(x, 4) for x in hit_lat),
         "queryable_latencies_s": sorted(round(x, 3) for x in q_lat),
     }

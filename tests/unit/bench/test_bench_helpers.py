@@ -88,3 +88,48 @@ def test_trail_generator_on_chdb(tmp_path):
         assert event_id in {r[-1] for r in rows}
     finally:
         ex.close()
+
+
+def test_stalls_groups_slow_hits_by_second_with_the_cpu_around_them():
+    from bench.bench_e2e import stalls
+
+    started = 1000.0
+    reported = {"a": 1003.2, "b": 1003.7, "c": 1010.1, "d": 1003.5}
+    latencies = {"a": 0.9, "b": 0.6, "c": 0.2, "d": 0.1}  # c and d were fast
+    series = [{"t": 1000.0 + i, "cpu_s": {"kafka": 0.5 * i, "clickhouse": 2.0 * i if i >= 3 else 0.0}} for i in range(12)]
+    out = stalls(reported, latencies, series, started)
+    assert out == [{"t": 3, "slow_hits": 2, "worst_s": 0.9, "cpu_cores": {"kafka": 0.5, "clickhouse": 3.33}}]  # seconds 2 to 5: 10 s of CPU in 3
+    assert stalls(reported, {k: 0.1 for k in latencies}, series, started) == []
+
+
+def test_gc_pause_delta_per_generation_counts_the_slow_collections(monkeypatch):
+    import bench.bench_e2e as e2e
+
+    def page(count0, slow0, count2, slow2):
+        return "\n".join([
+            "# HELP intelbus_gc_pause_seconds pauses",
+            f'intelbus_gc_pause_seconds_bucket{{generation="0",le="0.05"}} {count0 - slow0}',
+            f'intelbus_gc_pause_seconds_bucket{{generation="0",le="0.1"}} {count0 - slow0}',
+            f'intelbus_gc_pause_seconds_bucket{{generation="0",le="+Inf"}} {count0}',
+            f'intelbus_gc_pause_seconds_count{{generation="0"}} {count0}',
+            f'intelbus_gc_pause_seconds_sum{{generation="0"}} {count0 * 0.01}',
+            f'intelbus_gc_pause_seconds_bucket{{generation="2",le="0.1"}} {count2 - slow2}',
+            f'intelbus_gc_pause_seconds_count{{generation="2"}} {count2}',
+            f'intelbus_gc_pause_seconds_sum{{generation="2"}} {count2 * 0.5}',
+            "intelbus_jobs_events_total 5",
+        ]).encode()
+
+    pages = iter([page(100, 1, 2, 1), page(160, 3, 3, 2)])
+
+    class Response:
+        def __init__(self, body):
+            self.body = body
+
+        def read(self):
+            return self.body
+
+    monkeypatch.setattr(e2e.urllib.request, "urlopen", lambda url, timeout: Response(next(pages)))
+    before, after = e2e.gc_pauses(9401), e2e.gc_pauses(9401)
+    assert after["2"] == {"count": 3.0, "seconds": 1.5, "over_0.1s": 2.0}
+    assert e2e._gc_delta(before, after) == {"0": {"count": 60.0, "seconds": 0.6, "over_0.1s": 2.0},
+                                            "2": {"count": 1.0, "seconds": 0.5, "over_0.1s": 1.0}}
