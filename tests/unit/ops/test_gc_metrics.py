@@ -1,5 +1,6 @@
 """The garbage collector's pauses are measured, and the youngest generation collected less often."""
 import gc
+import re
 
 from prometheus_client import REGISTRY
 
@@ -26,3 +27,25 @@ def test_tuning_raises_only_the_youngest_generation_threshold():
         assert gc.get_threshold() == (12_345, 10, 10)
     finally:
         gc.set_threshold(*saved)
+
+
+def test_a_slow_collection_is_logged_with_what_it_collected(monkeypatch, caplog):
+    import ops.metrics
+
+    watch_gc()
+
+    class Cycle:
+        pass
+
+    a, b = Cycle(), Cycle()
+    a.other, b.other = b, a
+    del a, b
+    monkeypatch.setattr(ops.metrics, "SLOW_GC_S", 0.0)
+    with caplog.at_level("WARNING", logger="intelbus.gc"):
+        gc.collect()
+    assert "garbage collection of generation 2 stood the process still" in caplog.text
+    assert re.search(r"still for \d+\.\d{3} s: [1-9]\d* objects collected", caplog.text)  # the cycle was found
+    caplog.clear()
+    monkeypatch.setattr(ops.metrics, "SLOW_GC_S", 60.0)
+    gc.collect()
+    assert "garbage collection" not in caplog.text
