@@ -66,16 +66,23 @@ def throughput(settings, n: int, workers: int = 1) -> dict:
     load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
     events = load["published"]
     run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
+    # the workers' own CPU from here to the drain: events per CPU-second of a worker says whether
+    # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
+    cpu0, t0 = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports), time.monotonic()
+    events0 = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
     wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=1800, stable=2)
     done = time.monotonic()
     processed = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
+    cpu = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports) - cpu0
     full_stack(scaled, out=lambda m: None).down(only=names - {"jobs-0"})
     first = run["first_event"] or run["ready"]
     return {"workers": workers, "events": events, "processed_by_workers": processed,
             "seconds_first_event_to_drained": round(done - first, 2), "events_per_s": round(events / (done - first), 1),
             "seconds_to_first_event": round(first - run["started"], 2),
             "seconds_to_all_ready": round(run["ready"] - run["started"], 2),
-            "warmup_seconds_alone_to_ready": warmup}
+            "warmup_seconds_alone_to_ready": warmup,
+            "workers_cpu_cores": round(cpu / max(1e-9, done - t0), 2),
+            "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None}
 
 
 def _start_together(stack, indexes: list[int], ports: list[int]) -> dict:

@@ -107,6 +107,9 @@ def markdown(r: dict) -> str:
             extra = f" ({replayed:,.0f} read twice after rebalances)" if replayed > 0 else ""
             lines.append(f"| stream jobs, {j['workers']} worker(s) started together, {j['events']:,} events through dedupe, "
                          f"matcher, hits{extra} | {j['events_per_s']:,.0f} events/s | target 5,000/worker | |")
+            if j.get("events_per_worker_cpu_second"):
+                lines.append(f"| the same, per CPU-second of the workers ({j['workers_cpu_cores']:.2f} cores used by them) | "
+                             f"{j['events_per_worker_cpu_second']:,.0f} events | | |")
     lat = r.get("produce_to_hit_2000_per_s")
     if lat:
         lines.append(f"| produce-to-hit at {lat['rate']:.0f}/s offered ({lat['achieved_publish_rate']:,.0f}/s achieved), {lat['hits']:.0f} hits | "
