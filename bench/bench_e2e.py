@@ -300,8 +300,9 @@ def _gc_delta(before: dict, after: dict) -> dict:
 def stalls(reported_s: dict[str, float], latencies_s: dict[str, float], series: list[dict], started: float,
            slow: float = 0.5) -> list[dict]:
     """The seconds in which hits were slow (over `slow`): when (from the start of publishing), how
-    many, the worst, and the CPU each process used in that second and the one before it (a
-    merge in ClickHouse, a burst in Kafka, a worker that stood still)."""
+    many, the worst, and the CPU each process used from the second before to two seconds after
+    (the samples are a second apart): a merge in ClickHouse, a burst in Kafka, a worker that
+    stood still."""
     by_second: dict[int, list[float]] = {}
     for hit_id, lat in latencies_s.items():
         if lat > slow:
