@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 
 from ops.consume import consume_ready
@@ -275,7 +274,9 @@ def _summarise_profile(path: str) -> dict:
 def gc_pauses(port: int) -> dict[str, dict[str, float]]:
     """A process's `intelbus_gc_pause_seconds` by generation: collections, seconds, and how many
     took 0.1 s or more."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    from bench.bench_jobs import metrics_text
+
+    text = metrics_text(port)
     out: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         if not line.startswith("intelbus_gc_pause_seconds"):

@@ -14,13 +14,18 @@ import urllib.request
 import uuid
 
 
+def metrics_text(port: int) -> str:
+    """A local process's Prometheus metrics page."""
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 def _metric_sum(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = metrics_text(port)
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{") or l.startswith(name + " "))
 
 
 def _histogram(port: int, name: str) -> list[tuple[float, float]]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = metrics_text(port)
     out = []
     for line in text.splitlines():
         if line.startswith(name + "_bucket{"):

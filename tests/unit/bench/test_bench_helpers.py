@@ -128,7 +128,7 @@ def test_gc_pause_delta_per_generation_counts_the_slow_collections(monkeypatch):
         def read(self):
             return self.body
 
-    monkeypatch.setattr(e2e.urllib.request, "urlopen", lambda url, timeout: Response(next(pages)))
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response(next(pages)))
     before, after = e2e.gc_pauses(9401), e2e.gc_pauses(9401)
     assert after["2"] == {"count": 3.0, "seconds": 1.5, "over_0.1s": 2.0}
     assert e2e._gc_delta(before, after) == {"0": {"count": 60.0, "seconds": 0.6, "over_0.1s": 2.0},
