@@ -73,13 +73,13 @@ class Lookback:
 
     def remember(self, partition: int, ident: str, event: dict, at: float | None = None) -> None:
         now = self.clock()
+        horizon = now - self.seconds
         at = now if at is None else at
-        if at < now - self.seconds:
+        if at < horizon:
             return
         slices = self._by_partition.setdefault(partition, {})
-        if slices and min(slices) < int((now - self.seconds) // self.width):
+        if slices and min(slices) < int(horizon // self.width):
             self._expire(now)
-        horizon = now - self.seconds
         marker = FIELD + event["event_id"].encode() + FIELD
         seen = 0
         for sl in slices.values():
