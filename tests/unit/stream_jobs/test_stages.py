@@ -316,8 +316,8 @@ def test_the_lookback_forgets_after_its_time():
 
 def test_a_listing_batched_behind_many_sightings_of_its_person_hits_every_one():
     # One dedupe batch (the input topics are read side by side): nine checks of the person
-    # come before the listing in it; the look-back keeps only four lookups an identifier,
-    # so the listing must be indexed before the batch's lookups run.
+    # come before the listing in it. The listing is indexed before the batch's lookups run
+    # (with the look-back of four lookups an identifier it once had, five hits were lost).
     bus = Bus()
     checks = [("incident", incident("120119", f"C{i}", persons=[person(ID18)], t=T0 + 1000 * (i + 1))) for i in range(9)]
     bus.publish_batch(checks + [("wanted", wanted("130822", "W1", t=T0))])
