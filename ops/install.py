@@ -225,3 +225,41 @@ def install_all(dist: Path, *, log=print) -> None:
     log("fetching Apicurio Registry with Maven (cached in ~/.m2) ...")
     fetch_registry(dist)
     fetch_promtool(dist, log=log)
+
+
+def fetch_keycloak(dist: Path) -> Path:
+    """The Keycloak server unpacked under dist/keycloak/app (holds bin/kc.sh), for the OIDC tests and demo.
+
+    Maven Central serves it as a zip; Python's zipfile drops the Unix modes, so the launch
+    scripts are made executable again after unpacking.
+    """
+    import zipfile
+
+    # Maven resolves a relative output directory against the pom's folder, not ours
+    dist = Path(dist).resolve()
+    pom = REPO_ROOT / "ops" / "keycloak" / "pom.xml"
+    app = dist / "keycloak" / "app"
+    archive_dir = fetch_maven(pom, dist / "keycloak" / "archive", "Keycloak")
+    archives = sorted(archive_dir.glob("keycloak-quarkus-dist-*.zip"))
+    if not archives:
+        raise Missing(f"no Keycloak zip in {archive_dir}: delete it and run the fetch again")
+    archive = archives[-1]
+    if (app / "bin" / "kc.sh").exists() and (app / ".from").exists() and (app / ".from").read_text() == archive.name:
+        return app
+    if app.exists():
+        shutil.rmtree(app)
+    app.mkdir(parents=True)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(app)
+    # the zip holds one top-level folder (keycloak-<version>/); flatten so bin/kc.sh is in app/
+    if not (app / "bin" / "kc.sh").exists():
+        inner = next(app.glob("*/bin/kc.sh"), None)
+        if inner is None:
+            raise Missing(f"{archive.name} holds no bin/kc.sh: check ops/keycloak/pom.xml")
+        for item in inner.parent.parent.iterdir():
+            item.rename(app / item.name)
+        inner.parent.parent.rmdir()
+    for script in (app / "bin").glob("*.sh"):
+        script.chmod(0o755)
+    (app / ".from").write_text(archive.name)
+    return app
