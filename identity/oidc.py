@@ -24,7 +24,7 @@ import jwt
 from jwt import PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
-from identity.principals import CLEARANCES, ROLES, Identity, IdentityError, check_clearance, check_role
+from identity.principals import CLEARANCES, Identity, IdentityError, check_clearance, check_role
 from schemas.regions import validate_region_code
 
 # Asymmetric algorithms only. HS* would let anyone holding the (public) verification key mint
@@ -358,5 +358,5 @@ class OidcVerifier:
 
 __all__ = [
     "ConfigError", "OidcConfig", "OidcVerifier", "ProviderUnavailable", "TokenRejected",
-    "claim_at", "load_oidc_config", "ROLES", "SAFE_ALGORITHMS",
+    "claim_at", "load_oidc_config", "SAFE_ALGORITHMS",
 ]
