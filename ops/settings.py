@@ -51,11 +51,11 @@ class Settings:
     sink_batch_seconds: float = _env("INTELBUS_SINK_BATCH_SECONDS", "sink flushes after this many seconds", 1.0)
     gc_gen0: int = _env("INTELBUS_GC_GEN0", "jobs and sink: Python's collector takes its youngest generation every "
                         "this many allocations (Python's default: 700)", 50_000)
-    operator: bool = _env(
-        "INTELBUS_OPERATOR",
-        "1 = operator profile: queries without --region see every region",
-        False,
-    )
+    gateway_url: str = _env("INTELBUS_GATEWAY_URL", "the gateway people's commands talk to (login, feed, query, sql, "
+                            "audit); `up` serves it on this address", "http://127.0.0.1:8080")
+    token_ttl_s: int = _env("INTELBUS_TOKEN_TTL_S", "how long a login's token is valid, in seconds", 3600)
+    oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
+                            "(see ops/identity/oidc.example.yaml); empty: local logins only", "")
     metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
 
     @property

@@ -59,10 +59,10 @@ def test_trail_generator_on_chdb(tmp_path):
     pytest.importorskip("chdb")
     from schemas.normalise import normalise_identifier
     from schemas.regions import load_regions
-    from sinks.cli import _in_database, identifier_forms
+    from gateway.history import UNSCOPED, identifier_forms, in_database
     from sinks.engine import ChdbExecutor
     from sinks.migrate import apply_migrations
-    from sinks.queries import load_queries, scope_predicates
+    from sinks.queries import load_queries
 
     ex = ChdbExecutor(str(tmp_path), database="trail_gen")
     try:
@@ -82,8 +82,8 @@ def test_trail_generator_on_chdb(tmp_path):
             assert normalise_identifier(kind, value) == value
             assert identifier_forms(value) == [value]
         value, _, event_id = subjects[0]
-        sql = _in_database(load_queries()["trail"].render({"id": value, "ids": identifier_forms(value)},
-                                                          scope_predicates(None, load_regions())), "trail_gen")
+        sql = in_database(load_queries()["trail"].render({"id": value, "ids": identifier_forms(value)}, UNSCOPED),
+                          "trail_gen")
         _, rows = ex.query(sql)
         assert event_id in {r[-1] for r in rows}
     finally:

@@ -14,8 +14,8 @@ def test_defaults_point_at_the_local_stack():
 
 
 def test_environment_overrides_and_types():
-    s = load_settings(environ={"INTELBUS_KAFKA": "k1:9092,k2:9092", "INTELBUS_PARTITIONS": "12", "INTELBUS_OPERATOR": "yes"})
-    assert s.kafka == "k1:9092,k2:9092" and s.partitions == 12 and s.operator is True
+    s = load_settings(environ={"INTELBUS_KAFKA": "k1:9092,k2:9092", "INTELBUS_PARTITIONS": "12", "INTELBUS_TOKEN_TTL_S": "600"})
+    assert s.kafka == "k1:9092,k2:9092" and s.partitions == 12 and s.token_ttl_s == 600
 
 
 def test_bad_environment_value_is_a_clear_error():

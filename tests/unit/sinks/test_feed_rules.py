@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 import pytest
 
 from schemas.regions import load_regions
-from sinks.feed import alert_shared_with, render_alert_block
+from identity.entitlement import Entitlement
+from identity.principals import Identity
+from sinks.feed import render_alert_block
 from sinks.queries import display_width
 
 REGIONS = load_regions()
@@ -23,7 +25,9 @@ REGIONS = load_regions()
     ("130000", [], False),           # not shared at all
 ])
 def test_alert_shared_with(viewer, scope, shown):
-    assert alert_shared_with(viewer, scope, REGIONS) is shown
+    ent = Entitlement(Identity(name="cc", kind="person", region=viewer, branch="COMMAND_CENTER",
+                               roles=frozenset({"command_center"}), clearance="INTERNAL"), REGIONS)
+    assert ent.may_see_alert({"share_scope": scope, "classification": "INTERNAL"}, viewer) is shown
 
 
 def test_alert_block_labels_line_up_in_display_width():

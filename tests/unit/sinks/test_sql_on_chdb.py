@@ -9,7 +9,10 @@ import pytest
 from schemas.regions import load_regions
 from sinks.engine import ChdbExecutor
 from sinks.migrate import apply_migrations, load_migrations
-from sinks.queries import QueryError, check_read_only, load_queries, rewrite_tables, scope_predicates
+from gateway.history import UNSCOPED, in_database, kind_scopes
+from identity.entitlement import Entitlement
+from identity.principals import Identity
+from sinks.queries import load_queries
 from sinks.rows import COLUMNS, event_rows, hit_row
 
 chdb = pytest.importorskip("chdb")
@@ -56,14 +59,16 @@ def engine(tmp_path_factory):
     ex.close()
 
 
-def run(engine, name, region=None, **values):
-    q = load_queries()[name]
-    sql = q.render(values, scope_predicates(region, REGIONS))
-    import re
+def analyst(region: str, clearance: str = "INTERNAL") -> Entitlement:
+    return Entitlement(Identity(name="a", kind="person", region=region, branch="INTELLIGENCE",
+                                roles=frozenset({"analyst"}), clearance=clearance), REGIONS)
 
-    sql = re.sub(r"\b(FROM|JOIN|IN)\s+(events|event_subjects|hits|dead_letters|duplicates|audit_log)\b",
-                 lambda m: f"{m.group(1)} intelbus.{m.group(2)}", sql)
-    return engine.query(sql)
+
+def run(engine, name, region=None, **values):
+    """A named query as the gateway renders it for an analyst of `region` (None: unfiltered)."""
+    q = load_queries()[name]
+    scopes = UNSCOPED if region is None else kind_scopes(analyst(region), region)
+    return engine.query(in_database(q.render(values, scopes), "intelbus"))
 
 
 @pytest.mark.parametrize("name", sorted(load_queries()))
@@ -94,15 +99,18 @@ def test_hits_and_time_to_hit(engine):
     assert dict(zip(columns, rows[0]))["p50_s"] == 60.0
 
 
-def test_ad_hoc_sql_is_rewritten_to_the_region_and_refuses_other_tables(engine):
-    sql = rewrite_tables(check_read_only("SELECT region FROM events ORDER BY region"), "intelbus",
-                         scope_predicates("110000", REGIONS))
+def test_ad_hoc_sql_is_scoped_to_the_region_and_refuses_other_tables(engine):
+    from gateway.history import adhoc_sql
+
+    sql = adhoc_sql("SELECT region FROM events ORDER BY region", analyst("110000"), "110000", "intelbus")
     assert [r[0] for r in engine.query(sql)[1]] == ["110112"]  # Tongzhou only, once: Beijing sees nothing else
-    with pytest.raises(Exception, match="may read only"):
-        rewrite_tables("SELECT * FROM audit_log", "intelbus", scope_predicates("110000", REGIONS))
+    with pytest.raises(ValueError, match="audit_log"):
+        adhoc_sql("SELECT * FROM audit_log", analyst("110000"), "110000", "intelbus")
 
 
 def test_ad_hoc_sql_reads_each_event_once_although_the_sink_stored_it_twice(engine):
+    from gateway.history import adhoc_sql
+
     rec = event("incident", "110112", "TWICE", 40, persons=[])
     row, subjects = event_rows("incident", rec, topic="intel.incident.unique", partition=0, offset=1, ingested_ms=T)
     engine.execute("SYSTEM STOP MERGES intelbus.events")
@@ -111,28 +119,8 @@ def test_ad_hoc_sql_reads_each_event_once_although_the_sink_stored_it_twice(engi
             engine.insert("events", COLUMNS["events"], [row])
         raw = "SELECT count() FROM intelbus.events WHERE source_ref = 'TWICE'"
         assert engine.query(raw)[1] == [(2,)]
-        sql = "SELECT count() FROM events AS e FINAL WHERE e.source_ref = 'TWICE' AND e.title != 'FROM events'"
-        assert engine.query(rewrite_tables(check_read_only(sql), "intelbus"))[1] == [(1,)]
-        scoped = rewrite_tables("SELECT count() FROM events WHERE source_ref = 'TWICE'", "intelbus",
-                                scope_predicates("110000", REGIONS))
+        scoped = adhoc_sql("SELECT count() FROM events WHERE source_ref = 'TWICE' AND title != 'FROM events'",
+                           analyst("110000"), "110000", "intelbus")
         assert engine.query(scoped)[1] == [(1,)]
     finally:
         engine.execute("SYSTEM START MERGES intelbus.events")
-
-
-def test_ad_hoc_sql_rewrite_leaves_strings_and_functions_alone():
-    sql = rewrite_tables("SELECT 'FROM events', number FROM numbers(3) WHERE 1", "intelbus")
-    assert sql == "SELECT 'FROM events', number FROM numbers(3) WHERE 1"
-
-
-
-@pytest.mark.parametrize("sql, refusal", [
-    ("SELECT number FROM numbers(3)", "table functions"),
-    ("SELECT * FROM events AS e, audit_log", "JOIN instead of a comma"),
-    ("SELECT * FROM events WHERE event_id IN hits", "IN hits"),
-    ("SELECT * FROM events WHERE 1 IN (SELECT 1 FROM system.tables)", "system."),
-    ("SELECT * FROM events JOIN intelbus.audit_log USING event_id", "not intelbus.audit_log"),
-])
-def test_region_limited_sql_cannot_reach_around_the_filter(sql, refusal):
-    with pytest.raises(QueryError, match=refusal):
-        rewrite_tables(sql, "intelbus", scope_predicates("110000", REGIONS))

@@ -1,0 +1,374 @@
+"""The gateway: the one door people (and, later, HTTP-only systems) use.
+
+`create_app(settings)` builds the FastAPI application. Every route but /healthz, /readyz,
+/metrics and /api/v1/login needs a bearer token (`caller` dependency); every answer is
+filtered on the server by the caller's entitlement (identity.entitlement) and audited,
+refusals included. The gateway holds the service credentials (Kafka, ClickHouse as
+`intelbus_gateway` and `intelbus_reader`); people hold none.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from gateway.audit import AuditEntry, AuditLog
+from gateway.auth import Authenticator
+from gateway.models import (AuditQuery, FeedItemsOut, LoginIn, LoginOut, NamedQueryIn, QueryOut, SqlIn, WhoAmIOut)
+from identity.entitlement import Entitlement, NotEntitled
+from identity.principals import Identity, IdentityError
+from identity.tokens import TokenRejected, unverified_subject
+from ops.metrics import READY
+
+log = logging.getLogger("intelbus.gateway")
+
+REQUESTS = Counter("intelbus_gateway_requests_total", "Requests answered by the gateway", ["route", "outcome"])
+LATENCY = Histogram("intelbus_gateway_request_seconds", "Time to answer a request (a feed: until its first byte)",
+                    ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+FEED_CLIENTS = Counter("intelbus_gateway_feed_streams_total", "Feed streams opened")
+
+bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/login or from the configured OIDC provider")
+
+
+@dataclass
+class Services:
+    """What the routes need; tests and the app factory build it."""
+
+    settings: object
+    regions: object
+    auth: Authenticator
+    audit_executor_factory: object   # () -> executor as intelbus_gateway (audit_log writes, audit reads)
+    reader_executor_factory: object  # () -> executor as intelbus_reader (analysts' queries, read-only)
+    codec: object = None
+    kafka_config: dict | None = None
+
+    def __post_init__(self):
+        self._local = threading.local()
+
+    def _executor(self, name, factory):
+        ex = getattr(self._local, name, None)
+        if ex is None:
+            ex = factory()
+            setattr(self._local, name, ex)
+        return ex
+
+    @property
+    def audit_executor(self):
+        return self._executor("audit", self.audit_executor_factory)
+
+    @property
+    def reader(self):
+        return self._executor("reader", self.reader_executor_factory)
+
+    def audit(self, entry: AuditEntry) -> None:
+        try:
+            AuditLog(self.audit_executor).write(entry)
+        except Exception:
+            # an access that cannot be audited is not served: the caller gets a 503 (see _audited)
+            self._local.audit = None
+            raise
+
+
+def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    return creds.credentials if creds else None
+
+
+def create_app(settings=None, services: Services | None = None) -> FastAPI:
+    if services is None:
+        services = build_services(settings)
+    app = FastAPI(title="intelbus gateway", version="1",
+                  description="One authenticated door to the bus: feeds, history queries and the audit log, each "
+                              "limited on the server to what the caller's agency, roles and clearance allow.")
+    app.state.services = services
+
+    def refuse(request: Request, status: int, reason: str, entry: AuditEntry) -> HTTPException:
+        services.audit(entry)
+        REQUESTS.labels(request.url.path.split("/")[3] if request.url.path.startswith("/api/v1/") else "other",
+                        "refused").inc()
+        return HTTPException(status_code=status, detail=reason)
+
+    def caller(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Identity:
+        token = _token(creds)
+        claims = {k: v for k, v in (("claimed_user", request.headers.get("x-intelbus-claimed-user")),
+                                    ("claimed_operator", request.headers.get("x-intelbus-claimed-operator"))) if v}
+        try:
+            identity = services.auth.identify(token)
+        except TokenRejected as exc:
+            raise refuse(request, 401, str(exc), AuditEntry(
+                action=_action_of(request), identity=None, outcome="refused", reason=str(exc), params=claims,
+                claimed_name=unverified_subject(token) if token else "", query_text=request.url.path)) from None
+        reason = spoof_refusal(identity, claims)
+        if reason:
+            raise refuse(request, 403, reason, AuditEntry(action=_action_of(request), identity=identity,
+                                                          outcome="refused", reason=reason, params=claims,
+                                                          query_text=request.url.path))
+        return identity
+
+    def entitled(identity: Identity, request: Request, action: str, region: str | None, purpose: str = "",
+                 query_text: str = "", params: dict | None = None) -> tuple[Entitlement, str]:
+        """The caller's entitlement and view region, or a 403 (audited) saying what is missing."""
+        ent = Entitlement(identity, services.regions)
+        try:
+            ent.require(action)
+            return ent, ent.view_region(region)
+        except NotEntitled as exc:
+            raise refuse(request, 403, str(exc), AuditEntry(
+                action=action, identity=identity, outcome="refused", reason=str(exc), region=region or "",
+                purpose=purpose, query_text=query_text, params=params or {})) from None
+
+    # --- health and metrics -------------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz():
+        try:
+            services.audit_executor.query("SELECT 1")
+        except Exception as exc:
+            services._local.audit = None
+            return JSONResponse({"ready": False, "reason": f"ClickHouse: {str(exc).splitlines()[0][:200]}"}, 503)
+        return {"ready": True}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics():
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    # --- session ------------------------------------------------------------------------
+
+    @app.post("/api/v1/login", response_model=LoginOut, tags=["session"])
+    def login(body: LoginIn, request: Request):
+        """A short-lived token for a name and password. Wrong name and wrong password read the same."""
+        started = time.perf_counter()
+        try:
+            token, expires_at, identity = services.auth.login(body.name, body.password)
+        except IdentityError as exc:
+            raise refuse(request, 401, str(exc), AuditEntry(action="login", identity=None, outcome="refused",
+                                                            reason=str(exc), claimed_name=body.name[:64])) from None
+        services.audit(AuditEntry(action="login", identity=identity, params={"expires_at": int(expires_at)}))
+        LATENCY.labels("login").observe(time.perf_counter() - started)
+        REQUESTS.labels("login", "ok").inc()
+        return LoginOut(token=token, expires_at=expires_at,
+                        identity=Entitlement(identity, services.regions).describe())
+
+    @app.get("/api/v1/whoami", response_model=WhoAmIOut, tags=["session"])
+    def whoami(identity: Identity = Depends(caller), region: str | None = None):
+        """Who the token says you are, what you may do, and what you may see."""
+        ent = Entitlement(identity, services.regions)
+        try:
+            view = ent.view_region(region)
+        except NotEntitled as exc:
+            raise HTTPException(403, str(exc)) from None
+        REQUESTS.labels("whoami", "ok").inc()
+        return WhoAmIOut(**ent.describe(view))
+
+    # --- history ------------------------------------------------------------------------
+
+    @app.get("/api/v1/queries", tags=["history"])
+    def list_queries(identity: Identity = Depends(caller)):
+        """The named queries, their parameters and whether they need a purpose."""
+        from sinks.queries import load_queries
+
+        return [{"name": q.name, "description": q.description, "purpose_required": q.purpose_required,
+                 "params": [{"name": p.name, "type": p.type, "default": p.default, "help": p.help} for p in q.params]}
+                for q in load_queries().values()]
+
+    @app.post("/api/v1/queries/{name}", response_model=QueryOut, tags=["history"])
+    def run_named(name: str, body: NamedQueryIn, request: Request, identity: Identity = Depends(caller)):
+        """Run a named query over what the caller may see; audited with its purpose and row count."""
+        from gateway.history import named_query_sql
+        from sinks.queries import QueryError, load_queries
+
+        queries = load_queries()
+        if name not in queries:
+            raise HTTPException(404, f"no query named {name!r} (known: {', '.join(queries)})")
+        ent, view = entitled(identity, request, "query", body.region, body.purpose, name, body.params)
+        try:
+            sql = named_query_sql(queries[name], body.params, ent, view, body.purpose, services.reader.database)
+        except QueryError as exc:
+            raise refuse(request, 400, str(exc), AuditEntry(action="query", identity=identity, outcome="refused",
+                                                            reason=str(exc), region=view, purpose=body.purpose,
+                                                            query_name=name, params=body.params)) from None
+        return _run(request, identity, "query", sql, view=view, purpose=body.purpose, query_name=name, params=body.params)
+
+    @app.post("/api/v1/sql", response_model=QueryOut, tags=["history"])
+    def run_sql(body: SqlIn, request: Request, identity: Identity = Depends(caller)):
+        """One read-only statement; every table it reads is limited to what the caller may see."""
+        from gateway.history import adhoc_sql
+
+        ent, view = entitled(identity, request, "sql", body.region, body.purpose, body.sql)
+        try:
+            sql = adhoc_sql(body.sql, ent, view, services.reader.database)
+        except ValueError as exc:  # identity.sqlscope.ScopeError
+            raise refuse(request, 400, str(exc), AuditEntry(action="sql", identity=identity, outcome="refused",
+                                                            reason=str(exc), region=view, purpose=body.purpose,
+                                                            query_text=body.sql)) from None
+        return _run(request, identity, "sql", sql, view=view, purpose=body.purpose, query_name="",
+                    params={"sql": body.sql})
+
+    def _run(request, identity, action, sql, *, view, purpose, query_name, params) -> QueryOut:
+        started = time.perf_counter()
+        try:
+            columns, rows = services.reader.query(sql, readonly=True)
+        except Exception as exc:  # the server's own refusal or error, in one line
+            services._local.reader = None
+            reason = str(exc).strip().splitlines()[0][:300]
+            raise refuse(request, 400, reason, AuditEntry(action=action, identity=identity, outcome="failed",
+                                                          reason=reason, region=view, purpose=purpose,
+                                                          query_name=query_name, query_text=sql, params=params)) from None
+        elapsed = time.perf_counter() - started
+        services.audit(AuditEntry(action=action, identity=identity, region=view, purpose=purpose, query_name=query_name,
+                                  query_text=sql, params=params, row_count=len(rows)))
+        LATENCY.labels(action).observe(elapsed)
+        REQUESTS.labels(action, "ok").inc()
+        return QueryOut(columns=columns, rows=[list(r) for r in rows], elapsed_ms=round(elapsed * 1000, 1), region=view)
+
+    # --- feed ---------------------------------------------------------------------------
+
+    @app.get("/api/v1/feed", tags=["feed"], response_model=FeedItemsOut,
+             responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def feed(request: Request, identity: Identity = Depends(caller), region: str | None = None,
+                   since: str = "24h", follow: bool = False, purpose: str = "live feed"):
+        """Hits and shared alerts the caller may see, as NDJSON (one item a line); with follow=true the
+        stream stays open (a heartbeat line every 5 s) and resumes after a reconnect where it stopped."""
+        from gateway.feed import FeedReader, FeedRequest
+        from sinks.feed import parse_duration
+
+        ent, view = entitled(identity, request, "feed", region, purpose, "feed")
+        try:
+            since_s = parse_duration(since)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        req = FeedRequest(view=view, since_s=since_s, follow=follow, group=f"feed-{identity.name}-{view}")
+        reader = await asyncio.to_thread(FeedReader, services.kafka_config, services.codec, ent, req)
+        FEED_CLIENTS.inc()
+        return StreamingResponse(_stream(request, identity, reader, req, purpose), media_type="application/x-ndjson")
+
+    async def _stream(request, identity, reader, req, purpose):
+        import json
+
+        shown, last_beat = 0, time.monotonic()
+        try:
+            while True:
+                if not req.follow and reader.caught_up():
+                    break
+                if req.follow and await request.is_disconnected():
+                    break
+                items = await asyncio.to_thread(reader.poll)
+                if items:
+                    shown += len(items)
+                    yield "".join(json.dumps(i, ensure_ascii=False, default=str) + "\n" for i in items)
+                    await asyncio.to_thread(services.audit, AuditEntry(
+                        action="feed", identity=identity, region=req.view, purpose=purpose, query_name="feed",
+                        query_text=reader.described, row_count=len(items),
+                        params={"hit_ids": [i["hit_id"] for i in items if i["feed_item"] == "hit"][:100],
+                                "alert_event_ids": [i["event_id"] for i in items if i["feed_item"] == "alert"][:100]}))
+                    await asyncio.to_thread(reader.commit)
+                elif req.follow and time.monotonic() - last_beat >= 5:
+                    last_beat = time.monotonic()
+                    yield json.dumps({"feed_item": "heartbeat", "at_ms": int(time.time() * 1000)}) + "\n"
+        finally:
+            if shown == 0:
+                await asyncio.to_thread(services.audit, AuditEntry(
+                    action="feed", identity=identity, region=req.view, purpose=purpose, query_name="feed",
+                    query_text=reader.described, row_count=0))
+            await asyncio.to_thread(reader.close)
+
+    # --- audit --------------------------------------------------------------------------
+
+    @app.post("/api/v1/audit", response_model=QueryOut, tags=["audit"])
+    def read_audit(body: AuditQuery, request: Request, identity: Identity = Depends(caller)):
+        """Audit rows, newest first, filtered; for auditors. Reading the log is itself audited."""
+        from gateway.audit_query import audit_sql
+
+        entitled(identity, request, "audit", None, body.purpose, "audit", body.model_dump())
+        sql = audit_sql(body, services.audit_executor.database)
+        started = time.perf_counter()
+        columns, rows = services.audit_executor.query(sql, readonly=True)
+        services.audit(AuditEntry(action="audit", identity=identity, purpose=body.purpose, query_text=sql,
+                                  params=body.model_dump(), row_count=len(rows)))
+        REQUESTS.labels("audit", "ok").inc()
+        return QueryOut(columns=columns, rows=[list(r) for r in rows],
+                        elapsed_ms=round((time.perf_counter() - started) * 1000, 1), region="")
+
+    return app
+
+
+def spoof_refusal(identity: Identity, claims: dict) -> str:
+    """Why a request that claims more than its token is refused ('' if it claims nothing more)."""
+    claimed_user = claims.get("claimed_user")
+    if claimed_user and claimed_user != identity.name:
+        return (f"--user {claimed_user} grants nothing: requests run as the logged-in identity {identity.name} "
+                f"(log in as {claimed_user} to act as them)")
+    if claims.get("claimed_operator"):
+        return ("INTELBUS_OPERATOR grants nothing any more: what you may see follows from your login "
+                f"({identity.name}); unset it")
+    return ""
+
+
+def _action_of(request: Request) -> str:
+    parts = request.url.path.split("/")
+    return parts[3] if len(parts) > 3 and parts[1] == "api" else request.url.path
+
+
+def build_services(settings) -> Services:
+    """The real services: the principal store, the token key, ClickHouse and Kafka as this gateway."""
+    from identity.store import store_path
+    from identity.tokens import TokenIssuer, key_path, load_or_create_key
+    from ops.secrets import clickhouse_url_as
+    from schemas.regions import load_regions
+    from schemas.wire import SchemaCodec
+    from sinks.engine import DriverExecutor
+
+    oidc = None
+    if settings.oidc_config:
+        from identity.oidc import OidcVerifier, load_oidc_config
+
+        oidc = OidcVerifier(load_oidc_config(settings.oidc_config))
+    auth = Authenticator(store_path(settings), TokenIssuer(load_or_create_key(key_path(settings)),
+                                                           ttl_s=settings.token_ttl_s), oidc)
+    gateway_url = clickhouse_url_as(settings, "intelbus_gateway")
+    reader_url = clickhouse_url_as(settings, "intelbus_reader")
+    return Services(settings=settings, regions=load_regions(), auth=auth,
+                    audit_executor_factory=lambda: DriverExecutor(gateway_url),
+                    reader_executor_factory=lambda: DriverExecutor(reader_url),
+                    codec=SchemaCodec(url=settings.registry_url), kafka_config=settings.kafka_config())
+
+
+def serve(settings, host: str, port: int) -> int:
+    """Run the gateway in the foreground (what `intelbus gateway` and `up` start)."""
+    import uvicorn
+
+    from identity.store import PrincipalStore, store_path
+
+    services = build_services(settings)
+    flush_access_changes(PrincipalStore(store_path(settings)), services.audit_executor)
+    app = create_app(settings, services)
+    READY.set(1)
+    log.info("gateway on http://%s:%d (OpenAPI at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def flush_access_changes(store, executor) -> int:
+    """Write the principals' changes that the audit log has not seen yet (`intelbus access` while ClickHouse was down)."""
+    import json as _json
+
+    pending = store.pending_changes()
+    if not pending:
+        return 0
+    log_ = AuditLog(executor)
+    for seq, at_ms, actor, action, principal, detail in pending:
+        log_.write(AuditEntry(action=f"access:{action}", identity=None, actor=f"{actor} (local operator)", door="access",
+                              query_text=f"{action} {principal}", params={"actor": actor, "principal": principal,
+                                                                         "at_ms": at_ms, **_json.loads(detail)}))
+    store.mark_sent([p[0] for p in pending])
+    return len(pending)
