@@ -108,6 +108,15 @@ def add_access(p):
     sub.add_parser("list", help="every principal, its agency, roles, clearance and state").add_argument(
         "--json", action="store_true")
 
+    rp = sub.add_parser("row-policies", help="print ClickHouse roles and row policies per agency (current ClickHouse; "
+                                             "the server enforces the scope a second time)")
+    rp.add_argument("--database", default="intelbus")
+    rp.add_argument("--cluster", help="add ON CLUSTER NAME to every statement")
+    rp.add_argument("--region", action="append", default=[],
+                    help="an agency region to generate for (repeatable; default: every region of the principals "
+                         "who read data)")
+    rp.add_argument("--clearance", action="append", default=[], help="clearance levels (default: those the principals hold)")
+
     s = sub.add_parser("seed", help="add the principals of a YAML file that do not exist yet (idempotent)")
     s.add_argument("file", type=Path)
     s.add_argument("--passwords", type=Path, help="where generated passwords are kept (default: beside the store)")
@@ -150,6 +159,11 @@ def _run(args, store) -> int:
                   f"{','.join(sorted(pr.roles)) or '-':<26} {pr.clearance:<9} {state}")
         print(f"({len(rows)} principals)", file=sys.stderr)
         return 0
+    if cmd == "row-policies":
+        for statement in row_policies(store, regions=args.region, clearances=args.clearance, database=args.database,
+                                      cluster=args.cluster):
+            print(statement + ";")
+        return 0
     if cmd == "add":
         password = None if args.no_password else _password(args, args.name)
         pr = store.add(actor=actor, name=args.name, kind=args.kind, region=args.region, branch=args.branch,
@@ -178,6 +192,34 @@ def _run(args, store) -> int:
         seed(store, args.file, args.passwords or store.path.parent / "demo-passwords.json", actor=actor)
     flush_to_audit(store)
     return 0
+
+
+def agency_key(region: str, clearance: str) -> str:
+    return f"{region}_{clearance.lower()}"
+
+
+def row_policies(store, *, regions=(), clearances=(), database="intelbus", cluster=None) -> list[str]:
+    """One ClickHouse role per agency region and clearance, with the row policies of identity.entitlement.
+
+    The same `Entitlement.sql_scopes` that the gateway wraps analysts' SQL in, so the two
+    enforcements cannot drift apart. Grant a role to the ClickHouse user the gateway uses for
+    that agency (docs/deploy.md, "Row policies").
+    """
+    from identity.entitlement import Entitlement
+    from identity.principals import Identity
+    from identity.row_policies import row_policy_statements
+    from schemas.regions import load_regions, validate_region_code
+
+    table = load_regions()
+    readers = [p for p in store.list() if not p.disabled and ({"analyst", "command_center"} & p.roles)]
+    pairs = sorted({(r, c) for r in ([validate_region_code(x) for x in regions] or [p.region for p in readers])
+                    for c in (clearances or sorted({p.clearance for p in readers}) or ["INTERNAL"])})
+    scopes = {}
+    for region, clearance in pairs:
+        ent = Entitlement(Identity(name="policy", kind="person", region=region, branch="", roles=frozenset({"analyst"}),
+                                   clearance=clearance), table)
+        scopes[agency_key(region, clearance)] = ent.sql_scopes(region)
+    return row_policy_statements(scopes, database, cluster=cluster)
 
 
 def seed(store, file: Path, passwords_file: Path, *, actor: str, out=print) -> dict[str, str]:

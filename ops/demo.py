@@ -1,8 +1,9 @@
 """`make demo`: the whole story, live.
 
-Stack up (Kafka, registry, ClickHouse, stream jobs, sink), the simulator publishing several
-regions' traffic, Hebei's command-center feed following live for about a minute, three
-analyst queries, and where to go on from there.
+Stack up (Kafka, registry, ClickHouse, stream jobs, sink, gateway), the demo identities
+seeded, the simulator publishing several regions' traffic, Hebei's command center logged in
+and following its feed live for about a minute, a Jiangsu analyst's queries (what it sees
+and what it is refused), an auditor reading the refusals, and where to go on from there.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import time
 
 from ops.cli import main as intelbus
+from ops.settings import REPO_ROOT
 
 FEED_SECONDS = int(os.environ.get("INTELBUS_DEMO_SECONDS", "60"))
 
@@ -27,40 +29,102 @@ def run_cli(argv: list[str]) -> int:
     return intelbus(argv)
 
 
+def login_as(name: str, passwords: dict) -> None:
+    """Log in as a demo identity (what `intelbus login NAME` does after the password prompt)."""
+    from gateway.client import GatewayClient, SavedLogin, save_login
+    from ops.settings import REPO_ROOT, load_settings
+
+    settings = load_settings()
+    path = REPO_ROOT / ".stack" / "identity" / "demo-logins" / f"{name}.json"
+    os.environ["INTELBUS_CREDENTIALS"] = str(path)
+    print(f"$ intelbus login {name}        # password from .stack/identity/demo-passwords.json", flush=True)
+    with GatewayClient(settings.gateway_url) as client:
+        out = client.post("/api/v1/login", {"name": name, "password": passwords[name]})
+    save_login(SavedLogin(settings.gateway_url, out["token"], name, out["expires_at"]), path)
+    run_cli(["whoami"])
+
+
 def main() -> int:
+    import json
+
+    from identity.access_cli import seed
+    from identity.store import PrincipalStore, store_path
+    from ops.settings import load_settings
+
     say("Starting the local stack (first run downloads Kafka and the registry)")
     if run_cli(["up"]) != 0:
         print("demo stopped: the stack is not healthy (see `intelbus status`)", file=sys.stderr)
         return 1
-    seed = random.randrange(1000, 10**6)
-    say(f"Simulating regional traffic for {FEED_SECONDS + 10}s at 300 records/s (seed {seed})")
+    say("The demo's identities (ops/identity/demo-principals.yaml): who may log in, and as what")
+    print("$ intelbus access seed ops/identity/demo-principals.yaml", flush=True)
+    settings = load_settings()
+    store = PrincipalStore(store_path(settings))
+    passwords_file = store.path.parent / "demo-passwords.json"
+    try:
+        passwords = seed(store, REPO_ROOT / "ops" / "identity" / "demo-principals.yaml", passwords_file, actor="make-demo")
+        from identity.access_cli import flush_to_audit
+
+        flush_to_audit(store)
+    finally:
+        store.close()
+    run_cli(["access", "list"])
+    print(f"passwords (demo only): {passwords_file}")
+    for name, password in passwords.items():
+        print(f"  intelbus login {name:<11} # password {password}")
+
+    seed_ = random.randrange(1000, 10**6)
+    say(f"Simulating regional traffic for {FEED_SECONDS + 10}s at 300 records/s (seed {seed_})")
     simulator = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "simulate", "--rate", "300", "--duration", str(FEED_SECONDS + 10),
-         "--seed", str(seed), "--ref-prefix", f"D{seed}-", "--quiet"],
+         "--seed", str(seed_), "--ref-prefix", f"D{seed_}-", "--quiet"],
         stdout=subprocess.DEVNULL)
-    say(f"Hebei's command center (130000) follows its feed for {FEED_SECONDS}s: hits arrive as they happen")
-    print("$ intelbus feed --region 130000 --follow --since 1m", flush=True)
-    feed = subprocess.Popen([sys.executable, "-m", "ops.cli", "feed", "--region", "130000", "--follow", "--since", "1m",
-                             "--user", "demo", "--purpose", "make demo"])
+    say("Hebei's command center logs in")
+    login_as("hb-cc", passwords)
+    say(f"hb-cc follows its feed for {FEED_SECONDS}s: hits for Hebei and its cities and counties, as they happen")
+    print("$ intelbus feed --follow --since 1m --purpose 'make demo'", flush=True)
+    feed = subprocess.Popen([sys.executable, "-m", "ops.cli", "feed", "--follow", "--since", "1m",
+                             "--purpose", "make demo"])
     try:
         time.sleep(FEED_SECONDS)
     finally:
         feed.send_signal(signal.SIGINT)
         feed.wait(timeout=30)
+    say("What hb-cc is refused: Beijing's feed, and ad-hoc SQL (a command center is not an analyst)")
+    run_cli(["feed", "--region", "110000", "--since", "5m"])
+    run_cli(["sql", "SELECT count() FROM events"])
     simulator.wait(timeout=120)
     time.sleep(3)  # let the sink's last batch land
-    say("Three analyst queries on the history in ClickHouse")
-    os.environ["INTELBUS_OPERATOR"] = "1"
-    for argv in (["query", "hits", "--region", "130000"],
-                 ["query", "time-to-hit"],
-                 ["query", "dead-letters", "--region", "130000"]):
+
+    say("A Jiangsu analyst logs in: it sees Jiangsu's history, and nothing of Beijing-Tianjin-Hebei")
+    login_as("js-analyst", passwords)
+    for argv in (["sql", "SELECT source_region, count() AS events FROM events GROUP BY source_region "
+                         "ORDER BY events DESC LIMIT 5", "--purpose", "make demo"],
+                 ["query", "hits", "--purpose", "make demo"]):
         run_cli(argv)
         print()
+    say("What the Jiangsu analyst is refused")
+    for argv in (["sql", "SELECT count() FROM events", "--region", "130000"],
+                 ["sql", "SELECT * FROM remote('127.0.0.1', intelbus.events)"],
+                 ["sql", "SELECT name FROM system.users"],
+                 ["query", "trail", "--id", "130822198501011230", "--user", "hb-analyst", "--purpose", "x"]):
+        run_cli(argv)
+        print()
+    say("Hebei's analyst on the same history")
+    login_as("hb-analyst", passwords)
+    for argv in (["query", "hits", "--purpose", "make demo"], ["query", "time-to-hit", "--purpose", "make demo"]):
+        run_cli(argv)
+        print()
+    say("The auditor: every refusal above, with who, which agency and why")
+    login_as("auditor", passwords)
+    run_cli(["audit", "--outcome", "refused", "--limit", "8", "--purpose", "make demo"])
+    os.environ.pop("INTELBUS_CREDENTIALS", None)
     say("Where to go on")
-    print("  intelbus feed --region 120119 --follow      a command center's live feed (Jizhou here)\n"
+    print(f"  intelbus login NAME                          log in (demo passwords: {passwords_file})\n"
+          "  intelbus whoami                              who you are and what you may see\n"
+          "  intelbus feed --follow                       your agency's live feed\n"
           "  intelbus query --list                        the named analyst queries and their parameters\n"
-          "  intelbus sql \"SELECT ...\" --region CODE      read-only SQL, limited to what a region may see\n"
-          "  http://127.0.0.1:8123                         ClickHouse HTTP, database intelbus, for analysts' tools\n"
+          "  intelbus sql \"SELECT ...\" --purpose REF      read-only SQL, scoped to what you may see\n"
+          f"  {settings.gateway_url}/docs                 the gateway's API (OpenAPI)\n"
           "  intelbus status / intelbus down               the stack keeps running until you stop it")
     return 0
 

@@ -56,7 +56,19 @@ def services(settings: Settings) -> list[Component]:
                       metrics_port=base + 1 + i, start_timeout=600.0)
         for i in range(settings.jobs_workers)
     ]
-    return [*jobs, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20)]
+    from urllib.parse import urlparse
+
+    gateway_port = urlparse(settings.gateway_url).port or 8080
+    return [*jobs, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20),
+            # people's one door; serves its own /metrics on its API port
+            Gateway("gateway", settings, argv=["-m", "ops.cli", "gateway"], metrics_port=gateway_port, start_timeout=60.0)]
+
+
+@dataclass
+class Gateway(PythonService):
+    @property
+    def address(self) -> str:
+        return f"{self.settings.gateway_url} (OpenAPI at /docs)"
 
 
 def full_stack(settings: Settings, *, include_services: bool = True, out=print) -> Stack:

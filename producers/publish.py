@@ -16,6 +16,10 @@ paths (source_ref, occurred_at, location.region, persons.0.id_number, phones as 
 Every refused line is reported on stderr as FILE:LINE: FIELD: REASON and sent to intel.dlq
 with the raw line; --strict refuses the whole file instead and sends nothing.
 
+Publishing acts as the logged-in identity (`intelbus login`): it needs the integrator role,
+and a record whose source_region is outside the regions that identity publishes for is
+refused like any bad line (`intelbus whoami` lists them).
+
 Exit codes: 0 all published; 1 some records refused or undelivered; 2 usage error or
 Kafka / schema registry unreachable.
 
@@ -116,6 +120,11 @@ def publish_command(args) -> int:
     except OSError as exc:
         print(f"intelbus publish: cannot read {name}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        publisher = _publisher(settings, args.region)
+    except PermissionError as exc:
+        print(f"intelbus publish: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     unreachable = _check_reachable(settings)
     if unreachable:
         print(f"intelbus publish: {unreachable}", file=sys.stderr)
@@ -144,6 +153,11 @@ def publish_command(args) -> int:
                 valid = producer.validate(args.kind, line.record)
             except RecordError as exc:
                 _refuse(producer, args, short, line, exc.field, exc.reason, summary, refused)
+                continue
+            if not publisher.may_publish_for(valid["source_region"]):
+                _refuse(producer, args, short, line, "source_region",
+                        f"{publisher.name} may not publish for {valid['source_region']} "
+                        f"(publishes for {', '.join(sorted(publisher.regions))})", summary, refused)
                 continue
             if valid["event_id"] in seen_ids:
                 summary.duplicates_in_file += 1
@@ -186,6 +200,38 @@ def _refuse(producer, args, short, line, field, reason, summary, refused) -> Non
     if not args.strict:  # --strict sends nothing at all, dead letters included
         producer.send_dead_letter(stage="PUBLISH", source=location, reason=reason, raw=line.raw.encode(),
                                   kind=args.kind, field=field or None)
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """The logged-in identity as the gateway describes it: may it publish, and for which regions."""
+    name: str
+    regions: frozenset[str]
+
+    def may_publish_for(self, region: str) -> bool:
+        from schemas.regions import load_regions
+
+        table = load_regions()
+        return any(table.is_within(region, r) for r in self.regions)
+
+
+def _publisher(settings, region: str | None) -> Publisher:
+    """Who publishes, as the gateway verified the saved token; PermissionError saying what is missing."""
+    from gateway.cli import _client
+    from gateway.client import ClientError
+
+    with _client(settings) as client:
+        try:
+            me = client.get("/api/v1/whoami")
+        except ClientError as exc:
+            raise PermissionError(str(exc)) from None
+    if "publish" not in me["may"]:
+        raise PermissionError(f"role integrator required to publish ({me['name']} holds {', '.join(me['roles']) or 'no role'})")
+    publisher = Publisher(me["name"], frozenset(me["publishes_for"]))
+    if region and not publisher.may_publish_for(region):
+        raise PermissionError(f"not entitled to publish for region {region}: {me['name']} publishes for "
+                              f"{', '.join(me['publishes_for']) or 'no region'}")
+    return publisher
 
 
 def _check_reachable(settings) -> str | None:

@@ -91,3 +91,76 @@ def ids():
         to_15 = staticmethod(to_15)
 
     return Ids
+
+
+# --- people: principals in the stack's store, and logins through the real CLI ------------------
+
+TEST_PRINCIPALS = [  # (name, kind, region, branch, roles, clearance, publish_regions)
+    ("t-hb-cc", "person", "130000", "COMMAND_CENTER", ["command_center"], "INTERNAL", []),
+    ("t-tj-cc", "person", "120000", "COMMAND_CENTER", ["command_center"], "INTERNAL", []),
+    ("t-jz-cc", "person", "120119", "COMMAND_CENTER", ["command_center"], "INTERNAL", []),
+    ("t-js-cc", "person", "320000", "COMMAND_CENTER", ["command_center"], "INTERNAL", []),
+    ("t-wq-cc", "person", "120114", "COMMAND_CENTER", ["command_center"], "INTERNAL", []),
+    ("t-js-analyst", "person", "320000", "INTELLIGENCE", ["analyst"], "INTERNAL", []),
+    ("t-hb-analyst", "person", "130000", "INTELLIGENCE", ["analyst"], "INTERNAL", []),
+    ("t-hb-secret", "person", "130000", "INTELLIGENCE", ["analyst"], "SECRET", []),
+    ("t-tj-analyst", "person", "120000", "INTELLIGENCE", ["analyst"], "INTERNAL", []),
+    ("t-bj-analyst", "person", "110000", "INTELLIGENCE", ["analyst"], "INTERNAL", []),
+    ("t-xl-analyst", "person", "130822", "INTELLIGENCE", ["analyst"], "INTERNAL", []),
+    ("t-auditor", "person", "110000", "", ["auditor"], "INTERNAL", []),
+    ("t-operator", "person", "110000", "", ["operator"], "PUBLIC", []),
+    ("t-integrator", "system", "110000", "", ["integrator"], "INTERNAL",
+     ["110000", "120000", "130000", "150000", "320000", "440000"]),
+    ("t-xl-system", "system", "130822", "", ["integrator"], "INTERNAL", ["130822"]),
+]
+
+
+class People:
+    """Logs principals in with `intelbus login --password-stdin` (each into its own credentials file)."""
+
+    def __init__(self, settings, passwords: dict, folder):
+        self.settings, self.passwords, self.folder = settings, passwords, folder
+        self._envs: dict[str, dict] = {}
+
+    def env(self, name: str) -> dict:
+        """Environment for a subprocess acting as `name` (logged in once per session)."""
+        if name not in self._envs:
+            import subprocess
+            import sys
+
+            env = {"INTELBUS_CREDENTIALS": str(self.folder / f"{name}.json")}
+            r = subprocess.run([sys.executable, "-m", "ops.cli", "login", name, "--password-stdin"],
+                               input=self.passwords[name] + "\n", capture_output=True, text=True, timeout=60,
+                               env={**__import__("os").environ, **env})
+            assert r.returncode == 0, r.stderr
+            self._envs[name] = env
+        return self._envs[name]
+
+    def nobody(self) -> dict:
+        """Environment of someone who never logged in."""
+        return {"INTELBUS_CREDENTIALS": str(self.folder / "nobody.json")}
+
+
+@pytest.fixture(scope="session")
+def people(stack, settings, tmp_path_factory):
+    """The test principals in the stack's principal store, with fresh passwords, ready to log in."""
+    import secrets
+
+    from identity.store import PrincipalStore, store_path
+
+    store = PrincipalStore(store_path(settings))
+    passwords = {}
+    try:
+        for name, kind, region, branch, roles, clearance, publish in TEST_PRINCIPALS:
+            password = secrets.token_urlsafe(16)
+            passwords[name] = password
+            existing = store.find(name)
+            if existing is None:
+                store.add(actor="pytest", name=name, kind=kind, region=region, branch=branch, roles=roles,
+                          clearance=clearance, password=password, publish_regions=publish)
+            else:
+                store.set_disabled(actor="pytest", name=name, disabled=False)
+                store.reset_password(actor="pytest", name=name, password=password)
+    finally:
+        store.close()
+    return People(settings, passwords, tmp_path_factory.mktemp("logins"))

@@ -21,8 +21,9 @@ def iso(minutes):
 
 
 def intelbus(*args, env=None, timeout=120):
+    base = {k: v for k, v in os.environ.items() if k not in ("INTELBUS_TOKEN", "INTELBUS_OPERATOR", "INTELBUS_CREDENTIALS")}
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**base, **(env or {})})
 
 
 def ch(settings, sql):
@@ -96,7 +97,7 @@ def test_a_batch_delivered_twice_is_stored_once(story, stack, settings):
     assert ch(settings, "SELECT count() - uniqExact(event_id) FROM intelbus.events FINAL")[0][0] == 0
 
 
-def test_sink_killed_between_insert_and_commit_stores_each_event_and_hit_once(stack, settings):
+def test_sink_killed_between_insert_and_commit_stores_each_event_and_hit_once(stack, settings, people):
     """The sink inserts a batch and dies before committing it (INTELBUS_SINK_FAULT); the next
     sink reads the same batch again and inserts it again: queries still see everything once."""
     from producers.regional import RegionalProducer
@@ -136,11 +137,14 @@ def test_sink_killed_between_insert_and_commit_stores_each_event_and_hit_once(st
     assert 21 <= raw <= 42  # stored twice until ClickHouse merges the parts
     assert ch(settings, f"SELECT count() FROM intelbus.events FINAL WHERE source_ref LIKE '%-{tag}'") == [(21,)]
     assert ch(settings, f"SELECT count() FROM intelbus.hits FINAL WHERE record_key = '130822/ztry/KW-{tag}'") == [(20,)]
-    trail = intelbus("query", "trail", "--id", person, "--purpose", f"kill {tag}", "--format", "json",
-                     env={"INTELBUS_OPERATOR": "1"})
-    assert len(trail.stdout.splitlines()) == 21, trail.stderr
+    # what people see of it, once each: Tianjin's analyst the twenty Jizhou checks, Hebei's the listing
+    tianjin = intelbus("query", "trail", "--id", person, "--purpose", f"kill {tag}", "--format", "json",
+                       env=people.env("t-tj-analyst"))
+    hebei = intelbus("query", "trail", "--id", person, "--purpose", f"kill {tag}", "--format", "json",
+                     env=people.env("t-hb-analyst"))
+    assert (len(tianjin.stdout.splitlines()), len(hebei.stdout.splitlines())) == (20, 1), tianjin.stderr + hebei.stderr
     sql = intelbus("sql", f"SELECT count() AS n FROM hits WHERE record_key = '130822/ztry/KW-{tag}'", "--format", "json",
-                   env={"INTELBUS_OPERATOR": "1"})
+                   env=people.env("t-tj-analyst"))
     assert json.loads(sql.stdout)["n"] == 20, sql.stderr
 
 
@@ -164,61 +168,67 @@ def test_clickhouse_down_for_30s_loses_nothing(story, stack, settings):
     assert json.loads(status.stdout)["healthy"] is True  # the sink rode it out, no crash loop
 
 
-def test_trail_returns_the_cross_region_history_in_order_and_is_audited(story, settings):
-    result = intelbus("query", "trail", "--id", story["person"], "--purpose", f"case {story['tag']}", "--format", "json",
-                      env={"INTELBUS_OPERATOR": "1"})
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(l) for l in result.stdout.splitlines()]
-    assert [r["region"] for r in rows] == ["130822", "120119", "110112"]
-    assert [r["kind"] for r in rows] == ["wanted", "incident", "incident"]
-    audit = ch(settings, f"SELECT user, purpose, row_count FROM intelbus.audit_log WHERE purpose = 'case {story['tag']}'")
-    assert len(audit) == 1 and audit[0][2] == 3
+def test_trail_returns_the_cross_region_history_in_order_and_is_audited(story, settings, people):
+    def trail(name):
+        result = intelbus("query", "trail", "--id", story["person"], "--purpose", f"case {story['tag']}", "--format",
+                          "json", env=people.env(name))
+        assert result.returncode == 0, result.stderr
+        return [json.loads(l) for l in result.stdout.splitlines()]
+    rows = trail("t-hb-analyst") + trail("t-tj-analyst") + trail("t-bj-analyst")
+    assert [(r["region"], r["kind"]) for r in rows] == [("130822", "wanted"), ("120119", "incident"), ("110112", "incident")]
+    audit = ch(settings, f"SELECT user, purpose, row_count FROM intelbus.audit_log WHERE purpose = 'case {story['tag']}' "
+                         "ORDER BY user")
+    assert audit == [("t-bj-analyst", f"case {story['tag']}", 1), ("t-hb-analyst", f"case {story['tag']}", 1),
+                     ("t-tj-analyst", f"case {story['tag']}", 1)]
 
 
-def test_trail_needs_a_purpose(story):
-    result = intelbus("query", "trail", "--id", story["person"], env={"INTELBUS_OPERATOR": "1"})
-    assert result.returncode == 2 and "--purpose is required" in result.stderr
+def test_trail_needs_a_purpose(story, people):
+    result = intelbus("query", "trail", "--id", story["person"], env=people.env("t-hb-analyst"))
+    assert result.returncode == 2 and "a purpose is required" in result.stderr
 
 
-def test_region_filter_hides_what_a_region_may_not_see(story):
-    def trail(region):
-        r = intelbus("query", "trail", "--id", story["person"], "--purpose", "t", "--format", "json", "--region", region)
+def test_region_filter_hides_what_a_region_may_not_see(story, people):
+    def trail(name, region=None):
+        r = intelbus("query", "trail", "--id", story["person"], "--purpose", "t", "--format", "json",
+                     *(["--region", region] if region else []), env=people.env(name))
         assert r.returncode == 0, r.stderr
         return [json.loads(l)["region"] for l in r.stdout.splitlines()]
-    assert trail("130000") == ["130822"]            # Hebei sees its county's record, not Tianjin's check
-    assert trail("120000") == ["120119"]
-    assert trail("440000") == []
+    assert trail("t-hb-analyst") == ["130822"]            # Hebei sees its county's record, not Tianjin's check
+    assert trail("t-hb-analyst", "130822") == ["130822"]  # narrowed to Xinglong
+    assert trail("t-tj-analyst") == ["120119"]
+    assert trail("t-js-analyst") == []
     r = intelbus("sql", f"SELECT source_ref FROM events WHERE source_ref LIKE '%{story['tag']}' ORDER BY source_ref",
-                 "--region", "110000", "--format", "json")
+                 "--format", "json", env=people.env("t-bj-analyst"))
     assert [json.loads(l)["source_ref"] for l in r.stdout.splitlines()] == [f"C2-{story['tag']}", f"X-{story['tag']}"]
 
 
-def test_without_region_only_the_operator_sees_everything(story):
-    r = intelbus("query", "hits", env={"INTELBUS_OPERATOR": "0"})
-    assert r.returncode != 0 and "--region" in r.stderr
+def test_without_a_login_nothing_is_shown(story, people):
+    r = intelbus("query", "hits", env=people.nobody())
+    assert r.returncode != 0 and "not logged in" in r.stderr
 
 
 @pytest.mark.parametrize("statement", ["INSERT INTO events (event_id) VALUES ('x')", "ALTER TABLE events DELETE WHERE 1",
                                        "DROP TABLE hits", "SELECT 1; DROP TABLE hits"])
-def test_sql_refuses_writes(story, statement, settings):
-    r = intelbus("sql", statement, env={"INTELBUS_OPERATOR": "1"})
+def test_sql_refuses_writes(story, statement, settings, people):
+    r = intelbus("sql", statement, env=people.env("t-hb-analyst"))
     assert r.returncode == 2 and "refused" in r.stderr
     assert ch(settings, "SELECT count() FROM system.tables WHERE database = 'intelbus' AND name = 'hits'") == [(1,)]
 
 
-def test_feed_json_prints_exactly_the_expected_hits_and_is_audited(story, settings):
-    result = intelbus("feed", "--region", "120119", "--json", "--since", "2h", "--user", f"u{story['tag']}")
+def test_feed_json_prints_exactly_the_expected_hits_and_is_audited(story, settings, people):
+    result = intelbus("feed", "--json", "--since", "2h", env=people.env("t-jz-cc"))
     assert result.returncode == 0, result.stderr
     mine = [json.loads(l) for l in result.stdout.splitlines() if f"W-{story['tag']}" in l]
     assert len(mine) == 1  # the Jizhou sighting; the Tongzhou one is not Jizhou's business
     assert mine[0]["hit_region"] == "120119" and mine[0]["record"]["person"]["id_number"] == story["person"]
-    hebei = intelbus("feed", "--region", "130000", "--json", "--since", "2h")
+    hebei = intelbus("feed", "--json", "--since", "2h", env=people.env("t-hb-cc"))
     assert len([l for l in hebei.stdout.splitlines() if f"W-{story['tag']}" in l]) == 2  # the owner sees both
-    audit = ch(settings, f"SELECT count() FROM intelbus.audit_log WHERE action = 'feed' AND user = 'u{story['tag']}'")
+    audit = ch(settings, "SELECT count() FROM intelbus.audit_log WHERE action = 'feed' AND user = 't-jz-cc' "
+                         "AND outcome = 'ok' AND agency = '120119/COMMAND_CENTER'")
     assert audit[0][0] >= 1
 
 
-def test_feed_shows_alerts_shared_with_the_region_and_no_others(story, settings):
+def test_feed_shows_alerts_shared_with_the_region_and_no_others(story, settings, people):
     from producers.regional import RegionalProducer
 
     tag = story["tag"]
@@ -228,8 +238,8 @@ def test_feed_shows_alerts_shared_with_the_region_and_no_others(story, settings)
                                 "alert_type": "ASSIST_REQUEST", "title": "协查盗抢车辆", "status": "OPEN",
                                 "vehicles": [{"plate": "京A12345"}], "share_scope": scope})
     settle(settings)
-    jizhou = intelbus("feed", "--region", "120119", "--json", "--since", "2h")
+    jizhou = intelbus("feed", "--json", "--since", "2h", env=people.env("t-jz-cc"))
     alerts = [json.loads(l) for l in jizhou.stdout.splitlines() if f"-{tag}" in l and '"feed_item": "alert"' in l]
     assert [a["source_ref"] for a in alerts] == [f"A-TJ-{tag}"]  # shared with Tianjin: its districts see it
-    human = intelbus("feed", "--region", "120119", "--since", "2h")
+    human = intelbus("feed", "--since", "2h", env=people.env("t-jz-cc"))
     assert f"A-TJ-{tag}" in human.stdout and f"A-GD-{tag}" not in human.stdout

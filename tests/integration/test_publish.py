@@ -11,9 +11,13 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 
-def run_publish(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "ops.cli", "publish", *args], capture_output=True, text=True,
-                          input=stdin, timeout=120, env=os.environ.copy())
+@pytest.fixture
+def run_publish(people):
+    """`intelbus publish` as a regional system logged in with the integrator role."""
+    def run(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "ops.cli", "publish", *args], capture_output=True, text=True,
+                              input=stdin, timeout=120, env={**os.environ, **people.env("t-integrator")})
+    return run
 
 
 def checks_file(tmp_path, ids, tag):
@@ -30,7 +34,8 @@ def checks_file(tmp_path, ids, tag):
     return path, good
 
 
-def test_publish_reports_every_bad_line_and_sends_good_ones_once(stack, settings, reader, codec, ids, tmp_path):
+def test_publish_reports_every_bad_line_and_sends_good_ones_once(stack, settings, reader, codec, ids, tmp_path,
+                                                                 run_publish):
     tag = f"P{uuid.uuid4().hex[:8]}"
     incidents, dlq = reader("intel.incident"), reader("intel.dlq")
     path, good = checks_file(tmp_path, ids, tag)
@@ -62,7 +67,7 @@ def test_publish_reports_every_bad_line_and_sends_good_ones_once(stack, settings
     assert f"{tag}-bad" in raw3["raw"].decode() and raw3["reason"] == "check digit is 1, expected X"
 
 
-def test_strict_sends_nothing_from_a_file_with_one_bad_line(stack, reader, ids, tmp_path):
+def test_strict_sends_nothing_from_a_file_with_one_bad_line(stack, reader, ids, tmp_path, run_publish):
     tag = f"S{uuid.uuid4().hex[:8]}"
     incidents, dlq = reader("intel.incident"), reader("intel.dlq")
     path, _ = checks_file(tmp_path, ids, tag)
@@ -74,7 +79,7 @@ def test_strict_sends_nothing_from_a_file_with_one_bad_line(stack, reader, ids, 
     assert [m for m in dlq.read(until=lambda got: False, timeout=2) if b"checks.jsonl" in m.value()] == []
 
 
-def test_csv_wanted_file_and_stdin(stack, reader, codec, ids, tmp_path):
+def test_csv_wanted_file_and_stdin(stack, reader, codec, ids, tmp_path, run_publish):
     tag = f"C{uuid.uuid4().hex[:8]}"
     wanted = reader("intel.wanted")
     id15 = ids.to_15(ids.new("130822"))
@@ -97,10 +102,10 @@ def test_csv_wanted_file_and_stdin(stack, reader, codec, ids, tmp_path):
     assert first["phones"] == ["13800138000", "13900139000"]
 
 
-def test_unreachable_broker_is_exit_2_with_one_line(tmp_path):
+def test_unreachable_broker_is_exit_2_with_one_line(tmp_path, people):
     path = tmp_path / "x.jsonl"
     path.write_text("{}\n")
-    env = {**os.environ, "INTELBUS_KAFKA": "127.0.0.1:1"}
+    env = {**os.environ, **people.env("t-integrator"), "INTELBUS_KAFKA": "127.0.0.1:1"}
     result = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--kind", "incident", str(path)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
