@@ -309,6 +309,17 @@ def add_feed(p):
     return run
 
 
+def utc_text_to_cst(text) -> str:
+    """'2026-11-30 01:02:03' (UTC, as ClickHouse returns a DateTime) -> '2026-11-30 09:02:03' (China Standard Time)."""
+    from datetime import timedelta, timezone
+
+    try:
+        at = datetime.fromisoformat(str(text)).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return str(text)
+    return at.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _times(item: dict, *names: str) -> dict:
     for name in names:
         value = item.get(name)
@@ -345,6 +356,11 @@ def add_audit(p):
                 out = client.post("/api/v1/audit", body)
             except ClientError as exc:
                 return _fail("audit", exc)
+        if "at" in out["columns"]:  # stored in UTC; shown to people in China Standard Time
+            i = out["columns"].index("at")
+            out["columns"][i] = "at (CST)"
+            for row in out["rows"]:
+                row[i] = utc_text_to_cst(row[i])
         return _print_result(out, args.format)
 
     return run
