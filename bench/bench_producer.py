@@ -3,14 +3,16 @@
 (a) transport ceiling: raw confluent-kafka producing pre-encoded bytes;
 (b) Avro ceiling: fastavro encode + raw produce of already-valid records, no validation;
 (c) RegionalProducer: validate, normalise, encode, produce (the integrators' Python path);
-(d) `intelbus publish` on the JSON Lines file (parse + (c) + reporting), as a subprocess.
+(d) `intelbus publish` on the JSON Lines file (parse + (c) + reporting), as a subprocess,
+    logged in as `bench-integrator` (bench.logins), which publishes for the provinces of the
+    simulator's regions; the login happens before the clock starts, the gateway's `whoami`
+    check and the per-record region check inside it are part of (d).
 Each path produces to a fresh topic of its own, deleted afterwards.
 """
 from __future__ import annotations
 
 import cProfile
 import json
-import os
 import pstats
 import subprocess
 import sys
@@ -115,11 +117,16 @@ def run(settings, n: int, workdir: Path) -> dict:
         result["block_records"] = block
         result["rounds_per_s"] = {k: [round(x) for x in v] for k, v in rounds.items()}
 
+        from bench.logins import integrator_env
+
+        env = integrator_env(settings, {v["source_region"] for v in valid}, workdir / "logins")
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--kind", "incident", "--topic", names["d"], str(path)],
-                              capture_output=True, text=True, timeout=3600, env=os.environ.copy())
+                              capture_output=True, text=True, timeout=3600, env=env)
         result["d_publish_cli_per_s"] = n / (time.perf_counter() - started)
         result["d_summary"] = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+        if proc.returncode != 0:  # a refused login or region would otherwise pass for a fast run
+            raise RuntimeError(f"intelbus publish exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
 
         # Where (c)'s time goes, by wall clock (cProfile below inflates small calls):
         # validation and encoding timed alone over a sample; the rest is keys, produce, delivery.

@@ -12,8 +12,13 @@ stored (same generator version) measures straight away; `drop(settings)` removes
 Measured: `queries` identifiers drawn from the stored subjects, each run through
 `load_queries()["trail"]` exactly as `intelbus query trail` renders it (identifier forms,
 entitlement scope, tables pointed at the database), once for the operator and once for a
-region (130000, Hebei), timed around the driver call as the CLI times it (without the
+region (130000, Hebei), timed around the driver call as the gateway times it (without the
 audit insert). Target: p50 < 200 ms at 10,000,000 events.
+
+Since the gateway (identity issue) the SQL comes from `gateway.history`: the unfiltered
+trail uses `UNSCOPED` (no filter: what the operator's check used to be), the regional one
+`kind_scopes` of a Hebei analyst cleared to INTERNAL (region and clearance), the filter the
+gateway adds for such a caller. `bench.bench_identity` measures the gateway itself.
 """
 from __future__ import annotations
 
@@ -88,11 +93,17 @@ def _array(values) -> str:
 
 # --- the generator (SQL for ClickHouse 18.16 and current ClickHouse alike) ------------------
 
-def _event_fields(n_total: int, regions: list[str]) -> str:
-    """Columns of event `e` (the event number), as `expr AS name`, each a function of e alone."""
+def _event_fields(n_total: int, regions: list[str], tag: str = "BT") -> str:
+    """Columns of event `e` (the event number), as `expr AS name`, each a function of e alone.
+
+    `tag` marks a population: source_ref `<tag>-<e>`, its own event ids, and (other than the
+    default BT) titles ending in ` [bench <tag>]`, so rows generated into a shared database
+    can be told apart and deleted (bench.bench_identity)."""
     r = len(regions)
+    salt = "intelbus-bench-trail-" if tag == "BT" else f"intelbus-bench-{tag.lower()}-"
+    suffix = "" if tag == "BT" else f" [bench {tag}]"
     return f"""
-        UUIDNumToString(MD5(concat('intelbus-bench-trail-', toString(e)))) AS event_id,
+        UUIDNumToString(MD5(concat('{salt}', toString(e)))) AS event_id,
         cityHash64(e, 1) AS h1, cityHash64(e, 2) AS h2, cityHash64(e, 3) AS h3,
         if(h2 % 20 < 17, 'incident', 'alert') AS kind,
         if(kind = 'incident', {_array(_INCIDENT_TYPES)}[intDiv(h2, 20) % {len(_INCIDENT_TYPES)} + 1],
@@ -100,14 +111,14 @@ def _event_fields(n_total: int, regions: list[str]) -> str:
         {_array(regions)}[h1 % {r} + 1] AS region,
         region AS source_region,
         ['jwzh', 'kss', 'zazh'][intDiv(h1, {r}) % 3 + 1] AS source_system,
-        concat('BT-', toString(e)) AS source_ref,
+        concat('{tag}-', toString(e)) AS source_ref,
         toUInt32(1) AS revision,
         toDateTime({START} + intDiv(e * {SPAN}, {n_total}) + h1 % 60) AS occurred_at,
         toUInt64(toUInt32(occurred_at)) * 1000 + h2 % 1000 AS occurred_ms,
         occurred_ms + 1000 + h3 % 60000 AS reported_ms,
         ['INTERNAL', 'INTERNAL', 'INTERNAL', 'PUBLIC', 'SECRET'][h3 % 5 + 1] AS classification,
         if(intDiv(h3, 5) % 10 = 0, ['JJJ'], emptyArrayString()) AS share_scope,
-        {_array(_TITLES)}[intDiv(h2, 20) % {len(_TITLES)} + 1] AS title,
+        concat({_array(_TITLES)}[intDiv(h2, 20) % {len(_TITLES)} + 1], '{suffix}') AS title,
         if(kind = 'alert', 'OPEN', '') AS status,
         concat(region, ' 检查站 ', toString(intDiv(h3, 50) % 200)) AS address,
         reported_ms + 500 AS ingested_ms,
@@ -142,7 +153,7 @@ def _two_subjects(e: str = "e") -> str:
     return f"cityHash64({e}, 11) % 2 = 0"
 
 
-def events_insert_sql(database: str, lo: int, count: int, n_total: int, regions: list[str]) -> str:
+def events_insert_sql(database: str, lo: int, count: int, n_total: int, regions: list[str], tag: str = "BT") -> str:
     from sinks.rows import EVENT_COLUMNS
 
     columns = [c for c in EVENT_COLUMNS if c not in ("lat", "lon")]  # NULL: the column default
@@ -151,7 +162,7 @@ SELECT {', '.join(columns)}
 FROM
 (
     SELECT number AS e, {_two_subjects()} AS two,
-        {_event_fields(n_total, regions)},
+        {_event_fields(n_total, regions, tag)},
         {_subject_fields('0', '_0', regions)},
         {_subject_fields('1', '_1', regions)},
         if(two, [concat(id_kind_0, ':', id_value_0), concat(id_kind_1, ':', id_value_1)],
@@ -164,7 +175,7 @@ FROM
 )"""
 
 
-def subjects_insert_sql(database: str, lo: int, count: int, n_total: int, regions: list[str]) -> str:
+def subjects_insert_sql(database: str, lo: int, count: int, n_total: int, regions: list[str], tag: str = "BT") -> str:
     from sinks.rows import SUBJECT_COLUMNS
 
     return f"""INSERT INTO {database}.event_subjects ({', '.join(SUBJECT_COLUMNS)})
@@ -172,7 +183,7 @@ SELECT {', '.join(SUBJECT_COLUMNS)}
 FROM
 (
     SELECT e, j,
-        {_event_fields(n_total, regions)},
+        {_event_fields(n_total, regions, tag)},
         {_subject_fields('j', '', regions)}
     FROM (SELECT number AS e, if({_two_subjects('number')}, [0, 1], [0]) AS js FROM numbers({lo}, {count}))
     ARRAY JOIN js AS j
@@ -249,15 +260,26 @@ def sample_identifiers(client, db: str, k: int, seed: int) -> list[tuple[str, st
     return rng.sample(rows, min(k, len(rows)))
 
 
+def region_scope(region: str, regions, clearance: str = "INTERNAL") -> dict[str, str]:
+    """The filter the gateway adds for an analyst of `region` cleared to `clearance` (gateway.history.kind_scopes)."""
+    from gateway.history import kind_scopes
+    from identity.entitlement import Entitlement
+    from identity.principals import Identity
+
+    identity = Identity(name=f"bench-analyst-{region}", kind="person", region=region, branch="INTELLIGENCE",
+                        roles=frozenset({"analyst"}), clearance=clearance)
+    return kind_scopes(Entitlement(identity, regions), region)
+
+
 def _time_trails(executor, db: str, identifiers, scope) -> dict:
-    from sinks.cli import _in_database, identifier_forms
+    from gateway.history import identifier_forms, in_database
     from sinks.queries import load_queries
 
     trail = load_queries()["trail"]
     latencies, returned, read = [], [], []
     for value, _kind in identifiers:
         values = {"id": value, "ids": identifier_forms(value)}
-        sql = _in_database(trail.render(values, scope), db)
+        sql = in_database(trail.render(values, scope), db)
         started = time.perf_counter()
         _columns, rows = executor.query(sql, readonly=True)
         latencies.append((time.perf_counter() - started) * 1000)
@@ -271,9 +293,10 @@ def _time_trails(executor, db: str, identifiers, scope) -> dict:
 
 
 def run(settings, n_events: int, queries: int = 50) -> dict:
+    from gateway.history import UNSCOPED, identifier_forms, in_database
     from schemas.regions import load_regions
     from sinks.engine import DriverExecutor
-    from sinks.queries import scope_predicates
+    from sinks.queries import load_queries
 
     prepared = prepare(settings, n_events)
     db = DATABASE
@@ -288,16 +311,13 @@ def run(settings, n_events: int, queries: int = 50) -> dict:
     executor = DriverExecutor(database_url(settings.clickhouse_url, db), database=db)
     try:
         # one query first, apart: the first read of the tables (marks, caches) is reported alone
-        from sinks.cli import _in_database, identifier_forms
-        from sinks.queries import load_queries
-
-        first = _in_database(load_queries()["trail"].render({"id": identifiers[0][0], "ids": identifier_forms(identifiers[0][0])},
-                                                          scope_predicates(None, regions)), db)
+        first = in_database(load_queries()["trail"].render({"id": identifiers[0][0], "ids": identifier_forms(identifiers[0][0])},
+                                                           UNSCOPED), db)
         started = time.perf_counter()
         executor.query(first, readonly=True)
         first_ms = (time.perf_counter() - started) * 1000
-        operator = _time_trails(executor, db, identifiers, scope_predicates(None, regions))
-        regional = _time_trails(executor, db, identifiers, scope_predicates(REGION, regions))
+        operator = _time_trails(executor, db, identifiers, UNSCOPED)  # unfiltered (key kept for earlier results)
+        regional = _time_trails(executor, db, identifiers, region_scope(REGION, regions))
     finally:
         executor.close()
     kinds: dict[str, int] = {}
