@@ -68,12 +68,18 @@ class Services:
         return self._executor("reader", self.reader_executor_factory)
 
     def audit(self, entry: AuditEntry) -> None:
+        """Write the entry; AuditUnavailable if the log cannot take it (the request is then not served)."""
         try:
             AuditLog(self.audit_executor).write(entry)
-        except Exception:
-            # an access that cannot be audited is not served: the caller gets a 503 (see _audited)
-            self._local.audit = None
-            raise
+        except Exception as exc:
+            self._local.audit = None  # a new connection next time
+            log.error("audit log write failed: %s", exc)
+            raise AuditUnavailable(f"the audit log cannot be written ({str(exc).splitlines()[0][:120]}): "
+                                   "nothing is served that cannot be audited") from None
+
+
+class AuditUnavailable(RuntimeError):
+    pass
 
 
 def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
@@ -88,10 +94,14 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
                               "limited on the server to what the caller's agency, roles and clearance allow.")
     app.state.services = services
 
+    @app.exception_handler(AuditUnavailable)
+    async def audit_unavailable(request: Request, exc: AuditUnavailable):
+        REQUESTS.labels(_action_of(request), "failed").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
     def refuse(request: Request, status: int, reason: str, entry: AuditEntry) -> HTTPException:
         services.audit(entry)
-        REQUESTS.labels(request.url.path.split("/")[3] if request.url.path.startswith("/api/v1/") else "other",
-                        "refused").inc()
+        REQUESTS.labels(_action_of(request), "refused").inc()
         return HTTPException(status_code=status, detail=reason)
 
     def caller(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Identity:
@@ -160,13 +170,14 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
                         identity=Entitlement(identity, services.regions).describe())
 
     @app.get("/api/v1/whoami", response_model=WhoAmIOut, tags=["session"])
-    def whoami(identity: Identity = Depends(caller), region: str | None = None):
+    def whoami(request: Request, identity: Identity = Depends(caller), region: str | None = None):
         """Who the token says you are, what you may do, and what you may see."""
         ent = Entitlement(identity, services.regions)
         try:
             view = ent.view_region(region)
         except NotEntitled as exc:
-            raise HTTPException(403, str(exc)) from None
+            raise refuse(request, 403, str(exc), AuditEntry(action="whoami", identity=identity, outcome="refused",
+                                                            reason=str(exc), region=region or "")) from None
         REQUESTS.labels("whoami", "ok").inc()
         return WhoAmIOut(**ent.describe(view))
 
@@ -189,7 +200,9 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
 
         queries = load_queries()
         if name not in queries:
-            raise HTTPException(404, f"no query named {name!r} (known: {', '.join(queries)})")
+            reason = f"no query named {name!r} (known: {', '.join(queries)})"
+            raise refuse(request, 404, reason, AuditEntry(action="query", identity=identity, outcome="refused",
+                                                          reason=reason, query_name=name[:100], purpose=body.purpose))
         ent, view = entitled(identity, request, "query", body.region, body.purpose, name, body.params)
         try:
             sql = named_query_sql(queries[name], body.params, ent, view, body.purpose, services.reader.database)
@@ -246,7 +259,8 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         try:
             since_s = parse_duration(since)
         except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise refuse(request, 400, str(exc), AuditEntry(action="feed", identity=identity, outcome="refused",
+                                                            reason=str(exc), region=view, purpose=purpose)) from None
         req = FeedRequest(view=view, since_s=since_s, follow=follow, group=f"feed-{identity.name}-{view}")
         reader = await asyncio.to_thread(FeedReader, services.kafka_config, services.codec, ent, req)
         FEED_CLIENTS.inc()
@@ -265,12 +279,13 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
                 items = await asyncio.to_thread(reader.poll)
                 if items:
                     shown += len(items)
-                    yield "".join(json.dumps(i, ensure_ascii=False, default=str) + "\n" for i in items)
+                    # audited before it is sent: an item the log cannot record is not sent
                     await asyncio.to_thread(services.audit, AuditEntry(
                         action="feed", identity=identity, region=req.view, purpose=purpose, query_name="feed",
                         query_text=reader.described, row_count=len(items),
                         params={"hit_ids": [i["hit_id"] for i in items if i["feed_item"] == "hit"][:100],
                                 "alert_event_ids": [i["event_id"] for i in items if i["feed_item"] == "alert"][:100]}))
+                    yield "".join(json.dumps(i, ensure_ascii=False, default=str) + "\n" for i in items)
                     await asyncio.to_thread(reader.commit)
                 elif req.follow and time.monotonic() - last_beat >= 5:
                     last_beat = time.monotonic()
@@ -290,7 +305,11 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         from gateway.audit_query import audit_sql
 
         entitled(identity, request, "audit", None, body.purpose, "audit", body.model_dump())
-        sql = audit_sql(body, services.audit_executor.database)
+        try:
+            sql = audit_sql(body, services.audit_executor.database)
+        except ValueError as exc:
+            raise refuse(request, 400, str(exc), AuditEntry(action="audit", identity=identity, outcome="refused",
+                                                            reason=str(exc), params=body.model_dump())) from None
         started = time.perf_counter()
         columns, rows = services.audit_executor.query(sql, readonly=True)
         services.audit(AuditEntry(action="audit", identity=identity, purpose=body.purpose, query_text=sql,

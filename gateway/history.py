@@ -6,6 +6,7 @@ the I/O.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from identity.entitlement import Entitlement
@@ -37,7 +38,9 @@ def named_query_sql(q: NamedQuery, values: dict, ent: Entitlement, view: str, pu
         if not values.get("id"):
             raise QueryError("trail: --id is required (resident ID, plate or phone)")
         values["ids"] = identifier_forms(values["id"])
-    return in_database(q.render(values, kind_scopes(ent, view)), database)
+    # tables qualified in the query's own text, before the caller's values become literals in it
+    q = dataclasses.replace(q, sql=in_database(q.sql, database))
+    return q.render(values, kind_scopes(ent, view))
 
 
 # No filter at all: for benchmarks and the operators' own checks on the server, never for a caller.

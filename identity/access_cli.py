@@ -232,8 +232,8 @@ def seed(store, file: Path, passwords_file: Path, *, actor: str, out=print) -> d
         name = entry["name"]
         if store.find(name) is not None:
             continue
-        password = None
-        if entry.get("kind", "person") == "person" and not entry.get("no_password"):
+        password = None  # a system's password is its client secret: it logs in to publish, as a person does
+        if not entry.get("no_password"):
             password = known.get(name) or secrets.token_urlsafe(12)
             known[name] = password
         store.add(actor=actor, name=name, kind=entry.get("kind", "person"), region=str(entry["region"]),

@@ -25,7 +25,7 @@ from jwt import PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
 from identity.principals import CLEARANCES, Identity, IdentityError, check_clearance, check_role
-from schemas.regions import validate_region_code
+from schemas.regions import load_branches, validate_region_code
 
 # Asymmetric algorithms only. HS* would let anyone holding the (public) verification key mint
 # tokens -- the classic RS256/HS256 confusion -- and `none` is no signature at all.
@@ -330,6 +330,9 @@ class OidcVerifier:
         except ValueError as e:
             raise TokenRejected(str(e)) from None
         branch = _single(claim_at(claims, c.branch_claim)) if c.branch_claim else None
+        if branch not in (None, "") and str(branch) not in load_branches():
+            raise TokenRejected(f"unknown branch {branch!r} in claim {c.branch_claim!r} "
+                                "(intelbus routes by the codes of schemas/codes/branches.csv)")
         provider_roles = _names(claim_at(claims, c.roles_claim))
         roles = frozenset(c.role_map[r] for r in provider_roles if r in c.role_map)
         if not roles:

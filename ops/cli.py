@@ -13,7 +13,7 @@ from ops.install import Missing
 
 # (name, one-line help, "module:function" that adds the arguments and returns the handler)
 COMMANDS = [
-    ("up", "start the local stack (Kafka, schema registry, ClickHouse, jobs, sink) in the background", "ops.commands:add_up"),
+    ("up", "start the local stack (Kafka, schema registry, ClickHouse, jobs, sink, gateway) in the background", "ops.commands:add_up"),
     ("down", "stop what `up` started; data stays (use --purge to delete .stack/)", "ops.commands:add_down"),
     ("status", "one line per component: up/down, address, pid, uptime (--json); exit 0 only if all healthy", "ops.commands:add_status"),
     ("config", "print the effective settings and the environment variables that change them", "ops.commands:add_config"),

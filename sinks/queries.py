@@ -59,7 +59,13 @@ class NamedQuery:
             literals[p.name] = _literal(p, raw)
         if "ids" in _PARAM.findall(self.sql):
             literals["ids"] = ", ".join(sql_literal(v) for v in values.get("ids", []))
-        text = _SCOPE.sub(lambda m: scope.get(ALIAS_KIND.get(m.group(1), "event"), "1"), self.sql)
+        def scope_of(m):  # fails closed: a placeholder whose kind the caller's scope lacks is an error, not "1"
+            kind = ALIAS_KIND.get(m.group(1), "event")
+            if kind not in scope:
+                raise QueryError(f"{self.name}: no entitlement filter for {m.group(1)} ({kind})")
+            return scope[kind]
+
+        text = _SCOPE.sub(scope_of, self.sql)
         return _PARAM.sub(lambda m: literals[m.group(1)], text)
 
 

@@ -83,7 +83,7 @@ class Admin:
         resp = self.client.post("/users", json={
             "username": username, "enabled": True, "emailVerified": True,
             "email": f"{username}@example.invalid", "firstName": "Temporary", "lastName": "Officer",
-            "attributes": {"agency_region": [region], "agency_branch": ["test"], "clearance": ["INTERNAL"]},
+            "attributes": {"agency_region": [region], "agency_branch": ["INTELLIGENCE"], "clearance": ["INTERNAL"]},
             "credentials": [{"type": "password", "value": password, "temporary": False}],
         })
         assert resp.status_code == 201, f"create user: {resp.status_code} {resp.text}"

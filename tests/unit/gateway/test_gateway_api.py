@@ -200,3 +200,30 @@ def test_only_auditors_read_the_audit_log_and_reading_it_is_audited(gw):
     # the API has no route that writes or deletes audit rows
     paths = {p for p in client.app.openapi()["paths"]}
     assert not any("delete" in m for p in paths for m in client.app.openapi()["paths"][p]) and "/api/v1/audit" in paths
+
+
+def test_an_unknown_named_query_is_refused_and_audited(gw):
+    client, engine, _ = gw
+    r = client.post("/api/v1/queries/everything", json={}, headers=login(client, "js-analyst"))
+    assert r.status_code == 404 and "no query named 'everything'" in r.json()["detail"]
+    assert last_audit(engine, action="query", outcome="refused", user="js-analyst")["reason"].startswith("no query named")
+
+
+def test_nothing_is_served_when_the_audit_log_cannot_be_written(gw, tmp_path):
+    """ClickHouse refusing the audit insert: the query is not answered (503), though it would run."""
+    client, engine, store = gw
+
+    class NoAudit:
+        database = "intelbus"
+
+        def insert(self, *a):
+            raise ConnectionError("Connection refused")
+
+    services = Services(settings=None, regions=load_regions(), auth=client.app.state.services.auth,
+                        audit_executor_factory=NoAudit, reader_executor_factory=lambda: engine)
+    broken = TestClient(create_app(services=services))
+    token = login(client, "js-analyst")
+    r = broken.post("/api/v1/sql", json={"sql": "SELECT source_ref FROM events"}, headers=token)
+    assert r.status_code == 503 and "audit log cannot be written" in r.json()["detail"] and "SZ" not in r.text
+    ok = client.post("/api/v1/sql", json={"sql": "SELECT source_ref FROM events"}, headers=token)  # control
+    assert ok.status_code == 200 and ok.json()["rows"] == [["SZ"]]

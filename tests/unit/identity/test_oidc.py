@@ -78,7 +78,7 @@ class Provider:
             "preferred_username": "tj-cc",
             "name": "Tianjin Command Center",
             "agency_region": "120000",
-            "agency_branch": "tj-psb",
+            "agency_branch": "COMMAND_CENTER",
             "clearance": "INTERNAL",
             "realm_access": {"roles": ["command_center", "offline_access", "default-roles-test"]},
         }
@@ -143,7 +143,7 @@ def test_a_good_token_maps_to_the_identity(provider, verifier):
         name="tj-cc",
         kind="person",
         region="120000",
-        branch="tj-psb",
+        branch="COMMAND_CENTER",
         roles=frozenset({"command_center"}),
         clearance="INTERNAL",
         display_name="Tianjin Command Center",
@@ -339,3 +339,7 @@ def test_claim_at_follows_dotted_paths_and_prefers_a_whole_dotted_name():
     assert claim_at(claims, "realm_access.roles") == ["a"]
     assert claim_at(claims, "https://x.example/roles") == ["b"]
     assert claim_at(claims, "realm_access.missing") is None
+
+
+def test_unknown_branch(provider, verifier):
+    assert rejected(verifier, provider.token(agency_branch="tj-psb")).startswith("unknown branch 'tj-psb'")
