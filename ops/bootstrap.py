@@ -17,10 +17,11 @@ def bootstrap(settings: Settings, *, out=print) -> None:
     ids = register_all(SchemaCodec(url=settings.registry_url))
     out(f"schemas     {len(ids)} subjects registered (ids {', '.join(str(i) for i in sorted(set(ids.values())))})")
 
+    from ops.secrets import clickhouse_url_as
     from sinks.engine import DriverExecutor
     from sinks.migrate import apply_migrations
 
-    executor = DriverExecutor(settings.clickhouse_url)
+    executor = DriverExecutor(clickhouse_url_as(settings, "default"))  # the admin: DDL
     try:
         applied = apply_migrations(executor)
     finally:

@@ -241,7 +241,14 @@ class ClickHouse(Component):
             .replace("@TCP_PORT@", str(self.host_port[1]))
         )
         (self.home / "config.xml").write_text(text)
-        shutil.copy(OPS / "clickhouse" / "users.xml", self.home / "users.xml")
+        # one password per user (ops/secrets.py): made when missing, kept otherwise; users.xml holds their sha256
+        from ops.secrets import ensure_clickhouse_passwords, render_users_xml
+
+        users = self.home / "users.xml"
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(render_users_xml(ensure_clickhouse_passwords(self.settings)))
 
     def command(self):
         argv = [self.binary]
@@ -251,6 +258,7 @@ class ClickHouse(Component):
         return argv, {}
 
     def healthy(self) -> bool:
+        # /ping answers without credentials (every user, including default, has a password)
         try:
             with urllib.request.urlopen(f"http://{self.host_port[0]}:{self.http_port}/ping", timeout=2) as resp:
                 return resp.read().strip() == b"Ok."

@@ -32,13 +32,20 @@ class Settings:
     )
     clickhouse_url: str = _env(
         "INTELBUS_CLICKHOUSE_URL",
-        "ClickHouse native URL (clickhouse-driver form)",
-        "clickhouse://default@127.0.0.1:9000/intelbus",
+        "ClickHouse native URL (clickhouse-driver form), without a user: each process adds its own "
+        "(ops.secrets.clickhouse_url_as)",
+        "clickhouse://127.0.0.1:9000/intelbus",
     )
     clickhouse_http: str = _env(
-        "INTELBUS_CLICKHOUSE_HTTP", "ClickHouse HTTP address for analysts' tools", "http://127.0.0.1:8123"
+        "INTELBUS_CLICKHOUSE_HTTP", "ClickHouse HTTP address (health probe; people query through the gateway)", "http://127.0.0.1:8123"
     )
     stack_dir: str = _env("INTELBUS_STACK_DIR", "where the local stack keeps data, logs and pids", str(REPO_ROOT / ".stack"))
+    secrets_dir: str = _env(
+        "INTELBUS_SECRETS_DIR",
+        "where passwords live: clickhouse/<user>, 0600, made by `intelbus up` when missing (default <stack dir>/secrets); "
+        "INTELBUS_CLICKHOUSE_PASSWORD_<USER> overrides a file",
+        "",
+    )
     dist_dir: str = _env(
         "INTELBUS_DIST_DIR", "where fetched Kafka and registry builds are unpacked (kept by `down --purge`)", str(REPO_ROOT / ".cache" / "dist")
     )
@@ -58,6 +65,10 @@ class Settings:
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")
     metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
 
+    def __post_init__(self):
+        if not self.secrets_dir:
+            object.__setattr__(self, "secrets_dir", str(Path(self.stack_dir) / "secrets"))
+
     @property
     def stack_path(self) -> Path:
         return Path(self.stack_dir)
@@ -72,8 +83,10 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str, object, str]]:
         """(name, env var, value, doc) for every setting, for `intelbus config`."""
-        return [
-            (f.name, f.metadata["env"], getattr(self, f.name), f.metadata["doc"])
+        from ops.secrets import redact_setting
+
+        return [  # a password an operator put in a URL or in Kafka's settings is not printed
+            (f.name, f.metadata["env"], redact_setting(getattr(self, f.name)), f.metadata["doc"])
             for f in dataclasses.fields(self)
         ]
 

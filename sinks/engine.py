@@ -28,21 +28,39 @@ class DriverExecutor:
         from clickhouse_driver import Client
 
         self.database = database or database_of(url)
-        parsed = urlparse(url)
-        # connect to `default` first: the database may not exist yet (migrations create it)
-        self._server_url = parsed._replace(path="/default").geturl()
-        self.client = Client.from_url(self._server_url)
+        self._parsed = urlparse(url)
+        # connect to the database itself: a service user may use no other (on 18.16 the server
+        # just drops the connection of a user that names a database outside its allow_databases)
+        self.client = Client.from_url(self._parsed._replace(path=f"/{self.database}").geturl())
+        self._connected = False
+
+    def _execute(self, *args, **kwargs):
+        from clickhouse_driver.errors import ErrorCodes, ServerException
+
+        if self._connected:
+            return self.client.execute(*args, **kwargs)
+        try:
+            result = self.client.execute(*args, **kwargs)
+        except ServerException as exc:
+            if exc.code != ErrorCodes.UNKNOWN_DATABASE or self.client.connection.connected:
+                raise
+            # the database does not exist yet (migrations create it): the admin connects to `default`
+            self.client.disconnect()
+            self.client = type(self.client).from_url(self._parsed._replace(path="/default").geturl())
+            result = self.client.execute(*args, **kwargs)
+        self._connected = True
+        return result
 
     def execute(self, sql: str) -> None:
-        self.client.execute(sql)
+        self._execute(sql)
 
     def query(self, sql: str, *, readonly: bool = False) -> tuple[list[str], list[tuple]]:
         settings = {"readonly": 2} if readonly else {}
-        rows, columns = self.client.execute(sql, with_column_types=True, settings=settings)
+        rows, columns = self._execute(sql, with_column_types=True, settings=settings)
         return [c[0] for c in columns], rows
 
     def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        self.client.execute(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES", rows)
+        self._execute(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES", rows)
 
     def close(self) -> None:
         self.client.disconnect()

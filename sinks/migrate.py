@@ -49,14 +49,22 @@ def load_migrations(folder: Path = MIGRATIONS) -> list[Migration]:
 
 
 def apply_migrations(executor, *, migrations: list[Migration] | None = None, log=None) -> list[str]:
-    """Create the database if missing and apply pending migrations; returns what was applied."""
+    """Create the database if missing and apply pending migrations; returns what was applied.
+
+    When every migration is applied it only reads schema_migrations, so a service user
+    with SELECT and INSERT (the sink checks at start) needs no DDL right.
+    """
     db = executor.database
-    executor.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-    executor.execute(
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-        "(version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
-    )
-    _, rows = executor.query(f"SELECT version, name, checksum FROM {db}.schema_migrations ORDER BY version")
+    read = f"SELECT version, name, checksum FROM {db}.schema_migrations ORDER BY version"
+    try:
+        _, rows = executor.query(read)
+    except Exception:  # no database or no schema_migrations yet (a new server): the admin creates them
+        executor.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+        executor.execute(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+            "(version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
+        )
+        _, rows = executor.query(read)
     applied = {int(r[0]): (r[1], r[2]) for r in rows}
     done = []
     for m in migrations if migrations is not None else load_migrations():
@@ -88,10 +96,11 @@ def add_migrate(p):
     p.epilog = "Idempotent: applied versions are recorded in schema_migrations. `intelbus up` runs it too."
 
     def run(args):
+        from ops.secrets import clickhouse_url_as
         from ops.settings import load_settings
         from sinks.engine import DriverExecutor
 
-        executor = DriverExecutor(load_settings().clickhouse_url)
+        executor = DriverExecutor(clickhouse_url_as(load_settings(), "default"))  # the admin: DDL
         try:
             done = apply_migrations(executor, log=print)
         except MigrationError as exc:

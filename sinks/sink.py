@@ -264,7 +264,10 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     from sinks.migrate import apply_migrations
     from sinks.rows import COLUMNS
 
-    executor = DriverExecutor(settings.clickhouse_url)
+    from ops.secrets import clickhouse_url_as, redact_url
+
+    url = clickhouse_url_as(settings, "intelbus_sink")
+    executor = DriverExecutor(url)
     apply_migrations(executor, log=log.info)
     executor.close()
     codec = SchemaCodec(url=settings.registry_url)
@@ -283,7 +286,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
 
     consumer = Consumer(consumer_config(settings))
     consumer.subscribe(list(TOPICS), on_assign=lambda c, parts: metrics.READY.set(1))
-    writer = ClickHouseWriter(settings.clickhouse_url, COLUMNS)
+    writer = ClickHouseWriter(url, COLUMNS)
     sink = Sink(settings, consumer=consumer, writer=writer, to_rows=RowBuilder(RawDecoder.for_registry(settings.registry_url)),
                 dead_letter=dead_letter)
     signal.signal(signal.SIGTERM, sink.stop)
@@ -298,7 +301,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
 
     LagExporter(settings, GROUP, SINK_TOPICS).start()
     log.info("sink: kafka=%s clickhouse=%s topics=%s batch=%d rows/%.1fs, at most %d inserts in flight, metrics=:%d",
-             settings.kafka, settings.clickhouse_url, ",".join(TOPICS), sink.policy.max_rows, sink.policy.max_seconds,
+             settings.kafka, redact_url(url), ",".join(TOPICS), sink.policy.max_rows, sink.policy.max_seconds,
              MAX_IN_FLIGHT, settings.metrics_port_base + 20)
     try:
         sink.run(max_idle_seconds=max_idle_seconds)

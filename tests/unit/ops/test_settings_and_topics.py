@@ -11,6 +11,7 @@ def test_defaults_point_at_the_local_stack():
     assert s.kafka == "127.0.0.1:9092"
     assert s.registry_url == "http://127.0.0.1:8081/apis/ccompat/v7"
     assert s.clickhouse_url.startswith("clickhouse://") and "127.0.0.1:9000" in s.clickhouse_url
+    assert "@" not in s.clickhouse_url  # no user: each process adds its own (ops.secrets.clickhouse_url_as)
 
 
 def test_environment_overrides_and_types():
