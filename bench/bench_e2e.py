@@ -27,6 +27,7 @@ import time
 import uuid
 
 from ops.consume import consume_ready
+from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
 
 AVRO_PASSES = {"encode": 1, "decode": 2}
 
@@ -107,7 +108,7 @@ class _Queryable(threading.Thread):
         super().__init__(daemon=True)
         from clickhouse_driver import Client
 
-        self.client = Client.from_url(settings.clickhouse_url)
+        self.client = Client.from_url(clickhouse_url_as(settings, "default"))
         self.prefix, self.every = prefix, every
         self.latencies_s: dict[str, float] = {}
         self.stop = threading.Event()

@@ -45,6 +45,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
+
 TAG = "BI"
 EVENTS = 1_000_000
 REGION = "130000"          # the bench analyst's agency and view: Hebei
@@ -122,7 +124,7 @@ def _admin(settings):
 
     from bench.bench_trail import database_url
 
-    return Client.from_url(database_url(settings.clickhouse_url, "default"))
+    return Client.from_url(database_url(clickhouse_url_as(settings, "default"), "default"))
 
 
 def _database(settings) -> str:
@@ -236,7 +238,7 @@ def measure_trail(settings, identifiers: list[str], env: dict, token: str, cli_r
     ent = _entitlement()
     sql = {value: {"a": in_database(trail.render({"id": value, "ids": identifier_forms(value)}, UNSCOPED), db),
                    "b": named_query_sql(trail, {"id": value}, ent, REGION, PURPOSE, db)} for value in identifiers}
-    executor = DriverExecutor(settings.clickhouse_url)
+    executor = DriverExecutor(clickhouse_url_as(settings, "default"))
     http = httpx.Client(base_url=settings.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     ms = {"a": [], "b": [], "c": [], "c_server_query": []}
     rows = {"a": [], "b": [], "c": []}

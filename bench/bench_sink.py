@@ -27,6 +27,8 @@ import threading
 import time
 import uuid
 
+from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
+
 DATABASE = "intelbus_bench"
 AS_TOPIC = "intel.incident.unique"   # what the sink is told the bench topic is
 
@@ -119,7 +121,7 @@ def _prepare_database(settings) -> str:
     from sinks.engine import DriverExecutor
     from sinks.migrate import apply_migrations
 
-    url = _database_url(settings.clickhouse_url, DATABASE)
+    url = _database_url(clickhouse_url_as(settings, "default"), DATABASE)
     executor = DriverExecutor(url, database=DATABASE)
     try:
         apply_migrations(executor)
@@ -266,7 +268,7 @@ def run(settings, n: int) -> dict:
     groups: list[str] = []
     codec = None
     admin = AdminClient(settings.kafka_config())
-    client = Client.from_url(_database_url(settings.clickhouse_url, "default"))
+    client = Client.from_url(_database_url(clickhouse_url_as(settings, "default"), "default"))
     timeout = max(120.0, n / 500)
     rounds: dict[str, list[dict]] = {"sink": [], "baseline": []}
     stored: dict[str, list[dict]] = {"sink": [], "baseline": []}

@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
+from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
+
 DATABASE = "intelbus_bench_trail"
 GENERATOR_VERSION = 2          # bump when the generated data changes: stored data is then regenerated
 CHUNK = 1_000_000              # events per INSERT ... SELECT
@@ -195,7 +197,7 @@ FROM
 def _client(settings, database: str = "default"):
     from clickhouse_driver import Client
 
-    return Client.from_url(database_url(settings.clickhouse_url, database))
+    return Client.from_url(database_url(clickhouse_url_as(settings, "default"), database))
 
 
 def _log(message: str) -> None:
@@ -211,7 +213,7 @@ def prepare(settings, n_events: int, *, database: str = DATABASE) -> dict:
     from sinks.engine import DriverExecutor
     from sinks.migrate import apply_migrations
 
-    executor = DriverExecutor(database_url(settings.clickhouse_url, database), database=database)
+    executor = DriverExecutor(database_url(clickhouse_url_as(settings, "default"), database), database=database)
     try:
         apply_migrations(executor)
     finally:
@@ -308,7 +310,7 @@ def run(settings, n_events: int, queries: int = 50) -> dict:
     if not identifiers:
         raise RuntimeError(f"no identifiers found in {db}.event_subjects")
     regions = load_regions()
-    executor = DriverExecutor(database_url(settings.clickhouse_url, db), database=db)
+    executor = DriverExecutor(database_url(clickhouse_url_as(settings, "default"), db), database=db)
     try:
         # one query first, apart: the first read of the tables (marks, caches) is reported alone
         first = in_database(load_queries()["trail"].render({"id": identifiers[0][0], "ids": identifier_forms(identifiers[0][0])},

@@ -27,9 +27,11 @@ def intelbus(*args, env=None, timeout=120):
 
 
 def ch(settings, sql):
+    """The test's own look at ClickHouse, as the admin (`default`)."""
+    from ops.secrets import clickhouse_url_as
     from sinks.engine import DriverExecutor
 
-    ex = DriverExecutor(settings.clickhouse_url)
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
     try:
         return ex.query(sql)[1]
     finally:

@@ -58,7 +58,9 @@ def test_schema_registered_and_read_back_by_id(stack, settings):
 def test_clickhouse_create_insert_select(stack, settings):
     from clickhouse_driver import Client
 
-    client = Client.from_url(settings.clickhouse_url.rsplit("/", 1)[0] + "/default")
+    from ops.secrets import clickhouse_url_as
+
+    client = Client.from_url(clickhouse_url_as(settings, "default").rsplit("/", 1)[0] + "/default")  # the admin
     db = f"test_{uuid.uuid4().hex[:8]}"
     client.execute(f"CREATE DATABASE {db}")
     try:
