@@ -158,3 +158,42 @@ def redact_setting(value):
         items = (item.partition("=") for item in value.split(","))
         return ",".join(f"{k}=***" if "password" in k else f"{k}{sep}{v}" for k, sep, v in items)
     return value
+
+
+GRANTS = TEMPLATE.parent / "grants.sql"
+
+
+def render_grants_sql(passwords: dict[str, str], template: Path = GRANTS) -> str:
+    """ops/clickhouse/grants.sql with each service user's sha256 filled in (for a current ClickHouse)."""
+    text = template.read_text(encoding="utf-8")
+    for user in CLICKHOUSE_USERS:
+        if user in passwords:
+            text = text.replace(f"'@SHA256_{user.upper()}@'", f"'{sha256_hex(passwords[user])}'")
+    if "'@SHA256_" in text:
+        raise MissingSecret("grants.sql: no password for a service user (set INTELBUS_CLICKHOUSE_PASSWORD_<USER>)")
+    return text
+
+
+def main(argv=None) -> int:
+    """`python -m ops.secrets grants`: grants.sql for these passwords (environment first, then the files)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["grants"]:
+        print("usage: python -m ops.secrets grants   (prints ops/clickhouse/grants.sql with the services' password hashes)",
+              file=sys.stderr)
+        return 2
+    from ops.settings import load_settings
+
+    settings = load_settings()
+    try:
+        passwords = {u: clickhouse_password(settings, u) for u in CLICKHOUSE_USERS if u != "default"}
+    except MissingSecret as exc:
+        print(f"python -m ops.secrets: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_grants_sql(passwords))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,7 +55,9 @@ class DriverExecutor:
         self._execute(sql)
 
     def query(self, sql: str, *, readonly: bool = False) -> tuple[list[str], list[tuple]]:
-        settings = {"readonly": 2} if readonly else {}
+        # readonly=1, not 2: a user whose profile is readonly=1 (intelbus_reader) may be sent 1 but not 2
+        # (current servers refuse "Cannot modify 'readonly' setting in readonly mode"; 18.16 ignores it)
+        settings = {"readonly": 1} if readonly else {}
         rows, columns = self._execute(sql, with_column_types=True, settings=settings)
         return [c[0] for c in columns], rows
 
