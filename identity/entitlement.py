@@ -112,7 +112,7 @@ class Entitlement:
         shared_with = [view, *self.regions.ancestors(view), *zones]
         cleared = f"classification IN ({', '.join(_literal(c) for c in self.classifications)})"
         event = (f"((source_region LIKE {like} OR region LIKE {like} OR hasAny(share_scope, {_literal(shared_with)}) "
-                 f"OR arrayExists(s -> s LIKE {like}, share_scope)) AND {cleared})")
+                 f"OR arrayExists(scope_entry -> scope_entry LIKE {like}, share_scope)) AND {cleared})")
         hit = (f"((arrayExists(n -> n LIKE {like}, notify_regions) OR hasAny(notify_regions, {_literal(zones or [''])})) "
                f"AND {cleared})")
         return {"events": event, "event_subjects": event, "hits": hit}
