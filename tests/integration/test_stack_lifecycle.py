@@ -32,6 +32,17 @@ def isolated_env(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "ops.cli", "down", "--purge"], env=env, capture_output=True, timeout=120)
 
 
+def admin_client(env):
+    """ClickHouse of the isolated stack as its admin, with the password its `up` generated."""
+    from clickhouse_driver import Client
+
+    from ops.secrets import clickhouse_password
+    from ops.settings import load_settings
+
+    return Client("127.0.0.1", port=PORTS["clickhouse"], user="default",
+                  password=clickhouse_password(load_settings(environ=env), "default", environ=env))
+
+
 def intelbus(env, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -54,7 +65,6 @@ def test_up_twice_down_and_data_survives(isolated_env):
     assert by_name["kafka"]["address"] == f"127.0.0.1:{PORTS['kafka']}"
 
     # put one topic, one schema and one table row in, then restart the stack
-    from clickhouse_driver import Client
     from confluent_kafka.admin import AdminClient, NewTopic
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
@@ -64,7 +74,7 @@ def test_up_twice_down_and_data_survives(isolated_env):
     registry = SchemaRegistryClient({"url": env["INTELBUS_REGISTRY_URL"]})
     schema = json.dumps({"type": "record", "name": "Keep", "fields": [{"name": "a", "type": "string"}]})
     schema_id = registry.register_schema("keep-value", Schema(schema, "AVRO"))
-    ch = Client("127.0.0.1", port=PORTS["clickhouse"])
+    ch = admin_client(env)
     ch.execute("CREATE TABLE IF NOT EXISTS default.keep (a String) ENGINE = MergeTree ORDER BY a")
     ch.execute("INSERT INTO default.keep (a) VALUES", [("kept",)])
     ch.disconnect()
@@ -79,7 +89,7 @@ def test_up_twice_down_and_data_survives(isolated_env):
     assert topic in AdminClient({"bootstrap.servers": env["INTELBUS_KAFKA"]}).list_topics(timeout=15).topics
     fetched = SchemaRegistryClient({"url": env["INTELBUS_REGISTRY_URL"]}).get_schema(schema_id)
     assert json.loads(fetched.schema_str)["name"] == "Keep"
-    ch = Client("127.0.0.1", port=PORTS["clickhouse"])
+    ch = admin_client(env)
     assert ch.execute("SELECT a FROM default.keep") == [("kept",)]
 
 
