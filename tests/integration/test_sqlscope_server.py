@@ -19,11 +19,11 @@ from identity.sqlscope import scope_sql
 # --- server access: the only place that knows how to reach ClickHouse as an admin -----------
 
 def admin_executor(settings, database: str):
-    """An executor with rights to create and drop a database (the lead may change where the
-    credentials come from; keep every server access behind this helper)."""
+    """An executor as the admin (`default`), with rights to create and drop a database."""
+    from ops.secrets import clickhouse_url_as
     from sinks.engine import DriverExecutor
 
-    return DriverExecutor(settings.clickhouse_url, database=database)
+    return DriverExecutor(clickhouse_url_as(settings, "default"), database=database)
 
 
 # -------------------------------------------------------------------------------------------
