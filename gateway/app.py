@@ -233,7 +233,7 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
             columns, rows = services.reader.query(sql, readonly=True)
         except Exception as exc:  # the server's own refusal or error, in one line
             services._local.reader = None
-            reason = str(exc).strip().splitlines()[0][:300]
+            reason = server_error_text(exc)
             raise refuse(request, 400, reason, AuditEntry(action=action, identity=identity, outcome="failed",
                                                           reason=reason, region=view, purpose=purpose,
                                                           query_name=query_name, query_text=sql, params=params)) from None
@@ -319,6 +319,12 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
                         elapsed_ms=round((time.perf_counter() - started) * 1000, 1), region="")
 
     return app
+
+
+def server_error_text(exc: Exception) -> str:
+    """ClickHouse's refusal in one line: 'Code: 62. DB::Exception: Syntax error: ...' without the stack trace."""
+    text = str(exc).split("Stack trace")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:400]
 
 
 def spoof_refusal(identity: Identity, claims: dict) -> str:

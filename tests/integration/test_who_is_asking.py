@@ -58,7 +58,7 @@ def lines(result):
 
 @pytest.fixture(scope="module")
 def story(stack, settings):
-    """Wanted in Xinglong, checked in Jizhou; a SECRET Xinglong check; a Beijing theft; a Jiangsu check;
+    """Wanted in Xinglong, checked in Jizhou and in Suzhou; a SECRET Xinglong check; a Beijing theft;
     an alert Langfang shares with the Tongzhou-Wuqing-Langfang zone."""
     from producers.regional import RegionalProducer
     from schemas.normalise import resident_id_check_digit
@@ -91,8 +91,9 @@ def story(stack, settings):
 
 
 def feed_refs(result, tag):
-    return sorted(i.get("record_key", i.get("source_ref", "")) + ":" + i["feed_item"]
-                  for i in lines(result) if tag in json.dumps(i, ensure_ascii=False))
+    """What a feed showed of this story: hits as record@sighting region, alerts by their reference."""
+    return sorted((f"{i['record_key']}@{i['hit_region']}" if i["feed_item"] == "hit" else i["source_ref"]) + ":" +
+                  i["feed_item"] for i in lines(result) if tag in json.dumps(i, ensure_ascii=False))
 
 
 # --- feeds ---------------------------------------------------------------------------------------
@@ -104,10 +105,11 @@ def test_another_region_s_feed_is_refused_and_audited(story, people, settings):
     assert "not entitled to region 130000" in refused.stderr and "t-js-cc may see 320000" in refused.stderr
     rows = audit_rows(settings, "t-js-cc", since, action="feed", outcome="refused")
     assert rows and rows[-1][3] == "130000" and rows[-1][6] == "320000/COMMAND_CENTER"
-    own = intelbus("feed", "--json", "--since", "2h", env=people.env("t-js-cc"))  # its own feed: nothing of this
-    assert own.returncode == 0 and feed_refs(own, tag) == []
+    own = intelbus("feed", "--json", "--since", "2h", env=people.env("t-js-cc"))  # its own: the Suzhou sighting only
+    assert own.returncode == 0 and feed_refs(own, tag) == [f"130822/ztry/W-{tag}@320500:hit"]
     hebei = intelbus("feed", "--json", "--since", "2h", env=people.env("t-hb-cc"))  # control: the owner's province
-    assert feed_refs(hebei, tag) == [f"130822/ztry/W-{tag}:hit", f"TWL-{tag}:alert"]  # Langfang is in Hebei
+    assert feed_refs(hebei, tag) == [f"130822/ztry/W-{tag}@120119:hit", f"130822/ztry/W-{tag}@320500:hit",
+                                     f"TWL-{tag}:alert"]  # and Langfang, in Hebei, shares with its zone
     ok = audit_rows(settings, "t-hb-cc", since, action="feed", outcome="ok")
     assert sum(r[5] for r in ok) >= 1 and ok[-1][7] == "command_center"
 
@@ -118,7 +120,7 @@ def test_region_may_narrow_but_not_widen(story, people, settings):
     assert wider.returncode != 0 and "not entitled to region 120000" in wider.stderr
     assert audit_rows(settings, "t-jz-cc", since, action="feed", outcome="refused")
     narrowed = intelbus("feed", "--region", "120119", "--json", "--since", "2h", env=people.env("t-tj-cc"))
-    assert feed_refs(narrowed, tag) == [f"130822/ztry/W-{tag}:hit"]  # Tianjin looking at Jizhou
+    assert feed_refs(narrowed, tag) == [f"130822/ztry/W-{tag}@120119:hit"]  # Tianjin looking at Jizhou
 
 
 def test_a_zone_member_sees_what_is_shared_with_the_zone(story, people):
@@ -126,7 +128,7 @@ def test_a_zone_member_sees_what_is_shared_with_the_zone(story, people):
     wuqing = intelbus("feed", "--json", "--since", "2h", env=people.env("t-wq-cc"))
     assert [i["source_ref"] for i in lines(wuqing) if i["feed_item"] == "alert" and tag in i["source_ref"]] == [f"TWL-{tag}"]
     jiangsu = intelbus("feed", "--json", "--since", "2h", env=people.env("t-js-cc"))
-    assert not [i for i in lines(jiangsu) if tag in json.dumps(i)]
+    assert f"TWL-{tag}:alert" not in feed_refs(jiangsu, tag)
 
 
 # --- spoofing and tokens ---------------------------------------------------------------------------
@@ -237,8 +239,8 @@ def test_internal_clearance_does_not_see_secret_records(story, people):
         assert r.returncode == 0, r.stderr
         return [x["source_ref"] for x in lines(r)]
     tag = story["tag"]
-    assert refs("t-hb-analyst") == [f"W-{tag}"]
-    assert refs("t-hb-secret") == [f"W-{tag}", f"XLS-{tag}"]
+    assert refs("t-hb-analyst") == [f"TWL-{tag}", f"W-{tag}"]  # Langfang's alert and Xinglong's listing
+    assert refs("t-hb-secret") == [f"TWL-{tag}", f"W-{tag}", f"XLS-{tag}"]
     assert refs("t-js-analyst") == [f"SZ-{tag}"]
 
 
@@ -254,6 +256,9 @@ def test_internal_clearance_does_not_see_secret_records(story, people):
 ])
 def test_jiangsu_reads_no_beijing_or_hebei_row_through_any_sql_shape(story, people, sql):
     r = intelbus("sql", sql.format(tag=story["tag"]), "--format", "json", env=people.env("t-js-analyst"))
+    if sql.startswith("WITH x AS (SELECT") and r.returncode != 0:
+        assert "Syntax error" in r.stderr, r.stderr  # ClickHouse 18.16 has no CTE of a subquery; current ones do
+        return
     assert r.returncode == 0, r.stderr
     assert {x["source_ref"] for x in lines(r)} <= {f"SZ-{story['tag']}"}
 
