@@ -164,3 +164,23 @@ def people(stack, settings, tmp_path_factory):
     finally:
         store.close()
     return People(settings, passwords, tmp_path_factory.mktemp("logins"))
+
+
+@pytest.fixture(scope="session")
+def keycloak():
+    """The local Keycloak (ops/keycloak.py), started once for the session and stopped after (left
+    alone if it already ran). Skipped, saying why, only when no Java 21+ is installed."""
+    from ops import install, keycloak as kc
+    from ops.settings import load_settings
+
+    try:
+        install.find_java(21, "Keycloak 26")
+    except install.Missing as e:
+        pytest.skip(str(e))
+    settings = load_settings()
+    server = kc.start(settings, out=lambda m: print(f"[keycloak] {m}"))
+    if server.pid:
+        print(f"[keycloak] start {server.started_in_s or 0:.1f}s, {kc.rss_mb(server.pid):.0f} MB resident")
+    yield server
+    if server.started_in_s is not None:
+        kc.stop(settings, out=lambda m: print(f"[keycloak] {m}"))

@@ -25,22 +25,6 @@ PASSWORDS = {"tj-cc": "test-only-tj-cc", "js-analyst": "test-only-js-analyst"}
 
 
 @pytest.fixture(scope="module")
-def keycloak():
-    from ops import install, keycloak as kc
-    from ops.settings import load_settings
-
-    try:
-        install.find_java(21, "Keycloak 26")
-    except install.Missing as e:
-        pytest.skip(str(e))
-    settings = load_settings()
-    server = kc.start(settings, out=lambda m: print(f"[keycloak] {m}"))
-    yield server
-    if server.started_in_s is not None:
-        kc.stop(settings, out=lambda m: print(f"[keycloak] {m}"))
-
-
-@pytest.fixture(scope="module")
 def oidc_gateway(stack, keycloak, tmp_path_factory):
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     env = {**os.environ, "INTELBUS_OIDC_CONFIG": str(REPO_ROOT / "ops" / "identity" / "oidc.example.yaml"),

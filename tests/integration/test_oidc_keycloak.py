@@ -22,25 +22,6 @@ PASSWORDS = {"tj-cc": "test-only-tj-cc", "js-analyst": "test-only-js-analyst", "
 
 
 @pytest.fixture(scope="module")
-def keycloak():
-    """The local Keycloak, started for this module and stopped after (left alone if it already ran)."""
-    from ops import install, keycloak as kc
-    from ops.settings import load_settings
-
-    try:
-        install.find_java(21, "Keycloak 26")
-    except install.Missing as e:
-        pytest.skip(str(e))
-    settings = load_settings()
-    server = kc.start(settings, out=lambda m: print(f"[keycloak] {m}"))
-    if server.pid:
-        print(f"[keycloak] start {server.started_in_s or 0:.1f}s, {kc.rss_mb(server.pid):.0f} MB resident")
-    yield server
-    if server.started_in_s is not None:
-        kc.stop(settings, out=lambda m: print(f"[keycloak] {m}"))
-
-
-@pytest.fixture(scope="module")
 def verifier(keycloak):
     config = load_oidc_config(EXAMPLE_CONFIG)
     assert config.issuer == keycloak.issuer, "ops/identity/oidc.example.yaml must name the local realm"
