@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from identity.sqlscope import scope_sql
+from sinks.rows import COLUMNS
 
 
 # --- server access: the only place that knows how to reach ClickHouse as an admin -----------
@@ -39,6 +40,14 @@ def _unit_module():
 U = _unit_module()
 
 
+def _as_driver_row(table: str, row: tuple) -> tuple:
+    """DateTime columns as datetimes (the unit module keeps them as epoch seconds for SQL literals)."""
+    from datetime import datetime, timezone
+
+    return tuple(datetime.fromtimestamp(v, tz=timezone.utc).replace(tzinfo=None)
+                 if c in ("occurred_at", "detected_at") else v for c, v in zip(COLUMNS[table], row))
+
+
 @pytest.fixture(scope="module")
 def scratch(stack, settings):
     from sinks.migrate import apply_migrations
@@ -49,7 +58,9 @@ def scratch(stack, settings):
         apply_migrations(ex)
         for table, rows in U.sample_rows().items():
             for _ in range(2):  # delivered twice: FINAL shows each row once
-                ex.execute(U.insert_sql(db, table, rows))
+                # as the sink inserts (rows as data): 18.16's native protocol waits for data after an
+                # INSERT whose VALUES are in the query text
+                ex.insert(table, COLUMNS[table], [_as_driver_row(table, r) for r in rows])
         major = int(ex.query("SELECT version()")[1][0][0].split(".")[0])
         yield ex, db, major
     finally:

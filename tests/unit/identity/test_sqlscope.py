@@ -77,18 +77,14 @@ def insert_sql(database: str, table: str, rows: list[tuple]) -> str:
     return f"INSERT INTO {database}.{table} ({', '.join(cols)}) VALUES {values}"
 
 
-def analyst_scopes(region: str, clearance_levels=("PUBLIC", "INTERNAL"), regions=None) -> dict[str, str]:
-    """What an analyst of `region` may read, per table (as sinks.queries.scope_predicates builds it),
-    plus the classification filter of the analyst's clearance."""
-    regions = regions or load_regions()
-    like = sql_literal(regions.descendants_prefix(region) + "%")
-    shared_with = [region, *regions.ancestors(region), *sorted(regions.zones_of(region))]
-    zones = sorted(z for z in regions.zones() if any(
-        regions.is_within(region, m) or regions.is_within(m, region) for m in regions.zone_members(z)))
-    cleared = f"classification IN ({', '.join(sql_literal(c) for c in clearance_levels)})"
-    event = f"(source_region LIKE {like} OR region LIKE {like} OR hasAny(share_scope, {sql_literal(shared_with)}))"
-    hit = f"(arrayExists(n -> n LIKE {like}, notify_regions) OR hasAny(notify_regions, {sql_literal(zones or [''])}))"
-    return {"events": f"{event} AND {cleared}", "event_subjects": f"{event} AND {cleared}", "hits": f"{hit} AND {cleared}"}
+def analyst_scopes(region: str, clearance: str = "INTERNAL", regions=None) -> dict[str, str]:
+    """What an analyst of `region` may read, per table: identity.entitlement's predicates, as the gateway uses them."""
+    from identity.entitlement import Entitlement
+    from identity.principals import Identity
+
+    ent = Entitlement(Identity(name="a", kind="person", region=region, branch="INTELLIGENCE",
+                               roles=frozenset({"analyst"}), clearance=clearance), regions or load_regions())
+    return ent.sql_scopes(region)
 
 
 JIANGSU = analyst_scopes("320000")
@@ -109,7 +105,8 @@ SHAPES = [
     ("comments", "SELECT source_ref /* FROM system.tables */ FROM events -- UNION ALL SELECT name FROM system.tables\n"
                  "ORDER BY source_ref", [(r,) for r in VISIBLE_EVENTS], True),
     ("comma join", "SELECT e.source_ref, s.id_value FROM events AS e, event_subjects AS s "
-                   "WHERE e.event_id = s.event_id ORDER BY e.source_ref", [(r, r) for r in VISIBLE_EVENTS], True),
+                   "WHERE e.event_id = s.event_id ORDER BY e.source_ref", [(r, r) for r in VISIBLE_EVENTS],
+     False),  # 18.16 fails a comma join of two subqueries ("Logical error: unknown combination of JOIN")
     ("ANY LEFT JOIN", "SELECT e.source_ref, h.record_key FROM events AS e ANY LEFT JOIN hits AS h "
                       "ON e.event_id = h.trigger_event_id ORDER BY e.source_ref", [("BJ-SHARED", ""), ("JS-1", "H-JS")], True),
     ("GLOBAL ANY INNER JOIN USING", "SELECT source_ref, id_value FROM events GLOBAL ANY INNER JOIN event_subjects "
@@ -126,7 +123,7 @@ SHAPES = [
     ("UNION ALL", "SELECT r FROM (SELECT source_ref AS r FROM events UNION ALL SELECT record_key AS r FROM hits) ORDER BY r",
      [("BJ-SHARED",), ("H-JS",), ("JS-1",)], True),
     ("ARRAY JOIN", "SELECT source_ref, s FROM events ARRAY JOIN share_scope AS s", [("BJ-SHARED", "320000")], True),
-    ("numbers()", "SELECT count() FROM numbers(3)", [(3,)], True),
+    ("numbers()", "SELECT count() FROM numbers(3)", [(3,)], False),  # 18.16: table functions forbidden to readonly users
     ("no table", "SELECT 1 + 1", [(2,)], True),
     ("old LIMIT", "SELECT source_ref FROM events ORDER BY source_ref LIMIT 1, 1", [("JS-1",)], True),
     ("old functions", "SELECT toStartOfHour(occurred_at) = toStartOfHour(occurred_at), if(lat IS NULL, 0, 1) "
@@ -329,7 +326,7 @@ def test_beijing_sees_its_own_rows_through_the_same_function(engine):
     beijing = analyst_scopes("110000")
     rows = engine.query(scope_sql("SELECT source_ref FROM events ORDER BY source_ref", database=DB, scopes=beijing))[1]
     assert rows == [("BJ-1",), ("BJ-SHARED",)]
-    secret = analyst_scopes("320000", ("PUBLIC", "INTERNAL", "SECRET"))
+    secret = analyst_scopes("320000", "SECRET")
     rows = engine.query(scope_sql("SELECT record_key FROM hits ORDER BY record_key", database=DB, scopes=secret))[1]
     assert rows == [("H-JS",), ("H-JS-SECRET",)]
 
