@@ -339,9 +339,12 @@ def spoof_refusal(identity: Identity, claims: dict) -> str:
     return ""
 
 
+_ACTIONS = {"queries": "query"}  # the audit log's action for a path segment, where they differ
+
+
 def _action_of(request: Request) -> str:
     parts = request.url.path.split("/")
-    return parts[3] if len(parts) > 3 and parts[1] == "api" else request.url.path
+    return _ACTIONS.get(parts[3], parts[3]) if len(parts) > 3 and parts[1] == "api" else request.url.path
 
 
 def build_services(settings) -> Services:

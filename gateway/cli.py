@@ -124,7 +124,7 @@ def add_whoami(p):
         print(f"{me['name']} {me['display_name']}".strip() + f"  ({me['kind']}, issued by {me['issuer']})")
         print(f"  agency     {_agency(me)}")
         print(f"  roles      {', '.join(me['roles']) or '-'}  (may: {', '.join(me['may']) or 'nothing'})")
-        print(f"  clearance  {me['clearance']}  (reads {', '.join(me['sees']['classifications'])})")
+        print(f"  clearance  {me['clearance']}  (reads {', '.join(me['sees']['classifications']) or 'no records'})")
         print(f"  sees       {me['sees']['regions']}; zones {', '.join(me['sees']['zones']) or '-'}")
         if me["publishes_for"]:
             print(f"  publishes  for {', '.join(me['publishes_for'])}")

@@ -29,6 +29,9 @@ from schemas.regions import RegionTable, validate_region_code
 ROLES_FILE = Path(__file__).resolve().parent.parent / "ops" / "identity" / "roles.yaml"
 
 
+DATA_ACTIONS = ("feed", "query", "sql")  # the actions that return records (the others: the audit log, publishing)
+
+
 class NotEntitled(PermissionError):
     """A refusal; str() says what is missing, in one line."""
 
@@ -126,7 +129,9 @@ class Entitlement:
             "agency": {"region": i.region, "region_name": self.regions.name(i.region), "branch": i.branch},
             "roles": sorted(i.roles), "clearance": i.clearance,
             "may": sorted(a for a in action_roles() if self.allows(a)),
-            "sees": {"regions": f"{view} {self.regions.name(view)} and the regions inside it",
-                     "zones": self.zones(view), "classifications": list(self.classifications)},
+            "sees": ({"regions": f"{view} {self.regions.name(view)} and the regions inside it",
+                      "zones": self.zones(view), "classifications": list(self.classifications)}
+                     if any(self.allows(a) for a in DATA_ACTIONS) else
+                     {"regions": "no records (its roles read none)", "zones": [], "classifications": []}),
             "publishes_for": sorted(i.publish_regions),
         }

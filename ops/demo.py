@@ -17,6 +17,8 @@ import time
 from ops.cli import main as intelbus
 from ops.settings import REPO_ROOT
 
+HITS_BY_REGION = ("SELECT owner_region, hit_region, count() AS hits FROM hits GROUP BY owner_region, hit_region "
+                  "ORDER BY hits DESC LIMIT 6")
 FEED_SECONDS = int(os.environ.get("INTELBUS_DEMO_SECONDS", "60"))
 
 
@@ -95,11 +97,11 @@ def main() -> int:
     simulator.wait(timeout=120)
     time.sleep(3)  # let the sink's last batch land
 
-    say("A Jiangsu analyst logs in: it sees Jiangsu's history, and nothing of Beijing-Tianjin-Hebei")
+    say("A Jiangsu analyst logs in: it sees Jiangsu's events and the hits Jiangsu is part of, nothing else")
     login_as("js-analyst", passwords)
     for argv in (["sql", "SELECT source_region, count() AS events FROM events GROUP BY source_region "
                          "ORDER BY events DESC LIMIT 5", "--purpose", "make demo"],
-                 ["query", "hits", "--purpose", "make demo"]):
+                 ["sql", HITS_BY_REGION, "--purpose", "make demo"]):
         run_cli(argv)
         print()
     say("What the Jiangsu analyst is refused")
@@ -111,7 +113,7 @@ def main() -> int:
         print()
     say("Hebei's analyst on the same history")
     login_as("hb-analyst", passwords)
-    for argv in (["query", "hits", "--purpose", "make demo"], ["query", "time-to-hit", "--purpose", "make demo"]):
+    for argv in (["sql", HITS_BY_REGION, "--purpose", "make demo"], ["query", "time-to-hit", "--purpose", "make demo"]):
         run_cli(argv)
         print()
     say("The auditor: every refusal above, with who, which agency and why")
@@ -124,7 +126,7 @@ def main() -> int:
           "  intelbus feed --follow                       your agency's live feed\n"
           "  intelbus query --list                        the named analyst queries and their parameters\n"
           "  intelbus sql \"SELECT ...\" --purpose REF      read-only SQL, scoped to what you may see\n"
-          f"  {settings.gateway_url}/docs                 the gateway's API (OpenAPI)\n"
+          f"  {settings.gateway_url + '/docs':<45}the gateway's API (OpenAPI)\n"
           "  intelbus status / intelbus down               the stack keeps running until you stop it")
     return 0
 

@@ -50,6 +50,21 @@ def _age(at, now: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago"
 
 
+def cst(value) -> str:
+    """A time as people read it here: China Standard Time (the bus stores and carries UTC)."""
+    from datetime import datetime, timedelta, timezone
+
+    if value is None or value == "":
+        return "-"
+    try:
+        at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S CST")
+
+
 _TYPE_ZH = {"WANTED_PERSON": "在逃人员", "WATCH_MATCH": "布控比中", "CASE_LINK": "串并案线索"}
 
 
@@ -68,10 +83,10 @@ def render_block(hit: dict, regions, now: float | None = None) -> str:
     elif hit["record_kind"] == "ALERT":
         what = f"watch {record.get('source_ref')}: {record.get('title')} · {record.get('priority')}"
     else:
-        what = f"incident {record.get('source_ref')}: {record.get('incident_type')} at {record.get('occurred_at')}"
+        what = f"incident {record.get('source_ref')}: {record.get('incident_type')} at {cst(record.get('occurred_at'))}"
     location = trigger.get("location") or {}
     event = (f"{trigger.get('incident_type') or trigger.get('alert_type')} {trigger.get('source_ref')} "
-             f"at {trigger.get('occurred_at')} {location.get('address') or ''}").strip()
+             f"at {cst(trigger.get('occurred_at'))} {location.get('address') or ''}").strip()
     rows = [
         ("命中 hit", f"{hit['hit_type']} {_TYPE_ZH.get(hit['hit_type'], '')} · {hit['classification']} · {_age(hit['detected_at'], now)}"),
         ("记录方 owner", region(hit["owner_region"])),

@@ -39,3 +39,11 @@ def test_alert_block_labels_line_up_in_display_width():
     value_columns = {display_width(l[:re.match(r"^  \S.*?\s{2,}(?=\S)", l).end()]) for l in lines}
     assert len(value_columns) == 1
     assert "京A12345, 13800138000" in "\n".join(lines)
+
+
+def test_times_are_shown_in_china_standard_time():
+    from sinks.feed import cst
+
+    assert cst("2026-11-30T01:15:52.140+00:00") == "2026-11-30 09:15:52 CST"
+    assert cst(datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)) == "2026-12-01 04:00:00 CST"
+    assert cst(None) == "-"
