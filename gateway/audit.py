@@ -13,8 +13,7 @@ from datetime import datetime, timezone
 
 from identity.principals import Identity
 
-AUDIT_COLUMNS = ("at", "at_ms", "user", "region", "purpose", "action", "query_name", "query_text", "params", "row_count",
-                 "principal_kind", "agency", "roles", "issuer", "token_id", "door", "outcome", "reason")
+from sinks.rows import AUDIT_COLUMNS  # noqa: E402  (one column list for every writer of the audit log)
 UNAUTHENTICATED = "(unauthenticated)"
 
 

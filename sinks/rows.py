@@ -22,7 +22,8 @@ DEAD_LETTER_COLUMNS = ("dlq_id", "stage", "source", "kind", "field", "reason", "
                        "source_system", "failed_at", "failed_ms", "ingested_ms")
 DUPLICATE_COLUMNS = ("event_id", "kind", "record_key", "revision", "source_region", "source_system", "source",
                      "dropped_at", "dropped_ms", "ingested_ms")
-AUDIT_COLUMNS = ("at", "at_ms", "user", "region", "purpose", "action", "query_name", "query_text", "params", "row_count")
+AUDIT_COLUMNS = ("at", "at_ms", "user", "region", "purpose", "action", "query_name", "query_text", "params", "row_count",
+                 "principal_kind", "agency", "roles", "issuer", "token_id", "door", "outcome", "reason")
 
 COLUMNS = {"events": EVENT_COLUMNS, "event_subjects": SUBJECT_COLUMNS, "hits": HIT_COLUMNS,
            "dead_letters": DEAD_LETTER_COLUMNS, "duplicates": DUPLICATE_COLUMNS, "audit_log": AUDIT_COLUMNS}
@@ -82,6 +83,19 @@ def dead_letter_row(dl: dict, ingested_ms: int) -> tuple:
         str(dl["dlq_id"]), dl["stage"], dl["source"], dl.get("kind") or "", dl.get("field") or "", dl["reason"],
         raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw),
         dl.get("source_region") or "", dl.get("source_system") or "", utc(dl["failed_at"]), dl["failed_at"], ingested_ms,
+    )
+
+
+def refused_record_audit_row(dl: dict, ingested_ms: int) -> tuple:
+    """The audit row of a record refused for its proof of publisher (stage VERIFY): who claimed to
+    publish it, for which region, and why it was refused (AUDIT_COLUMNS order)."""
+    import json
+
+    return (
+        utc(dl["failed_at"]), dl["failed_at"], f"(publisher) {dl.get('source_system') or 'unknown'}",
+        dl.get("source_region") or "", "", "verify", "", dl["source"],
+        json.dumps({"dlq_id": str(dl["dlq_id"]), "kind": dl.get("kind")}), 0,
+        "system", dl.get("source_region") or "", "", "", "", "jobs", "refused", dl["reason"],
     )
 
 

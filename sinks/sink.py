@@ -251,7 +251,10 @@ class RowBuilder:
         if topic == HIT_TOPIC:
             return [("hits", rows.hit_row(record, now_ms))]
         if topic == DLQ_TOPIC:
-            return [("dead_letters", rows.dead_letter_row(record, now_ms))]
+            out = [("dead_letters", rows.dead_letter_row(record, now_ms))]
+            if record["stage"] == "VERIFY":  # a record refused for its proof of publisher is an audit event too
+                out.append(("audit_log", rows.refused_record_audit_row(record, now_ms)))
+            return out
         raise ValueError(f"the sink does not read {topic}")
 
 

@@ -459,7 +459,8 @@ def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float, be
         try:
             async for events in stream.take_events(batch_size, within=within):
                 batch = [
-                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                             header_pairs(e.message.headers))
                     for e in events
                 ]
                 if before is not None:
@@ -492,6 +493,15 @@ def provinces_of(notify: list[str], regions) -> list[str]:
 def hit_record(hit: dict) -> dict:
     """The hit as the Avro codec takes it (the codec converts epoch ms itself)."""
     return hit
+
+
+def header_pairs(headers) -> tuple:
+    """A message's headers as (name, bytes) pairs, whether the transport gave a list or a mapping."""
+    if not headers:
+        return ()
+    if hasattr(headers, "items"):
+        return tuple(headers.items())
+    return tuple(headers)
 
 
 def dead_letter_record(dl: DeadLetter) -> dict:

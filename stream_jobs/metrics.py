@@ -10,6 +10,8 @@ UNIQUE = Counter("intelbus_jobs_unique_events_total", "Events forwarded once to 
 DUPLICATES = Counter("intelbus_jobs_duplicates_dropped_total", "Duplicate events dropped", ["kind", "source_system"])
 HITS = Counter("intelbus_jobs_hits_total", "Hits emitted to intel.hit, by type and province pair",
                ["hit_type", "owner_province", "hit_province"])
+UNVERIFIED = Counter("intelbus_jobs_unverified_total", "Records refused for their proof of publisher (sent to intel.dlq, "
+                     "stage VERIFY, never matched), by reason code", ["code"])
 DUPLICATE_HITS = Counter("intelbus_jobs_duplicate_hits_dropped_total", "Hit candidates already emitted", ["hit_type"])
 PARTITION_REPAIRS = Counter("intelbus_jobs_partition_repairs_total",
                             "Partitions whose committed offset had stopped moving with work past it; each made "
@@ -56,6 +58,8 @@ def observe_batch(stage: str, size: int, seconds: float, result) -> None:
             UNIQUE.labels(key[1]).inc(n)
         elif what == "duplicate":
             DUPLICATES.labels(key[1], key[2]).inc(n)
+        elif what == "unverified":
+            UNVERIFIED.labels(key[1]).inc(n)
         elif what == "duplicate_hit":
             DUPLICATE_HITS.labels(key[1]).inc(n)
         elif what == "hit":

@@ -44,6 +44,7 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple = ()  # Kafka headers as (name, bytes) pairs: the publisher's proof travels here
 
     @property
     def source(self) -> str:
@@ -60,7 +61,7 @@ class Outgoing:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    stage: str  # DECODE | VALIDATE | DEDUPE | MATCH
+    stage: str  # VERIFY | DECODE | VALIDATE | DEDUPE | MATCH
     source: str
     reason: str
     raw: bytes
@@ -132,8 +133,10 @@ def event_region(kind: str, record: dict) -> str:
 class DedupeStage:
     """Drops events seen within the window; forwards the rest and the index operations they imply."""
 
-    def __init__(self, *, decode, normalise, state: PartitionedState, partitions: int, window_ms: int):
+    def __init__(self, *, decode, normalise, state: PartitionedState, partitions: int, window_ms: int, verify=None):
         self.decode = decode  # bytes -> dict (timestamps as epoch ms); ValueError on bad input
+        # (value, headers, source_region) -> None if the publisher's proof holds, else (code, reason)
+        self.verify = verify
         self.normalise = normalise
         self.state = state
         self.partitions = partitions
@@ -211,6 +214,15 @@ class DedupeStage:
         except ValueError as exc:
             result.dead_letters.append(DeadLetter("DECODE", msg.source, str(exc), msg.value, kind))
             return None
+        if self.verify is not None:
+            # before any state, index or match: the decode above only reads the region the record claims
+            refusal = self.verify(msg.value, msg.headers, record.get("source_region") or "")
+            if refusal is not None:
+                code, reason = refusal
+                result.counts[("unverified", code)] += 1
+                result.dead_letters.append(DeadLetter("VERIFY", msg.source, f"{code}: {reason}", msg.value, kind, None,
+                                                      record.get("source_region"), record.get("source_system")))
+                return None
         try:
             normalise_subjects(kind, record, self.normalise)
         except InvalidSubject as exc:

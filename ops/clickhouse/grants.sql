@@ -12,8 +12,9 @@
 -- Who may do what:
 --   the admin (`default` in intelbus's settings): migrations, everything else; the only one that
 --       may ALTER, DELETE from or drop the audit log
---   intelbus_sink     INSERT into the history tables; SELECT schema_migrations (it checks at start
---                     that the schema is current)
+--   intelbus_sink     INSERT into the history tables, and into audit_log the rows of records refused
+--                     for their proof of publisher; SELECT schema_migrations (it checks at start that
+--                     the schema is current)
 --   intelbus_gateway  INSERT and SELECT on audit_log only (people's queries run as the reader)
 --   intelbus_reader   SELECT on the history tables (not the audit log), readonly = 1 that no
 --                     query may change
@@ -29,6 +30,8 @@ GRANT INSERT ON intelbus.hits TO intelbus_sink;
 GRANT INSERT ON intelbus.dead_letters TO intelbus_sink;
 GRANT INSERT ON intelbus.duplicates TO intelbus_sink;
 GRANT SELECT ON intelbus.schema_migrations TO intelbus_sink;
+-- the audit row of a record refused for its proof of publisher (dead letters of stage VERIFY)
+GRANT INSERT ON intelbus.audit_log TO intelbus_sink;
 
 GRANT INSERT, SELECT ON intelbus.audit_log TO intelbus_gateway;
 

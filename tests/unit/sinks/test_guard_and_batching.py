@@ -36,3 +36,31 @@ def test_bisect_finds_the_rows_clickhouse_refuses():
 
 def test_chinese_text_aligns_by_display_width():
     assert display_width("蓟州区") == 6 and pad("蓟州区", 8) == "蓟州区  "
+
+
+def test_a_record_refused_for_its_proof_is_stored_as_a_dead_letter_and_an_audit_row():
+    from sinks.rows import AUDIT_COLUMNS, COLUMNS
+    from sinks.sink import DLQ_TOPIC, RowBuilder
+
+    class Msg:
+        def __init__(self, stage):
+            self.stage = stage
+
+        def topic(self):
+            return DLQ_TOPIC
+
+        def value(self):
+            return self.stage.encode()
+
+    def decode(value):
+        return {"dlq_id": "d1", "stage": value.decode(), "source": "intel.incident/3/41", "kind": "incident",
+                "field": None, "reason": "UNSIGNED: the record carries no intelbus-key-id header", "raw": b"x",
+                "source_region": "110105", "source_system": "kakou", "failed_at": 1_795_000_000_000}
+
+    rows = RowBuilder(decode)(Msg("VERIFY"))
+    assert [t for t, _ in rows] == ["dead_letters", "audit_log"]
+    audit = dict(zip(AUDIT_COLUMNS, rows[1][1]))
+    assert (audit["user"], audit["action"], audit["outcome"], audit["region"]) == (
+        "(publisher) kakou", "verify", "refused", "110105")
+    assert audit["reason"].startswith("UNSIGNED") and len(rows[1][1]) == len(COLUMNS["audit_log"])
+    assert [t for t, _ in RowBuilder(decode)(Msg("DECODE"))] == ["dead_letters"]  # other refusals: no audit row

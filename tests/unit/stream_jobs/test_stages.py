@@ -345,3 +345,23 @@ def test_a_check_batched_before_the_arrest_that_came_after_it_still_hits_and_one
                        ("incident", incident("120119", "C2", persons=[person(ID18)], t=T0 + 3000)),
                        ("wanted", wanted("130822", "W1", "ARRESTED", rev=2, t=T0 + 2000))])
     assert [json.loads(h["trigger"])["source_ref"] for h in bus.distinct_hits().values()] == ["C1"]
+
+
+def test_a_record_whose_proof_fails_is_dead_lettered_before_dedupe_and_matches_nothing():
+    """The dedupe stage asks its verifier first: a refused record reaches no state, no index, no hit."""
+    refused_refs = {"FORGED"}
+
+    def verify(value, headers, source_region):
+        ref = json.loads(value)["source_ref"]
+        return ("REGION_NOT_ALLOWED", f"{ref}: key may not publish for {source_region}") if ref in refused_refs else None
+
+    bus = Bus()
+    bus.dedupe.verify = verify
+    bus.publish("wanted", wanted("130822", "W1"))
+    bus.publish("incident", incident("110105", "FORGED", persons=[person(ID18)]))
+    assert [(d.stage, d.reason, d.source_region) for d in bus.dead] == [
+        ("VERIFY", "REGION_NOT_ALLOWED: FORGED: key may not publish for 110105", "110105")]
+    assert bus.distinct_hits() == {} and [json.loads(u.value)["source_ref"] for u in bus.unique] == ["W1"]
+    assert bus.records.get(zlib.crc32(b"110105/sys/FORGED") % P, b"110105/sys/FORGED") is None  # not remembered
+    bus.publish("incident", incident("120119", "GOOD", persons=[person(ID18)]))  # control: a verified sighting hits
+    assert len(bus.distinct_hits()) == 1
