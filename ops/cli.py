@@ -33,6 +33,7 @@ COMMANDS = [
     ("audit", "auditors: who read what, when, why, and what was refused", "gateway.cli:add_audit"),
     ("gateway", "run the gateway (people's one door: login, feed, queries, audit) in the foreground", "gateway.cli:add_gateway"),
     ("access", "operators: add, disable, reset, grant, revoke and list principals (persons and systems)", "identity.access_cli:add_access"),
+    ("keys", "operators: create, rotate, revoke and list the systems' signing keys (proof of publisher on every record)", "identity.keys_cli:add_keys"),
     ("verify", "compare the bus's hits and events with a simulator's ground truth (recall, false hits)", "ops.verify:add_verify"),
     ("jobs", "run the stream jobs (dedupe, matcher, hits) in the foreground with logs", "stream_jobs.worker:add_jobs"),
 ]

@@ -64,10 +64,15 @@ class Settings:
     oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")
     metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
+    signing_key_file: str = _env("INTELBUS_SIGNING_KEY_FILE", "the key file RegionalProducer, `publish` and `simulate` "
+                                 "sign records with (`intelbus keys create --out`; default <stack dir>/identity/keys/local.json, "
+                                 "made by `up`); missing: records go unsigned and the bus refuses them", "")
 
     def __post_init__(self):
         if not self.secrets_dir:
             object.__setattr__(self, "secrets_dir", str(Path(self.stack_dir) / "secrets"))
+        if not self.signing_key_file:
+            object.__setattr__(self, "signing_key_file", str(Path(self.stack_dir) / "identity" / "keys" / "local.json"))
 
     @property
     def stack_path(self) -> Path:

@@ -20,12 +20,18 @@ Publishing acts as the logged-in identity (`intelbus login`): it needs the integ
 and a record whose source_region is outside the regions that identity publishes for is
 refused like any bad line (`intelbus whoami` lists them).
 
+Every record is signed (Kafka headers intelbus-key-id, intelbus-signature) with the key
+file of --key-file, else of INTELBUS_SIGNING_KEY_FILE (default <stack dir>/identity/keys/
+local.json, made by `intelbus up`); the bus refuses unsigned records and records for a
+region the key may not publish for. `intelbus keys` makes and rotates key files.
+
 Exit codes: 0 all published; 1 some records refused or undelivered; 2 usage error or
 Kafka / schema registry unreachable.
 
 Examples:
   intelbus publish --kind incident --region 120119 --system kakou checks.jsonl
   intelbus publish --kind wanted --strict wanted.csv
+  intelbus publish --kind incident --key-file xl-ztry.key.json --region 130822 checks.jsonl
   cat alerts.jsonl | intelbus publish --kind alert -
 """
 
@@ -35,6 +41,8 @@ def add_publish(p):
     p.add_argument("--region", help="source_region for records without one (six-digit code, e.g. 120119)")
     p.add_argument("--system", help="source_system for records without one (your local system's name)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad; send nothing")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="sign with this key file (`intelbus keys create/rotate --out`); default: INTELBUS_SIGNING_KEY_FILE")
     p.add_argument("--topic", help="publish to this topic instead of intel.<kind> (staging, benchmarks)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT while publishing "
@@ -125,6 +133,21 @@ def publish_command(args) -> int:
     except PermissionError as exc:
         print(f"intelbus publish: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from producers.regional import resolve_signer
+    from schemas.proof import KeyFileError
+
+    try:  # a named key file must be usable; a missing default one only warns (RegionalProducer)
+        signer = resolve_signer(args.key_file, settings)
+    except KeyFileError as exc:
+        print(f"intelbus publish: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from schemas.regions import load_regions
+
+    is_within = load_regions().is_within
+    if signer is not None and args.region and not signer.may_publish_for(args.region, is_within):
+        print(f"intelbus publish: key {signer.key_id} of system {signer.system} may publish for {signer.regions_text()}, "
+              f"not for {args.region} (--key-file, or INTELBUS_SIGNING_KEY_FILE)", file=sys.stderr)
+        return EXIT_USAGE
     unreachable = _check_reachable(settings)
     if unreachable:
         print(f"intelbus publish: {unreachable}", file=sys.stderr)
@@ -137,7 +160,8 @@ def publish_command(args) -> int:
     summary = PublishSummary()
     started = time.monotonic()
     progress = Progress(None if args.file == "-" else _count_lines(args.file))
-    producer = RegionalProducer(region=args.region, system=args.system, settings=settings, topic=args.topic)
+    producer = RegionalProducer(region=args.region, system=args.system, settings=settings, topic=args.topic,
+                                signer=signer if signer is not None else False)
     short = name.rsplit("/", 1)[-1]
     seen_ids: set[str] = set()
     staged: list = []  # --strict: (kind, valid) held back until the whole file is known good
@@ -158,6 +182,11 @@ def publish_command(args) -> int:
                 _refuse(producer, args, short, line, "source_region",
                         f"{publisher.name} may not publish for {valid['source_region']} "
                         f"(publishes for {', '.join(sorted(publisher.regions))})", summary, refused)
+                continue
+            if signer is not None and not signer.may_publish_for(valid["source_region"], is_within):
+                _refuse(producer, args, short, line, "source_region",
+                        f"key {signer.key_id} of system {signer.system} may publish for {signer.regions_text()}, "
+                        f"not for {valid['source_region']} (the bus would refuse it)", summary, refused)
                 continue
             if valid["event_id"] in seen_ids:
                 summary.duplicates_in_file += 1

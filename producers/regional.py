@@ -8,12 +8,22 @@
 A record is validated and normalised before it is sent (`RecordError` names the field and
 the reason); one that fails never reaches the input topic. Messages are Avro in the
 Confluent wire format, keyed by the record key so revisions of one record stay ordered.
+
+Every message it produces, input records and its own dead letters alike, carries proof of
+its publisher (schemas/proof.py): three headers with the key id and an HMAC-SHA256 of the
+exact value bytes: about 2 µs to sign and 2 µs more for librdkafka to take the headers
+(both measured offline). The key comes from `signer=` (a SigningKey or a key
+file's path) or else from the setting signing_key_file (INTELBUS_SIGNING_KEY_FILE, default
+<stack dir>/identity/keys/local.json, made by `intelbus up`). With no key file there, it
+publishes unsigned and logs one warning: the stream jobs refuse unsigned records.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from confluent_kafka import Producer
@@ -22,10 +32,38 @@ from ops.settings import Settings, load_settings
 from producers import metrics
 from schemas.catalog import DLQ_TOPIC, input_topic
 from schemas.ids import record_key
+from schemas.proof import SigningKey, load_key_file, sign_headers
 from schemas.records import RecordError, validate_record
 from schemas.wire import SchemaCodec
 
-__all__ = ["RegionalProducer", "RecordError", "Published", "DeliveryStats", "producer_config"]
+__all__ = ["RegionalProducer", "RecordError", "Published", "DeliveryStats", "producer_config", "resolve_signer"]
+
+log = logging.getLogger("intelbus.producer")
+_warned: set[str] = set()
+
+
+def resolve_signer(signer, settings: Settings) -> SigningKey | None:
+    """The key to sign with: `signer` itself, the key file it names, or the settings' key file.
+
+    signer=False: deliberately unsigned (no warning). A key file that exists but cannot be
+    used raises schemas.proof.KeyFileError; a missing default file gives None and one warning
+    per process naming the setting.
+    """
+    if signer is False:
+        return None
+    if isinstance(signer, SigningKey):
+        return signer
+    if signer is not None:
+        return load_key_file(signer)
+    path = Path(settings.signing_key_file)
+    if path.exists():
+        return load_key_file(path)
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("no signing key at %s (setting signing_key_file, INTELBUS_SIGNING_KEY_FILE): publishing unsigned "
+                    "records, which the bus refuses (`intelbus keys create ... --out FILE`, or `intelbus up` for the "
+                    "local stack's key)", path)
+    return None
 
 
 def producer_config(settings: Settings, **overrides) -> dict:
@@ -71,8 +109,13 @@ class DeliveryStats:
 class RegionalProducer:
     def __init__(self, *, region: str | None = None, system: str | None = None, settings: Settings | None = None,
                  codec: SchemaCodec | None = None, kafka_overrides: dict | None = None, on_delivery=None,
-                 topic: str | None = None):
+                 topic: str | None = None, signer: SigningKey | str | Path | None | bool = None,
+                 kafka_producer=None):
+        """signer: a SigningKey, a key file's path, None (the setting signing_key_file) or False (unsigned).
+        kafka_producer: an object with confluent_kafka.Producer's produce/poll/flush/len in its place
+        (tests and offline benchmarks); its delivery reports are then the caller's business."""
         self.settings = settings or load_settings()
+        self.signer = resolve_signer(signer, self.settings)
         self.region, self.system = region, system
         self.codec = codec or SchemaCodec(url=self.settings.registry_url)
         # A delivery report per message costs about 3 µs in librdkafka's Python binding,
@@ -82,7 +125,7 @@ class RegionalProducer:
         config = producer_config(self.settings, **(kafka_overrides or {}))
         config.setdefault("delivery.report.only.error", on_delivery is None)
         config["on_delivery"] = self._delivered
-        self._producer = Producer(config)
+        self._producer = Producer(config) if kafka_producer is None else kafka_producer
         self._stats = DeliveryStats()
         self._user_callback = on_delivery
         self._closed = False
@@ -155,10 +198,15 @@ class RegionalProducer:
             sent[topic] = 0
         key = record_key(valid["source_region"], valid["source_system"], valid["source_ref"])
         value, key_bytes = self.codec.encode(topic, valid), key.encode()
+        headers = None
         try:
-            self._producer.produce(topic, value, key_bytes)
+            if self.signer is None:
+                self._producer.produce(topic, value, key_bytes)
+            else:
+                headers = sign_headers(value, self.signer)
+                self._producer.produce(topic, value, key_bytes, headers=headers)
         except BufferError:
-            self._produce(topic, value, key_bytes)  # waits for room in librdkafka's queue
+            self._produce(topic, value, key_bytes, headers)  # waits for room in librdkafka's queue
         else:
             self._producer.poll(0)
             self._until_settle -= 1
@@ -184,16 +232,20 @@ class RegionalProducer:
             "failed_at": int(time.time() * 1000),
         }
         key = (source_region or self.region or "").encode() or None
-        self._produce(DLQ_TOPIC, self.codec.encode(DLQ_TOPIC, record), key)
+        value = self.codec.encode(DLQ_TOPIC, record)
+        self._produce(DLQ_TOPIC, value, key, None if self.signer is None else sign_headers(value, self.signer))
         self._stats.dead_letters += 1
 
     def _kind_of(self, topic: str) -> str:
         return self._kind_by_topic.get(topic, "unknown")
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers=None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                if headers is None:
+                    self._producer.produce(topic, value, key)
+                else:
+                    self._producer.produce(topic, value, key, headers=headers)
                 break
             except BufferError:  # local queue full: serve deliveries, then retry
                 self._producer.poll(0.1)

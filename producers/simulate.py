@@ -15,6 +15,8 @@ records (duplicates) and includes a few invalid ones (refused before the bus).
 --truth FILE writes, as JSON Lines, every hit a correct bus must produce and a summary
 line with the number of distinct events, duplicates and invalid records.
 --out DIR writes the records as JSON Lines files per kind instead of publishing them.
+Records are signed with --key-file, else INTELBUS_SIGNING_KEY_FILE (the local stack's key,
+made by `intelbus up`, may publish for every region, as the simulator needs).
 
 Examples:
   intelbus simulate --count 100000 --rate 5000 --seed 7 --truth truth.jsonl
@@ -41,6 +43,7 @@ def add_simulate(p):
     p.add_argument("--settle", action="store_true",
                    help="before each new phase, wait until the stream jobs have read everything so far")
     p.add_argument("--ref-prefix", default="", help="prefix for every source_ref, to tell runs apart on one bus")
+    p.add_argument("--key-file", metavar="FILE", help="sign with this key file (default: INTELBUS_SIGNING_KEY_FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (default INTELBUS_METRICS_PORT_BASE + 30, "
@@ -79,7 +82,15 @@ def simulate_command(args) -> int:
     from producers.publish import _check_reachable
     from ops.settings import load_settings
 
+    from producers.regional import resolve_signer
+    from schemas.proof import KeyFileError
+
     settings = load_settings()
+    try:
+        signer = resolve_signer(getattr(args, "key_file", None), settings)
+    except KeyFileError as exc:
+        print(f"intelbus simulate: {exc}", file=sys.stderr)
+        return 2
     cause = _check_reachable(settings)
     if cause:
         print(f"intelbus simulate: {cause}", file=sys.stderr)
@@ -94,7 +105,7 @@ def simulate_command(args) -> int:
         settle = lambda: wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=600)  # noqa: E731
     report = run_simulation(sim, rate=args.rate, settings=settings, phase_pause=args.phase_pause,
                             log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)),
-                            between_phases=settle)
+                            between_phases=settle, signer=signer if signer is not None else False)
     if args.truth:
         write_truth(args.truth, sim)
     print(json.dumps(report, ensure_ascii=False))
@@ -102,17 +113,18 @@ def simulate_command(args) -> int:
 
 
 def run_simulation(sim, *, rate: float, settings=None, phase_pause: float = 1.0, log=None, producer=None,
-                   between_phases=None) -> dict:
+                   between_phases=None, signer=None) -> dict:
     """Publish the simulation at `rate` records/s; returns counts. Rejected records go to the DLQ.
 
     between_phases(), when given, runs after each phase is delivered (e.g. wait until the
-    stream jobs have read it), so that what the truth assumes known is known.
+    stream jobs have read it), so that what the truth assumes known is known. signer: as
+    RegionalProducer's (None: the setting signing_key_file), when it makes the producer.
     """
     from producers.regional import RegionalProducer
     from schemas.records import RecordError
 
     own = producer is None
-    producer = producer or RegionalProducer(settings=settings)
+    producer = producer or RegionalProducer(settings=settings, signer=signer)
     started = time.monotonic()
     sent = rejected = 0
     phase = None
