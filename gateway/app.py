@@ -377,8 +377,12 @@ def serve(settings, host: str, port: int) -> int:
 
     from identity.store import PrincipalStore, store_path
 
+    from identity.keys import KeyStore, keys_path
+
     services = build_services(settings)
     flush_access_changes(PrincipalStore(store_path(settings)), services.audit_executor)
+    with KeyStore(keys_path(settings)) as keys:  # `intelbus keys` changes made while ClickHouse was down
+        flush_access_changes(keys, services.audit_executor)
     app = create_app(settings, services)
     READY.set(1)
     log.info("gateway on http://%s:%d (OpenAPI at /docs)", host, port)

@@ -27,3 +27,9 @@ def bootstrap(settings: Settings, *, out=print) -> None:
     finally:
         executor.close()
     out(f"migrations  {len(applied)} applied, database {executor.database} is current")
+
+    from identity.keys import ensure_local_key
+
+    key_file = ensure_local_key(settings)
+    out(f"signing     the local stack's key for publishing tools is {key_file} (system `local`, every region; "
+        "production creates one per system: `intelbus keys create`)")

@@ -64,6 +64,9 @@ class Settings:
     oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")
     metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
+    verify_records: bool = _env("INTELBUS_VERIFY_RECORDS", "jobs: check every input record's proof of publisher "
+                                "(docs/integrators.md) and refuse those without a valid one (0 only to measure its cost)",
+                                True)
     signing_key_file: str = _env("INTELBUS_SIGNING_KEY_FILE", "the key file RegionalProducer, `publish` and `simulate` "
                                  "sign records with (`intelbus keys create --out`; default <stack dir>/identity/keys/local.json, "
                                  "made by `up`); missing: records go unsigned and the bus refuses them", "")

@@ -231,8 +231,16 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         return codec.encode(DLQ_TOPIC, dead_letter_record(dl))
 
     state = {"records": FaustTableState(records), "index": FaustTableState(index), "hits": FaustTableState(hits_seen)}
+    verifier = None
+    if settings.verify_records:
+        from identity.keys import keys_path
+        from stream_jobs.proof import KeyringSource, make_verifier
+
+        verifier = make_verifier(KeyringSource(keys_path(settings)), regions.is_within)
+    else:
+        log.warning("INTELBUS_VERIFY_RECORDS=0: records are NOT checked for their proof of publisher")
     dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
-                         partitions=settings.partitions, window_ms=window_ms)
+                         partitions=settings.partitions, window_ms=window_ms, verify=verifier)
     # 2 minutes: the skew between input topics is seconds, a partition the watchdog repairs
     # is read about 35 s late; each assignment reads this much of a partition's requests back.
     lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))

@@ -42,7 +42,7 @@ class FakeKafka:
         self.report = report  # the producer's on_delivery
         self.queue, self.failures = [], []
 
-    def produce(self, topic, value, key):
+    def produce(self, topic, value, key, headers=None):
         self.queue.append((topic, key))
 
     def poll(self, timeout=0):
