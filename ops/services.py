@@ -36,7 +36,9 @@ class PythonService(Component):
         return " ".join(self.argv[2:])
 
     def command(self):
-        return [sys.executable, *self.argv], {"PYTHONUNBUFFERED": "1"}
+        # -P: the process runs in the stack directory, whose folders (identity/keys/ holds key files)
+        # must not shadow intelbus's packages as namespace packages on sys.path[0]
+        return [sys.executable, "-P", *self.argv], {"PYTHONUNBUFFERED": "1"}
 
     def healthy(self) -> bool:
         try:
