@@ -249,7 +249,7 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
     @app.get("/api/v1/feed", tags=["feed"], response_model=FeedItemsOut,
              responses={200: {"content": {"application/x-ndjson": {}}}})
     async def feed(request: Request, identity: Identity = Depends(caller), region: str | None = None,
-                   since: str = "24h", follow: bool = False, purpose: str = "live feed"):
+                   since: str = "24h", follow: bool = False, purpose: str = "live feed", fresh: bool = False):
         """Hits and shared alerts the caller may see, as NDJSON (one item a line); with follow=true the
         stream stays open (a heartbeat line every 5 s) and resumes after a reconnect where it stopped."""
         from gateway.feed import FeedReader, FeedRequest
@@ -261,7 +261,7 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         except ValueError as exc:
             raise refuse(request, 400, str(exc), AuditEntry(action="feed", identity=identity, outcome="refused",
                                                             reason=str(exc), region=view, purpose=purpose)) from None
-        req = FeedRequest(view=view, since_s=since_s, follow=follow, group=f"feed-{identity.name}-{view}")
+        req = FeedRequest(view=view, since_s=since_s, follow=follow, group=f"feed-{identity.name}-{view}", fresh=fresh)
         reader = await asyncio.to_thread(FeedReader, services.kafka_config, services.codec, ent, req)
         FEED_CLIENTS.inc()
         return StreamingResponse(_stream(request, identity, reader, req, purpose), media_type="application/x-ndjson")

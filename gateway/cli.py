@@ -271,6 +271,8 @@ def add_feed(p):
     p.add_argument("--follow", action="store_true", help="keep printing hits as they arrive (Ctrl-C to stop)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit and line")
     p.add_argument("--since", default="24h", help="how far back to start when there is no saved position (default 24h)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --follow: start --since ago, not where your last --follow stopped")
     p.add_argument("--purpose", default="live feed", help="recorded in the audit log")
     p.add_argument("--user", default=None, help=argparse_suppress())
     p.epilog = FEED_EPILOG
@@ -286,7 +288,8 @@ def add_feed(p):
             _claim_user(client, args.user)
             try:
                 for line in client.stream_lines("/api/v1/feed", region=args.region, since=args.since,
-                                                follow=str(args.follow).lower(), purpose=args.purpose):
+                                                follow=str(args.follow).lower(), purpose=args.purpose,
+                                                fresh=str(args.fresh).lower()):
                     item = json.loads(line)
                     kind = item.get("feed_item")
                     if kind == "heartbeat":

@@ -26,6 +26,7 @@ class FeedRequest:
     since_s: float
     follow: bool
     group: str
+    fresh: bool = False  # start since_s ago even if the group has a saved position
 
 
 class FeedReader:
@@ -42,7 +43,7 @@ class FeedReader:
         tps = [TopicPartition(HIT_TOPIC, hit_partition(province, len(meta[HIT_TOPIC].partitions)))]
         tps += [TopicPartition(ALERT_TOPIC, p) for p in sorted(meta[ALERT_TOPIC].partitions)]
         committed = ({(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(tps, timeout=10)}
-                     if req.follow else {})
+                     if req.follow and not req.fresh else {})
         by_time = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.offsets_for_times(
             [TopicPartition(tp.topic, tp.partition, int((time.time() - req.since_s) * 1000)) for tp in tps], timeout=10)}
         self.ends, assignment = {}, []

@@ -83,8 +83,9 @@ def main() -> int:
     say("Hebei's command center logs in")
     login_as("hb-cc", passwords)
     say(f"hb-cc follows its feed for {FEED_SECONDS}s: hits for Hebei and its cities and counties, as they happen")
-    print("$ intelbus feed --follow --since 1m --purpose 'make demo'", flush=True)
-    feed = subprocess.Popen([sys.executable, "-m", "ops.cli", "feed", "--follow", "--since", "1m",
+    print("$ intelbus feed --follow --fresh --since 1m --purpose 'make demo'", flush=True)
+    # --fresh: a second `make demo` shows the traffic of this one, not the backlog since the last
+    feed = subprocess.Popen([sys.executable, "-m", "ops.cli", "feed", "--follow", "--fresh", "--since", "1m",
                              "--purpose", "make demo"])
     try:
         time.sleep(FEED_SECONDS)
