@@ -9,6 +9,7 @@ refused there, with an audit row.
 """
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from datetime import datetime
 
 from gateway.client import ClientError, GatewayClient, SavedLogin, forget_login, load_login, save_login
+from schemas.times import cst
 
 ENTITLEMENT_NOTE = """\
 Who you are comes from `intelbus login`; what you see is decided by the gateway from your
@@ -94,7 +96,7 @@ def add_login(p):
         path = save_login(SavedLogin(settings.gateway_url, out["token"], name, out["expires_at"]))
         me = out["identity"]
         print(f"logged in as {name}: {_agency(me)}; roles {', '.join(me['roles'])}; cleared to {me['clearance']}; "
-              f"token valid until {_cst(out['expires_at'])} (kept in {path})")
+              f"token valid until {cst(out['expires_at'])} (kept in {path})")
         return 0
 
     return run
@@ -130,7 +132,7 @@ def add_whoami(p):
             print(f"  publishes  for {', '.join(me['publishes_for'])}")
         saved = load_login()
         if saved and not os.environ.get("INTELBUS_TOKEN"):
-            print(f"  token      valid until {_cst(saved.expires_at)}")
+            print(f"  token      valid until {cst(saved.expires_at)}")
         return 0
 
     return run
@@ -146,25 +148,13 @@ def _agency(me: dict) -> str:
     return f"{a['region']} {a.get('region_name', '')}{branch}".strip()
 
 
-def _cst(ts: float) -> str:
-    from gateway.client import _cst as cst
-
-    return cst(ts)
-
-
 # --- history ---------------------------------------------------------------------------------
 
 def _common(p):
     p.add_argument("--region", help="narrow to a region inside your agency's (default: your agency's region)")
     p.add_argument("--purpose", default="", help="purpose or case reference, recorded in the audit log")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default table)")
-    p.add_argument("--user", default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS  # kept only so that an old script's --user reaches the gateway and is refused there
+    p.add_argument("--user", default=None, help=argparse.SUPPRESS)  # an old script's --user reaches the gateway, refused there
 
 
 def add_query(p):
@@ -274,7 +264,7 @@ def add_feed(p):
     p.add_argument("--fresh", action="store_true",
                    help="with --follow: start --since ago, not where your last --follow stopped")
     p.add_argument("--purpose", default="live feed", help="recorded in the audit log")
-    p.add_argument("--user", default=None, help=argparse_suppress())
+    p.add_argument("--user", default=None, help=argparse.SUPPRESS)  # an old script's --user reaches the gateway, refused there
     p.epilog = FEED_EPILOG
 
     def run(args):
@@ -310,17 +300,6 @@ def add_feed(p):
         return 0
 
     return run
-
-
-def utc_text_to_cst(text) -> str:
-    """'2026-11-30 01:02:03' (UTC, as ClickHouse returns a DateTime) -> '2026-11-30 09:02:03' (China Standard Time)."""
-    from datetime import timedelta, timezone
-
-    try:
-        at = datetime.fromisoformat(str(text)).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return str(text)
-    return at.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _times(item: dict, *names: str) -> dict:
@@ -363,7 +342,7 @@ def add_audit(p):
             i = out["columns"].index("at")
             out["columns"][i] = "at (CST)"
             for row in out["rows"]:
-                row[i] = utc_text_to_cst(row[i])
+                row[i] = cst(row[i], suffix=False)
         return _print_result(out, args.format)
 
     return run

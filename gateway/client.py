@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from schemas.times import cst
+
 
 class ClientError(RuntimeError):
     """A request that did not succeed; str() is the one line to show."""
@@ -80,14 +82,8 @@ def current_token(gateway_url: str) -> str:
     if saved.gateway.rstrip("/") != gateway_url.rstrip("/"):
         raise ClientError(f"logged in at {saved.gateway}, not {gateway_url}: run `intelbus login`")
     if saved.expires_at <= time.time():
-        raise ClientError(f"token of {saved.name} expired at {_cst(saved.expires_at)}: run `intelbus login` again")
+        raise ClientError(f"token of {saved.name} expired at {cst(saved.expires_at)}: run `intelbus login` again")
     return saved.token
-
-
-def _cst(ts: float) -> str:
-    from datetime import datetime, timedelta, timezone
-
-    return datetime.fromtimestamp(ts, tz=timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S CST")
 
 
 class GatewayClient:

@@ -9,6 +9,7 @@ import json
 import re
 import time
 
+from schemas.times import cst
 from sinks.queries import display_width, pad
 
 _DURATION = re.compile(r"(\d+)\s*(s|m|h|d)")
@@ -48,21 +49,6 @@ def _age(at, now: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m ago"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago"
-
-
-def cst(value) -> str:
-    """A time as people read it here: China Standard Time (the bus stores and carries UTC)."""
-    from datetime import datetime, timedelta, timezone
-
-    if value is None or value == "":
-        return "-"
-    try:
-        at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except ValueError:
-        return str(value)
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S CST")
 
 
 _TYPE_ZH = {"WANTED_PERSON": "在逃人员", "WATCH_MATCH": "布控比中", "CASE_LINK": "串并案线索"}

@@ -42,8 +42,10 @@ def test_alert_block_labels_line_up_in_display_width():
 
 
 def test_times_are_shown_in_china_standard_time():
-    from sinks.feed import cst
+    from schemas.times import cst
 
     assert cst("2026-11-30T01:15:52.140+00:00") == "2026-11-30 09:15:52 CST"
+    assert cst("2026-11-30 20:02:03", suffix=False) == "2026-12-01 04:02:03"  # ClickHouse's naive UTC DateTime
+    assert cst(1_795_000_000) == "2026-11-18 19:06:40 CST"
     assert cst(datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)) == "2026-12-01 04:00:00 CST"
     assert cst(None) == "-"
