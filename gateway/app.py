@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from gateway.audit import AuditEntry, AuditLog
+from gateway.audit import AuditEntry, AuditLog, flush_access_changes
 from gateway.auth import Authenticator
 from gateway.models import (AuditQuery, FeedItemsOut, LoginIn, LoginOut, NamedQueryIn, QueryOut, SqlIn, WhoAmIOut)
 from identity.entitlement import Entitlement, NotEntitled
@@ -388,19 +388,3 @@ def serve(settings, host: str, port: int) -> int:
     log.info("gateway on http://%s:%d (OpenAPI at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
-
-
-def flush_access_changes(store, executor) -> int:
-    """Write the principals' changes that the audit log has not seen yet (`intelbus access` while ClickHouse was down)."""
-    import json as _json
-
-    pending = store.pending_changes()
-    if not pending:
-        return 0
-    log_ = AuditLog(executor)
-    for seq, at_ms, actor, action, principal, detail in pending:
-        log_.write(AuditEntry(action=f"access:{action}", identity=None, actor=f"{actor} (local operator)", door="access",
-                              query_text=f"{action} {principal}", params={"actor": actor, "principal": principal,
-                                                                         "at_ms": at_ms, **_json.loads(detail)}))
-    store.mark_sent([p[0] for p in pending])
-    return len(pending)

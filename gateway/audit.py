@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from identity.principals import Identity
+from sinks.rows import AUDIT_COLUMNS  # one column list for every writer of the audit log (the sink too)
 
-from sinks.rows import AUDIT_COLUMNS  # noqa: E402  (one column list for every writer of the audit log)
 UNAUTHENTICATED = "(unauthenticated)"
 
 
@@ -54,3 +54,18 @@ class AuditLog:
 
     def write(self, entry: AuditEntry) -> None:
         self.executor.insert("audit_log", AUDIT_COLUMNS, [audit_row(entry)])
+
+
+def flush_access_changes(store, executor) -> int:
+    """Write the changes of a store (principals, signing keys) that the audit log has not seen yet
+    (`intelbus access` or `intelbus keys` while ClickHouse was down)."""
+    pending = store.pending_changes()
+    if not pending:
+        return 0
+    log = AuditLog(executor)
+    for seq, at_ms, actor, action, subject, detail in pending:
+        log.write(AuditEntry(action=f"access:{action}", identity=None, actor=f"{actor} (local operator)", door="access",
+                             query_text=f"{action} {subject}",
+                             params={"actor": actor, "principal": subject, "at_ms": at_ms, **json.loads(detail)}))
+    store.mark_sent([p[0] for p in pending])
+    return len(pending)

@@ -55,7 +55,7 @@ def _password(args, name: str) -> str:
 def flush_to_audit(store, out=print) -> None:
     """Tell the audit log about the changes it has not seen (ClickHouse may be down: then later)."""
     try:
-        from gateway.app import flush_access_changes
+        from gateway.audit import flush_access_changes
         from ops.secrets import clickhouse_url_as
         from ops.settings import load_settings
         from sinks.engine import DriverExecutor

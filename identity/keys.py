@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from identity.changes import ChangeLog
 from schemas.proof import ACTIVE, ANY_REGION, REVOKED, Keyring, SigningKey, key_file_document
 
 __all__ = ["KeyStore", "KeyInfo", "KeyStoreError", "keys_path", "default_key_file", "export_key_file", "ensure_local_key",
@@ -101,8 +102,10 @@ def _check_regions(regions) -> list[str]:
         raise KeyStoreError(str(exc)) from None
 
 
-class KeyStore:
+class KeyStore(ChangeLog):
     """Create, rotate, revoke and list signing keys; the verifier's keyring."""
+
+    SUBJECT = "key_id"
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -194,16 +197,6 @@ class KeyStore:
                          json.dumps(detail, ensure_ascii=False)))
         self.db.commit()
 
-    # --- the audit log's share (the same shape as PrincipalStore's) -------------------
-
-    def pending_changes(self) -> list[tuple[int, int, str, str, str, str]]:
-        """(seq, at_ms, actor, action, key_id, detail) not yet written to the audit log."""
-        return self.db.execute("SELECT seq, at_ms, actor, action, key_id, detail FROM changes WHERE sent = 0 "
-                               "ORDER BY seq").fetchall()
-
-    def mark_sent(self, seqs) -> None:
-        self.db.executemany("UPDATE changes SET sent = 1 WHERE seq = ?", [(s,) for s in seqs])
-        self.db.commit()
 
 
 def export_key_file(key: SigningKey, path: Path | str) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from identity.changes import ChangeLog
 from identity.principals import KINDS, Identity, IdentityError, check_clearance, check_role
 from schemas.regions import load_branches, validate_region_code
 
@@ -92,7 +93,7 @@ def check_password(password: str) -> str:
     return password
 
 
-class PrincipalStore:
+class PrincipalStore(ChangeLog):
     """Add, change and look up principals; verify passwords. Safe to share across threads
     only through separate instances (one SQLite connection each)."""
 
@@ -214,16 +215,6 @@ class PrincipalStore:
                         (_now_ms(), actor, action, principal, json.dumps(detail, ensure_ascii=False)))
         self.db.commit()
 
-    # --- the audit log's share ------------------------------------------------------
-
-    def pending_changes(self) -> list[tuple[int, int, str, str, str, str]]:
-        """(seq, at_ms, actor, action, principal, detail) not yet written to the audit log."""
-        return self.db.execute("SELECT seq, at_ms, actor, action, principal, detail FROM changes WHERE sent = 0 "
-                               "ORDER BY seq").fetchall()
-
-    def mark_sent(self, seqs) -> None:
-        self.db.executemany("UPDATE changes SET sent = 1 WHERE seq = ?", [(s,) for s in seqs])
-        self.db.commit()
 
 
 def _principal(row) -> Principal:
