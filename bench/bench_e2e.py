@@ -78,7 +78,7 @@ class _Hits(threading.Thread):
         self.latencies_s: dict[str, float] = {}
         self.reported_s: dict[str, float] = {}  # when each hit's trigger was reported (epoch s)
         self.decode = RawDecoder.for_registry(settings.registry_url)
-        self.consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
+        self.consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "latest", "enable.auto.commit": False})
         self.consumer.subscribe(["intel.hit"])
         self.stop = threading.Event()

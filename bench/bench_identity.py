@@ -374,7 +374,7 @@ def gateway_feed(http, since: str) -> dict:
 def _window_messages(settings, province: str, since_s: float) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": "bench-identity-probe", "enable.auto.commit": False})
+    consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": "bench-identity-probe", "enable.auto.commit": False})
     try:
         tps = _assignment(consumer, province)
         at = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, int((time.time() - since_s) * 1000))
@@ -425,13 +425,13 @@ def measure_feed(settings, token: str, reps: int, since: str = "1h") -> dict:
     gw, raw = [], []
     try:
         gateway_feed(http, since)  # warm: connection, first consumer of the process
-        raw_feed(settings.kafka_config(), province, since_s)
+        raw_feed(settings.kafka_config("intelbus-admin"), province, since_s)
         for i in range(reps):
             for which in ("gateway", "raw") if i % 2 == 0 else ("raw", "gateway"):
                 if which == "gateway":
                     gw.append(gateway_feed(http, since))
                 else:
-                    raw.append(raw_feed(settings.kafka_config(), province, since_s))
+                    raw.append(raw_feed(settings.kafka_config("intelbus-admin"), province, since_s))
     finally:
         http.close()
     firsts = [g["first_ms"] for g in gw if g["first_ms"] is not None]

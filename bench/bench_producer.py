@@ -38,7 +38,7 @@ def incidents(n: int, seed: int = 42) -> list[dict]:
 def _topics(settings, names):
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
     for f in admin.create_topics([NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in names]).values():
         f.result(30)
     return admin
@@ -59,6 +59,10 @@ def _timed_produce(producer, topic, values, keys) -> float:
 
 
 def run(settings, n: int, workdir: Path) -> dict:
+    import dataclasses
+
+    # the bench writes its own topics: as the operator (a regional system may write only intel.*'s inputs)
+    settings = dataclasses.replace(settings, kafka_user="intelbus-admin")
     from confluent_kafka import Producer
 
     from producers.regional import RegionalProducer, producer_config

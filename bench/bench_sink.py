@@ -95,10 +95,10 @@ def _load_topic(settings, topic: str, n: int) -> dict:
     codec = SchemaCodec(url=settings.registry_url)
     schema_id = codec.register(topic)  # subject <topic>-value: schema_for_topic maps '.incident' to the incident schema
     parsed = parsed_schema("incident")
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
     for f in admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)]).values():
         f.result(30)
-    producer = Producer({**settings.kafka_config(), "acks": "all", "compression.type": "lz4", "linger.ms": 20,
+    producer = Producer({**settings.kafka_config("intelbus-admin"), "acks": "all", "compression.type": "lz4", "linger.ms": 20,
                          "batch.size": 1_000_000, "batch.num.messages": 10_000,
                          "queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": 1_048_576})
     failed = []
@@ -176,7 +176,7 @@ def _sink_round(settings, topic: str, group: str, url: str, n: int, subjects: in
             state["first"] = time.perf_counter()
         return builder(AsTopic(msg, AS_TOPIC))
 
-    consumer = Consumer({**consumer_config(settings), "group.id": group})
+    consumer = Consumer({**consumer_config(settings), **settings.kafka_config("intelbus-admin"), "group.id": group})
     consumer.subscribe([topic])
     sink = Sink(settings, consumer=consumer, writer=CountingWriter(url, COLUMNS), to_rows=to_rows,
                 dead_letter=lambda stage, source, reason, raw: state["dead_letters"].append((source, reason)))
@@ -210,7 +210,7 @@ def _baseline_round(settings, topic: str, group: str, url: str, n: int, timeout:
     batch_rows = settings.sink_batch_rows
     client = Client.from_url(url)
     decode = RawDecoder.for_registry(settings.registry_url)
-    consumer = Consumer({**consumer_config(settings), "group.id": group})
+    consumer = Consumer({**consumer_config(settings), **settings.kafka_config("intelbus-admin"), "group.id": group})
     consumer.subscribe([topic])
     event_sql = f"INSERT INTO events ({', '.join(COLUMNS['events'])}) VALUES"
     subject_sql = f"INSERT INTO event_subjects ({', '.join(COLUMNS['event_subjects'])}) VALUES"
@@ -267,7 +267,7 @@ def run(settings, n: int) -> dict:
     topic = f"bench.sink.incident.{run_id}"
     groups: list[str] = []
     codec = None
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
     client = Client.from_url(_database_url(clickhouse_url_as(settings, "default"), "default"))
     timeout = max(120.0, n / 500)
     rounds: dict[str, list[dict]] = {"sink": [], "baseline": []}

@@ -368,7 +368,7 @@ def build_services(settings) -> Services:
     return Services(settings=settings, regions=load_regions(), auth=auth,
                     audit_executor_factory=lambda: DriverExecutor(gateway_url),
                     reader_executor_factory=lambda: DriverExecutor(reader_url),
-                    codec=SchemaCodec(url=settings.registry_url), kafka_config=settings.kafka_config())
+                    codec=SchemaCodec(url=settings.registry_url), kafka_config=settings.kafka_config("intelbus-gateway"))
 
 
 def serve(settings, host: str, port: int) -> int:

@@ -7,9 +7,17 @@ from ops.settings import Settings
 def bootstrap(settings: Settings, *, out=print) -> None:
     from confluent_kafka.admin import AdminClient
 
+    from ops.acls import apply_acls, load_acls
+    from ops.kafka_auth import ADMIN
     from ops.topics import apply_plan, load_plan
 
-    created, drift = apply_plan(AdminClient(settings.kafka_config()), load_plan(settings))
+    admin = AdminClient(settings.kafka_config(ADMIN))
+    acl_plan = load_acls()
+    report = apply_acls(admin, settings, acl_plan)
+    out(f"acls        {len(acl_plan.bindings)} rules for {len(acl_plan.principals)} principals (ops/acls.yaml), "
+        f"{len(report.created)} created, {len(report.credentials_created)} credentials created"
+        + (f", {len(report.drift)} drifted (see `intelbus acls apply`)" if report.drift else ", none drifted"))
+    created, drift = apply_plan(admin, load_plan(settings))
     out(f"topics      {len(created)} created" + (f", {len(drift)} drifted (see `intelbus topics apply`)" if drift else ", none drifted"))
 
     from schemas.wire import SchemaCodec, register_all

@@ -18,6 +18,7 @@ COMMANDS = [
     ("status", "one line per component: up/down, address, pid, uptime (--json); exit 0 only if all healthy", "ops.commands:add_status"),
     ("config", "print the effective settings and the environment variables that change them", "ops.commands:add_config"),
     ("install", "install what the local stack needs (apt packages, Kafka and registry from Maven Central)", "ops.commands:add_install"),
+    ("acls", "who may do what on the broker: apply ops/acls.yaml's rules and SCRAM credentials, report drift", "ops.acls:add_acls"),
     ("topics", "create the topics declared in ops/topics.yaml and report drift (`topics apply`)", "ops.commands:add_topics"),
     ("schemas", "check the .avsc files' compatibility with git and the registry, or register them", "schemas.compat:add_schemas"),
     ("publish", "publish a JSON Lines or CSV file of alerts, wanted-person updates or incidents", "producers.publish:add_publish"),

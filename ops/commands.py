@@ -17,11 +17,25 @@ def _stack(args=None):
 def add_up(p):
     p.add_argument("--infra-only", action="store_true", help="start only Kafka, the registry and ClickHouse (no jobs, no sink)")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for each component to be healthy (default: per component, 60-120)")
-    p.epilog = "Starts each component that is not running, waits until it is healthy, then creates\nmissing topics, registers schemas and applies ClickHouse migrations. Safe to repeat."
+    p.add_argument("--tls", action="store_true",
+                   help="also serve Kafka over TLS (SASL_SSL on the Kafka port + 2) with a CA made under .stack/tls; "
+                        "kept by later `up`s until `down --purge`")
+    p.epilog = ("Starts each component that is not running, waits until it is healthy, then creates\n"
+                "the broker's credentials and ACLs (ops/acls.yaml), missing topics, registers schemas\n"
+                "and applies ClickHouse migrations. Safe to repeat.\n\n"
+                "With --tls, a client reaches the TLS listener with\n"
+                "  INTELBUS_KAFKA=127.0.0.1:9094 INTELBUS_KAFKA_SECURITY=security.protocol=SASL_SSL,ssl.ca.location=.stack/tls/ca.pem")
 
     def run(args):
         from ops.bootstrap import bootstrap
 
+        if args.tls:
+            from ops.tls import ensure_tls
+
+            settings = load_settings()
+            folder = ensure_tls(settings)
+            print(f"tls         CA and broker certificate in {folder} (clients trust {folder / 'ca.pem'}); "
+                  "a broker already running picks the listener up at its next start")
         stack = _stack(args)
         statuses = stack.up(timeout=args.timeout, on_infra_ready=lambda: bootstrap(stack.settings, out=print))
         print()
@@ -118,7 +132,9 @@ def add_topics(p):
             return 0
         from confluent_kafka.admin import AdminClient
 
-        created, drift = apply_plan(AdminClient(settings.kafka_config()), plan)
+        from ops.kafka_auth import ADMIN
+
+        created, drift = apply_plan(AdminClient(settings.kafka_config(ADMIN)), plan)
         for name in created:
             print(f"created {name}")
         for line in drift:

@@ -72,6 +72,11 @@ class Component:
         return self.host_port[0] in ("127.0.0.1", "localhost", "::1")
 
 
+def tls_enabled(settings: Settings) -> bool:
+    """`intelbus up --tls` made the stack's CA: the broker also listens with SASL_SSL (ops/tls.py)."""
+    return (settings.stack_path / "tls" / "broker.pem").exists()
+
+
 def _host_port(addr: str, default_port: int) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return (host or "127.0.0.1", int(port or default_port))
@@ -87,10 +92,6 @@ class Kafka(Component):
         return self.host_port[1] + 1
 
     @property
-    def ports(self):
-        return [self.host_port[1], self.controller_port]
-
-    @property
     def home(self) -> Path:
         return self.stack / "kafka"
 
@@ -98,30 +99,74 @@ class Kafka(Component):
     def marker(self) -> str:
         return str(self.home / "server.properties")
 
+    @property
+    def tls_port(self) -> int:
+        return self.settings.kafka_tls_port or self.host_port[1] + 2
+
+    @property
+    def ports(self):
+        return [self.host_port[1], self.controller_port] + ([self.tls_port] if tls_enabled(self.settings) else [])
+
     def prepare(self) -> None:
+        from ops.acls import load_acls
+        from ops.kafka_auth import ADMIN, SERVICES
+        from ops.secrets import ensure_kafka_passwords
+
         libs = install.fetch_kafka(Path(self.settings.dist_dir))
         self.java = install.find_java(17, "Kafka")
         self.home.mkdir(parents=True, exist_ok=True)
+        # every principal's password, so the credentials exist from the broker's first start
+        passwords = ensure_kafka_passwords(self.settings, sorted({*SERVICES, *load_acls().principals}))
+        tls_listener, tls_settings = "", ""
+        if tls_enabled(self.settings):
+            from ops.tls import tls_dir
+
+            tls_listener = f",SASL_SSL://127.0.0.1:{self.tls_port}"
+            tls_settings = ("# TLS (intelbus up --tls): the broker's key and certificate, signed by the stack's CA\n"
+                            "listener.name.sasl_ssl.ssl.keystore.type=PEM\n"
+                            f"listener.name.sasl_ssl.ssl.keystore.location={tls_dir(self.settings) / 'broker.pem'}\n")
         text = (OPS / "kafka" / "server.properties.in").read_text()
         text = (
             text.replace("@STACK@", str(self.stack))
             .replace("@PORT@", str(self.host_port[1]))
             .replace("@CONTROLLER_PORT@", str(self.controller_port))
+            .replace("@TLS_LISTENER@", tls_listener)
+            .replace("@TLS_SETTINGS@", tls_settings)
+            .replace("@ADMIN_PASSWORD@", passwords[ADMIN])
+            .replace("@ADMIN@", ADMIN)
         )
-        (self.home / "server.properties").write_text(text)
+        # the file holds the admin's password: 0600 from its first byte
+        from ops.secrets import _write_private
+
+        _write_private(self.home / "server.properties", text)
         shutil.copy(OPS / "kafka" / "log4j.properties", self.home / "log4j.properties")
         self.classpath = f"{libs}/*"
-        if not (self.home / "data" / "meta.properties").exists():
+        formatted = self.home / "data" / "meta.properties"
+        authenticated = self.home / "data" / "intelbus-scram"
+        if formatted.exists() and not authenticated.exists():
+            raise install.Missing(
+                f"the local broker's data ({self.home / 'data'}) was formatted before the broker took credentials "
+                "(SASL/SCRAM): its principals have none. Start afresh with `intelbus down --purge && intelbus up` "
+                "(this deletes the local stack's data)")
+        if not formatted.exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            # SCRAM credentials are metadata records: written at format time, so the admin can
+            # connect on the first start (later principals: `acls apply`, through the Admin API)
+            scram = [arg for user, pw in sorted(passwords.items())
+                     for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]")]
             proc = subprocess.run(
                 [self.java.path, "-cp", self.classpath, f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
                  f"-Dkafka.logs.dir={self.stack / 'logs'}", "kafka.tools.StorageTool", "format",
                  # "--cluster-id=": a base64 id may start with "-", which argparse would take for an option
-                 f"--cluster-id={cluster_id}", "-c", str(self.home / "server.properties")],
+                 f"--cluster-id={cluster_id}", "-c", str(self.home / "server.properties"), *scram],
                 capture_output=True, text=True,
             )
             if proc.returncode != 0:
-                raise install.Missing(f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+                out = (proc.stderr or proc.stdout).strip()
+                for pw in passwords.values():
+                    out = out.replace(pw, "***")
+                raise install.Missing(f"formatting Kafka storage failed: {out[-300:]}")
+            authenticated.write_text("SCRAM-SHA-512 credentials added at format time\n")
 
     def command(self):
         argv = [
@@ -145,7 +190,9 @@ class Kafka(Component):
 
         try:
             # log_level 0: a probe of a port that is not Kafka must not spray librdkafka logs on stderr
-            admin = AdminClient({**self.settings.kafka_config(), "socket.timeout.ms": 2000, "log_level": 0})
+            from ops.kafka_auth import ADMIN
+
+            admin = AdminClient({**self.settings.kafka_config(ADMIN), "socket.timeout.ms": 2000, "log_level": 0})
             meta = admin.list_topics(timeout=3)
             return bool(meta.brokers)
         except Exception:

@@ -13,11 +13,12 @@ class LagProbe:
     broker, while the offsets topic was still loading.)
     """
 
-    def __init__(self, settings, group: str, topics: list[str]):
+    def __init__(self, settings, group: str, topics: list[str], *, user: str = "intelbus-admin"):
         from confluent_kafka import Consumer
 
         self.group, self.topics = group, list(topics)
-        self._probe = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
+        # the services probe as themselves (their group is theirs to describe), operators' tools as the admin
+        self._probe = Consumer({**settings.kafka_config(user), "group.id": group, "enable.auto.commit": False})
 
     def lag(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> messages the group has not committed yet."""

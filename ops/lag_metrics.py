@@ -18,9 +18,10 @@ log = logging.getLogger("intelbus.lag")
 
 
 class LagExporter(threading.Thread):
-    def __init__(self, settings, group: str, topics: list[str], *, interval: float = 10.0):
+    def __init__(self, settings, group: str, topics: list[str], *, user: str, interval: float = 10.0):
         super().__init__(name=f"lag-{group}", daemon=True)
         self.settings, self.group, self.topics, self.interval = settings, group, list(topics), interval
+        self.user = user
         self._stopping = threading.Event()
 
     def sample(self, probe) -> dict[tuple[str, int], int]:
@@ -35,7 +36,7 @@ class LagExporter(threading.Thread):
         probe = None
         while not self._stopping.is_set():
             try:
-                probe = probe or LagProbe(self.settings, self.group, self.topics)
+                probe = probe or LagProbe(self.settings, self.group, self.topics, user=self.user)
                 self.sample(probe)
             except Exception as exc:  # the broker restarting: keep the last values, try again
                 log.debug("lag probe of %s failed: %s", self.group, exc)

@@ -1,4 +1,5 @@
-"""ClickHouse credentials, one per principal (service), and the server's users.xml.
+"""Credentials, one per principal: ClickHouse's users (and the server's users.xml) and Kafka's
+SCRAM principals (ops/kafka_auth.py says who they are).
 
 Who connects as whom:
 
@@ -172,6 +173,56 @@ def render_grants_sql(passwords: dict[str, str], template: Path = GRANTS) -> str
     if "'@SHA256_" in text:
         raise MissingSecret("grants.sql: no password for a service user (set INTELBUS_CLICKHOUSE_PASSWORD_<USER>)")
     return text
+
+
+# Kafka: every principal named in ops/acls.yaml, plus the admin. Same rules as ClickHouse's:
+# INTELBUS_KAFKA_PASSWORD_<USER> (dashes as underscores) first, else <secrets dir>/kafka/<user>.
+
+def kafka_password_env_var(user: str) -> str:
+    """INTELBUS_KAFKA_PASSWORD_INTELBUS_JOBS for intelbus-jobs."""
+    if not user or not all(c.isalnum() or c in "-_." for c in user):
+        raise ValueError(f"not a Kafka principal name: {user!r} (letters, digits, '-', '_', '.')")
+    return "INTELBUS_KAFKA_PASSWORD_" + user.upper().replace("-", "_").replace(".", "_")
+
+
+def kafka_secret_path(settings, user: str) -> Path:
+    kafka_password_env_var(user)  # validates the name: it becomes a file name
+    return Path(settings.secrets_dir) / "kafka" / user
+
+
+def kafka_password(settings, user: str, *, environ=None) -> str:
+    """The Kafka principal's password: its environment variable, else its file; MissingSecret if neither."""
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(kafka_password_env_var(user))
+    if from_env:
+        return from_env
+    try:
+        text = kafka_secret_path(settings, user).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        text = ""
+    if not text:
+        raise MissingSecret(
+            f"no Kafka password for principal {user}: run `intelbus up` (creates {_shown(settings.secrets_dir)}/kafka/{user}) "
+            f"or set {kafka_password_env_var(user)}")
+    return text
+
+
+def ensure_kafka_passwords(settings, users, *, environ=None) -> dict[str, str]:
+    """Each user's password; a user with neither a variable nor a file gets a new 0600 file (idempotent)."""
+    environ = os.environ if environ is None else environ
+    folder = Path(settings.secrets_dir) / "kafka"
+    for d in (folder.parent, folder):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    passwords = {}
+    for user in users:
+        path = kafka_secret_path(settings, user)
+        if not environ.get(kafka_password_env_var(user)) and not (path.exists() and path.read_text(encoding="utf-8").strip()):
+            _write_private(path, token_urlsafe(24) + "\n")
+        if path.exists():
+            os.chmod(path, 0o600)
+        passwords[user] = kafka_password(settings, user, environ=environ)
+    return passwords
 
 
 def main(argv=None) -> int:

@@ -22,8 +22,26 @@ class Settings:
     kafka: str = _env("INTELBUS_KAFKA", "Kafka bootstrap servers", "127.0.0.1:9092")
     kafka_security: str = _env(
         "INTELBUS_KAFKA_SECURITY",
-        "extra librdkafka settings, 'k=v,k=v' (e.g. security.protocol=SASL_SSL,...)",
+        "extra librdkafka settings, 'k=v,k=v', applied last (TLS: security.protocol=SASL_SSL,ssl.ca.location=ca.pem)",
         "",
+    )
+    kafka_auth: str = _env(
+        "INTELBUS_KAFKA_AUTH",
+        "how clients prove who they are to the broker: scram-sha-512 (each process as its own principal, "
+        "password from INTELBUS_KAFKA_PASSWORD_<USER> or <secrets dir>/kafka/<user>; ops/kafka_auth.py) or none",
+        "scram-sha-512",
+    )
+    kafka_user: str = _env(
+        "INTELBUS_KAFKA_USER",
+        "the Kafka principal the publishing tools (publish, simulate, RegionalProducer) act as; "
+        "a regional system sets its own (ops/acls.yaml)",
+        "local",
+    )
+    kafka_tls_port: int = _env(
+        "INTELBUS_KAFKA_TLS_PORT",
+        "`intelbus up --tls`: the local broker's second listener, SASL_SSL with a CA made under <stack dir>/tls "
+        "(0: the Kafka port + 2)",
+        0,
     )
     registry_url: str = _env(
         "INTELBUS_REGISTRY_URL",
@@ -81,13 +99,12 @@ class Settings:
     def stack_path(self) -> Path:
         return Path(self.stack_dir)
 
-    def kafka_config(self) -> dict:
-        """librdkafka client settings: bootstrap plus any security settings."""
-        conf = {"bootstrap.servers": self.kafka}
-        for item in filter(None, (p.strip() for p in self.kafka_security.split(","))):
-            key, _, value = item.partition("=")
-            conf[key.strip()] = value.strip()
-        return conf
+    def kafka_config(self, user: str) -> dict:
+        """librdkafka client settings for a client acting as the Kafka principal `user`
+        (ops/kafka_auth.py: bootstrap, SASL credentials, then INTELBUS_KAFKA_SECURITY)."""
+        from ops.kafka_auth import client_config
+
+        return client_config(self, user)
 
     def describe(self) -> list[tuple[str, str, object, str]]:
         """(name, env var, value, doc) for every setting, for `intelbus config`."""

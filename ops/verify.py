@@ -62,7 +62,9 @@ def read_topic(settings, topics: list[str], *, idle_seconds: float = 3.0, timeou
     """Every message of the topics, from the beginning until `idle_seconds` bring nothing new."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"verify-{uuid.uuid4().hex}",
+    from ops.kafka_auth import ADMIN
+
+    consumer = Consumer({**settings.kafka_config(ADMIN), "group.id": f"verify-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         assignment = []

@@ -270,7 +270,7 @@ def _check_reachable(settings) -> str | None:
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({**settings.kafka_config(), "log_level": 0}).list_topics(timeout=5)
+        AdminClient({**settings.kafka_config(settings.kafka_user), "log_level": 0}).list_topics(timeout=5)
     except Exception as exc:
         return f"cannot reach Kafka at {settings.kafka}: {exc} (is the stack up? `intelbus up`)"
     try:

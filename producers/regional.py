@@ -69,7 +69,7 @@ def resolve_signer(signer, settings: Settings) -> SigningKey | None:
 def producer_config(settings: Settings, **overrides) -> dict:
     """librdkafka settings for publishing: durable (acks=all, idempotent), batched and compressed."""
     return {
-        **settings.kafka_config(),
+        **settings.kafka_config(settings.kafka_user),
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "lz4",

@@ -28,6 +28,7 @@ EVENT_TOPICS = {"intel.alert.unique": "alert", "intel.wanted.unique": "wanted", 
 HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC = "intel.hit", "intel.dlq", "intel.duplicates"
 TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC)
 GROUP = "intelbus-sink"
+SINK_PRINCIPAL = "intelbus-sink"  # its Kafka principal (ops/acls.yaml: role sink)
 MAX_IN_FLIGHT = 2
 FAULT = os.environ.get("INTELBUS_SINK_FAULT", "")  # tests only: "exit-before-commit"
 
@@ -214,7 +215,7 @@ def future_wait(future: Future, timeout: float) -> None:
 
 def consumer_config(settings) -> dict:
     return {
-        **settings.kafka_config(),
+        **settings.kafka_config(SINK_PRINCIPAL),
         "group.id": GROUP,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -274,7 +275,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     apply_migrations(executor, log=log.info)
     executor.close()
     codec = SchemaCodec(url=settings.registry_url)
-    dlq_producer = Producer({**settings.kafka_config(), "acks": "all", "enable.idempotence": True})
+    dlq_producer = Producer({**settings.kafka_config(SINK_PRINCIPAL), "acks": "all", "enable.idempotence": True})
 
     def dead_letter(stage, source, reason, raw):
         import uuid
@@ -302,7 +303,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     from ops.lag import SINK_TOPICS
     from ops.lag_metrics import LagExporter
 
-    LagExporter(settings, GROUP, SINK_TOPICS).start()
+    LagExporter(settings, GROUP, SINK_TOPICS, user=SINK_PRINCIPAL).start()
     log.info("sink: kafka=%s clickhouse=%s topics=%s batch=%d rows/%.1fs, at most %d inserts in flight, metrics=:%d",
              settings.kafka, redact_url(url), ",".join(TOPICS), sink.policy.max_rows, sink.policy.max_seconds,
              MAX_IN_FLIGHT, settings.metrics_port_base + 20)

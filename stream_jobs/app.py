@@ -19,6 +19,7 @@ from pathlib import Path
 import faust
 from confluent_kafka import KafkaException, Producer
 
+from ops.kafka_auth import JOBS, faust_credentials
 from ops.settings import Settings
 from stream_jobs import metrics
 from stream_jobs.lookback import Lookback, LookbackRestorer, read_since
@@ -32,7 +33,7 @@ log = logging.getLogger("intelbus.jobs")
 
 INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
 DLQ_TOPIC = "intel.dlq"
-APP_ID = "intelbus-jobs"
+APP_ID = "intelbus-jobs"  # faust's group and table prefix; also the jobs' Kafka principal
 
 
 def rocksdb_available() -> bool:
@@ -165,7 +166,7 @@ class BatchRunner:
 
 def make_producer(settings: Settings) -> Producer:
     return Producer({
-        **settings.kafka_config(),
+        **settings.kafka_config(JOBS),
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "lz4",
@@ -199,6 +200,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
+        broker_credentials=faust_credentials(settings, JOBS),  # SASL/SCRAM as intelbus-jobs (ops/acls.yaml)
         store="rocksdb://" if rocksdb_available() else "memory://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
@@ -246,7 +248,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
                        case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback)
-    kafka_config = settings.kafka_config()
+    kafka_config = settings.kafka_config(JOBS)
     restorer = LookbackRestorer(lookback, lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
                                 topic=MATCH_TOPIC)
 

@@ -83,7 +83,9 @@ def run_worker(settings, index: int, args) -> int:
     from ops.lag import JOBS_TOPICS
     from ops.lag_metrics import LagExporter
 
-    LagExporter(settings, app.conf.id, JOBS_TOPICS).start()
+    from ops.kafka_auth import JOBS
+
+    LagExporter(settings, app.conf.id, JOBS_TOPICS, user=JOBS).start()
     log.info("worker %d: kafka=%s registry=%s partitions=%d dedupe_window=%dd store=%s batch=%d within=%.3fs "
              "consumer_loop=%s metrics=:%d",
              index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,

@@ -26,6 +26,9 @@ def stack(settings):
     from ops.bootstrap import bootstrap
     from ops.services import full_stack
 
+    from ops.tls import ensure_tls
+
+    ensure_tls(settings)  # `intelbus up --tls`: the broker also listens with SASL_SSL (test_broker_trust)
     stack = full_stack(settings, out=lambda m: print(f"[stack] {m}"))
     was_healthy = all(s.healthy for s in stack.status())
     if was_healthy:
@@ -46,7 +49,7 @@ def topic_name():
 
     name = f"test.{uuid.uuid4().hex[:12]}"
     yield name
-    admin = AdminClient(load_settings().kafka_config())
+    admin = AdminClient(load_settings().kafka_config("intelbus-admin"))
     if name in admin.list_topics(timeout=10).topics:
         for fut in admin.delete_topics([name], operation_timeout=10).values():
             try:

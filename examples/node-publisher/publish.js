@@ -5,7 +5,9 @@
 //   node publish.js --self-test          prints the HMAC of a fixed value with a fixed key (no Kafka, no registry)
 //
 // Environment: INTELBUS_KAFKA (default 127.0.0.1:9092), INTELBUS_REGISTRY_URL
-// (default http://127.0.0.1:8081/apis/ccompat/v7).
+// (default http://127.0.0.1:8081/apis/ccompat/v7); the system's broker principal and password:
+// INTELBUS_KAFKA_USER and INTELBUS_KAFKA_PASSWORD_<USER> (upper case, '-' and '.' as '_'),
+// sent with SASL/SCRAM-SHA-512; INTELBUS_KAFKA_CA (a PEM file): connect with TLS, trusting that CA.
 //
 // RECORD_JSON holds the record as the topic's Avro schema describes it (schemas/avro/*.avsc),
 // already normalised (resident IDs 18 characters with upper-case X, plates upper-case without
@@ -94,7 +96,8 @@ async function publish(keyFile, recordFile, kind) {
   const kafkaKey = `${record.source_region}/${record.source_system}/${record.source_ref}`;
 
   const kafka = new Kafka({ clientId: `intelbus-node-${key.system}`,
-                            brokers: (process.env.INTELBUS_KAFKA || '127.0.0.1:9092').split(',') });
+                            brokers: (process.env.INTELBUS_KAFKA || '127.0.0.1:9092').split(','),
+                            ...brokerCredentials(process.env) });
   // KafkaJS 2's default partitioner is the Java client's murmur2: the same partition as intelbus's own producers
   const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, idempotent: true });
   await producer.connect();
@@ -105,6 +108,18 @@ async function publish(keyFile, recordFile, kind) {
   } finally {
     await producer.disconnect();
   }
+}
+
+// The broker takes SCRAM-SHA-512 logins only (ops/acls.yaml says what each principal may do).
+function brokerCredentials(env) {
+  const username = env.INTELBUS_KAFKA_USER;
+  if (!username) throw new Error('set INTELBUS_KAFKA_USER to your system\'s broker principal (and its password)');
+  const variable = 'INTELBUS_KAFKA_PASSWORD_' + username.toUpperCase().replace(/[-.]/g, '_');
+  const password = env[variable];
+  if (!password) throw new Error(`set ${variable}: the password of broker principal ${username}`);
+  const conf = { sasl: { mechanism: 'scram-sha-512', username, password } };
+  if (env.INTELBUS_KAFKA_CA) conf.ssl = { ca: [fs.readFileSync(env.INTELBUS_KAFKA_CA, 'utf8')] };
+  return conf;
 }
 
 // Fixed inputs, also computed by tests/unit/producers/test_signing.py: a change on either side shows.

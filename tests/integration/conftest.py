@@ -27,7 +27,7 @@ class TopicReader:
 
     def __init__(self, settings, topic: str):
         self.topic = topic
-        self.consumer = Consumer({**settings.kafka_config(), "group.id": f"test-{uuid.uuid4().hex}",
+        self.consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"test-{uuid.uuid4().hex}",
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         starts = []

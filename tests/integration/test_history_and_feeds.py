@@ -83,12 +83,12 @@ def test_a_batch_delivered_twice_is_stored_once(story, stack, settings):
 
     stack.down(only={"sink"})
     topic = "intel.incident.unique"
-    probe = Consumer({**settings.kafka_config(), "group.id": "intelbus-sink"})
+    probe = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": "intelbus-sink"})
     partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
     committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
     probe.close()
     rewound = [TopicPartition(topic, tp.partition, max(0, tp.offset - 50)) for tp in committed if tp.offset > 0]
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
     admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions("intelbus-sink", rewound)])["intelbus-sink"].result(10)
     before = ch(settings, "SELECT count() FROM intelbus.events FINAL")[0][0]
     stack.up()

@@ -175,7 +175,7 @@ def test_undecodable_and_invalid_messages_land_in_the_dlq_and_the_job_goes_on(st
 
     dlq = reader("intel.dlq")
     hits_topic = reader("intel.hit")
-    raw = Producer(settings.kafka_config())
+    raw = Producer(settings.kafka_config("intelbus-admin"))
     marker = uuid.uuid4().hex.encode()
     raw.produce("intel.incident", key=b"bad/" + marker, value=b"\x00\x7f\xff\xff\xf0" + marker)  # no such schema id
     raw.produce("intel.incident", key=b"bad2/" + marker, value=b"not avro at all " + marker)

@@ -68,7 +68,7 @@ def test_a_bad_message_counts_as_a_dead_letter_by_stage(stack, settings):
     from confluent_kafka import Producer
 
     before = scrape(settings.metrics_port_base + 1).get('intelbus_dlq_writes_total{stage="DECODE"}', 0.0)
-    p = Producer(settings.kafka_config())
+    p = Producer(settings.kafka_config("intelbus-admin"))
     p.produce("intel.incident", value=b"not avro at all", key=b"120119/x/garbage")
     assert p.flush(30) == 0
     wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=120)

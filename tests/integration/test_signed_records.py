@@ -104,7 +104,7 @@ def test_refused_records_go_to_the_dead_letters_with_their_reason_and_make_no_hi
     headers = sign_headers(value, keys["tj"])
     altered = value.replace(person.encode(), ids.new("130822").encode())
     assert altered != value and len(altered) == len(value)
-    raw = Producer(settings.kafka_config())
+    raw = Producer(settings.kafka_config("intelbus-admin"))
     raw.produce("intel.incident", value=altered, key=f"120119/kakou/ALTERED-{tag}".encode(), headers=headers)
     raw.flush(10)
     settle(settings)
@@ -184,7 +184,15 @@ def test_the_node_example_publishes_a_record_that_makes_a_hit(keys, settings, id
                   occurred_at=iso(-5), location={"region": "120119", "address": None, "lat": None, "lon": None})
     record["persons"][0]["id_number"] = person
     (tmp_path / "record.json").write_text(json.dumps(record, ensure_ascii=False))
-    env = {**os.environ, "INTELBUS_KAFKA": settings.kafka, "INTELBUS_REGISTRY_URL": settings.registry_url}
+    from ops.secrets import kafka_password, kafka_password_env_var
+
+    # as Xinglong's system principal (ops/acls.yaml: a publisher), through the TLS listener
+    from ops.tls import tls_dir
+
+    env = {**os.environ, "INTELBUS_KAFKA": f"127.0.0.1:{settings.kafka_tls_port or int(settings.kafka.rsplit(':', 1)[1]) + 2}",
+           "INTELBUS_REGISTRY_URL": settings.registry_url, "INTELBUS_KAFKA_USER": "xl-ztry",
+           kafka_password_env_var("xl-ztry"): kafka_password(settings, "xl-ztry"),
+           "INTELBUS_KAFKA_CA": str(tls_dir(settings) / "ca.pem")}
     node = subprocess.run(["node", "publish.js", str(key_file), str(tmp_path / "record.json")], cwd=work, env=env,
                           capture_output=True, text=True, timeout=120)
     assert node.returncode == 0, node.stderr[-2000:]

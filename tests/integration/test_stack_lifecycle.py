@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from ops.settings import load_settings
+
 PORTS = {"kafka": 29092, "registry": 28081, "clickhouse": 29000, "clickhouse_http": 28123}
 
 
@@ -69,7 +71,7 @@ def test_up_twice_down_and_data_survives(isolated_env):
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     topic = f"test.keep.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": env["INTELBUS_KAFKA"]})
+    admin = AdminClient(load_settings(environ=env).kafka_config("intelbus-admin"))
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(15)
     registry = SchemaRegistryClient({"url": env["INTELBUS_REGISTRY_URL"]})
     schema = json.dumps({"type": "record", "name": "Keep", "fields": [{"name": "a", "type": "string"}]})
@@ -86,7 +88,7 @@ def test_up_twice_down_and_data_survives(isolated_env):
 
     again = intelbus(env, "up", "--infra-only")
     assert again.returncode == 0, again.stderr + again.stdout
-    assert topic in AdminClient({"bootstrap.servers": env["INTELBUS_KAFKA"]}).list_topics(timeout=15).topics
+    assert topic in AdminClient(load_settings(environ=env).kafka_config("intelbus-admin")).list_topics(timeout=15).topics
     fetched = SchemaRegistryClient({"url": env["INTELBUS_REGISTRY_URL"]}).get_schema(schema_id)
     assert json.loads(fetched.schema_str)["name"] == "Keep"
     ch = admin_client(env)

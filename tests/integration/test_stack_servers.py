@@ -9,14 +9,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def test_produce_and_consume_on_the_real_broker(stack, settings, topic_name):
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
     admin.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1)])[topic_name].result(15)
-    producer = Producer({**settings.kafka_config(), "acks": "all", "enable.idempotence": True})
+    producer = Producer({**settings.kafka_config("intelbus-admin"), "acks": "all", "enable.idempotence": True})
     payload = json.dumps({"hello": "冀R8F3D6"}, ensure_ascii=False).encode()
     producer.produce(topic_name, key=b"130822/sys/1", value=payload)
     assert producer.flush(15) == 0
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
+    consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     consumer.subscribe([topic_name])
     try:
         msg = None
@@ -32,12 +32,12 @@ def test_produce_and_consume_on_the_real_broker(stack, settings, topic_name):
 
 
 def test_auto_topic_creation_is_disabled(stack, settings, topic_name):
-    producer = Producer({**settings.kafka_config(), "message.timeout.ms": 3000})
+    producer = Producer({**settings.kafka_config("intelbus-admin"), "message.timeout.ms": 3000})
     errors = []
     producer.produce(topic_name, value=b"x", on_delivery=lambda err, msg: errors.append(err))
     producer.flush(10)
     assert errors and errors[0] is not None
-    assert topic_name not in AdminClient(settings.kafka_config()).list_topics(timeout=10).topics
+    assert topic_name not in AdminClient(settings.kafka_config("intelbus-admin")).list_topics(timeout=10).topics
 
 
 def test_schema_registered_and_read_back_by_id(stack, settings):

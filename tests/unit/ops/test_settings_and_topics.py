@@ -25,8 +25,10 @@ def test_bad_environment_value_is_a_clear_error():
 
 
 def test_kafka_security_settings_are_passed_to_clients():
-    s = load_settings(environ={"INTELBUS_KAFKA_SECURITY": "security.protocol=SASL_SSL, sasl.mechanism=PLAIN"})
-    assert s.kafka_config() == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    s = load_settings(environ={"INTELBUS_KAFKA_AUTH": "none",
+                               "INTELBUS_KAFKA_SECURITY": "security.protocol=SASL_SSL, sasl.mechanism=PLAIN"})
+    assert s.kafka_config("anyone") == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL",
+                                        "sasl.mechanism": "PLAIN"}
 
 
 def test_every_setting_has_an_env_var_and_doc():

@@ -95,7 +95,7 @@ def test_delivered_counts_come_from_the_queue_and_error_reports_without_a_report
         def encode(self, topic, record):
             return b"avro"
 
-    producer = RegionalProducer(settings=Settings(), codec=Codec(), region="120119", system="kakou")
+    producer = RegionalProducer(settings=Settings(kafka_auth="none"), codec=Codec(), region="120119", system="kakou")
     kafka = producer._producer = FakeKafka(producer._delivered)
     before = published_metric("incident")
     for i in range(5):

@@ -51,7 +51,7 @@ class Codec:
 
 def producer(tmp_path, **kw) -> tuple[RegionalProducer, RecordingKafka]:
     kafka = RecordingKafka()
-    p = RegionalProducer(region="130822", system="ztry", settings=Settings(stack_dir=str(tmp_path)), codec=Codec(),
+    p = RegionalProducer(region="130822", system="ztry", settings=Settings(stack_dir=str(tmp_path), kafka_auth="none"), codec=Codec(),
                          kafka_producer=kafka, **kw)
     return p, kafka
 
@@ -72,7 +72,7 @@ def test_every_input_record_and_dead_letter_carries_a_proof_the_verifier_accepts
 
 
 def test_the_key_file_of_the_setting_is_used_and_a_missing_one_warns_once(tmp_path, caplog):
-    settings = Settings(stack_dir=str(tmp_path))
+    settings = Settings(stack_dir=str(tmp_path), kafka_auth="none")
     with caplog.at_level(logging.WARNING, logger="intelbus.producer"):
         p, kafka = producer(tmp_path)
         producer(tmp_path)
