@@ -36,6 +36,14 @@ FEED_CLIENTS = Counter("intelbus_gateway_feed_streams_total", "Feed streams open
 
 bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/login or from the configured OIDC provider")
 
+# The browser's session (POST /api/v1/session): the token in an HTTP-only, SameSite=Strict cookie
+# (Secure under TLS), and a CSRF token the page's script sends back in a header on every
+# request that changes something (double submit: another site can neither read the cookie
+# nor set the header).
+SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "intelbus_session", "intelbus_csrf", "x-csrf-token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+EXTENSIONS = ("gateway.events", "gateway.ingest", "gateway.web")  # each has register(app, ctx)
+
 
 @dataclass
 class Services:
@@ -108,8 +116,17 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         token = _token(creds)
         claims = {k: v for k, v in (("claimed_user", request.headers.get("x-intelbus-claimed-user")),
                                     ("claimed_operator", request.headers.get("x-intelbus-claimed-operator"))) if v}
+        by_cookie = token is None and SESSION_COOKIE in request.cookies
+        if by_cookie:
+            token = request.cookies[SESSION_COOKIE]
         try:
             identity = services.auth.identify(token)
+            if by_cookie and request.method in UNSAFE_METHODS:
+                reason = csrf_refusal(request)
+                if reason:
+                    raise refuse(request, 403, reason, AuditEntry(
+                        action=_action_of(request), identity=identity, outcome="refused", reason=reason,
+                        query_text=request.url.path))
         except TokenRejected as exc:
             raise refuse(request, 401, str(exc), AuditEntry(
                 action=_action_of(request), identity=None, outcome="refused", reason=str(exc), params=claims,
@@ -168,6 +185,42 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         REQUESTS.labels("login", "ok").inc()
         return LoginOut(token=token, expires_at=expires_at,
                         identity=Entitlement(identity, services.regions).describe())
+
+    @app.post("/api/v1/session", tags=["session"])
+    def open_session(body: LoginIn, request: Request):
+        """The browser's login: the same check as /api/v1/login, the token kept in an HTTP-only cookie.
+        The answer carries the CSRF token the page sends back as X-CSRF-Token on POST/PUT/PATCH/DELETE."""
+        import secrets
+
+        try:
+            token, expires_at, identity = services.auth.login(body.name, body.password)
+        except IdentityError as exc:
+            raise refuse(request, 401, str(exc), AuditEntry(action="login", identity=None, outcome="refused",
+                                                            reason=str(exc), claimed_name=body.name[:64],
+                                                            params={"via": "browser"})) from None
+        services.audit(AuditEntry(action="login", identity=identity,
+                                  params={"expires_at": int(expires_at), "via": "browser"}))
+        REQUESTS.labels("session", "ok").inc()
+        csrf = secrets.token_urlsafe(24)
+        response = JSONResponse({"expires_at": expires_at, "csrf_token": csrf,
+                                 "identity": Entitlement(identity, services.regions).describe()})
+        secure = is_tls(request)
+        max_age = max(1, int(expires_at - time.time()))
+        response.set_cookie(SESSION_COOKIE, token, max_age=max_age, httponly=True, samesite="strict", secure=secure,
+                            path="/")
+        response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False, samesite="strict", secure=secure,
+                            path="/")
+        return response
+
+    @app.delete("/api/v1/session", tags=["session"])
+    def close_session(request: Request, identity: Identity = Depends(caller)):
+        """Log the browser out: the cookies are cleared (the token itself expires at its time)."""
+        services.audit(AuditEntry(action="logout", identity=identity, params={"via": "browser"}))
+        REQUESTS.labels("session", "ok").inc()
+        response = JSONResponse({"logged_out": identity.name})
+        for name in (SESSION_COOKIE, CSRF_COOKIE):
+            response.delete_cookie(name, path="/", samesite="strict", secure=is_tls(request))
+        return response
 
     @app.get("/api/v1/whoami", response_model=WhoAmIOut, tags=["session"])
     def whoami(request: Request, identity: Identity = Depends(caller), region: str | None = None):
@@ -318,7 +371,49 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
         return QueryOut(columns=columns, rows=[list(r) for r in rows],
                         elapsed_ms=round((time.perf_counter() - started) * 1000, 1), region="")
 
+    # --- the parts that live in their own modules (live events, ingest, the web console) ---
+    import importlib
+
+    ctx = GatewayContext(services=services, caller=caller, entitled=entitled, refuse=refuse, run_query=_run)
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(app, ctx)
     return app
+
+
+@dataclass
+class GatewayContext:
+    """What a route module (gateway.events, gateway.ingest, gateway.web) gets from the app:
+
+    services   Services (settings, regions, auth, audit(), reader, codec, kafka_config)
+    caller     the FastAPI dependency giving the authenticated Identity (bearer or session cookie + CSRF)
+    entitled   (identity, request, action, region, purpose, query_text, params) -> (Entitlement, view region),
+               or raises an audited 403 naming what is missing
+    refuse     (request, status, reason, AuditEntry) -> HTTPException, after auditing the entry
+    run_query  (request, identity, action, sql, *, view, purpose, query_name, params) -> QueryOut, audited
+    """
+
+    services: Services
+    caller: object
+    entitled: object
+    refuse: object
+    run_query: object
+
+
+def is_tls(request: Request) -> bool:
+    """Served over https (directly or behind a proxy that says so): session cookies get Secure."""
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+def csrf_refusal(request: Request) -> str:
+    """Why a cookie-authenticated request that changes something is refused ('' if its CSRF token matches)."""
+    import hmac
+
+    sent, kept = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
+    if not sent:
+        return "CSRF token missing: send the X-CSRF-Token header the login answer gave (the console does)"
+    if not kept or not hmac.compare_digest(sent, kept):
+        return "CSRF token wrong: it does not match this session's (log in again)"
+    return ""
 
 
 def server_error_text(exc: Exception) -> str:

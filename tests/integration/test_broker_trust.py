@@ -228,3 +228,44 @@ def test_a_publisher_reaches_the_jobs_through_tls_and_makes_a_hit(stack, setting
     settle(settings)
     assert admin_ch(settings, f"SELECT hit_region FROM intelbus.hits FINAL "
                               f"WHERE record_key = '130822/ztry/TLS-{tag}'") == [("120119",)]
+
+
+def _acls(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ops.cli", "acls", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_acls_apply_reports_a_rule_given_by_hand_and_prune_takes_it_back(stack, settings):
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    admin = AdminClient(settings.kafka_config(ADMIN))
+    # someone let Xinglong's system read the hits, by hand, outside ops/acls.yaml
+    by_hand = [AclBinding(ResourceType.TOPIC, "intel.hit", ResourcePatternType.LITERAL, "User:xl-ztry", "*", op,
+                          AclPermissionType.ALLOW) for op in (AclOperation.READ, AclOperation.DESCRIBE)]
+    for fut in admin.create_acls(by_hand, request_timeout=30).values():
+        fut.result()
+    try:
+        meta = Consumer({**settings.kafka_config("xl-ztry"), "group.id": "probe", "log_level": 0})
+        try:  # the hand-made rule works: the broker now describes intel.hit to it
+            assert meta.list_topics("intel.hit", timeout=10).topics["intel.hit"].error is None
+        finally:
+            meta.close()
+        report = _acls("apply")
+        assert report.returncode == 1, report.stdout + report.stderr
+        assert "drift: User:xl-ztry             READ             topic intel.hit (on the broker, not in acls.yaml" \
+            in report.stderr
+        assert "0 created, 2 drifted" in report.stdout
+        pruned = _acls("apply", "--prune")
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+        assert "removed User:xl-ztry             READ             topic intel.hit" in pruned.stdout
+        again = _acls("apply")
+        assert again.returncode == 0 and "0 created, 0 drifted, 0 removed" in again.stdout, again.stdout + again.stderr
+        message, errors = _read_one(settings.kafka_config("xl-ztry"), "intel.hit")
+        assert message is None and KafkaError.TOPIC_AUTHORIZATION_FAILED in errors, errors
+    finally:
+        from ops.acls import Binding, _to_filter
+
+        admin.delete_acls([_to_filter(Binding("User:xl-ztry", "TOPIC", "intel.hit", "LITERAL", op))
+                           for op in ("READ", "DESCRIBE")], request_timeout=30)

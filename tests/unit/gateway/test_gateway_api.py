@@ -197,9 +197,10 @@ def test_only_auditors_read_the_audit_log_and_reading_it_is_audited(gw):
     assert rows and all(x["outcome"] == "refused" for x in rows)
     assert any(x["user"] == "js-analyst" and x["action"] == "audit" for x in rows)
     assert last_audit(engine, action="audit", user="auditor")["purpose"] == "weekly review"
-    # the API has no route that writes or deletes audit rows
-    paths = {p for p in client.app.openapi()["paths"]}
-    assert not any("delete" in m for p in paths for m in client.app.openapi()["paths"][p]) and "/api/v1/audit" in paths
+    # the API has no route that writes or deletes audit rows (DELETE exists only to end a browser session)
+    paths = client.app.openapi()["paths"]
+    assert {p for p in paths if "delete" in paths[p]} == {"/api/v1/session"} and "/api/v1/audit" in paths
+    assert set(paths["/api/v1/audit"]) == {"post"}
 
 
 def test_an_unknown_named_query_is_refused_and_audited(gw):
@@ -227,3 +228,48 @@ def test_nothing_is_served_when_the_audit_log_cannot_be_written(gw, tmp_path):
     assert r.status_code == 503 and "audit log cannot be written" in r.json()["detail"] and "SZ" not in r.text
     ok = client.post("/api/v1/sql", json={"sql": "SELECT source_ref FROM events"}, headers=token)  # control
     assert ok.status_code == 200 and ok.json()["rows"] == [["SZ"]]
+
+
+def test_a_browser_session_lives_in_an_http_only_cookie_and_changes_need_the_csrf_token(gw):
+    from fastapi.testclient import TestClient
+
+    client, engine, _ = gw
+    browser = TestClient(client.app)
+    r = browser.post("/api/v1/session", json={"name": "hb-analyst", "password": PW})
+    assert r.status_code == 200, r.text
+    cookies = r.headers.get_list("set-cookie")
+    session = next(c for c in cookies if c.startswith("intelbus_session="))
+    assert "HttpOnly" in session and "SameSite=strict" in session and "Secure" not in session  # plain http here
+    assert "HttpOnly" not in next(c for c in cookies if c.startswith("intelbus_csrf="))  # the page reads it
+    csrf = r.json()["csrf_token"]
+    assert last_audit(engine, action="login", user="hb-analyst")["outcome"] == "ok"
+    # reading with the cookie alone works
+    assert browser.get("/api/v1/whoami").json()["name"] == "hb-analyst"
+    # attempt: a change (a query: POST) from a page that cannot read the CSRF cookie, e.g. another site's form
+    body = {"params": {"id": PERSON}, "purpose": "case 2026-118"}
+    forged = browser.post("/api/v1/queries/trail", json=body)
+    assert forged.status_code == 403 and "CSRF token missing" in forged.json()["detail"]
+    assert last_audit(engine, action="query", user="hb-analyst")["reason"].startswith("CSRF token missing")
+    wrong = browser.post("/api/v1/queries/trail", json=body, headers={"X-CSRF-Token": "guessed"})
+    assert wrong.status_code == 403 and "CSRF token wrong" in wrong.json()["detail"]
+    # control: the console sends the token it was given
+    ok = browser.post("/api/v1/queries/trail", json=body, headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200, ok.text
+    # logging out clears the cookies; the next request is not logged in
+    out = browser.delete("/api/v1/session", headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200 and last_audit(engine, action="logout", user="hb-analyst")["outcome"] == "ok"
+    gone = browser.get("/api/v1/whoami")
+    assert gone.status_code == 401 and "not logged in" in gone.json()["detail"]
+
+
+def test_session_cookies_are_secure_under_tls_and_bearer_clients_need_no_csrf(gw):
+    from fastapi.testclient import TestClient
+
+    client, _, _ = gw
+    r = TestClient(client.app).post("/api/v1/session", json={"name": "hb-analyst", "password": PW},
+                                    headers={"X-Forwarded-Proto": "https"})
+    assert all("Secure" in c for c in r.headers.get_list("set-cookie"))
+    # an API client with a bearer token sends no cookie, so there is nothing to forge: no CSRF token needed
+    ok = client.post("/api/v1/queries/trail", json={"params": {"id": PERSON}, "purpose": "case 2026-118"},
+                     headers=login(client, "hb-analyst"))
+    assert ok.status_code == 200, ok.text
