@@ -184,3 +184,58 @@ def keycloak():
     yield server
     if server.started_in_s is not None:
         kc.stop(settings, out=lambda m: print(f"[keycloak] {m}"))
+
+
+class GatewayProcess:
+    """A gateway of its own (`intelbus gateway --port N`) on the session's stack, for tests that restart
+    it or need the code of this checkout (the stack's own gateway runs what `up` started)."""
+
+    def __init__(self, settings, port: int, log_path):
+        self.settings, self.port, self.log_path = settings, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> "GatewayProcess":
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        env = {**os.environ, "INTELBUS_GATEWAY_URL": self.url}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(self.port)],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.settings.stack_path))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except Exception:
+                time.sleep(0.3)
+        raise RuntimeError(f"gateway not ready within {timeout:.0f}s: see {self.log_path}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(20)
+        self.proc = None
+
+    def restart(self, *, kill: bool = False) -> "GatewayProcess":
+        self.stop(kill=kill)
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def own_gateway(stack, settings, tmp_path_factory):
+    """A private gateway process on a free port; `own_gateway.restart()` restarts it (SIGTERM, or kill=True)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gw = GatewayProcess(settings, port, tmp_path_factory.mktemp("gateway") / "gateway.log").start()
+    yield gw
+    gw.stop()
