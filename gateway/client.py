@@ -118,6 +118,11 @@ class GatewayClient:
     def post(self, path: str, body: dict):
         return self._call("POST", path, json=body)
 
+    def ingest(self, kind: str, body: bytes, content_type: str = "application/x-ndjson", **params) -> dict:
+        """POST /api/v1/events/{kind}: records (NDJSON, one JSON object, or CSV with its header) onto the bus."""
+        return self._call("POST", f"/api/v1/events/{kind}", content=body, headers={"Content-Type": content_type},
+                          params={k: v for k, v in params.items() if v is not None})
+
     def stream_lines(self, path: str, **params):
         """Lines of an NDJSON stream (the feed), as they arrive."""
         try:

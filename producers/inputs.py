@@ -38,8 +38,9 @@ def detect_format(name: str, first_line: str) -> str:
     return "jsonl" if first_line.lstrip().startswith("{") else "csv"
 
 
-def read_jsonl(lines: Iterable[str]) -> Iterator[InputLine]:
-    for no, line in enumerate(lines, start=1):
+def read_jsonl(lines: Iterable[str], start: int = 1) -> Iterator[InputLine]:
+    """start: the number of the first line (a batch cut from a longer file keeps the file's numbers)."""
+    for no, line in enumerate(lines, start=start):
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
@@ -54,13 +55,14 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[InputLine]:
         yield InputLine(no, text, record)
 
 
-def read_csv(lines: Iterable[str]) -> Iterator[InputLine]:
+def read_csv(lines: Iterable[str], start: int = 2) -> Iterator[InputLine]:
+    """start: the number of the first line after the header."""
     lines = iter(lines)
     header_line = next(lines, None)
     if header_line is None:
         return
     header = next(csv.reader([header_line]))
-    for no, line in enumerate(lines, start=2):
+    for no, line in enumerate(lines, start=start):
         text = line.rstrip("\r\n")
         if not text.strip():
             continue

@@ -1,12 +1,14 @@
 """`intelbus publish`: a file of records onto the bus, with an answer for every line."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 PROGRESS_MIN_LINES = 5000
+BATCH_LINES = 500  # records per POST /api/v1/events/{kind} (--via gateway)
 
 EPILOG = """\
 Input: JSON Lines (one record per line), or CSV with a header whose columns are field
@@ -20,18 +22,30 @@ Publishing acts as the logged-in identity (`intelbus login`): it needs the integ
 and a record whose source_region is outside the regions that identity publishes for is
 refused like any bad line (`intelbus whoami` lists them).
 
-Every record is signed (Kafka headers intelbus-key-id, intelbus-signature) with the key
-file of --key-file, else of INTELBUS_SIGNING_KEY_FILE (default <stack dir>/identity/keys/
-local.json, made by `intelbus up`); the bus refuses unsigned records and records for a
-region the key may not publish for. `intelbus keys` makes and rotates key files.
+Two ways onto the bus (--via):
+  gateway  (the default when you are logged in) the file goes to the gateway's
+           POST /api/v1/events/<kind> in batches of 500 lines; the gateway validates,
+           signs each record with your system's active key (`intelbus keys create
+           <your login name> --region ...`), produces it and dead-letters refused lines.
+           You hold no Kafka credentials and no key file. --key-file and --topic do not
+           apply. A record repeated in another batch of the file is sent again and
+           dropped by the bus as a duplicate (its event id is derived from the record).
+  kafka    (the default when not logged in, or with --key-file or --topic) straight to Kafka as
+           INTELBUS_KAFKA_USER, for systems that hold Kafka credentials: every record is
+           signed (Kafka headers intelbus-key-id, intelbus-signature) with the key file of
+           --key-file, else of INTELBUS_SIGNING_KEY_FILE (default <stack dir>/identity/
+           keys/local.json, made by `intelbus up`); the bus refuses unsigned records and
+           records for a region the key may not publish for. `intelbus keys` makes key files.
+Both check every line by the same rules and report it the same way.
 
-Exit codes: 0 all published; 1 some records refused or undelivered; 2 usage error or
-Kafka / schema registry unreachable.
+Exit codes: 0 all published; 1 some records refused or undelivered; 2 usage error,
+refused by the gateway (login, role, signing key), or Kafka / schema registry / gateway
+unreachable.
 
 Examples:
   intelbus publish --kind incident --region 120119 --system kakou checks.jsonl
   intelbus publish --kind wanted --strict wanted.csv
-  intelbus publish --kind incident --key-file xl-ztry.key.json --region 130822 checks.jsonl
+  intelbus publish --via kafka --kind incident --key-file xl-ztry.key.json --region 130822 checks.jsonl
   cat alerts.jsonl | intelbus publish --kind alert -
 """
 
@@ -41,9 +55,12 @@ def add_publish(p):
     p.add_argument("--region", help="source_region for records without one (six-digit code, e.g. 120119)")
     p.add_argument("--system", help="source_system for records without one (your local system's name)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad; send nothing")
+    p.add_argument("--via", choices=["gateway", "kafka"], default=None,
+                   help="through the gateway's HTTP ingest (default when logged in) or straight to Kafka")
     p.add_argument("--key-file", metavar="FILE",
-                   help="sign with this key file (`intelbus keys create/rotate --out`); default: INTELBUS_SIGNING_KEY_FILE")
-    p.add_argument("--topic", help="publish to this topic instead of intel.<kind> (staging, benchmarks)")
+                   help="--via kafka: sign with this key file (`intelbus keys create/rotate --out`); "
+                        "default: INTELBUS_SIGNING_KEY_FILE")
+    p.add_argument("--topic", help="--via kafka: publish to this topic instead of intel.<kind> (staging, benchmarks)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT while publishing "
                         "(default INTELBUS_METRICS_PORT_BASE + 31, i.e. 9431; 0 = off)")
@@ -111,7 +128,6 @@ def _count_lines(path: str) -> int | None:
 def publish_command(args) -> int:
     from ops.settings import load_settings
     from producers.inputs import read_lines
-    from schemas.records import RecordError
     from schemas.regions import validate_region_code
 
     settings = load_settings()
@@ -123,11 +139,25 @@ def publish_command(args) -> int:
             except ValueError as exc:
                 print(f"intelbus publish: {label} {code}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
+    # --key-file and --topic only mean something straight to Kafka: given alone, they choose it
+    via = getattr(args, "via", None) or ("kafka" if args.key_file or args.topic or not logged_in(settings) else "gateway")
+    if via == "gateway":
+        for flag, value in (("--key-file", args.key_file), ("--topic", args.topic)):
+            if value:
+                print(f"intelbus publish: {flag} applies to --via kafka only (through the gateway, your system's "
+                      f"key signs and the records go to intel.{args.kind})", file=sys.stderr)
+                return EXIT_USAGE
     try:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig")
     except OSError as exc:
         print(f"intelbus publish: cannot read {name}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    if via == "gateway":
+        try:
+            return publish_via_gateway(args, settings, name, stream)
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
     try:
         publisher = _publisher(settings, args.region)
     except PermissionError as exc:
@@ -170,23 +200,9 @@ def publish_command(args) -> int:
         for line in read_lines(name, stream):
             summary.read += 1
             progress.update(summary.read)
-            if line.error is not None:
-                _refuse(producer, args, short, line, "", line.error, summary, refused)
-                continue
-            try:
-                valid = producer.validate(args.kind, line.record)
-            except RecordError as exc:
-                _refuse(producer, args, short, line, exc.field, exc.reason, summary, refused)
-                continue
-            if not publisher.may_publish_for(valid["source_region"]):
-                _refuse(producer, args, short, line, "source_region",
-                        f"{publisher.name} may not publish for {valid['source_region']} "
-                        f"(publishes for {', '.join(sorted(publisher.regions))})", summary, refused)
-                continue
-            if signer is not None and not signer.may_publish_for(valid["source_region"], is_within):
-                _refuse(producer, args, short, line, "source_region",
-                        f"key {signer.key_id} of system {signer.system} may publish for {signer.regions_text()}, "
-                        f"not for {valid['source_region']} (the bus would refuse it)", summary, refused)
+            valid = check_line(args.kind, line, producer.validate, publisher, signer, is_within)
+            if isinstance(valid, Refused):
+                _refuse(producer, args, short, line, valid.field, valid.reason, summary, refused)
                 continue
             if valid["event_id"] in seen_ids:
                 summary.duplicates_in_file += 1
@@ -219,6 +235,44 @@ def publish_command(args) -> int:
         print(f"intelbus publish: delivery failed: {error}", file=sys.stderr)
     print(summary.line())
     return EXIT_OK if summary.rejected == 0 and summary.undelivered == 0 else EXIT_REJECTED
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A line that is not published: its number, the field at fault ('' for the whole line) and why."""
+    line: int
+    field: str
+    reason: str
+
+    def text(self, source: str) -> str:
+        """FILE:LINE: FIELD: REASON, as `intelbus publish` prints it."""
+        return f"{source}:{self.line}: {self.field}: {self.reason}" if self.field else f"{source}:{self.line}: {self.reason}"
+
+
+def check_line(kind: str, line, validate, publisher: "Publisher", signer, is_within) -> dict | Refused:
+    """The valid, normalised record of an input line, or why it is refused: the one rule for
+    `intelbus publish` and the gateway's POST /api/v1/events/{kind}.
+
+    validate: (kind, record) -> valid record or RecordError (RegionalProducer.validate);
+    publisher: who publishes (Publisher: the regions the identity publishes for); signer: the
+    SigningKey that will sign it, or None; is_within: RegionTable.is_within.
+    """
+    from schemas.records import RecordError
+
+    if line.error is not None:
+        return Refused(line.line_no, "", line.error)
+    try:
+        valid = validate(kind, line.record)
+    except RecordError as exc:
+        return Refused(line.line_no, exc.field, exc.reason)
+    region = valid["source_region"]
+    if not publisher.may_publish_for(region):
+        return Refused(line.line_no, "source_region", f"{publisher.name} may not publish for {region} "
+                                                      f"(publishes for {', '.join(sorted(publisher.regions)) or 'no region'})")
+    if signer is not None and not signer.may_publish_for(region, is_within):
+        return Refused(line.line_no, "source_region", f"key {signer.key_id} of system {signer.system} may publish for "
+                                                      f"{signer.regions_text()}, not for {region} (the bus would refuse it)")
+    return valid
 
 
 def _refuse(producer, args, short, line, field, reason, summary, refused) -> None:
@@ -278,3 +332,150 @@ def _check_reachable(settings) -> str | None:
     except Exception as exc:
         return f"cannot reach the schema registry at {settings.registry_url}: {exc}"
     return None
+
+
+# --- --via gateway: the file through POST /api/v1/events/{kind} ------------------------------
+
+def logged_in(settings) -> bool:
+    """A token to send: INTELBUS_TOKEN, or a saved login at this gateway (expired or not: the gateway says)."""
+    from gateway.client import load_login
+
+    if os.environ.get("INTELBUS_TOKEN", "").strip():
+        return True
+    saved = load_login()
+    return saved is not None and saved.gateway.rstrip("/") == settings.gateway_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive physical lines of the file, holding up to BATCH_LINES records."""
+    body: bytes
+    content_type: str
+    line_offset: int   # body line n is file line n + line_offset
+    records: int       # non-blank lines (the CSV header not counted)
+
+
+def batches(name: str, stream, size: int = BATCH_LINES):
+    """The file cut into request bodies: NDJSON as it is, CSV with its header in front of every batch.
+
+    Lines go as they are (blank and unparsable ones too): the gateway parses, numbers and
+    dead-letters them, so a refused line keeps its file line number and its raw text."""
+    import itertools
+
+    from producers.inputs import detect_format
+
+    first = stream.readline()
+    if not first:
+        return
+    fmt = detect_format(name, first)
+    numbered = enumerate(itertools.chain([first], stream), start=1)
+    header = ""
+    if fmt == "csv":
+        header = next(numbered)[1].rstrip("\r\n") + "\n"
+    pending: list[str] = []
+    first_no = records = 0
+
+    def cut() -> Batch:
+        body = "".join(line if line.endswith("\n") else line + "\n" for line in pending)
+        if fmt == "csv":
+            return Batch((header + body).encode(), "text/csv", first_no - 2, records)
+        return Batch(body.encode(), "application/x-ndjson", first_no - 1, records)
+
+    for no, line in numbered:
+        if records >= size and line.strip():
+            yield cut()
+            pending, records = [], 0
+        if not pending:
+            first_no = no
+        pending.append(line)
+        if line.strip():
+            records += 1
+    if records:
+        yield cut()
+
+
+def publish_via_gateway(args, settings, name: str, stream) -> int:
+    """`intelbus publish --via gateway`: batches of BATCH_LINES to POST /api/v1/events/{kind}, the same
+    per-line report (FILE:LINE: FIELD: REASON), summary and exit codes as straight to Kafka."""
+    from gateway.cli import _client
+    from gateway.client import ClientError
+
+    short = name.rsplit("/", 1)[-1]
+    summary = PublishSummary()
+    started = time.monotonic()
+    progress = Progress(None if args.file == "-" else _count_lines(args.file))
+    params = {k: v for k, v in (("region", args.region), ("system", args.system), ("source", short)) if v}
+    seen_ids: set[str] = set()
+    try:
+        with _client(settings) as client:
+            if args.strict:  # a first pass that sends nothing: is every line good?
+                lines = stream.readlines()
+                refused = []
+                for batch in batches(name, iter(lines)):
+                    answer = _post(client, args.kind, batch, {**params, "dry_run": "true"})
+                    summary.read += batch.records
+                    refused += answer["refused"]
+                    progress.update(summary.read)
+                if refused:
+                    for r in refused:
+                        print(Refused(r["line"], r.get("field") or "", r["reason"]).text(short), file=sys.stderr)
+                    summary.rejected = len(refused)
+                    print(f"{short}: --strict: {len(refused)} bad line(s), nothing sent", file=sys.stderr)
+                    progress.done()
+                    summary.elapsed = time.monotonic() - started
+                    print(summary.line())
+                    return EXIT_REJECTED
+                summary.read = 0
+                stream = iter(lines)
+            for batch in batches(name, stream):
+                summary.read += batch.records
+                try:
+                    answer = _post(client, args.kind, batch, params)
+                except ClientError as exc:
+                    if exc.status != 503:
+                        raise
+                    print(f"intelbus publish: {exc}", file=sys.stderr)
+                    summary.undelivered += batch.records
+                    continue
+                for r in answer["refused"]:
+                    print(Refused(r["line"], r.get("field") or "", r["reason"]).text(short), file=sys.stderr)
+                summary.rejected += len(answer["refused"])
+                summary.duplicates_in_file += answer.get("duplicates", 0)
+                for event_id in answer["event_ids"]:
+                    if event_id in seen_ids:
+                        summary.duplicates_in_file += 1
+                    else:
+                        seen_ids.add(event_id)
+                        summary.published += 1
+                progress.update(summary.read)
+    except ClientError as exc:
+        progress.done()
+        print(f"intelbus publish: {exc}", file=sys.stderr)
+        if summary.published or summary.rejected:
+            summary.elapsed = time.monotonic() - started
+            print(summary.line())
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\nintelbus publish: interrupted after line {summary.read}; what the gateway answered is on the bus",
+              file=sys.stderr)
+    progress.update(summary.read, force=True)
+    progress.done()
+    summary.elapsed = time.monotonic() - started
+    print(summary.line())
+    return EXIT_OK if summary.rejected == 0 and summary.undelivered == 0 else EXIT_REJECTED
+
+
+def _post(client, kind: str, batch: Batch, params: dict) -> dict:
+    """One batch; a 503 (Kafka did not confirm in time) is sent once more: the event ids are derived, so a
+    record that did arrive the first time is dropped as a duplicate."""
+    from gateway.client import ClientError
+
+    for attempt in (1, 2):
+        try:
+            return client.ingest(kind, batch.body, batch.content_type,
+                                 **{**params, "line_offset": batch.line_offset})
+        except ClientError as exc:
+            if exc.status != 503 or attempt == 2:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")

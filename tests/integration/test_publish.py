@@ -1,4 +1,6 @@
-"""`intelbus publish` as an integrator runs it, against the real broker and registry."""
+"""`intelbus publish --via kafka` as an integrator holding Kafka credentials runs it, against the real broker
+and registry. The same command through the gateway (--via gateway, the default when logged in) is in
+test_ingest.py."""
 from __future__ import annotations
 
 import json
@@ -13,9 +15,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 @pytest.fixture
 def run_publish(people):
-    """`intelbus publish` as a regional system logged in with the integrator role."""
+    """`intelbus publish --via kafka` as a regional system logged in with the integrator role."""
     def run(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "ops.cli", "publish", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--via", "kafka", *args], capture_output=True, text=True,
                               input=stdin, timeout=120, env={**os.environ, **people.env("t-integrator")})
     return run
 
@@ -106,7 +108,7 @@ def test_unreachable_broker_is_exit_2_with_one_line(tmp_path, people):
     path = tmp_path / "x.jsonl"
     path.write_text("{}\n")
     env = {**os.environ, **people.env("t-integrator"), "INTELBUS_KAFKA": "127.0.0.1:1"}
-    result = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--kind", "incident", str(path)],
+    result = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--via", "kafka", "--kind", "incident", str(path)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("%")]

@@ -287,12 +287,12 @@ def test_a_system_publishes_only_for_its_own_regions(story, people, tmp_path):
          "incident_type": "HOTEL_CHECKIN", "location": {"region": "130822"}},
         {"source_region": "110105", "source_system": "kakou", "source_ref": f"BJ-{tag}", "occurred_at": iso(-1),
          "incident_type": "HOTEL_CHECKIN", "location": {"region": "110105"}})) + "\n")
-    r = intelbus("publish", "--kind", "incident", "--metrics-port", "0", str(path), env=people.env("t-xl-system"))
+    r = intelbus("publish", "--via", "kafka", "--kind", "incident", "--metrics-port", "0", str(path), env=people.env("t-xl-system"))
     assert r.returncode == 1
     assert "mixed.jsonl:2: source_region: t-xl-system may not publish for 110105 (publishes for 130822)" in r.stderr
     assert "published 1, rejected 1" in r.stdout
-    wrong = intelbus("publish", "--kind", "incident", "--region", "110105", "--metrics-port", "0", str(path),
+    wrong = intelbus("publish", "--via", "kafka", "--kind", "incident", "--region", "110105", "--metrics-port", "0", str(path),
                      env=people.env("t-xl-system"))
     assert wrong.returncode == 2 and "not entitled to publish for region 110105" in wrong.stderr
-    person = intelbus("publish", "--kind", "incident", "--metrics-port", "0", str(path), env=people.env("t-hb-cc"))
+    person = intelbus("publish", "--via", "kafka", "--kind", "incident", "--metrics-port", "0", str(path), env=people.env("t-hb-cc"))
     assert person.returncode == 2 and "role integrator required to publish" in person.stderr
