@@ -1,0 +1,269 @@
+"""The live feed over SSE (GET /api/v1/events) on the real stack, through a gateway running this checkout.
+
+Each hit is made as people make them: a wanted listing in Xinglong (130822, Hebei) and a
+checkpoint check of the same person in Jizhou (120119, Tianjin), so Hebei and Tianjin are
+notified and Jiangsu is not.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+CST = timezone(timedelta(hours=8))
+
+
+def iso(minutes):
+    return (datetime.now(tz=CST) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+def person_id() -> str:
+    from schemas.normalise import resident_id_check_digit
+
+    first17 = f"130822{random.randint(1950, 1999)}{random.randint(1, 12):02d}{random.randint(1, 28):02d}" \
+              f"{random.randint(0, 999):03d}"
+    return first17 + resident_id_check_digit(first17)
+
+
+def make_hits(settings, n: int = 1) -> list[str]:
+    """n hits (Xinglong listing x Jizhou check); their tags, which the hits' record keys carry."""
+    from producers.regional import RegionalProducer
+
+    tags = [uuid.uuid4().hex[:10] for _ in range(n)]
+    with RegionalProducer(settings=settings) as p:
+        for tag in tags:
+            person = person_id()
+            p.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"LV-{tag}",
+                                 "occurred_at": iso(-60), "action": "LISTED", "offence": "FRAUD",
+                                 "person": {"id_type": "RESIDENT_ID", "id_number": person, "name": "周九"}})
+            p.publish("incident", {"source_region": "120119", "source_system": "kakou", "source_ref": f"LVC-{tag}",
+                                   "occurred_at": iso(-1), "incident_type": "CHECKPOINT_CHECK",
+                                   "location": {"region": "120119"},
+                                   "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
+    return tags
+
+
+class SSE:
+    """A small SSE client in a thread: events (dicts with id, event, data) arrive on a queue."""
+
+    def __init__(self, url: str, token: str | None = None, last_id: str | None = None, **params):
+        headers = {"Accept": "text/event-stream"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        self.events: queue.Queue = queue.Queue()
+        self.opened = threading.Event()
+        self.status = self.error = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, headers, params), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(30), "no answer from the gateway"
+
+    def _run(self, url, headers, params):
+        try:
+            self._read(url, headers, params)
+        except httpx.HTTPError as exc:  # the gateway went away (a restart): the stream just ends
+            self.error = exc
+        finally:
+            self.opened.set()
+
+    def _read(self, url, headers, params):
+        with httpx.Client(timeout=httpx.Timeout(15.0, connect=10.0)) as client:
+            with client.stream("GET", f"{url}/api/v1/events", headers=headers, params=params) as r:
+                self.status = r.status_code
+                if r.status_code != 200:
+                    self.body = r.read().decode()
+                    self.opened.set()
+                    return
+                self.opened.set()
+                event = {}
+                for line in r.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line == "":
+                        if event:
+                            self.events.put(event)
+                        event = {}
+                        continue
+                    name, _, value = line.partition(":")
+                    event[name] = value[1:] if value.startswith(" ") else value
+
+    def items(self, *, until, timeout: float, settle: float = 0.0) -> list[dict]:
+        """Items (not heartbeats) until `until(items)` holds, then `settle` seconds more."""
+        got, deadline, done_at = [], time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            try:
+                e = self.events.get(timeout=0.1)
+                if e.get("event") in ("hit", "alert"):
+                    got.append({**e, "item": json.loads(e["data"])})
+            except queue.Empty:
+                pass
+            if done_at is None and until(got):
+                done_at = time.monotonic()
+                deadline = done_at + settle
+        return got
+
+    def close(self):
+        self._stop.set()
+
+
+LIVE_PRINCIPALS = [  # (name, region, roles): this module's own, so no other session's password reset races it
+    ("lv-hb-cc", "130000", ["command_center"]), ("lv-tj-cc", "120000", ["command_center"]),
+    ("lv-js-cc", "320000", ["command_center"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tokens(stack, settings, own_gateway):
+    """A bearer token per principal of this module, from the gateway's own login."""
+    import secrets
+
+    from identity.store import PrincipalStore, store_path
+
+    store = PrincipalStore(store_path(settings))
+    passwords = {}
+    try:
+        for name, region, roles in LIVE_PRINCIPALS:
+            passwords[name] = secrets.token_urlsafe(16)
+            if store.find(name) is None:
+                store.add(actor="pytest", name=name, kind="person", region=region, branch="COMMAND_CENTER",
+                          roles=roles, clearance="INTERNAL", password=passwords[name])
+            else:
+                store.set_disabled(actor="pytest", name=name, disabled=False)
+                store.reset_password(actor="pytest", name=name, password=passwords[name])
+    finally:
+        store.close()
+    out = {}
+    for name, password in passwords.items():
+        r = httpx.post(f"{own_gateway.url}/api/v1/login", json={"name": name, "password": password}, timeout=30)
+        assert r.status_code == 200, r.text
+        out[name] = r.json()["token"]
+    return out
+
+
+def tagged(items, tags) -> list[str]:
+    """The tags of our hits among the items, in order received."""
+    out = []
+    for i in items:
+        key = i["item"].get("record_key") or ""
+        for tag in tags:
+            if i["event"] == "hit" and key.endswith(f"LV-{tag}"):
+                out.append(tag)
+    return out
+
+
+def test_a_command_center_gets_its_hit_live_and_jiangsu_does_not(own_gateway, tokens, settings):
+    hebei = SSE(own_gateway.url, tokens["lv-hb-cc"], since="1m")
+    jiangsu = SSE(own_gateway.url, tokens["lv-js-cc"], since="1m")
+    try:
+        assert hebei.status == 200 and jiangsu.status == 200
+        first = hebei.events.get(timeout=10)
+        assert first == {"retry": "2000"}
+        [tag] = make_hits(settings)
+        started = time.monotonic()
+        got = hebei.items(until=lambda items: tagged(items, [tag]), timeout=10)
+        assert tagged(got, [tag]) == [tag], "Hebei's command center did not get its hit within 10 s"
+        hit = next(i for i in got if tagged([i], [tag]))
+        assert hit["item"]["feed_item"] == "hit" and sorted(hit["item"]["notify_regions"]) == ["120119", "130822"]
+        assert hit["id"].startswith("1.130000.")
+        assert time.monotonic() - started < 10
+        other = jiangsu.items(until=lambda items: False, timeout=1.0)
+        assert tagged(other, [tag]) == []  # Jiangsu, connected the whole time, never sees it
+    finally:
+        hebei.close()
+        jiangsu.close()
+
+
+def test_resume_with_last_event_id_gives_exactly_the_missed_items(own_gateway, tokens, settings):
+    token = tokens["lv-tj-cc"]
+    first = SSE(own_gateway.url, token, since="1m")
+    [a] = make_hits(settings)
+    got = first.items(until=lambda items: tagged(items, [a]), timeout=15)
+    first.close()
+    last = next(i for i in got if tagged([i], [a]))["id"]
+    missed = make_hits(settings, 2)
+    time.sleep(3)  # while nobody is connected, the hits arrive
+    again = SSE(own_gateway.url, token, last_id=last)
+    try:
+        got = again.items(until=lambda items: len(tagged(items, missed)) >= 2, timeout=15, settle=2)
+        assert sorted(tagged(got, [a, *missed])) == sorted(missed)  # no gap, no duplicate, not the one before
+    finally:
+        again.close()
+
+
+def test_resume_across_a_gateway_restart(own_gateway, tokens, settings):
+    token = tokens["lv-tj-cc"]
+    before = SSE(own_gateway.url, token, since="1m")
+    [d] = make_hits(settings)
+    got = before.items(until=lambda items: tagged(items, [d]), timeout=15)
+    last = next(i for i in got if tagged([i], [d]))["id"]
+    own_gateway.stop(kill=True)
+    before.close()
+    try:
+        missed = make_hits(settings, 2)  # published while the gateway is down
+    finally:
+        own_gateway.start()
+    after = SSE(own_gateway.url, token, last_id=last)
+    try:
+        got = after.items(until=lambda items: len(tagged(items, missed)) >= 2, timeout=20, settle=2)
+        assert sorted(tagged(got, [d, *missed])) == sorted(missed)
+        assert len({i["id"] for i in got}) == len(got)
+    finally:
+        after.close()
+
+
+def test_bad_last_event_id_and_no_token_are_refused(own_gateway, tokens, settings):
+    token = tokens["lv-tj-cc"]
+    bad = SSE(own_gateway.url, token, last_id="1.120000.0.zz.0-0.deadbeef")
+    assert bad.status == 400 and "does not check out" in bad.body
+    foreign = httpx.get(f"{own_gateway.url}/api/v1/events", params={"region": "120119"}, timeout=30,
+                        headers={"Authorization": f"Bearer {token}",
+                                 "Last-Event-ID": _real_token(own_gateway.url, token)})
+    assert foreign.status_code == 400 and "belongs to the view of region 120000, not 120119" in foreign.text
+    junk = httpx.get(f"{own_gateway.url}/api/v1/events", params={"last_event_id": "not-a-token"}, timeout=30,
+                     headers={"Authorization": f"Bearer {token}"})
+    assert junk.status_code == 400 and "malformed" in junk.json()["detail"]
+    anonymous = httpx.get(f"{own_gateway.url}/api/v1/events", timeout=30)
+    assert anonymous.status_code == 401
+    from gateway.hub import decode_token, stream_partitions  # control: a real token decodes for its view
+    assert decode_token(_real_token(own_gateway.url, token), "120000", stream_partitions(_hit_part("120000"), 6))
+
+
+def _real_token(url, token) -> str:
+    """An id as the gateway makes them for the Tianjin view (a position at the start of each partition)."""
+    from gateway.hub import encode_token, stream_partitions
+
+    return encode_token("120000", {tp: 0 for tp in stream_partitions(_hit_part("120000"), 6)})
+
+
+def _hit_part(province):
+    from sinks.feed import hit_partition
+
+    return hit_partition(province, 6)
+
+
+def test_a_first_connection_further_back_than_the_buffer_catches_up_then_follows_the_hub(own_gateway, tokens,
+                                                                                          settings):
+    def catch_ups():
+        text = httpx.get(f"{own_gateway.url}/metrics", timeout=30).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("intelbus_gateway_catchup_readers_total "))
+
+    opened = catch_ups()
+    stream = SSE(own_gateway.url, tokens["lv-tj-cc"], since="3h")  # the buffer holds 1 h
+    try:
+        [tag] = make_hits(settings)
+        got = stream.items(until=lambda items: tagged(items, [tag]), timeout=20, settle=2)
+        assert tagged(got, [tag]) == [tag]
+        assert len({i["id"] for i in got}) == len(got)  # each item once, across the switch
+        assert catch_ups() == opened + 1
+    finally:
+        stream.close()
