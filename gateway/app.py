@@ -263,7 +263,13 @@ def create_app(settings=None, services: Services | None = None) -> FastAPI:
             raise refuse(request, 400, str(exc), AuditEntry(action="query", identity=identity, outcome="refused",
                                                             reason=str(exc), region=view, purpose=body.purpose,
                                                             query_name=name, params=body.params)) from None
-        return _run(request, identity, "query", sql, view=view, purpose=body.purpose, query_name=name, params=body.params)
+        from gateway.history import page_of, page_sql
+
+        out = _run(request, identity, "query", page_sql(sql, body.limit, body.offset), view=view, purpose=body.purpose,
+                   query_name=name, params={**body.params, "page": {"limit": body.limit, "offset": body.offset}})
+        out.rows, out.has_more, out.next_offset = page_of(out.rows, body.limit, body.offset)
+        out.offset = body.offset
+        return out
 
     @app.post("/api/v1/sql", response_model=QueryOut, tags=["history"])
     def run_sql(body: SqlIn, request: Request, identity: Identity = Depends(caller)):

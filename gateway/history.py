@@ -64,3 +64,18 @@ def in_database(sql: str, database: str) -> str:
 def adhoc_sql(sql: str, ent: Entitlement, view: str, database: str) -> str:
     """An analyst's statement with every table reference wrapped in the caller's scope (ScopeError if it cannot be)."""
     return scope_sql(sql, database=database, scopes=ent.sql_scopes(view))
+
+
+def page_sql(sql: str, limit: int, offset: int) -> str:
+    """One page of a query's result, one row more than asked (so the answer knows whether more follow).
+
+    The query runs as a subquery, so its own LIMIT / LIMIT BY and ORDER BY stay as they are; the
+    `LIMIT offset, n` form is the one ClickHouse 18.16 knows.
+    """
+    return f"SELECT * FROM (\n{sql.rstrip().rstrip(';')}\n) LIMIT {int(offset)}, {int(limit) + 1}"
+
+
+def page_of(rows: list, limit: int, offset: int) -> tuple[list, bool, int | None]:
+    """(the page's rows, whether more follow, the next page's offset) from the rows page_sql gave."""
+    more = len(rows) > limit
+    return rows[:limit], more, (offset + limit if more else None)

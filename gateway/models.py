@@ -34,6 +34,8 @@ class NamedQueryIn(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="the query's parameters (GET /api/v1/queries)")
     region: str | None = Field(default=None, description="narrow to a region inside the caller's agency")
     purpose: str = Field(default="", max_length=500, description="case or request reference; required by some queries")
+    limit: int = Field(default=1000, ge=1, le=10_000, description="rows in this page (an export takes them all)")
+    offset: int = Field(default=0, ge=0, le=10_000_000, description="rows to skip: the previous answer's next_offset")
 
 
 class SqlIn(BaseModel):
@@ -47,6 +49,9 @@ class QueryOut(BaseModel):
     rows: list[list[Any]]
     elapsed_ms: float
     region: str = Field(description="the region the rows are limited to")
+    offset: int = Field(default=0, description="the first row's position in the whole result")
+    has_more: bool = Field(default=False, description="more rows follow this page")
+    next_offset: int | None = Field(default=None, description="send as `offset` for the next page (null: no more)")
 
 
 class AuditQuery(BaseModel):
