@@ -13,6 +13,11 @@ def bootstrap(settings: Settings, *, out=print) -> None:
 
     admin = AdminClient(settings.kafka_config(ADMIN))
     acl_plan = load_acls()
+    from ops.secrets import ensure_kafka_passwords
+
+    # a principal added to ops/acls.yaml since the broker was formatted gets its password here
+    # and its SCRAM credential from apply_acls (the local stack's passwords live in <secrets dir>/kafka)
+    ensure_kafka_passwords(settings, sorted(acl_plan.principals))
     report = apply_acls(admin, settings, acl_plan)
     out(f"acls        {len(acl_plan.bindings)} rules for {len(acl_plan.principals)} principals (ops/acls.yaml), "
         f"{len(report.created)} created, {len(report.credentials_created)} credentials created"
