@@ -175,16 +175,23 @@ class IngestResult:
 
 
 def ingest_lines(kind: str, lines: list, *, producer, publisher, is_within, source: str,
-                 dry_run: bool = False) -> IngestResult:
+                 dry_run: bool = False, default_system: str | None = None) -> IngestResult:
     """Check every line (producers.publish.check_line), produce the good ones once, dead-letter the others,
-    and wait for Kafka's reports. producer: a RegionalProducer (its signer signs)."""
+    and wait for Kafka's reports. producer: a RegionalProducer (its signer signs); default_system: the
+    source_system of records that name none when the producer has no system of its own."""
     from producers.publish import Refused, check_line
 
     result = IngestResult()
     seen: set[str] = set()
     signer = producer.signer
+    validate = producer.validate
+    if default_system and not producer.system:
+        def validate(kind, record):
+            if isinstance(record, dict) and not record.get("source_system"):
+                record = {**record, "source_system": default_system}
+            return producer.validate(kind, record)
     for line in lines:
-        valid = check_line(kind, line, producer.validate, publisher, signer, is_within)
+        valid = check_line(kind, line, validate, publisher, signer, is_within)
         if isinstance(valid, Refused):
             result.refused.append(valid)
             if not dry_run:
@@ -307,13 +314,13 @@ def register(app, ctx) -> None:
         if key is None:
             raise audit_refusal(request, identity, 409, no_key_reason(identity.name, identity.publish_regions), params)
         share = None if dry_run else RequestShare(shared_producer())
-        producer = RegionalProducer(region=region, system=system or identity.name, settings=services.settings,
+        producer = RegionalProducer(region=region, system=system, settings=services.settings,
                                     codec=services.codec, signer=key,
                                     kafka_producer=share if share is not None else _NoKafka())
         if share is not None:
             share.on_report = producer._delivered
         result = ingest_lines(kind, lines, producer=producer, publisher=publisher, is_within=services.regions.is_within,
-                              source=source, dry_run=dry_run)
+                              source=source, dry_run=dry_run, default_system=identity.name)
         counts = {**params, "lines": len(lines), "accepted": 0 if dry_run else len(result.event_ids),
                   "refused": len(result.refused), "duplicates": result.duplicates,
                   "dead_lettered": result.dead_lettered, "key_id": key.key_id,
@@ -348,8 +355,8 @@ def register(app, ctx) -> None:
         Each line is checked as `intelbus publish` checks it, signed with the system's active key and
         produced; refused lines are listed (line, field, reason) and dead-lettered with their raw text.
         202 once Kafka has acknowledged the accepted records (accepted may be 0: see `refused`).
-        region / system fill source_region / source_system for records without them (system defaults to
-        the caller's name); source names the body in dead letters (SOURCE:LINE); line_offset is added to
+        region / system fill source_region / source_system for records without them (a record without
+        source_system and no system given gets the caller's name); source names the body in dead letters (SOURCE:LINE); line_offset is added to
         every line number (a batch cut from a file keeps the file's numbers); dry_run=true checks only."""
         params = {"kind": kind[:20], "region": region or "", "system": (system or "")[:64], "source": source[:100],
                   "content_type": request.headers.get("content-type", "")[:60], "dry_run": dry_run}

@@ -409,9 +409,11 @@ def publish_via_gateway(args, settings, name: str, stream) -> int:
     try:
         with _client(settings) as client:
             if args.strict:  # a first pass that sends nothing: is every line good?
-                lines = stream.readlines()
+                import io
+
+                text = stream.read()
                 refused = []
-                for batch in batches(name, iter(lines)):
+                for batch in batches(name, io.StringIO(text)):
                     answer = _post(client, args.kind, batch, {**params, "dry_run": "true"})
                     summary.read += batch.records
                     refused += answer["refused"]
@@ -426,7 +428,7 @@ def publish_via_gateway(args, settings, name: str, stream) -> int:
                     print(summary.line())
                     return EXIT_REJECTED
                 summary.read = 0
-                stream = iter(lines)
+                stream = io.StringIO(text)
             for batch in batches(name, stream):
                 summary.read += batch.records
                 try:
