@@ -31,6 +31,38 @@ def run_cli(argv: list[str]) -> int:
     return intelbus(argv)
 
 
+def show_acls() -> None:
+    """Who may read and write which topics, one line per principal (`intelbus acls list` has every rule)."""
+    from ops.acls import load_acls
+
+    print("$ intelbus acls list      # summarised: principal, topics it may read, topics it may write", flush=True)
+    plan = load_acls()
+    for name in plan.principals:
+        mine = [b for b in plan.bindings if b.principal == f"User:{name}" and b.resource == "TOPIC"]
+        reads = sorted({b.name + ("*" if b.pattern == "PREFIXED" else "") for b in mine if b.operation == "READ"})
+        writes = sorted({b.name + ("*" if b.pattern == "PREFIXED" else "") for b in mine if b.operation == "WRITE"})
+        print(f"  {name:<18} reads {', '.join(reads) or '-'}\n  {'':<18} writes {', '.join(writes) or '-'}")
+
+
+def show_anonymous_refused(settings) -> None:
+    """What a client without credentials gets from the broker, and where the broker writes it down."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    print(f"$ (a Kafka client with no credentials asks {settings.kafka} for its topics)", flush=True)
+    try:
+        AdminClient({"bootstrap.servers": settings.kafka, "log_level": 0}).list_topics(timeout=3)
+        print("  answered: the broker is not checking credentials!", flush=True)
+    except KafkaException as exc:
+        print(f"  refused: the client got no answer ({exc.args[0].str()})", flush=True)
+        log = settings.stack_path / "logs" / "kafka-authorizer.log"
+        time.sleep(0.5)
+        lines = [l for l in log.read_text(errors="replace").splitlines() if "Failed authentication" in l] \
+            if log.exists() else []
+        if lines:
+            print(f"  the broker wrote down ({log}):\n  {lines[-1][:220]}", flush=True)
+
+
 def login_as(name: str, passwords: dict) -> None:
     """Log in as a demo identity (what `intelbus login NAME` does after the password prompt)."""
     from gateway.client import GatewayClient, SavedLogin, save_login
@@ -73,6 +105,10 @@ def main() -> int:
     print(f"passwords (demo only): {passwords_file}")
     for name, password in passwords.items():
         print(f"  intelbus login {name:<11} # password {password}")
+
+    say("Trust on the wire: every process logs in to Kafka as its own principal (ops/acls.yaml)")
+    show_acls()
+    show_anonymous_refused(settings)
 
     seed_ = random.randrange(1000, 10**6)
     say(f"Simulating regional traffic for {FEED_SECONDS + 10}s at 300 records/s (seed {seed_})")
