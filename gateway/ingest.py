@@ -35,6 +35,7 @@ KINDS = ("alert", "wanted", "incident")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_LINES = 10_000
 DELIVERY_TIMEOUT_S = 30.0
+GATEWAY_PRINCIPAL = "intelbus-gateway"  # ops/acls.yaml: may write the input topics and intel.dlq
 CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", "application/json": "json",
                  "text/csv": "csv"}
 
@@ -253,7 +254,7 @@ def register(app, ctx) -> None:
     services = ctx.services
     router = APIRouter(tags=["ingest"])
     state: dict = {}
-    state_lock = threading.Lock()
+    state_lock = threading.RLock()
 
     def shared_producer():
         """Made on the first ingest, then kept for the life of the process."""
@@ -261,12 +262,22 @@ def register(app, ctx) -> None:
             if "producer" not in state:
                 from producers.regional import producer_config
 
-                config = producer_config(services.settings, **(services.kafka_config or {}))
+                config = producer_config(as_gateway(), **(services.kafka_config or {}))
                 config.update({"client.id": "intelbus-gateway-ingest", "linger.ms": 5})
                 state["producer"] = state.get("factory", SharedProducer)(config)
             return state["producer"]
 
     app.state.ingest = state  # tests put a factory of a fake producer here
+
+    def as_gateway():
+        """The settings with the gateway's own Kafka principal: RegionalProducer builds its (unused) config from
+        them, and a gateway holds no other principal's password."""
+        with state_lock:
+            if "settings" not in state:
+                import dataclasses
+
+                state["settings"] = dataclasses.replace(services.settings, kafka_user=GATEWAY_PRINCIPAL)
+            return state["settings"]
 
     def signing_keys():
         with state_lock:
@@ -314,7 +325,7 @@ def register(app, ctx) -> None:
         if key is None:
             raise audit_refusal(request, identity, 409, no_key_reason(identity.name, identity.publish_regions), params)
         share = None if dry_run else RequestShare(shared_producer())
-        producer = RegionalProducer(region=region, system=system, settings=services.settings,
+        producer = RegionalProducer(region=region, system=system, settings=as_gateway(),
                                     codec=services.codec, signer=key,
                                     kafka_producer=share if share is not None else _NoKafka())
         if share is not None:

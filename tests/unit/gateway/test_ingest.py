@@ -265,3 +265,45 @@ def test_a_request_waits_for_its_own_delivery_reports_only():
     for report in shared.producer.messages:
         report(None, None)
     assert share.flush(0.01) == 0
+
+
+def test_the_route_is_in_the_openapi_document_with_its_bodies(gw):
+    client, _, _ = gw
+    doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/api/v1/events/{kind}"]["post"]
+    assert set(op["requestBody"]["content"]) == {"application/x-ndjson", "application/json", "text/csv"}
+    assert "202" in op["responses"] and op["tags"] == ["ingest"]
+
+
+@pytest.mark.parametrize("env, saved_at, flags, expected", [
+    ({"INTELBUS_TOKEN": "t"}, None, [], "gateway"),
+    ({}, "gw", [], "gateway"),
+    ({}, "elsewhere", [], "kafka"),
+    ({}, None, [], "kafka"),
+    ({"INTELBUS_TOKEN": "t"}, None, ["--topic", "bench.x"], "kafka"),
+    ({"INTELBUS_TOKEN": "t"}, None, ["--via", "kafka"], "kafka"),
+])
+def test_publish_goes_through_the_gateway_when_logged_in(tmp_path, monkeypatch, env, saved_at, flags, expected):
+    import argparse
+
+    from gateway.client import SavedLogin, save_login
+    from ops.settings import load_settings
+    from producers import publish
+
+    monkeypatch.delenv("INTELBUS_TOKEN", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("INTELBUS_CREDENTIALS", str(tmp_path / "credentials.json"))
+    settings = load_settings(gateway_url="http://gw:8080")
+    if saved_at:
+        save_login(SavedLogin(f"http://{saved_at}:8080", "tok", "x", 9e9))
+    chosen = []
+    monkeypatch.setattr(publish, "publish_via_gateway", lambda *a: chosen.append("gateway") or 0)
+    monkeypatch.setattr(publish, "_publisher", lambda *a: chosen.append("kafka") or (_ for _ in ()).throw(PermissionError("stop")))
+    monkeypatch.setattr("ops.settings.load_settings", lambda: settings)
+    parser = argparse.ArgumentParser()
+    publish.add_publish(parser)
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    publish.publish_command(parser.parse_args(["--kind", "incident", *flags, str(path)]))
+    assert chosen == [expected]
