@@ -11,6 +11,7 @@ AVRO_DIR = Path(__file__).resolve().parent / "avro"
 KINDS = ("alert", "wanted", "incident")
 HIT_TOPIC = "intel.hit"
 DLQ_TOPIC = "intel.dlq"
+WORKFLOW_TOPIC = "intel.workflow"  # hit follow-up, assistance requests, directives (workflows/, docs/workflows.md)
 
 
 def input_topic(kind: str) -> str:
@@ -32,6 +33,7 @@ TOPIC_SCHEMAS = {
     **{unique_topic(k): k for k in KINDS},
     HIT_TOPIC: "hit",
     DLQ_TOPIC: "dead_letter",
+    WORKFLOW_TOPIC: "workflow",
 }
 
 

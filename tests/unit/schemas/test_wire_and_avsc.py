@@ -113,4 +113,4 @@ def test_logical_types():
     assert fields["occurred_at"] == {"type": "long", "logicalType": "timestamp-millis"}
     assert any("date" in json.dumps(f["type"]) for f in fields["persons"]["items"]["fields"] if f["name"] == "birth_date")
     assert sorted(p.name for p in AVRO_DIR.glob("*.avsc")) == [
-        "alert.avsc", "dead_letter.avsc", "envelope.avsc", "hit.avsc", "incident.avsc", "wanted.avsc"]
+        "alert.avsc", "dead_letter.avsc", "envelope.avsc", "hit.avsc", "incident.avsc", "wanted.avsc", "workflow.avsc"]
