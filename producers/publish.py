@@ -452,7 +452,10 @@ def publish_via_gateway(args, settings, name: str, stream) -> int:
                 progress.update(summary.read)
     except ClientError as exc:
         progress.done()
-        print(f"intelbus publish: {exc}", file=sys.stderr)
+        hint = (f" (the gateway at {settings.gateway_url} has no POST /api/v1/events/{args.kind}: an older gateway; "
+                f"use --via kafka, or ask the operators to upgrade it)" if exc.status in (404, 405)
+                and str(exc) in ("Not Found", "Method Not Allowed") else "")
+        print(f"intelbus publish: {exc}{hint}", file=sys.stderr)
         if summary.published or summary.rejected:
             summary.elapsed = time.monotonic() - started
             print(summary.line())
