@@ -445,6 +445,8 @@ _ACTIONS = {"queries": "query"}  # the audit log's action for a path segment, wh
 
 def _action_of(request: Request) -> str:
     parts = request.url.path.split("/")
+    if len(parts) > 3 and parts[1] == "api" and parts[3] == "events":  # GET: the live feed; POST: ingest
+        return "publish" if request.method == "POST" else "feed"
     return _ACTIONS.get(parts[3], parts[3]) if len(parts) > 3 and parts[1] == "api" else request.url.path
 
 
