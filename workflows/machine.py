@@ -9,8 +9,8 @@ The rules that make an at-least-once stream exactly-once (docs/workflows.md):
 - a command whose command_id the item has applied changes nothing and emits nothing;
 - a deadline step whose key the item has fired, or that no longer applies (the party acted),
   or whose time has not come, changes nothing and emits nothing;
-- event ids are derived from (item id, sequence number), so replaying the same history
-  publishes the same events with the same ids.
+- event ids are derived from (item id, cause, place in the transition), the cause being the
+  command id or the deadline step's key, so a replay publishes the same ids again.
 A deadline checked late (the worker was down) fires every step that is due by then, each
 once, in time order: the reminder and each escalation level that a bus running without a
 pause would have sent, with `scheduled_at` saying when each was due.
@@ -93,13 +93,13 @@ def _finish(before, after, drafts: list[dict], effects: list, now_ms: int, cause
     """Number the drafted events after the item's last one and stamp them with the new state."""
     seq = before.seq if before is not None else 0
     events = []
-    for draft in drafts:
+    for part, draft in enumerate(drafts):
         seq += 1
         party = draft.get("party")
         events.append(WorkflowEvent(
             item_id=after.item_id, item_kind=after.kind, seq=seq, at=now_ms, status=after.status,
             party_status=_party_status(after, party), notify=_notify(after), classification=after.classification,
-            command_id=cause, **draft,
+            command_id=cause, part=part, **draft,
         ))
     changes = {"seq": seq}
     if mark_applied:
@@ -149,9 +149,14 @@ def apply(state, command, now_ms: int, policy: Policy, regions: RegionTable | No
         if state is None:
             raise WorkflowRefusal(f"there is no {kind.lower().replace('_', ' ')} {command.item_id}")
         if state.kind != kind:
-            raise WorkflowRefusal(f"{command.item_id} is a {state.kind.lower().replace('_', ' ')}, not a {kind.lower().replace('_', ' ')}")
+            raise WorkflowRefusal(f"{command.item_id} is {_a(state.kind)}, not {_a(kind)}")
     after, drafts, effects = handler(state, command, now_ms, policy, regions)
     return _finish(state, after, drafts, effects, now_ms, command.command_id, mark_applied=True)
+
+
+def _a(kind: str) -> str:
+    words = kind.lower().replace("_", " ")
+    return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 def _noun(item) -> str:

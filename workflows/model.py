@@ -420,11 +420,13 @@ class WorkflowEvent:
     refs: tuple = ()  # related ids: hit record key, reused request ids, wanted revision
     command_id: str | None = None  # the command or deadline key that caused it
     classification: str = "INTERNAL"
+    part: int = 0  # its place among the events of one transition (not on the wire; part of the id)
 
     @property
     def event_id(self) -> str:
-        """Deterministic: a replay of the same history publishes the same ids."""
-        return str(uuid.uuid5(NAMESPACE, f"workflow|{self.item_id}|{self.seq}"))
+        """UUIDv5 of (item, cause, part): the same cause replayed gets the same id, two causes never
+        share one, even when a worker that crashed between publishing and saving reuses a seq."""
+        return str(uuid.uuid5(NAMESPACE, f"workflow|{self.item_id}|{self.command_id}|{self.part}"))
 
     def to_avro(self) -> dict:
         """The record for schemas/avro/workflow.avsc (timestamps as epoch ms)."""

@@ -362,3 +362,16 @@ def test_open_hit_command_from_a_decoded_hit():
     assert ev.due_at == 10 * MIN and ev.classification == "SECRET"
     assert fire(state, due(state, Runner().policy)[0], 10 * MIN, Runner().policy)[1][0].event_type == "REMINDED"
     assert fire_due(state, 0, Runner().policy)[1] == []
+
+
+def test_event_ids_follow_the_cause_so_a_lost_table_write_never_makes_two_events_share_an_id():
+    r = open_hit(Runner(), danger="HIGH")
+    saved = r.state  # the table as last written
+    r.clock.advance(10 * MIN)
+    (reminder,) = r.fire_due()  # published, then the worker dies before writing the table
+    r.state = saved
+    (again,) = r.fire_due()  # after the restart the reminder comes out again: same id, the sink drops it
+    assert again.event_id == reminder.event_id and again.seq == reminder.seq == 2
+    r.state = saved
+    (report_ev,), _ = report(r, "DETAINED")  # or a command gets there first: same seq, another id
+    assert report_ev.seq == 2 and report_ev.event_id != reminder.event_id
