@@ -297,7 +297,7 @@ def _send_request(_state, c: m.SendRequest, now, policy, regions):
         drafts.append(dict(event_type="ANSWERS_OFFERED", party=a.agency, to=(a.agency,),
                            refs=tuple(dict.fromkeys(e.request_id for e in a.offered)), actor="intelbus"))
         effects.append(OfferAnswers(c.item_id, a.agency, a.offered))
-        effects += [Audit("answer_offered", "intelbus", a.agency, c.item_id, f"{e.request_id} {e.identifier}", now)
+        effects += [Audit("answer_offered", "intelbus", a.agency, c.item_id, f"{e.request_id} {e.identifier}", now, role="bus")
                     for e in a.offered]
     return item, drafts, effects
 
@@ -349,7 +349,8 @@ def _answer_request(r: AssistanceRequest, c: m.AnswerRequest, now, policy, regio
     draft = dict(event_type="ANSWERED", party=a.agency, to=(r.requester,), text=c.findings, refs=reuse,
                  code="REUSED" if reuse else None, **_actor_fields(c.actor))
     effects: list = [IndexAnswer(EarlierAnswer(r.item_id, a.agency, now, s, c.findings, r.classification)) for s in r.subjects]
-    effects += [Audit("answer_reused", c.actor.name, a.agency, r.item_id, f"{e.request_id} {e.identifier}", now)
+    role = ",".join(sorted(set(c.actor.roles) & set(policy.acting_roles)))
+    effects += [Audit("answer_reused", c.actor.name, a.agency, r.item_id, f"{e.request_id} {e.identifier}", now, role=role)
                 for e in a.offered if e.request_id in reuse]
     return _with_addressee(r, new), [draft], effects
 
@@ -594,8 +595,8 @@ def fire(state, deadline: Deadline, now_ms: int, policy: Policy, regions: Region
     if state is None or deadline.key in state.fired or now_ms < deadline.at:
         return state, [], []
     current = next((d for d in _all_deadlines(state, policy, regions) if d.key == deadline.key), None)
-    if current is None:
-        return state, [], []  # the party acted (or the item closed) since the timer was set
+    if current is None or now_ms < current.at:
+        return state, [], []  # the party acted (or the item closed) since the timer was set, or not yet due
     if current.step == 0:
         if current.name == "stale":
             event_type = "STALE_LISTING"

@@ -468,6 +468,7 @@ class Audit:
     what: str  # the earlier request id and identifier
     at: int
     count: int = 1
+    role: str = ""  # the role the actor acted in (bus: the bus offering)
 
 
 @dataclass(frozen=True)

@@ -258,8 +258,8 @@ def test_reusing_an_offered_answer_is_audited_and_only_offered_answers_may_be_re
     (ev,), effects = cmd(r, m.AnswerRequest, xl(), "as R-3 found: seen in Langfang in May", ("R-3",))
     assert (ev.event_type, ev.code, ev.refs) == ("ANSWERED", "REUSED", ("R-3",))
     (audit,) = [e for e in effects if isinstance(e, m.Audit)]
-    assert (audit.action, audit.actor, audit.agency, audit.purpose, audit.what) == (
-        "answer_reused", "wang", XL_CI, "R-12", "R-3 PHONE:13800138000")
+    assert (audit.action, audit.actor, audit.agency, audit.role, audit.purpose, audit.what) == (
+        "answer_reused", "wang", XL_CI, "command_center", "R-12", "R-3 PHONE:13800138000")
     assert r.state.addressee(XL_CI).reused_from == ("R-3",)
 
 
