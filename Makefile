@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install stack-install up down status demo test unit integration bench bench-quick clean
+.PHONY: install stack-install up down status demo test unit integration bench bench-quick screenshots clean
 
 install: $(STAMP)  ## create .venv and install intelbus (editable) with pinned dependency ranges
 
@@ -45,6 +45,9 @@ bench: stack-install
 
 bench-quick: stack-install
 	$(BIN)/python -m bench.run --quick
+
+screenshots: stack-install  ## docs/console-wall.png and docs/console-trail.png, made by the console's browser tests
+	INTELBUS_SCREENSHOTS=1 $(BIN)/python -m pytest tests/integration/test_console_browser.py -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

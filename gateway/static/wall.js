@@ -5,9 +5,12 @@
 
 const PURPOSE = "指挥中心值守 live wall";
 const MAX_CARDS = 300;
+// how far back a wall opened now starts (the page's ?since=, e.g. 2h; the gateway caps and checks it)
+const SINCE = /^\d{1,4}[smhd]$/.test(new URLSearchParams(location.search).get("since") || "")
+  ? new URLSearchParams(location.search).get("since") : "10m";
 const STALE_MS = 15000;      // heartbeats come every 5 s
 const FRESH_MS = 120000;     // a hit detected this recently gets the flash and the beep
-const wall = { hits: new Map(), es: null, opened: false, lastBeat: 0, lastItem: "", duplicates: 0, alerts: 0,
+const wall = { hits: new Map(), seen: new Set(), queue: [], flushing: false, received: 0, arrived: {}, es: null, opened: false, lastBeat: 0, lastItem: "", duplicates: 0, alerts: 0,
                audio: null, lastBeep: 0, me: null, unseen: 0 };
 
 function norm(v) {
@@ -97,24 +100,48 @@ function hitCard(h) {
 
 // --- arriving hits -------------------------------------------------------------------------------------
 
+// Items are queued and put on the wall in batches (a catch-up after a reconnect can bring thousands at once).
 function onHit(h) {
-  if (wall.hits.has(h.hit_id)) { wall.duplicates += 1; document.body.dataset.duplicates = wall.duplicates; return; }
-  wall.hits.set(h.hit_id, h);
-  const card = hitCard(h);
+  if (wall.seen.has(h.hit_id)) { wall.duplicates += 1; document.body.dataset.duplicates = wall.duplicates; return; }
+  wall.seen.add(h.hit_id);
+  wall.received += 1;
+  wall.arrived[h.hit_id] = Date.now();
+  wall.queue.push(h);
+  if (!wall.flushing) { wall.flushing = true; setTimeout(flush, 100); }
+}
+
+function flush() {
+  wall.flushing = false;
+  const batch = wall.queue.splice(0);
+  if (!batch.length) return;
   const list = document.getElementById("hits");
-  const at = Number(card.dataset.detected);
-  const after = [...list.querySelectorAll(".hit-card")].find((c) => Number(c.dataset.detected) < at);
-  list.insertBefore(card, after || null);
-  document.getElementById("empty").classList.add("hidden");
-  addRegionOption(h.owner_region); addRegionOption(h.hit_region);
-  if (Date.now() - at < FRESH_MS) {
-    card.classList.add("fresh");
-    setTimeout(() => card.classList.remove("fresh"), 4000);
-    beep();
-    if (document.hidden) { wall.unseen += 1; document.title = `(${wall.unseen}) 新命中 · intelbus`; }
+  const at = (h) => { const d = IB.toDate(h.detected_at); return d ? d.getTime() : 0; };
+  batch.sort((a, b) => at(a) - at(b)); // oldest first: each goes on top of the ones before it
+  let fresh = 0;
+  for (const h of batch.slice(-MAX_CARDS)) { // the older ones would fall off the wall at once
+    wall.hits.set(h.hit_id, h);
+    const card = hitCard(h);
+    const first = list.querySelector(".hit-card");
+    if (!first || Number(first.dataset.detected) <= at(h)) {
+      list.insertBefore(card, first);
+    } else { // older than the newest on the wall (rare): its place in time
+      const after = [...list.querySelectorAll(".hit-card")].find((c) => Number(c.dataset.detected) < at(h));
+      list.insertBefore(card, after || null);
+    }
+    addRegionOption(h.owner_region); addRegionOption(h.hit_region);
+    if (Date.now() - at(h) < FRESH_MS) {
+      fresh += 1;
+      card.classList.add("fresh");
+      setTimeout(() => card.classList.remove("fresh"), 4000);
+    }
   }
+  document.getElementById("empty").classList.add("hidden");
   const cards = list.querySelectorAll(".hit-card");
   for (let i = MAX_CARDS; i < cards.length; i++) { wall.hits.delete(cards[i].dataset.hitId); cards[i].remove(); }
+  if (fresh) {
+    beep();
+    if (document.hidden) { wall.unseen += fresh; document.title = `(${wall.unseen}) 新命中 · intelbus`; }
+  }
   applyFilters();
   drawPlot();
 }
@@ -135,7 +162,7 @@ function beep() {
 
 function setupSound() {
   const button = document.getElementById("sound");
-  const show = () => { button.textContent = wall.audio && wall.audio.state === "running" ? "🔔 提示音已开 sound on" : "🔕 开启提示音 sound off"; };
+  const show = () => { button.textContent = wall.audio && wall.audio.state === "running" ? "♪ 提示音 开 sound on" : "♪ 提示音 关 sound off"; };
   try { wall.audio = new AudioContext(); } catch (e) { wall.audio = null; }
   button.addEventListener("click", async () => {
     if (!wall.audio) wall.audio = new AudioContext();
@@ -179,7 +206,7 @@ function applyFilters() {
     card.classList.toggle("hidden", !ok);
     if (ok) { shown += 1; classes.push(h.classification); }
   }
-  document.getElementById("count").textContent = `${shown} / ${wall.hits.size} 条命中 hits` +
+  document.getElementById("count").textContent = `${shown} / ${wall.hits.size} 条命中 hits (共收到 ${wall.received} received)` +
     (wall.alerts ? ` · ${wall.alerts} 条协查 alerts` : "");
   IB.setBanner(IB.maxClassification(["INTERNAL", ...classes]));
 }
@@ -208,13 +235,20 @@ function drawPlot() {
 // --- the connection ------------------------------------------------------------------------------------
 
 function connect() {
-  const url = `/api/v1/events?purpose=${encodeURIComponent(PURPOSE)}&since=2h`;
+  // a new EventSource (after one the server refused) resumes where the wall was through last_event_id
+  const resume = wall.lastItem ? `&last_event_id=${encodeURIComponent(wall.lastItem)}` : "";
+  const url = `/api/v1/events?purpose=${encodeURIComponent(PURPOSE)}&since=${SINCE}${resume}`;
   const es = new EventSource(url, { withCredentials: true });
   wall.es = es;
   es.addEventListener("open", () => { wall.opened = true; wall.lastBeat = Date.now(); showConnection(); });
   es.addEventListener("hit", (e) => { wall.lastBeat = Date.now(); wall.lastItem = e.lastEventId; onHit(JSON.parse(e.data)); });
   es.addEventListener("alert", (e) => { wall.lastBeat = Date.now(); wall.lastItem = e.lastEventId; wall.alerts += 1; applyFilters(); });
-  es.addEventListener("heartbeat", () => { wall.lastBeat = Date.now(); showConnection(); });
+  es.addEventListener("heartbeat", () => {
+    wall.lastBeat = Date.now();
+    // a heartbeat comes when the gateway has nothing more to send: the wall has caught up
+    document.getElementById("conn").dataset.heartbeats = Number(document.getElementById("conn").dataset.heartbeats || 0) + 1;
+    showConnection();
+  });
   es.addEventListener("error", async () => {
     showConnection();
     if (es.readyState !== EventSource.CLOSED) return; // the browser retries by itself (with Last-Event-ID)

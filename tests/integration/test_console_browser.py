@@ -1,0 +1,292 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright, on the real stack, against a
+gateway of this checkout (own_gateway).
+
+Each test is what a person does: a browser without a session is sent to the login page; a Tianjin
+command center sees a hit of Tianjin's appear on its wall without a reload, and Jiangsu's wall does
+not (while it shows Jiangsu's own); after the gateway is killed and restarted the wall shows the hit
+made meanwhile, with no gap and no duplicate; an analyst runs a trail with a purpose and exports it,
+and the audit log has both.
+
+With INTELBUS_SCREENSHOTS=1 (`make screenshots`) the tests also save docs/console-wall.png and
+docs/console-trail.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("INTELBUS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+SCREENSHOTS = os.environ.get("INTELBUS_SCREENSHOTS") == "1"
+CST = timezone(timedelta(hours=8))
+LIVE_S = 10  # a hit is on the wall within this many seconds of the check, without a reload
+
+
+def iso(minutes=0.0):
+    return (datetime.now(tz=CST) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+def admin_ch(settings, sql):
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor
+
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
+    try:
+        return ex.query(sql)[1]
+    finally:
+        ex.close()
+
+
+def screenshot(page, name):
+    if SCREENSHOTS:
+        page.screenshot(path=str(DOCS / name))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no chromium at {CHROMIUM}: `apt-get install chromium` (`intelbus install` does it)")
+    with sync_playwright() as p:
+        # the system's browser: Playwright's own download is not needed (nor possible offline)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+class Story:
+    """A person listed as wanted in Xinglong (Hebei), checked in Jizhou (Tianjin) and Suzhou (Jiangsu)."""
+
+    def __init__(self, settings):
+        from schemas.normalise import resident_id_check_digit
+
+        self.settings = settings
+        self.tag = uuid.uuid4().hex[:8]
+        first17 = f"1308221980{int(self.tag[:2], 16) % 12 + 1:02d}{int(self.tag[2:4], 16) % 28 + 1:02d}" \
+                  f"{int(self.tag[4:7], 16) % 1000:03d}"
+        self.person = first17 + resident_id_check_digit(first17)
+
+    def publish(self, kind, record):
+        from producers.regional import RegionalProducer
+
+        with RegionalProducer(settings=self.settings) as p:
+            p.publish(kind, record)
+
+    def list_wanted(self):
+        self.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"W-{self.tag}",
+                                "occurred_at": iso(-60), "action": "LISTED", "offence": "FRAUD", "danger_level": "HIGH",
+                                "person": {"id_type": "RESIDENT_ID", "id_number": self.person, "name": "孙八",
+                                           "gender": "M"}})
+        # the listing is in the jobs' state before any check of the person arrives
+        wait_for_zero_lag(self.settings, "intelbus-jobs", JOBS_TOPICS, timeout=300)
+
+    def check(self, region, ref, address="检查站", minutes=0.0):
+        self.publish("incident", {"source_region": region, "source_system": "kakou", "source_ref": ref,
+                                  "occurred_at": iso(minutes), "incident_type": "CHECKPOINT_CHECK", "title": "卡口核查",
+                                  "location": {"region": region, "address": address},
+                                  "persons": [{"id_type": "RESIDENT_ID", "id_number": self.person, "role": "CHECKED"}]})
+        return ref
+
+
+@pytest.fixture(scope="module")
+def story(stack, settings):
+    s = Story(settings)
+    s.list_wanted()
+    return s
+
+
+CONSOLE_PEOPLE = [  # (name, region, branch, roles): this module's own, so no other test session resets their passwords
+    ("t-web-tj-cc", "120000", "COMMAND_CENTER", ["command_center"]),
+    ("t-web-js-cc", "320000", "COMMAND_CENTER", ["command_center"]),
+    ("t-web-tj-analyst", "120000", "INTELLIGENCE", ["analyst"]),
+]
+
+
+@pytest.fixture(scope="module")
+def people(stack, settings):
+    """The console's test principals in the stack's store, with fresh passwords (`people.passwords[name]`)."""
+    import secrets
+    from types import SimpleNamespace
+
+    from identity.store import PrincipalStore, store_path
+
+    store = PrincipalStore(store_path(settings))
+    passwords = {}
+    try:
+        for name, region, branch, roles in CONSOLE_PEOPLE:
+            passwords[name] = secrets.token_urlsafe(16)
+            if store.find(name) is None:
+                store.add(actor="pytest", name=name, kind="person", region=region, branch=branch, roles=roles,
+                          clearance="INTERNAL", password=passwords[name])
+            else:
+                store.set_disabled(actor="pytest", name=name, disabled=False)
+                store.reset_password(actor="pytest", name=name, password=passwords[name])
+    finally:
+        store.close()
+    return SimpleNamespace(passwords=passwords)
+
+
+def open_console(browser, gateway, people, name, path="/"):
+    """A browser of its own (a context) for `name`, logged in through the login page, on `path`."""
+    # the browser's clock in UTC: the console shows China Standard Time whatever the machine's zone
+    context = browser.new_context(viewport={"width": 1500, "height": 1000}, locale="zh-CN", timezone_id="UTC",
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.on("console", lambda m: print(f"[{name} console] {m.type}: {m.text}"))
+    page.on("pageerror", lambda e: print(f"[{name} page error] {e}"))
+    page.goto(gateway.url + path)
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.get_by_label("用户名 Name").fill(name)
+    page.get_by_label("密码 Password").fill(people.passwords[name])
+    page.get_by_role("button", name="登录 Log in").click()
+    expect(page).to_have_url(gateway.url + path)
+    expect(page.locator("#me-name")).to_contain_text(name)
+    return page
+
+
+def card(page, ref):
+    return page.locator(".hit-card", has_text=ref)
+
+
+def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gateway, people):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        for path in ("/", "/analyst"):
+            page.goto(own_gateway.url + path)
+            expect(page).to_have_url(f"{own_gateway.url}/login?next={path}")
+            expect(page.get_by_role("button", name="登录 Log in")).to_be_visible()
+        # attempt: a wrong password stays on the login page, saying so in Chinese and English
+        page.get_by_label("用户名 Name").fill("t-web-tj-cc")
+        page.get_by_label("密码 Password").fill("not the password at all")
+        page.get_by_role("button", name="登录 Log in").click()
+        expect(page.locator("#login-error")).to_have_text("用户名或密码错误 · Wrong name or password")
+        expect(page).to_have_url(re.compile(r"/login"))
+        # control: the right one opens the page it was sent from; logging out sends it back to the login page
+        page.get_by_label("密码 Password").fill(people.passwords["t-web-tj-cc"])
+        page.get_by_role("button", name="登录 Log in").click()
+        expect(page).to_have_url(f"{own_gateway.url}/analyst")
+        page.get_by_role("button", name="退出 Log out").click()
+        expect(page).to_have_url(re.compile(r"/login"))
+        page.goto(own_gateway.url + "/")
+        expect(page).to_have_url(f"{own_gateway.url}/login?next=/")
+    finally:
+        context.close()
+
+
+def test_the_wall_shows_a_hit_live_only_where_it_belongs_and_resumes_after_a_gateway_restart(
+        browser, own_gateway, people, story):
+    tianjin = open_console(browser, own_gateway, people, "t-web-tj-cc")
+    jiangsu = open_console(browser, own_gateway, people, "t-web-js-cc")
+    try:
+        for page in (tianjin, jiangsu):
+            expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=20_000)
+            # caught up with the last minutes' hits (a heartbeat: the gateway had nothing more to send)
+            expect(page.locator("#conn")).to_have_attribute("data-heartbeats", re.compile(r"\d"), timeout=60_000)
+
+        # a check in Jizhou (Tianjin) of the person Xinglong lists: Tianjin's wall, without a reload
+        jz = story.check("120119", f"JZ-{story.tag}", "蓟州区邦均检查站")
+        # and one in Suzhou: Jiangsu's own (the control that Jiangsu's wall works)
+        sz = story.check("320500", f"SZ-{story.tag}", "苏州北站")
+        started = time.monotonic()
+        expect(card(tianjin, jz)).to_have_count(1, timeout=LIVE_S * 1000)
+        print(f"[console] the Jizhou hit on Tianjin's wall {time.monotonic() - started:.1f}s after the check")
+        shown = card(tianjin, jz)
+        expect(shown.locator(".type")).to_have_text("在逃人员 WANTED_PERSON")
+        expect(shown.locator("section.owner mark.matched")).to_have_text(story.person)  # the two records side
+        expect(shown.locator("section.seen mark.matched")).to_have_text(story.person)   # by side, the ID marked
+        expect(shown.locator("section.owner")).to_contain_text("兴隆县 130822")
+        expect(shown.locator("section.seen")).to_contain_text("蓟州区 120119")
+        expect(shown.locator(".when")).to_contain_text(" CST")
+        expect(tianjin.locator(".page-banner")).to_contain_text("内部 INTERNAL")
+        expect(tianjin.locator("#plot text", has_text="蓟州区")).not_to_have_count(0)  # the places plot
+        expect(card(jiangsu, sz)).to_have_count(1, timeout=LIVE_S * 1000)              # control
+        expect(card(jiangsu, jz)).to_have_count(0)                                      # attempt
+        expect(card(tianjin, sz)).to_have_count(0)
+        if SCREENSHOTS:  # the wall as a command center narrows it: high danger, seen in Jizhou
+            tianjin.get_by_label("危险等级 danger").select_option("HIGH")
+            tianjin.get_by_label(re.compile("地区 region")).select_option("120119")
+            expect(shown).to_be_visible()
+            expect(tianjin.locator(".hit-card.fresh:not(.hidden)")).to_have_count(0, timeout=10_000)
+            screenshot(tianjin, "console-wall.png")
+            tianjin.get_by_label("危险等级 danger").select_option("")
+            tianjin.get_by_label(re.compile("地区 region")).select_option("")
+
+        # the gateway dies; a hit is made while it is down; the reconnected wall shows it once, nothing twice
+        own_gateway.stop(kill=True)
+        expect(tianjin.locator("#conn")).not_to_have_attribute("data-state", "connected", timeout=10_000)
+        jz2 = story.check("120119", f"JZ2-{story.tag}", "蓟州区出城检查站")
+        own_gateway.start()
+        expect(card(tianjin, jz2)).to_have_count(1, timeout=30_000)
+        expect(tianjin.locator("#conn")).to_have_attribute("data-state", "connected")
+        jz3 = story.check("120119", f"JZ3-{story.tag}", "蓟州区城东检查站")  # and live again after the restart
+        expect(card(tianjin, jz3)).to_have_count(1, timeout=LIVE_S * 1000)
+        ids = tianjin.locator(".hit-card").evaluate_all("cards => cards.map(c => c.dataset.hitId)")
+        assert len(ids) == len(set(ids)), "a hit shown twice"
+        assert tianjin.locator("body").get_attribute("data-duplicates") == "0"  # none even sent twice
+        for ref in (jz, jz2, jz3):
+            expect(card(tianjin, ref)).to_have_count(1)
+        # newest first
+        refs = tianjin.locator(".hit-card section.seen").all_inner_texts()
+        mine = [next(r for r in (jz3, jz2, jz) if r in text) for text in refs if story.tag in text]
+        assert mine == [jz3, jz2, jz]
+        expect(card(jiangsu, jz2)).to_have_count(0)
+        expect(card(jiangsu, jz3)).to_have_count(0)
+    finally:
+        tianjin.context.close()
+        jiangsu.context.close()
+
+
+def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gateway, people, story, settings):
+    # the person's day in Tianjin: Wuqing, Binhai, then Jizhou
+    story.check("120114", f"WQA-{story.tag}", "武清区高速收费站", minutes=-300)
+    story.check("120116", f"BHA-{story.tag}", "滨海新区于家堡旅馆", minutes=-180)
+    story.check("120119", f"JZA-{story.tag}", "蓟州区渔阳镇派出所", minutes=-5)
+    wait_for_zero_lag(settings, "intelbus-sink", SINK_TOPICS, timeout=300)
+    since_ms = int(time.time() * 1000) - 1000
+    purpose = f"案件 case {story.tag}"
+    page = open_console(browser, own_gateway, people, "t-web-tj-analyst", "/analyst")
+    page.get_by_label("查询 query").select_option("trail")
+    page.locator("#p-id").fill(story.person)
+    run = page.get_by_role("button", name="查询 Run")
+    expect(run).to_be_disabled()  # no purpose, no query
+    page.get_by_label(re.compile("事由 purpose")).fill(purpose)
+    expect(run).to_be_enabled()
+    run.click()
+    timeline = page.locator("#timeline li")
+    expect(timeline.first).to_be_visible()
+    for place in ("武清区高速收费站", "滨海新区于家堡旅馆", "蓟州区渔阳镇派出所"):  # the checks just made
+        expect(page.locator("#timeline")).to_contain_text(place)
+    expect(page.locator("#result-table tbody tr")).not_to_have_count(0)
+    expect(page.locator("#result-table")).to_contain_text(" CST")
+    for region in ("武清区", "滨海新区", "蓟州区"):
+        expect(page.locator("#trail-plot text", has_text=region)).not_to_have_count(0)
+    shown = page.locator("#result-table tbody tr").count()
+    screenshot(page, "console-trail.png")
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="导出 CSV").click()
+    path = download.value.path()
+    data = Path(path).read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and download.value.suggested_filename.startswith("intelbus-trail-")
+    lines = data.decode("utf-8-sig").splitlines()
+    assert lines[0].startswith("occurred_at (CST),") and len(lines) - 1 == shown
+    assert "蓟州区渔阳镇派出所" in data.decode("utf-8-sig")
+    expect(page.locator("#status")).to_contain_text("已导出 exported")
+
+    rows = admin_ch(settings, f"SELECT action, outcome, query_name, row_count FROM intelbus.audit_log "
+                              f"WHERE user = 't-web-tj-analyst' AND at_ms >= {since_ms} AND purpose = '{purpose}' "
+                              f"ORDER BY at_ms")
+    assert ("query", "ok", "trail", shown) in rows and ("export", "ok", "trail", shown) in rows, rows
+    page.context.close()
