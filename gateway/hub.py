@@ -39,6 +39,9 @@ SSE_CLIENTS = Gauge("intelbus_gateway_sse_clients", "Live-feed (SSE) clients con
 FANOUT_LAG = Histogram("intelbus_gateway_fanout_lag_seconds",
                        "Kafka message timestamp of a live-feed item to its write to the client",
                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+AUDIT_WAIT = Histogram("intelbus_gateway_sse_audit_seconds",
+                       "Live feed: a client's batch ready to its audit row written (group commit with other clients')",
+                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 BUFFER_ITEMS = Gauge("intelbus_gateway_hub_buffer_items", "Messages held in the live feed's in-memory buffer")
 CATCH_UPS = Counter("intelbus_gateway_catchup_readers_total",
                     "Catch-up readers opened (a live-feed stream resuming before the buffer)")
@@ -126,26 +129,36 @@ class Entry:
     data: str           # the feed item as one line of JSON (the NDJSON feed's item)
     ident: str = ""     # hit_id or event_id (for the audit row)
     seen: dict = field(default_factory=dict)  # (view, clearance) -> visible, computed once per view kind
+    record: dict | None = None  # the decoded record until the item is rendered
 
     @property
     def tp(self) -> TP:
         return (self.topic, self.partition)
 
 
-def entry_of(topic: str, partition: int, offset: int, ts_ms: int, record: dict | None) -> Entry | None:
-    """A decoded message as a buffer entry (None for a tombstone)."""
+def entry_of(topic: str, partition: int, offset: int, ts_ms: int, record: dict | None, *,
+             render: bool = True) -> Entry | None:
+    """A decoded message as a buffer entry (None for a tombstone); without `render`, its item is made
+    when first shown (`rendered`): a catch-up reader shows few of the messages it reads."""
     if record is None:
         return None
-    if topic == HIT_TOPIC:
-        item = {"feed_item": "hit", **hit_for_display(record)}
+    kind = "hit" if topic == HIT_TOPIC else "alert"
+    if kind == "hit":
         scope = {"classification": record.get("classification"), "notify_regions": record.get("notify_regions") or []}
-        kind = "hit"
     else:
-        item = alert_for_display(record)
         scope = {"classification": record.get("classification"), "share_scope": record.get("share_scope") or []}
-        kind = "alert"
-    return Entry(topic, partition, offset, ts_ms, kind, scope, json.dumps(item, ensure_ascii=False, default=str),
-                 str(item.get("hit_id") if kind == "hit" else item.get("event_id")))
+    entry = Entry(topic, partition, offset, ts_ms, kind, scope, "", "", record=record)
+    return rendered(entry) if render else entry
+
+
+def rendered(entry: Entry) -> Entry:
+    """The entry with its feed item as one line of JSON (the NDJSON feed's item) and its id."""
+    if entry.record is not None:
+        record, entry.record = entry.record, None
+        item = {"feed_item": "hit", **hit_for_display(record)} if entry.kind == "hit" else alert_for_display(record)
+        entry.data = json.dumps(item, ensure_ascii=False, default=str)
+        entry.ident = str(item.get("hit_id") if entry.kind == "hit" else item.get("event_id"))
+    return entry
 
 
 def visible(entry: Entry, ent, view: str) -> bool:
@@ -280,6 +293,7 @@ class Hub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
+        self.walks: dict = {}  # the streams' shared walks (gateway/events.py), used on the event loop only
 
     # lifecycle
     def start(self) -> "Hub":
@@ -349,15 +363,22 @@ class Hub:
             self.partitions = {t: len(meta[t].partitions) for t in (HIT_TOPIC, ALERT_TOPIC)}
             start_ms = int((time.time() - self.window_s) * 1000)
             tps = [TopicPartition(t, p, start_ms) for t in (HIT_TOPIC, ALERT_TOPIC) for p in range(self.partitions[t])]
-            starts, highs = {}, {}
+            starts, highs, trimmed = {}, {}, set()
+            budget = max(1, self.max_items // len(tps))  # no point decoding what the bound would drop at once
             for tp in consumer.offsets_for_times(tps, timeout=10):
+                key = (tp.topic, tp.partition)
                 _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-                starts[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else high
-                highs[(tp.topic, tp.partition)] = high
+                starts[key] = tp.offset if tp.offset >= 0 else high
+                if high - starts[key] > budget:
+                    starts[key] = high - budget
+                    trimmed.add(key)
+                highs[key] = high
             assigned = [TopicPartition(t, p, o) for (t, p), o in starts.items()]
             consumer.assign(assigned)
             with self.lock:
                 self.buffer = Buffer(starts, start_ms, self.max_items, int(self.window_s * 1000))
+                for key in trimmed:  # it holds these from an offset, not from a time: no first connection's `since`
+                    self.buffer.covered_from_ms[key] = int(time.time() * 1000)
         except Exception as exc:
             self.error = f"live feed hub could not start: {exc}"
             log.error("%s", self.error)
@@ -434,7 +455,8 @@ class CatchUpReader:
             if msg.error():
                 continue
             try:
-                entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], _decode(self.codec, msg))
+                entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], _decode(self.codec, msg),
+                                 render=False)
             except Exception as exc:
                 log.warning("live feed catch-up: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None
