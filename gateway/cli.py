@@ -166,13 +166,19 @@ def add_query(p):
     p.add_argument("--since", help="trail: only events from this time")
     p.add_argument("--type", help="hits: only this hit type")
     p.add_argument("--limit", help="wanted-sightings: rows to show")
+    p.add_argument("--export", metavar="FILE.csv|FILE.json",
+                   help="write the whole result to this file (CSV with BOM and CST times, or JSON), audited as an "
+                        "export; needs the export role and --purpose")
     _common(p)
     p.epilog = ENTITLEMENT_NOTE + """
+
+The gateway answers in pages of up to 10,000 rows; the command reads them all.
 
 Examples:
   intelbus query --list
   intelbus query trail --id 11010519491231002X --purpose "协查 2026-118"
   intelbus query hits --from 2026-11-01 --region 130800 --format csv
+  intelbus query trail --id 京A12345 --purpose "协查 2026-118" --export trail.csv
 """
 
     def run(args):
@@ -191,8 +197,16 @@ Examples:
                     return 0 if args.list else 2
                 params = {k: v for k, v in {"from": args.from_, "to": args.to, "since": args.since, "type": args.type,
                                              "limit": args.limit, "id": args.id}.items() if v is not None}
-                out = client.post(f"/api/v1/queries/{args.name}",
-                                  {"params": params, "region": args.region, "purpose": args.purpose})
+                body = {"params": params, "region": args.region, "purpose": args.purpose}
+                if args.export:
+                    return _export(client, args.name, body, args.export)
+                out = client.post(f"/api/v1/queries/{args.name}", {**body, "limit": QUERY_PAGE, "offset": 0})
+                rows = out["rows"]
+                while out.get("has_more"):
+                    out = client.post(f"/api/v1/queries/{args.name}",
+                                      {**body, "limit": QUERY_PAGE, "offset": out["next_offset"]})
+                    rows = rows + out["rows"]
+                out["rows"] = rows
             except ClientError as exc:
                 return _fail(f"query {args.name or ''}".strip(), exc)
         return _print_result(out, args.format)
@@ -226,6 +240,42 @@ example:
         return _print_result(out, args.format)
 
     return run
+
+
+QUERY_PAGE = 10_000  # the gateway's largest page
+
+
+def _export(client: GatewayClient, name: str, body: dict, path: str) -> int:
+    """POST /api/v1/queries/{name}/export into a file (written whole, then renamed: no half file on a failure)."""
+    import httpx
+
+    from gateway.client import _detail
+
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in ("csv", "json"):
+        return _fail(f"query {name}", ClientError(f"--export {path}: the file must end in .csv or .json"))
+    partial = f"{path}.partial"
+    try:
+        with client.http.stream("POST", f"/api/v1/queries/{name}/export", params={"format": fmt}, json=body,
+                                timeout=httpx.Timeout(30.0, read=None)) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise ClientError(_detail(resp), resp.status_code)
+            with open(partial, "wb") as f:
+                for chunk in resp.iter_bytes():
+                    f.write(chunk)
+            export_id = resp.headers.get("x-intelbus-export-id", "")
+        os.replace(partial, path)
+    except httpx.ConnectError:
+        return _fail(f"query {name}", ClientError(f"the gateway at {client.base_url} is not reachable: is the stack up "
+                                                  "(`intelbus status`)?"))
+    except ClientError as exc:
+        return _fail(f"query {name}", exc)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    print(f"exported to {path} (export {export_id}, audited)", file=sys.stderr)
+    return 0
 
 
 def _print_result(out: dict, fmt: str) -> int:

@@ -207,3 +207,19 @@ def test_an_export_without_purpose_or_role_is_refused_and_audited(gw, who, body,
     if who == "hb-cc":  # control: the same person may run the query itself
         ok = client.post("/api/v1/queries/trail", json=body, headers=bearer(client, who))
         assert ok.status_code == 200 and len(ok.json()["rows"]) == 25
+
+
+def test_the_cli_exports_into_a_file_and_leaves_nothing_half_written(gw, tmp_path, capsys):
+    from gateway.cli import _export
+    from gateway.client import GatewayClient
+
+    app, engine = gw
+    client = GatewayClient("http://testserver")
+    client.http = TestClient(app, headers=bearer(TestClient(app), "hb-analyst"))
+    body = {"params": {"id": PERSON}, "purpose": "case 2026-203", "region": None}
+    assert _export(client, "trail", body, str(tmp_path / "trail.json")) == 0
+    doc = json.loads((tmp_path / "trail.json").read_text(encoding="utf-8"))
+    assert len(doc["rows"]) == 25 and doc["export"]["id"] in capsys.readouterr().err
+    # attempt: no purpose; nothing is written, not even a partial file
+    assert _export(client, "trail", {**body, "purpose": ""}, str(tmp_path / "again.csv")) == 2
+    assert "an export needs a purpose" in capsys.readouterr().err and list(tmp_path.iterdir()) == [tmp_path / "trail.json"]
