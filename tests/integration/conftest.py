@@ -141,6 +141,28 @@ class People:
         return {"INTELBUS_CREDENTIALS": str(self.folder / "nobody.json")}
 
 
+def _stack_test_passwords(settings, names, make) -> dict:
+    """The test principals' passwords for this stack, kept in <stack>/identity/test-passwords.json (0600):
+    two test sessions on one stack (a developer's and a helper's) log in with the same ones."""
+    import json
+    import os
+
+    path = settings.stack_path / "identity" / "test-passwords.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        known = {}
+    if set(names) - set(known):
+        known = {**{n: make(16) for n in names}, **known}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(known, f)
+        os.replace(tmp, path)
+    return {n: known[n] for n in names}
+
+
 @pytest.fixture(scope="session")
 def people(stack, settings, tmp_path_factory):
     """The test principals in the stack's principal store, with fresh passwords, ready to log in."""
@@ -149,11 +171,10 @@ def people(stack, settings, tmp_path_factory):
     from identity.store import PrincipalStore, store_path
 
     store = PrincipalStore(store_path(settings))
-    passwords = {}
+    passwords = _stack_test_passwords(settings, [p[0] for p in TEST_PRINCIPALS], secrets.token_urlsafe)
     try:
         for name, kind, region, branch, roles, clearance, publish in TEST_PRINCIPALS:
-            password = secrets.token_urlsafe(16)
-            passwords[name] = password
+            password = passwords[name]
             existing = store.find(name)
             if existing is None:
                 store.add(actor="pytest", name=name, kind=kind, region=region, branch=branch, roles=roles,
