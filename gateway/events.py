@@ -198,6 +198,9 @@ class AuditBatcher:
         self.task: asyncio.Task | None = None
 
     async def write(self, stream_id: str, entry: AuditEntry) -> None:
+        if self.journal is not None and not JOURNAL_FSYNC:
+            self._write([(stream_id, entry)])  # a write to the OS: microseconds, nothing to wait for or batch
+            return
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((stream_id, entry, fut))
         if self.task is None or self.task.done():
@@ -216,10 +219,7 @@ class AuditBatcher:
         while self.pending:
             batch, self.pending = self.pending, []
             try:
-                if self.journal is not None and not JOURNAL_FSYNC:
-                    self._write([(s, e) for s, e, _ in batch])  # a write to the OS: microseconds, no thread hop
-                else:
-                    await asyncio.to_thread(self._write, [(s, e) for s, e, _ in batch])
+                await asyncio.to_thread(self._write, [(s, e) for s, e, _ in batch])
             except Exception as exc:
                 for _, _, fut in batch:
                     if not fut.done():
@@ -364,7 +364,7 @@ class LiveStream:
         shown = [(rendered(e), pos) for e, pos in advance(self.position, entries, self._may_see)]
         return [(e, pos, sse_item(e, encode_token(self.view, pos))) for e, pos in shown]
 
-    async def _next_items(self, wake: asyncio.Event, timeout: float) -> list[tuple]:
+    async def _next_items(self, wake, timeout: float) -> list[tuple]:
         """The next items (maybe none after `timeout`), switching between catch-up and the hub."""
         if self.catchup is not None:
             entries = await asyncio.to_thread(self.catchup.poll)
@@ -384,8 +384,7 @@ class LiveStream:
             got = self.hub.read(self.cursor)  # anything appended between the read and the clear
             if got is None or got[0]:
                 return []  # the next call takes it
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+            await wake.wait(timeout)
             return []
         # Streams of one view that are in step (most: woken by the same messages) walk the same entries
         # from the same position to the same items and ids: the first one's walk serves the others.

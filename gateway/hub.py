@@ -52,6 +52,7 @@ Position = dict[TP, int]       # the next offset to read, per partition a stream
 BUFFER_WINDOW_S = float(os.environ.get("INTELBUS_LIVE_BUFFER_S", "3600"))
 BUFFER_MAX_ITEMS = int(os.environ.get("INTELBUS_LIVE_BUFFER_ITEMS", "50000"))
 TOKEN_VERSION = "1"
+APPEND_SLICE = 200
 
 
 class TokenError(ValueError):
@@ -292,7 +293,7 @@ class Hub:
         self.error: str = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
+        self._waiters: dict[asyncio.AbstractEventLoop, set[Wake]] = {}
         self.walks: dict = {}  # the streams' shared walks (gateway/events.py), used on the event loop only
 
     # lifecycle
@@ -312,14 +313,14 @@ class Hub:
                                  self.partitions[ALERT_TOPIC])
 
     # subscribers (on an event loop)
-    def subscribe(self) -> asyncio.Event:
+    def subscribe(self) -> "Wake":
         loop = asyncio.get_running_loop()
-        event = asyncio.Event()
+        event = Wake()
         with self.lock:
             self._waiters.setdefault(loop, set()).add(event)
         return event
 
-    def unsubscribe(self, event: asyncio.Event) -> None:
+    def unsubscribe(self, event: "Wake") -> None:
         with self.lock:
             for waiters in self._waiters.values():
                 waiters.discard(event)
@@ -391,24 +392,9 @@ class Hub:
         try:
             while not self._stop.is_set():
                 messages = consume_ready(consumer, 2000, 0.1)
-                fresh = []
-                for msg in messages:
-                    if msg.error():
-                        continue
-                    try:
-                        record = _decode(self.codec, msg)
-                        entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], record)
-                    except Exception as exc:  # one message the gateway cannot show must not stop every feed
-                        log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-                        entry = None
-                    fresh.append((entry, (msg.topic(), msg.partition()), msg.offset()))
-                if fresh:
-                    with self.lock:
-                        for entry, tp, offset in fresh:
-                            self.buffer.append(entry, tp, offset)
-                        self.buffer.evict(int(time.time() * 1000))
-                        BUFFER_ITEMS.set(len(self.buffer.entries))
-                    self._wake()
+                # decoded and handed over in slices: the first hits of a burst need not wait for the last's decoding
+                for i in range(0, len(messages), APPEND_SLICE):
+                    self._append(messages[i:i + APPEND_SLICE])
                 if not self.ready.is_set() and all(  # position(): past a transaction's markers too
                         tp.offset >= highs[(tp.topic, tp.partition)] or tp.offset < 0 and highs[(tp.topic, tp.partition)]
                         == starts[(tp.topic, tp.partition)] for tp in consumer.position(assigned)):
@@ -418,10 +404,68 @@ class Hub:
         finally:
             consumer.close()
 
+    def _append(self, messages) -> None:
+        fresh = []
+        for msg in messages:
+            if msg.error():
+                continue
+            try:
+                record = _decode(self.codec, msg)
+                entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], record)
+            except Exception as exc:  # one message the gateway cannot show must not stop every feed
+                log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+                entry = None
+            fresh.append((entry, (msg.topic(), msg.partition()), msg.offset()))
+        if fresh:
+            with self.lock:
+                for entry, tp, offset in fresh:
+                    self.buffer.append(entry, tp, offset)
+                self.buffer.evict(int(time.time() * 1000))
+                BUFFER_ITEMS.set(len(self.buffer.entries))
+            self._wake()
+
 
 def _set_all(events) -> None:
     for e in events:
         e.set()
+
+
+class Wake:
+    """A stream's doorbell, rung by the hub on the stream's loop; awaited with a timeout without a task
+    of its own (200 streams woken a few dozen times a second: asyncio.wait_for's task each time shows)."""
+
+    __slots__ = ("flag", "fut")
+
+    def __init__(self):
+        self.flag, self.fut = False, None
+
+    def set(self) -> None:
+        self.flag = True
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result(None)
+
+    def clear(self) -> None:
+        self.flag = False
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    async def wait(self, timeout: float) -> None:
+        if self.flag:
+            return
+        loop = asyncio.get_running_loop()
+        self.fut = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, self.fut)
+        try:
+            await self.fut
+        finally:
+            timer.cancel()
+            self.fut = None
+
+
+def _resolve(fut) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class CatchUpReader:
