@@ -114,8 +114,8 @@ CONSOLE_PEOPLE = [  # (name, region, branch, roles): this module's own, so no ot
 
 
 @pytest.fixture(scope="module")
-def people(stack, settings):
-    """The console's test principals in the stack's store, with fresh passwords (`people.passwords[name]`)."""
+def console_people(stack, settings):
+    """The console's test principals in the stack's store, with fresh passwords (`console_people.passwords[name]`)."""
     import secrets
     from types import SimpleNamespace
 
@@ -137,7 +137,7 @@ def people(stack, settings):
     return SimpleNamespace(passwords=passwords)
 
 
-def open_console(browser, gateway, people, name, path="/"):
+def open_console(browser, gateway, console_people, name, path="/"):
     """A browser of its own (a context) for `name`, logged in through the login page, on `path`."""
     # the browser's clock in UTC: the console shows China Standard Time whatever the machine's zone
     context = browser.new_context(viewport={"width": 1500, "height": 1000}, locale="zh-CN", timezone_id="UTC",
@@ -148,7 +148,7 @@ def open_console(browser, gateway, people, name, path="/"):
     page.goto(gateway.url + path)
     expect(page).to_have_url(re.compile(r"/login\?next="))
     page.get_by_label("用户名 Name").fill(name)
-    page.get_by_label("密码 Password").fill(people.passwords[name])
+    page.get_by_label("密码 Password").fill(console_people.passwords[name])
     page.get_by_role("button", name="登录 Log in").click()
     expect(page).to_have_url(gateway.url + path)
     expect(page.locator("#me-name")).to_contain_text(name)
@@ -159,7 +159,7 @@ def card(page, ref):
     return page.locator(".hit-card", has_text=ref)
 
 
-def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gateway, people):
+def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gateway, console_people):
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -174,7 +174,7 @@ def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gate
         expect(page.locator("#login-error")).to_have_text("用户名或密码错误 · Wrong name or password")
         expect(page).to_have_url(re.compile(r"/login"))
         # control: the right one opens the page it was sent from; logging out sends it back to the login page
-        page.get_by_label("密码 Password").fill(people.passwords["t-web-tj-cc"])
+        page.get_by_label("密码 Password").fill(console_people.passwords["t-web-tj-cc"])
         page.get_by_role("button", name="登录 Log in").click()
         expect(page).to_have_url(f"{own_gateway.url}/analyst")
         page.get_by_role("button", name="退出 Log out").click()
@@ -186,9 +186,9 @@ def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gate
 
 
 def test_the_wall_shows_a_hit_live_only_where_it_belongs_and_resumes_after_a_gateway_restart(
-        browser, own_gateway, people, story):
-    tianjin = open_console(browser, own_gateway, people, "t-web-tj-cc")
-    jiangsu = open_console(browser, own_gateway, people, "t-web-js-cc")
+        browser, own_gateway, console_people, story):
+    tianjin = open_console(browser, own_gateway, console_people, "t-web-tj-cc")
+    jiangsu = open_console(browser, own_gateway, console_people, "t-web-js-cc")
     try:
         for page in (tianjin, jiangsu):
             expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=20_000)
@@ -248,7 +248,7 @@ def test_the_wall_shows_a_hit_live_only_where_it_belongs_and_resumes_after_a_gat
         jiangsu.context.close()
 
 
-def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gateway, people, story, settings):
+def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gateway, console_people, story, settings):
     # the person's day in Tianjin: Wuqing, Binhai, then Jizhou
     story.check("120114", f"WQA-{story.tag}", "武清区高速收费站", minutes=-300)
     story.check("120116", f"BHA-{story.tag}", "滨海新区于家堡旅馆", minutes=-180)
@@ -256,7 +256,7 @@ def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gate
     wait_for_zero_lag(settings, "intelbus-sink", SINK_TOPICS, timeout=300)
     since_ms = int(time.time() * 1000) - 1000
     purpose = f"案件 case {story.tag}"
-    page = open_console(browser, own_gateway, people, "t-web-tj-analyst", "/analyst")
+    page = open_console(browser, own_gateway, console_people, "t-web-tj-analyst", "/analyst")
     page.get_by_label("查询 query").select_option("trail")
     page.locator("#p-id").fill(story.person)
     run = page.get_by_role("button", name="查询 Run")
