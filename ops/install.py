@@ -159,7 +159,7 @@ def install_apt_packages(packages=APT_PACKAGES, *, log=print) -> None:
     if not missing:
         return
     if not shutil.which("apt-get"):
-        raise Missing(f"{', '.join(missing)} missing and apt-get unavailable: install ClickHouse by your platform's means")
+        raise Missing(f"{', '.join(missing)} missing and apt-get unavailable: install them by your platform's means (ClickHouse server and client; chromium and a CJK font only for the browser tests)")
     prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
     if prefix is None:
         raise Missing(f"{', '.join(missing)} missing: run `sudo apt-get install {' '.join(missing)}`")
