@@ -83,10 +83,16 @@ def test_the_shipped_file_gives_each_principal_only_what_it_needs():
     assert not any(op == "READ" for _, _, _, op in local)
     assert not any(name == "intel.hit" for _, name, _, _ in local)
     assert not any(res == "GROUP" for res, _, _, _ in local)
-    # the gateway reads hits and shared alerts, and writes only what a publisher may (its ingest)
+    # the gateway reads hits and shared alerts, and writes what a publisher may (its ingest) and the
+    # people's workflow commands
     assert ("TOPIC", "intel.hit", "LITERAL", "READ") in by["User:intelbus-gateway"]
     assert {name for _, name, _, op in by["User:intelbus-gateway"] if op == "WRITE"} == \
-        {name for _, name, _, op in local if op == "WRITE"}
+        {name for _, name, _, op in local if op == "WRITE"} | {"intel.workflow.commands"}
+    # only the gateway writes workflow commands, only the jobs write the transitions
+    assert {b.principal for b in plan.bindings if b.name == "intel.workflow.commands" and b.operation == "WRITE"} \
+        == {"User:intelbus-gateway"}
+    assert {b.principal for b in plan.bindings if b.name == "intel.workflow" and b.operation == "WRITE"} \
+        == {"User:intelbus-jobs"}
     # only the jobs write hits
     writers = {b.principal for b in plan.bindings if b.name == "intel.hit" and b.operation == "WRITE"}
     assert writers == {"User:intelbus-jobs"}
