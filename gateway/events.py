@@ -280,9 +280,12 @@ def register(app, ctx) -> None:
 
     inner = app.router.lifespan_context
 
+    closing = threading.Event()
+
     @contextlib.asynccontextmanager
     async def lifespan(a):
         hub()  # start reading at once: a restarted gateway has its buffer before clients reconnect
+        end_streams_on_exit_signal(closing, state)
         async with inner(a) as maybe_state:
             try:
                 yield maybe_state
@@ -327,18 +330,40 @@ def register(app, ctx) -> None:
             except TokenError as exc:
                 raise refuse(str(exc)) from None
         stream = LiveStream(services, batcher, h, ent, identity, view, purpose, tps, position,
-                            int((time.time() - since_s) * 1000))
+                            int((time.time() - since_s) * 1000), closing)
         return StreamingResponse(stream.run(request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def end_streams_on_exit_signal(closing: threading.Event, state: dict) -> None:
+    """On SIGTERM/SIGINT, end the streams (browsers reconnect to the next gateway with their ids):
+    uvicorn waits for open responses before it stops, and a live feed never ends by itself.
+    Chained in front of uvicorn's own handlers, which it restores when it exits."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            closing.set()
+            if state.get("hub") is not None:
+                state["hub"]._wake()
+            if callable(previous):
+                previous(signum, frame)
+        signal.signal(sig, handler)
 
 
 class LiveStream:
     """One client's stream: a cursor into the hub's buffer, or a catch-up reader until it reaches it."""
 
-    def __init__(self, services, batcher, hub: Hub, ent, identity, view, purpose, tps, position, since_ms):
+    def __init__(self, services, batcher, hub: Hub, ent, identity, view, purpose, tps, position, since_ms,
+                 closing: threading.Event | None = None):
         self.services, self.batcher, self.hub = services, batcher, hub
         self.ent, self.identity, self.view, self.purpose, self.tps = ent, identity, view, purpose, tps
         self.position, self.since_ms = position, since_ms
+        self.closing = closing or threading.Event()
         self.resumed = position is not None
         self.id = os.urandom(8).hex()
         self.shown = 0
@@ -419,7 +444,7 @@ class LiveStream:
             pending: list = []
             last_audit = 0.0
             last_write = time.monotonic()
-            while True:
+            while not self.closing.is_set():
                 now = time.monotonic()
                 due = last_audit + AUDIT_INTERVAL_S
                 if pending and now >= due:

@@ -280,13 +280,32 @@ def test_a_first_connection_further_back_than_the_buffer_catches_up_then_follows
                    if line.startswith("intelbus_gateway_catchup_readers_total "))
 
     opened = catch_ups()
-    stream = SSE(own_gateway.url, tokens["lv-tj-cc"], since="3h")  # the buffer holds 1 h
+    stream = SSE(own_gateway.url, tokens["lv-tj-cc"], since="65m")  # the buffer holds 1 h at most
     try:
         [tag] = make_hits(settings)
         # it reads (and filters) everything since then first: on a young stack, the topics from their start
-        got = stream.items(until=lambda items: tagged(items, [tag]), timeout=40, settle=2)
+        got = stream.items(until=lambda items: tagged(items, [tag]), timeout=50, settle=2)
         assert tagged(got, [tag]) == [tag]
         assert len({i["id"] for i in got}) == len(got)  # each item once, across the switch
         assert catch_ups() == opened + 1
     finally:
         stream.close()
+
+
+def test_a_stopping_gateway_ends_its_streams_and_they_resume_on_the_next(own_gateway, tokens, settings):
+    stream = SSE(own_gateway.url, tokens["lv-tj-cc"], since="1m")
+    assert stream.events.get(timeout=10) == {"retry": "2000"}
+    time.sleep(0.5)  # past the stream's start
+    started = time.monotonic()
+    own_gateway.stop()  # SIGTERM: uvicorn waits for open responses, so the live feed must end its own
+    try:
+        assert time.monotonic() - started < 10
+        stream._thread.join(10)
+        assert not stream._thread.is_alive()  # the response ended (EventSource would reconnect)
+    finally:
+        own_gateway.start()
+    again = SSE(own_gateway.url, tokens["lv-tj-cc"], since="1m")  # control: the next gateway serves
+    try:
+        assert again.status == 200 and again.events.get(timeout=10) == {"retry": "2000"}
+    finally:
+        again.close()
