@@ -25,8 +25,14 @@ DUPLICATE_COLUMNS = ("event_id", "kind", "record_key", "revision", "source_regio
 AUDIT_COLUMNS = ("at", "at_ms", "user", "region", "purpose", "action", "query_name", "query_text", "params", "row_count",
                  "principal_kind", "agency", "roles", "issuer", "token_id", "door", "outcome", "reason")
 
+WORKFLOW_COLUMNS = ("event_id", "item_id", "item_kind", "event_type", "seq", "at", "at_ms", "status", "actor",
+                    "actor_agency", "party", "party_status", "to", "notify", "deadline", "due_ms", "scheduled_ms",
+                    "level", "code", "text", "minutes", "refs", "command_id", "classification", "topic", "partition",
+                    "offset", "ingested_ms")
+
 COLUMNS = {"events": EVENT_COLUMNS, "event_subjects": SUBJECT_COLUMNS, "hits": HIT_COLUMNS,
-           "dead_letters": DEAD_LETTER_COLUMNS, "duplicates": DUPLICATE_COLUMNS, "audit_log": AUDIT_COLUMNS}
+           "dead_letters": DEAD_LETTER_COLUMNS, "duplicates": DUPLICATE_COLUMNS, "audit_log": AUDIT_COLUMNS,
+           "workflow_events": WORKFLOW_COLUMNS}
 
 _TYPE_FIELD = {"alert": "alert_type", "wanted": "action", "incident": "incident_type"}
 
@@ -103,4 +109,16 @@ def duplicate_row(dup: dict, ingested_ms: int) -> tuple:
     return (
         dup["event_id"], dup["kind"], dup["record_key"], dup["revision"], dup["source_region"], dup["source_system"],
         dup["source"], utc(dup["dropped_ms"]), dup["dropped_ms"], ingested_ms,
+    )
+
+
+def workflow_row(ev: dict, *, topic: str, partition: int, offset: int, ingested_ms: int) -> tuple:
+    """The workflow_events row of one intel.workflow record (WorkflowEvent.to_avro(), decoded), WORKFLOW_COLUMNS order."""
+    return (
+        str(ev["event_id"]), ev["item_id"], ev["item_kind"], ev["event_type"], int(ev["seq"]), utc(ev["at"]), ev["at"],
+        ev["status"], ev.get("actor") or "", ev.get("actor_agency") or "", ev.get("party") or "",
+        ev.get("party_status") or "", list(ev.get("to") or ()), list(ev.get("notify") or ()), ev.get("deadline") or "",
+        ev.get("due_at"), ev.get("scheduled_at"), int(ev.get("level") or 0), ev.get("code") or "", ev.get("text") or "",
+        ev.get("minutes"), list(ev.get("refs") or ()), ev.get("command_id") or "", ev.get("classification") or "INTERNAL",
+        topic, partition, offset, ingested_ms,
     )

@@ -26,7 +26,8 @@ log = logging.getLogger("intelbus.sink")
 
 EVENT_TOPICS = {"intel.alert.unique": "alert", "intel.wanted.unique": "wanted", "intel.incident.unique": "incident"}
 HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC = "intel.hit", "intel.dlq", "intel.duplicates"
-TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC)
+WORKFLOW_TOPIC = "intel.workflow"  # the workflow transitions (issue 16) -> workflow_events
+TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC, WORKFLOW_TOPIC)
 GROUP = "intelbus-sink"
 SINK_PRINCIPAL = "intelbus-sink"  # its Kafka principal (ops/acls.yaml: role sink)
 MAX_IN_FLIGHT = 2
@@ -251,6 +252,9 @@ class RowBuilder:
             return [("events", event), *(("event_subjects", s) for s in subjects)]
         if topic == HIT_TOPIC:
             return [("hits", rows.hit_row(record, now_ms))]
+        if topic == WORKFLOW_TOPIC:
+            return [("workflow_events", rows.workflow_row(record, topic=topic, partition=msg.partition(),
+                                                          offset=msg.offset(), ingested_ms=now_ms))]
         if topic == DLQ_TOPIC:
             out = [("dead_letters", rows.dead_letter_row(record, now_ms))]
             if record["stage"] == "VERIFY":  # a record refused for its proof of publisher is an audit event too
@@ -319,7 +323,8 @@ def add_sink(p):
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop after this many seconds without messages (for batch loads and benchmarks)")
-    p.epilog = ("Reads intel.{alert,wanted,incident}.unique, intel.hit, intel.dlq and intel.duplicates (group intelbus-sink)\n"
+    p.epilog = ("Reads intel.{alert,wanted,incident}.unique, intel.hit, intel.dlq, intel.duplicates and intel.workflow\n"
+                "(group intelbus-sink)\n"
                 "and writes ClickHouse in batches of INTELBUS_SINK_BATCH_ROWS rows or INTELBUS_SINK_BATCH_SECONDS s.\n"
                 "Offsets are committed after the rows are stored; SIGTERM finishes the inserts in flight.")
 

@@ -29,6 +29,7 @@ GRANT INSERT ON intelbus.event_subjects TO intelbus_sink;
 GRANT INSERT ON intelbus.hits TO intelbus_sink;
 GRANT INSERT ON intelbus.dead_letters TO intelbus_sink;
 GRANT INSERT ON intelbus.duplicates TO intelbus_sink;
+GRANT INSERT ON intelbus.workflow_events TO intelbus_sink;
 GRANT SELECT ON intelbus.schema_migrations TO intelbus_sink;
 -- the audit row of a record refused for its proof of publisher (dead letters of stage VERIFY)
 GRANT INSERT ON intelbus.audit_log TO intelbus_sink;
@@ -40,3 +41,4 @@ GRANT SELECT ON intelbus.event_subjects TO intelbus_reader;
 GRANT SELECT ON intelbus.hits TO intelbus_reader;
 GRANT SELECT ON intelbus.dead_letters TO intelbus_reader;
 GRANT SELECT ON intelbus.duplicates TO intelbus_reader;
+GRANT SELECT ON intelbus.workflow_events TO intelbus_reader;
