@@ -1,0 +1,271 @@
+"""The workflow routes (gateway/workflow_api.py) on chDB with a fake producer that plays the workflow
+job: it decodes each record of intel.workflow.commands (the contract), applies it with
+workflows.machine and stores the events as the sink would. Each test: a success and the refusals
+(no role, wrong agency, unknown item), with their audit rows."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+import gateway.app as gateway_app
+from gateway.app import Services, create_app
+from gateway.auth import Authenticator
+from gateway.workflow_api import COMMANDS_TOPIC
+from identity.store import PrincipalStore
+from identity.tokens import TokenIssuer, load_or_create_key
+from schemas.regions import load_regions
+from sinks.engine import ChdbExecutor
+from sinks.migrate import apply_migrations
+from sinks.rows import COLUMNS, WORKFLOW_COLUMNS, hit_row, workflow_row
+from workflows import model as m
+from workflows.machine import WorkflowRefusal, apply
+from workflows.policy import Policy
+
+chdb = pytest.importorskip("chdb")
+PW = "a long enough password"
+HIT = "22222222-2222-5222-8222-222222222222"
+CASE_LINK = "33333333-3333-5333-8333-333333333333"
+
+
+def decode_command(value):
+    """The command of a record's JSON (workflows.model.to_json, tagged by __type__) as the job would read it."""
+    if isinstance(value, dict) and "__type__" in value:
+        cls = getattr(m, value["__type__"])
+        fields = {k: decode_command(v) for k, v in value.items() if k != "__type__"}
+        if cls is m.Actor:
+            fields["roles"] = frozenset(fields["roles"])
+        return cls(**fields)
+    if isinstance(value, list):
+        return tuple(decode_command(v) for v in value)
+    return value
+
+
+class FakeJob:
+    """The gateway's producer in these tests: keeps every record and applies it like the workflow job."""
+
+    def __init__(self, engine):
+        self.engine, self.sent, self.states, self.refusals = engine, [], {}, []
+        self.regions, self.policy = load_regions(), Policy()
+
+    def __call__(self, _config):  # the factory
+        return self
+
+    def send(self, topic, key, value, timeout=10.0):
+        record = json.loads(value)
+        self.sent.append((topic, key.decode(), record))
+        self.run(decode_command(record["command"]))
+
+    def run(self, command):
+        try:
+            state, events, _ = apply(self.states.get(command.item_id), command, int(time.time() * 1000), self.policy,
+                                     self.regions)
+        except WorkflowRefusal as exc:
+            self.refusals.append(str(exc))
+            return
+        self.states[command.item_id] = state
+        rows = [workflow_row(e.to_avro(), topic="intel.workflow", partition=0, offset=0, ingested_ms=0) for e in events]
+        self.engine.insert("workflow_events", WORKFLOW_COLUMNS, rows)
+
+    def close(self, timeout=10.0):
+        pass
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    base = tmp_path_factory.mktemp("wf")
+    engine = ChdbExecutor(str(base / "chdb"), database="intelbus")
+    apply_migrations(engine)
+    for hit_id, hit_type in ((HIT, "WANTED_PERSON"), (CASE_LINK, "CASE_LINK")):
+        hit = {"hit_id": hit_id, "hit_type": hit_type, "matched_on": {"kind": "RESIDENT_ID", "value": "11010519491231002X"},
+               "owner_region": "130822", "hit_region": "120119", "notify_regions": ["130822", "120119"],
+               "classification": "INTERNAL", "detected_at": int(time.time() * 1000), "record_kind": "WANTED",
+               "record_key": "130822/s/W1", "record": "{}", "trigger_kind": "INCIDENT", "trigger_event_id": "x",
+               "trigger": "{}", "trigger_reported_at": 0}
+        engine.insert("hits", COLUMNS["hits"], [hit_row(hit, 0)])
+    store = PrincipalStore(base / "identity" / "principals.db")
+    for name, region, branch, roles in (("hb-cc", "130000", "COMMAND_CENTER", ["command_center"]),
+                                        ("xl-ci", "130822", "CRIMINAL_INVESTIGATION", ["command_center"]),
+                                        ("xl-cc", "130822", "COMMAND_CENTER", ["command_center"]),
+                                        ("xl-analyst", "130822", "CRIMINAL_INVESTIGATION", ["analyst"]),
+                                        ("jz-cc", "120119", "COMMAND_CENTER", ["command_center"]),
+                                        ("js-cc", "320000", "COMMAND_CENTER", ["command_center"])):
+        store.add(actor="test", name=name, kind="person", region=region, branch=branch, roles=roles, password=PW)
+    auth = Authenticator(store.path, TokenIssuer(load_or_create_key(base / "identity" / "key.pem")))
+    services = Services(settings=None, regions=load_regions(), auth=auth, audit_executor_factory=lambda: engine,
+                        reader_executor_factory=lambda: engine)
+    extensions = gateway_app.EXTENSIONS
+    if "gateway.workflow_api" not in extensions:  # until the module is registered in gateway/app.py
+        gateway_app.EXTENSIONS = (*extensions, "gateway.workflow_api")
+    try:
+        app = create_app(services=services)
+    finally:
+        gateway_app.EXTENSIONS = extensions
+    job = FakeJob(engine)
+    app.state.workflow["factory"] = job
+    yield TestClient(app), engine, job
+    engine.close()
+
+
+def login(client, name):
+    r = client.post("/api/v1/login", json={"name": name, "password": PW})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def last_audit(engine, **where):
+    cond = " AND ".join(f"{k} = '{v}'" for k, v in where.items())
+    cols, rows = engine.query(f"SELECT user, action, outcome, reason, query_name, params, agency "
+                              f"FROM intelbus.audit_log WHERE {cond} ORDER BY at_ms DESC LIMIT 1")
+    return dict(zip(cols, rows[0])) if rows else None
+
+
+def send(client, who="hb-cc", **body):
+    body = {"to": ["130822/CRIMINAL_INVESTIGATION"], "priority": "URGENT", "subjects": ["RESIDENT_ID:11010519491231002X"],
+            "question": "Is he at the address on file?", **body}
+    return client.post("/api/v1/requests", json=body, headers=login(client, who))
+
+
+def test_send_request_writes_the_contract_record_and_is_audited(gw):
+    client, engine, job = gw
+    r = send(client)
+    assert r.status_code == 202, r.text
+    item_id, command_id = r.json()["item_id"], r.json()["command_id"]
+    assert item_id.startswith("R-") and len(item_id) == 14
+    topic, key, record = job.sent[-1]
+    assert topic == COMMANDS_TOPIC == "intel.workflow.commands" and key == item_id
+    assert set(record) == {"command", "command_id", "issued_at", "via"} and record["via"] == "gateway"
+    assert record["command_id"] == command_id == record["command"]["command_id"]
+    assert abs(record["issued_at"] - time.time() * 1000) < 60_000
+    cmd = decode_command(record["command"])
+    assert isinstance(cmd, m.SendRequest) and cmd.actor.name == "hb-cc" and cmd.actor.agency == "130000/COMMAND_CENTER"
+    assert cmd.actor.roles == frozenset({"command_center"}) and cmd.subjects == (m.Identifier("RESIDENT_ID", "11010519491231002X"),)
+    row = last_audit(engine, action="workflow", query_name="request.send", outcome="ok")
+    assert row["user"] == "hb-cc" and json.loads(row["params"])["item_id"] == item_id
+    # the job's SENT event is the item's history
+    item = client.get(f"/api/v1/items/{item_id}", headers=login(client, "hb-cc")).json()
+    assert [e["event_type"] for e in item["events"]] == ["SENT"]
+    assert item["parties"][0]["party"] == "130822/CRIMINAL_INVESTIGATION" and item["parties"][0]["status"] == "SENT"
+
+
+@pytest.mark.parametrize("who, body, status, reason", [
+    ("xl-analyst", {}, 403, "role command_center required for workflow"),
+    ("hb-cc", {"to": ["130000/COMMAND_CENTER"]}, 400, "cannot address a request to itself"),
+    ("hb-cc", {"to": ["999999/X"]}, 400, "is not an agency"),
+    ("hb-cc", {"priority": "SOON"}, 400, "unknown priority"),
+    ("hb-cc", {"subjects": ["SHOE:42"]}, 400, "is not an identifier"),
+])
+def test_send_request_refusals_are_audited(gw, who, body, status, reason):
+    client, engine, job = gw
+    before = len(job.sent)
+    r = send(client, who, **body)
+    assert r.status_code == status and reason in r.json()["detail"]
+    assert len(job.sent) == before  # nothing sent
+    row = last_audit(engine, action="workflow", outcome="refused", user=who)
+    assert reason in row["reason"]
+
+
+def test_accept_answer_close_and_the_queue(gw):
+    client, engine, job = gw
+    item_id = send(client).json()["item_id"]
+    xl = login(client, "xl-ci")
+    queue = client.get("/api/v1/queue", headers=xl).json()
+    mine = [i for i in queue["items"] if i["item_id"] == item_id]
+    assert mine and mine[0]["todo"] == "accept" and mine[0]["overdue"] is False and mine[0]["due_ms"] > queue["now_ms"]
+    assert last_audit(engine, action="workflow", query_name="queue", user="xl-ci")["outcome"] == "ok"
+    # the requester may not accept; another branch of the same region is not the addressee either
+    for who in ("hb-cc", "xl-cc"):
+        r = client.post(f"/api/v1/requests/{item_id}/accept", headers=login(client, who))
+        assert r.status_code == 403 and "is not one of them and may not ACCEPT it" in r.json()["detail"]
+        assert last_audit(engine, query_name="request.accept", outcome="refused", user=who)
+    # answering before accepting is refused with what is allowed
+    r = client.post(f"/api/v1/requests/{item_id}/answer", json={"findings": "x"}, headers=xl)
+    assert r.status_code == 409 and "ANSWER is allowed only while it is ACCEPTED" in r.json()["detail"]
+    assert client.post(f"/api/v1/requests/{item_id}/accept", headers=xl).status_code == 202
+    assert client.post(f"/api/v1/requests/{item_id}/answer", json={"findings": "seen at home"}, headers=xl).status_code == 202
+    r = client.post(f"/api/v1/requests/{item_id}/close", json={"outcome": "done"}, headers=xl)
+    assert r.status_code == 403 and "only the requester 130000/COMMAND_CENTER may CLOSE it" in r.json()["detail"]
+    assert client.post(f"/api/v1/requests/{item_id}/close", json={"outcome": "done"},
+                       headers=login(client, "hb-cc")).status_code == 202
+    item = client.get(f"/api/v1/items/{item_id}", headers=xl).json()
+    assert [e["event_type"] for e in item["events"]] == ["SENT", "ACCEPTED", "ANSWERED", "CLOSED"]
+    assert item["status"] == "CLOSED" and item["parties"][0]["status"] == "ANSWERED"
+    assert not job.refusals
+    assert item_id not in [i["item_id"] for i in client.get("/api/v1/queue", headers=xl).json()["items"]]
+
+
+def test_refuse_needs_a_reason_and_unknown_items_are_404(gw):
+    client, engine, job = gw
+    item_id = send(client).json()["item_id"]
+    xl = login(client, "xl-ci")
+    r = client.post(f"/api/v1/requests/{item_id}/refuse", json={"reason_code": "BUSY"}, headers=xl)
+    assert r.status_code == 400 and "REFUSED needs a reason" in r.json()["detail"]
+    r = client.post(f"/api/v1/requests/{item_id}/refuse", json={"reason_code": "NOT_COMPETENT"}, headers=xl)
+    assert r.status_code == 202
+    r = client.post("/api/v1/requests/R-000000000000/accept", headers=xl)
+    assert r.status_code == 404 and "there is no assistance request R-000000000000" in r.json()["detail"]
+    assert last_audit(engine, query_name="request.accept", outcome="refused", user="xl-ci")["reason"].startswith("there is no")
+    # an item of another province is as unknown as one that does not exist
+    r = client.get(f"/api/v1/items/{item_id}", headers=login(client, "js-cc"))
+    assert r.status_code == 404 and last_audit(engine, query_name="item", outcome="refused", user="js-cc")
+    r = client.get(f"/api/v1/items/{item_id}", headers=login(client, "xl-analyst"))
+    assert r.status_code == 403 and "role command_center required" in r.json()["detail"]
+
+
+def test_hit_report_and_confirm(gw):
+    client, engine, job = gw
+    job.run(m.OpenHit(command_id=f"hit:{HIT}", item_id=HIT, actor=m.Actor.bus(), hit_type="WANTED_PERSON",
+                      owner_region="130822", hit_region="120119",
+                      matched_on=m.Identifier("RESIDENT_ID", "11010519491231002X"), record_key="130822/s/W1",
+                      danger_level="HIGH"))
+    xl, jz = login(client, "xl-cc"), login(client, "jz-cc")
+    assert any(i["item_id"] == HIT and i["todo"] == "confirm" for i in client.get("/api/v1/queue", headers=xl).json()["items"])
+    r = client.post(f"/api/v1/hits/{HIT}/report", json={"action": "DETAINED"}, headers=xl)
+    assert r.status_code == 403 and "only that region reports what it did" in r.json()["detail"]
+    assert client.post(f"/api/v1/hits/{HIT}/report", json={"action": "DETAINED"}, headers=jz).status_code == 202
+    r = client.post(f"/api/v1/hits/{HIT}/confirm", json={"answer": "CONFIRMED"}, headers=jz)
+    assert r.status_code == 403 and "only its owner 130822 may CONFIRMED it" in r.json()["detail"]
+    r = client.post(f"/api/v1/hits/{HIT}/confirm", json={"answer": "NEED_TIME"}, headers=xl)
+    assert r.status_code == 400 and "NEED_TIME needs minutes" in r.json()["detail"]
+    assert client.post(f"/api/v1/hits/{HIT}/confirm", json={"answer": "CONFIRMED"}, headers=xl).status_code == 202
+    r = client.post(f"/api/v1/hits/{HIT}/confirm", json={"answer": "NOT_VALID"}, headers=xl)
+    assert r.status_code == 409 and "hit AWAITING_CONFIRMATION" in r.json()["detail"]
+    assert last_audit(engine, query_name="hit.confirm", outcome="ok", user="xl-cc")
+    item = client.get(f"/api/v1/items/{HIT}", headers=jz).json()
+    assert [e["event_type"] for e in item["events"]] == ["OPENED", "ACTION_REPORTED", "CONFIRMED"]
+    r = client.post(f"/api/v1/hits/{CASE_LINK}/confirm", json={"answer": "CONFIRMED"}, headers=xl)
+    assert r.status_code == 409 and "only WANTED_PERSON, WATCH_MATCH hits are followed up" in r.json()["detail"]
+    r = client.post("/api/v1/hits/44444444-4444-5444-8444-444444444444/report", json={"action": "OBSERVED"}, headers=jz)
+    assert r.status_code == 404 and last_audit(engine, query_name="hit.report", outcome="refused", user="jz-cc")
+    r = client.post(f"/api/v1/hits/{HIT}/report", json={"action": "OBSERVED"}, headers=login(client, "js-cc"))
+    assert r.status_code == 404  # a hit Jiangsu may not see
+
+
+def test_directive_issue_ack_report_and_status(gw):
+    client, engine, job = gw
+    hb = login(client, "hb-cc")
+    due = int(time.time() * 1000) + 3_600_000
+    r = client.post("/api/v1/directives", json={"to": ["320500"], "task": "checkpoints", "due_at": due}, headers=hb)
+    assert r.status_code == 403 and "320500 is not inside 130000" in r.json()["detail"]
+    assert last_audit(engine, query_name="directive.issue", outcome="refused", user="hb-cc")
+    r = client.post("/api/v1/directives", json={"to": ["130822"], "task": "checkpoints", "due_at": due - 7_200_000}, headers=hb)
+    assert r.status_code == 400 and "not in the future" in r.json()["detail"]
+    r = client.post("/api/v1/directives", json={"to": ["130822"], "task": "checkpoints on G45", "due_at": due}, headers=hb)
+    assert r.status_code == 202
+    item_id = r.json()["item_id"]
+    assert item_id.startswith("D-")
+    xl = login(client, "xl-cc")
+    r = client.post(f"/api/v1/directives/{item_id}/report", json={"outcome": "DONE"}, headers=xl)
+    assert r.status_code == 409 and "ACKNOWLEDGE it first" in r.json()["detail"]
+    r = client.post(f"/api/v1/directives/{item_id}/ack", headers=login(client, "jz-cc"))
+    assert r.status_code == 404  # Tianjin's Jizhou does not see Hebei's directive
+    assert client.post(f"/api/v1/directives/{item_id}/ack", headers=xl).status_code == 202
+    r = client.post(f"/api/v1/directives/{item_id}/report", json={"outcome": "CANNOT"}, headers=xl)
+    assert r.status_code == 400 and "CANNOT needs a reason" in r.json()["detail"]
+    assert client.post(f"/api/v1/directives/{item_id}/report", json={"outcome": "DONE"}, headers=xl).status_code == 202
+    item = client.get(f"/api/v1/items/{item_id}", headers=hb).json()
+    assert [e["event_type"] for e in item["events"]][:3] == ["ISSUED", "ACKNOWLEDGED", "DONE"]
+    assert item["parties"] == [{"party": "130822", "status": "DONE", "due_ms": due, "since_ms": item["parties"][0]["since_ms"]}]
+    assert not job.refusals
