@@ -1,0 +1,584 @@
+"""The workflow job: a faust worker that owns the cooperation workflows' state and clocks.
+
+docs/workflows.md, "The workflow job". Topics (APP = `intelbus-jobs-workflows`):
+
+    intel.workflow.commands (gateway, JSON, key item id) --commands--> APP-items (key item id)
+    intel.hit (Avro, key province) ------------------------\
+    intel.wanted.unique (Avro, key record key) -----------route--> APP-records (key record key)
+    APP-records --records (table hits-by-record)--> OpenHit / WantedRevision envelopes -> APP-items
+    APP-items --items (table items; the timers)--> intel.workflow (Avro, key item id), intel.dlq
+
+Every write of a table and every item's events are produced by one idempotent librdkafka
+producer at the partition of the message (or of the item, for timers), awaited, then written
+into faust's store; faust commits the input offset after that (at-least-once in, and the
+machine's idempotence by command id and by deadline-step key makes it exactly-once out).
+The two internal topics are written by our own producer (murmur2, Java-compatible), so an
+item's commands, OpenHit, revisions and timers all live in one partition of APP-items,
+whatever partitioner the gateway's producer uses.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import heapq
+import json
+import logging
+import os
+import re
+import time
+import typing
+import uuid
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from workflows import model as m
+
+log = logging.getLogger("intelbus.workflows")
+
+APP_ID = "intelbus-jobs-workflows"
+COMMANDS_TOPIC = "intel.workflow.commands"
+WORKFLOW_TOPIC = "intel.workflow"
+HIT_TOPIC = "intel.hit"
+WANTED_TOPIC = "intel.wanted.unique"
+DLQ_TOPIC = "intel.dlq"
+
+OPEN_ITEMS = Gauge("intelbus_workflows_open_items", "Workflow items of this worker's partitions with a deadline pending")
+FIRED = Counter("intelbus_workflows_fired_steps_total", "Deadline steps fired (reminders, resends, escalations, stale listings)",
+                ["kind"])
+TIMER_LAG = Histogram("intelbus_workflows_timer_lag_seconds", "How late a deadline step fired (now - its scheduled time)",
+                      buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600))
+COMMANDS = Counter("intelbus_workflows_commands_total", "Workflow commands applied, by outcome (applied, no-op, refused, "
+                   "undecodable)", ["outcome"])
+
+
+def items_topic(app_id: str = APP_ID) -> str:
+    return f"{app_id}-items"
+
+
+def records_topic(app_id: str = APP_ID) -> str:
+    return f"{app_id}-records"
+
+
+# --- pure glue: commands on the wire -------------------------------------------------------
+
+_COMMAND_CLASSES = {c.__name__: c for c in typing.get_args(m.Command)}
+_VALUE_CLASSES = {c.__name__: c for c in (m.Actor, m.Identifier, m.EarlierAnswer)}
+
+
+class BadCommand(ValueError):
+    """A commands-topic message that is not a command this job knows."""
+
+
+def _decode_value(value, hint=None):
+    if isinstance(value, dict) and "__type__" in value:
+        name = value["__type__"]
+        cls = _COMMAND_CLASSES.get(name) or _VALUE_CLASSES.get(name)
+        if cls is None:
+            raise BadCommand(f"unknown type {name!r}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {f.name: _decode_value(value[f.name], hints.get(f.name)) for f in dataclasses.fields(cls)
+                  if f.name in value}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise BadCommand(f"{name}: {e}") from None
+    if isinstance(value, list):
+        items = [_decode_value(v) for v in value]
+        if hint is frozenset:
+            return frozenset(items)
+        return tuple(items)
+    if hint is m.Actor or hint is m.Identifier:
+        raise BadCommand(f"expected a tagged {hint.__name__}, got {value!r}")
+    return value
+
+
+def decode_command(obj) -> m.Command:
+    """The command dataclass of workflows.model.to_json(command) (the gateway's form)."""
+    if not isinstance(obj, dict) or obj.get("__type__") not in _COMMAND_CLASSES:
+        raise BadCommand(f"not a workflow command: {str(obj)[:120]}")
+    cmd = _decode_value(obj)
+    if not isinstance(cmd.actor, m.Actor):
+        raise BadCommand("the command has no actor")
+    return cmd
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    command: m.Command
+    command_id: str
+    issued_at: int
+    via: str
+
+
+def decode_envelope(value: bytes | str) -> Envelope:
+    """`{"command": to_json(cmd), "command_id", "issued_at", "via"}` -> Envelope (BadCommand if not)."""
+    try:
+        doc = json.loads(value)
+    except (ValueError, TypeError) as e:
+        raise BadCommand(f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or "command" not in doc:
+        raise BadCommand("no 'command' in the message")
+    cmd = decode_command(doc["command"])
+    command_id = str(doc.get("command_id") or cmd.command_id)
+    if cmd.command_id != command_id:
+        cmd = dataclasses.replace(cmd, command_id=command_id)
+    issued_at = doc.get("issued_at")
+    if isinstance(issued_at, bool) or not isinstance(issued_at, int):
+        raise BadCommand(f"issued_at must be epoch milliseconds, not {issued_at!r}")
+    return Envelope(cmd, command_id, issued_at, str(doc.get("via") or ""))
+
+
+def encode_envelope(command, issued_at: int, via: str) -> bytes:
+    return json.dumps({"command": m.to_json(command), "command_id": command.command_id, "issued_at": int(issued_at),
+                       "via": via}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# --- pure glue: routing hits and wanted revisions by record key -----------------------------
+
+
+def hit_route(hit: dict) -> tuple[str, bytes] | None:
+    """(record key, message for APP-records) for a WANTED_PERSON/WATCH_MATCH hit; None otherwise."""
+    from workflows.hits import open_hit_command
+
+    cmd = open_hit_command(hit)
+    if cmd is None:
+        return None
+    return cmd.record_key, json.dumps({"op": "hit", "open": json.loads(encode_envelope(cmd, hit["detected_at"], "intel.hit"))},
+                                      ensure_ascii=False).encode()
+
+
+def wanted_route(record: dict) -> tuple[str, bytes]:
+    """(record key, message for APP-records) for a revision of a wanted record."""
+    key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}"
+    return key, json.dumps({"op": "revision", "event_id": str(record["event_id"]), "action": record["action"],
+                            "revision": int(record.get("revision") or 1),
+                            "at": int(record.get("reported_at") or record.get("occurred_at") or 0)}).encode()
+
+
+def route_by_record(record_key: str, open_hits: list[str], message: bytes) -> tuple[list[str], list[tuple[str, bytes]]]:
+    """One APP-records message: (the record's hit ids after it, [(item id, envelope)] for APP-items).
+
+    A hit adds its id and forwards its OpenHit; a revision becomes one WantedRevision per
+    hit of the record (command id: revision event id, so a replay is a no-op for each item);
+    a closing revision ends the record's list (its hits are closed, nothing more routes).
+    """
+    doc = json.loads(message)
+    if doc["op"] == "hit":
+        env = doc["open"]
+        hit_id = env["command"]["item_id"]
+        hits = open_hits if hit_id in open_hits else [*open_hits, hit_id]
+        return hits, [(hit_id, json.dumps(env, ensure_ascii=False).encode())]
+    out = []
+    for hit_id in open_hits:
+        cmd = m.WantedRevision(command_id=f"{doc['event_id']}", item_id=hit_id, actor=m.Actor.bus(), record_key=record_key,
+                               action=doc["action"], revision=doc["revision"])
+        out.append((hit_id, encode_envelope(cmd, doc["at"], WANTED_TOPIC)))
+    return ([] if doc["action"] in m.CLOSING_REVISIONS else open_hits), out
+
+
+# --- pure glue: the due index ---------------------------------------------------------------
+
+
+class DueIndex:
+    """When each item of this worker's partitions next needs its timer (a heap with lazy deletion)."""
+
+    def __init__(self):
+        self._at: dict[str, tuple[int, int]] = {}  # item id -> (due ms, partition)
+        self._heap: list[tuple[int, str]] = []
+
+    def set(self, item_id: str, partition: int, at: int | None) -> None:
+        if at is None:
+            self._at.pop(item_id, None)
+            return
+        if self._at.get(item_id) == (at, partition):
+            return
+        self._at[item_id] = (at, partition)
+        heapq.heappush(self._heap, (at, item_id))
+
+    def pop_due(self, now_ms: int) -> list[tuple[str, int]]:
+        """(item id, partition) of every item due by now_ms, removed from the index (set them again)."""
+        out = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            at, item_id = heapq.heappop(self._heap)
+            current = self._at.get(item_id)
+            if current is not None and current[0] == at:
+                del self._at[item_id]
+                out.append((item_id, current[1]))
+        return out
+
+    def drop_partitions(self, partitions) -> None:
+        partitions = set(partitions)
+        for item_id in [i for i, (_, p) in self._at.items() if p in partitions]:
+            del self._at[item_id]
+
+    def clear(self) -> None:
+        self._at.clear()
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def next_at(self) -> int | None:
+        return min((at for at, _ in self._at.values()), default=None)
+
+
+def refusal_dead_letter(envelope_bytes: bytes, reason: str, command=None, *, command_id: str | None = None,
+                        at: int | None = None) -> dict:
+    """The intel.dlq record of a refused (or undecodable) command: stage WORKFLOW; the same id on a replay."""
+    from schemas.ids import NAMESPACE
+
+    actor = getattr(command, "actor", None)
+    cid = command_id or getattr(command, "command_id", None) or uuid.uuid5(NAMESPACE, envelope_bytes.decode(errors="replace")).hex
+    who = f"{actor.name} of {actor.agency or 'the bus'}" if actor else "unknown"
+    return {
+        "dlq_id": str(uuid.uuid5(NAMESPACE, f"workflow-refusal|{cid}")),
+        "stage": "WORKFLOW",
+        "source": f"{COMMANDS_TOPIC} command {cid}",
+        "kind": "workflow",
+        "field": type(command).__name__ if command is not None else None,
+        "reason": f"{reason} (command {cid} by {who})",
+        "raw": envelope_bytes,
+        "source_region": actor.region if actor and actor.region else None,
+        "source_system": actor.name if actor else None,
+        "failed_at": int(at if at is not None else time.time() * 1000),
+    }
+
+
+# --- the faust app --------------------------------------------------------------------------
+
+
+def _item_matches(only: re.Pattern | None, *texts: str) -> bool:
+    return only is None or any(only.search(t or "") for t in texts)
+
+
+def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir: str | None = None):
+    import faust
+    from confluent_kafka import KafkaException
+
+    from ops.kafka_auth import JOBS, faust_credentials
+    from schemas.regions import load_regions
+    from schemas.wire import RawDecoder, SchemaCodec
+    from stream_jobs import metrics as job_metrics
+    from stream_jobs.app import DeliveryWaiter, _raw_table, make_producer, not_ready_because, rocksdb_available
+    from stream_jobs.tables import FaustTableState
+    from workflows.machine import WorkflowRefusal, apply, fire_due, next_due
+    from workflows.policy import load_policy
+
+    policy = load_policy()
+    regions = load_regions()
+    only = re.compile(os.environ["INTELBUS_WORKFLOWS_ONLY"]) if os.environ.get("INTELBUS_WORKFLOWS_ONLY") else None
+    datadir = Path(datadir or Path(settings.stack_dir) / "jobs" / f"workflows-{worker_index}")
+    datadir.mkdir(parents=True, exist_ok=True)
+    replication = 3 if settings.profile == "production" else 1
+    items_t, records_t = items_topic(app_id), records_topic(app_id)
+    _ensure_topics(settings, [items_t, records_t], settings.partitions, replication)
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
+        broker_credentials=faust_credentials(settings, JOBS),
+        store="rocksdb://" if rocksdb_available() else "memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=replication,
+        topic_allow_declare=True,
+        web_enabled=False,
+        consumer_auto_offset_reset=os.environ.get("INTELBUS_WORKFLOWS_OFFSET_RESET", "earliest"),
+        stream_wait_empty=False,
+        broker_commit_interval=1.0,
+        broker_session_timeout=float(os.environ.get("INTELBUS_WORKFLOWS_SESSION_S", "10")),
+        broker_heartbeat_interval=1.0,
+        table_standby_replicas=0,
+    )
+    items_table = FaustTableState(_raw_table(app, "items", settings.partitions))
+    by_record = FaustTableState(_raw_table(app, "hits-by-record", settings.partitions))
+    producer = make_producer(settings)
+    waiter = DeliveryWaiter(producer)
+    codec = SchemaCodec(url=settings.registry_url)
+    decode = RawDecoder.for_registry(settings.registry_url)
+    lock = asyncio.Lock()
+    index = DueIndex()
+    state = {"rebuild": True}
+
+    async def publish(messages, table: FaustTableState | None = None):
+        """Produce (topic, key, value, partition) and the table's pending writes; wait; then write the store."""
+        outstanding, errors, offsets = [0], [], {}
+        writes = table.drain() if table is not None else {}
+
+        def delivered(err, msg):
+            outstanding[0] -= 1
+            if err is not None:
+                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            elif table is not None and msg.topic() == table.changelog_topic:
+                offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
+
+        out = list(messages)
+        if table is not None:
+            out += [(table.changelog_topic, k, v, p) for p, kv in writes.items() for k, v in kv.items()]
+        for topic, key, value, partition in out:
+            kwargs = {} if partition is None else {"partition": partition}
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=delivered, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            outstanding[0] += 1
+        remaining = await waiter.wait(outstanding, 60.0)
+        if remaining or errors:
+            raise KafkaException(f"workflows: {remaining} undelivered, errors: {errors[:3]}")
+        if table is not None:
+            table.apply(writes, offsets)
+
+    def event_messages(events):
+        return [(WORKFLOW_TOPIC, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in events]
+
+    def load(partition: int, item_id: str):
+        raw = items_table.get(partition, item_id.encode())
+        return m.from_json(json.loads(raw)) if raw else None
+
+    def save(partition: int, item) -> None:
+        items_table.put(partition, item.item_id.encode(),
+                        json.dumps(m.to_json(item), ensure_ascii=False, separators=(",", ":")).encode())
+        index.set(item.item_id, partition, next_due(item, policy, regions))
+        OPEN_ITEMS.set(len(index))
+
+    # intel.workflow.commands -> APP-items (our partitioner: the commands share the item's partition)
+    async def commands_agent(stream):
+        async for event in _guarded(stream.events(), "commands"):
+            msg = event.message
+            key = msg.key or b""
+            if not _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
+                continue
+            await publish([(items_t, key or None, msg.value, None)])
+
+    # intel.hit, intel.wanted.unique -> APP-records, keyed by record key
+    async def route_agent(stream):
+        async for event in _guarded(stream.events(), "route"):
+            msg = event.message
+            try:
+                record = decode(msg.value)
+                routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
+            except Exception as e:  # not ours to dead-letter: the jobs checked these records
+                log.warning("%s[%d]@%d: not routed: %s", msg.topic, msg.partition, msg.offset, e)
+                continue
+            if routed is None or not _item_matches(only, routed[0]):
+                continue
+            await publish([(records_t, routed[0].encode(), routed[1], None)])
+
+    async def records_agent(stream):
+        async for event in _guarded(stream.events(), "records"):
+            msg = event.message
+            record_key = msg.key.decode()
+            raw = by_record.get(msg.partition, msg.key)
+            hits = json.loads(raw) if raw else []
+            after, forwards = route_by_record(record_key, hits, msg.value)
+            if after != hits:
+                by_record.put(msg.partition, msg.key, json.dumps(after).encode() if after else None)
+            await publish([(items_t, item_id.encode(), env, None) for item_id, env in forwards], by_record)
+
+    async def items_agent(stream):
+        async for event in _guarded(stream.events(), "items"):
+            msg = event.message
+            async with lock:
+                await handle_command(msg.partition, msg.key.decode() if msg.key else "", msg.value)
+
+    async def handle_command(partition: int, key: str, value: bytes):
+        try:
+            env = decode_envelope(value)
+        except BadCommand as e:
+            COMMANDS.labels("undecodable").inc()
+            job_metrics.DLQ.labels("WORKFLOW").inc()
+            await publish([(DLQ_TOPIC, key.encode() or None, codec.encode(DLQ_TOPIC, refusal_dead_letter(value, str(e))), None)])
+            return
+        cmd = env.command
+        before = load(partition, cmd.item_id)
+        try:
+            if cmd.item_id != key:
+                raise WorkflowRefusal(f"command {cmd.command_id} names item {cmd.item_id} but was keyed {key!r}")
+            after, events, _effects = apply(before, cmd, env.issued_at, policy, regions)
+        except WorkflowRefusal as e:
+            COMMANDS.labels("refused").inc()
+            job_metrics.DLQ.labels("WORKFLOW").inc()
+            log.info("refused %s %s on %s: %s", type(cmd).__name__, cmd.command_id, cmd.item_id, e)
+            dl = refusal_dead_letter(value, str(e), cmd, at=env.issued_at)
+            await publish([(DLQ_TOPIC, cmd.item_id.encode(), codec.encode(DLQ_TOPIC, dl), None)])
+            return
+        COMMANDS.labels("applied" if events else "no-op").inc()
+        if after is not None and after is not before:
+            save(partition, after)
+        await publish(event_messages(events), items_table)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **kwargs):
+        state["rebuild"] = True
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender, revoked, **kwargs):
+        index.drop_partitions(tp.partition for tp in revoked if tp.topic == items_t)
+        state["rebuild"] = True
+
+    def rebuild() -> None:
+        """The due index from the local store of the assigned partitions of APP-items."""
+        store = items_table.table.data
+        partitions = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == items_t)
+        index.clear()
+        n = 0
+        for p in partitions:
+            if hasattr(store, "_db_for_partition"):
+                pairs = store._visible_items(store._db_for_partition(p))
+            else:
+                pairs = ((k, v) for k, v in store.data.items() if store._key_partition.get(k) == p)
+            for k, v in pairs:
+                item = m.from_json(json.loads(v))
+                index.set(item.item_id, p, next_due(item, policy, regions))
+                n += 1
+        OPEN_ITEMS.set(len(index))
+        log.info("due index rebuilt: %d items in partitions %s, %d with a deadline pending", n, partitions, len(index))
+
+    @app.timer(interval=float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0")))
+    async def _fire_timers():
+        if not_ready_because(app) is not None:
+            return
+        async with lock:
+            if state["rebuild"]:
+                state["rebuild"] = False
+                rebuild()
+            now_ms = int(time.time() * 1000)
+            for item_id, partition in index.pop_due(now_ms):
+                item = load(partition, item_id)
+                after, events, _ = fire_due(item, now_ms, policy, regions)
+                for e in events:
+                    FIRED.labels(e.event_type).inc()
+                    TIMER_LAG.observe(max(0.0, (now_ms - (e.scheduled_at or now_ms)) / 1000))
+                if after is None:
+                    continue
+                if events:
+                    save(partition, after)
+                    await publish(event_messages(events), items_table)
+                else:
+                    index.set(item_id, partition, next_due(after, policy, regions))
+            OPEN_ITEMS.set(len(index))
+
+    @app.timer(interval=1.0)
+    async def _serve_producer_callbacks():
+        producer.poll(0)
+
+    @app.task
+    async def _ready():
+        was = None
+        while True:
+            ready = not_ready_because(app) is None
+            if ready != was:
+                job_metrics.READY.set(1 if ready else 0)
+                log.info("workflows worker %d %s", worker_index, "ready" if ready else "not ready")
+                was = ready
+            await asyncio.sleep(0.25)
+
+    raw = dict(key_serializer="raw", value_serializer="raw")
+    app.agent(app.topic(COMMANDS_TOPIC, **raw), name="intelbus.workflows.commands")(commands_agent)
+    app.agent(app.topic(HIT_TOPIC, WANTED_TOPIC, **raw), name="intelbus.workflows.route")(route_agent)
+    app.agent(app.topic(records_t, **raw), name="intelbus.workflows.records")(records_agent)
+    app.agent(app.topic(items_t, **raw), name="intelbus.workflows.items")(items_agent)
+    app.intelbus_producer = producer
+    app.intelbus_policy = policy
+    return app
+
+
+async def _guarded(events, name: str):
+    """The agent's events; any failure ends the worker (it is restarted and reads again from the commit)."""
+    try:
+        async for event in events:
+            yield event
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        log.critical("workflow agent %s failed; the worker exits so that it is restarted", name, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
+
+def _ensure_topics(settings, names: list[str], partitions: int, replication: int) -> None:
+    """Create the job's internal topics if missing (ACL: intelbus-jobs- prefix, CREATE)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from ops.kafka_auth import JOBS
+
+    admin = AdminClient(settings.kafka_config(JOBS))
+    existing = admin.list_topics(timeout=15).topics
+    missing = [NewTopic(n, partitions, replication, config={"retention.ms": str(7 * 86_400_000)})
+               for n in names if n not in existing]
+    for name, fut in (admin.create_topics(missing, operation_timeout=15).items() if missing else []):
+        try:
+            fut.result()
+        except Exception as e:  # created meanwhile by another worker
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+
+def metrics_port(settings, index: int) -> int:
+    return settings.metrics_port_base + 40 + index
+
+
+def add_workflows(p):
+    p.add_argument("--worker-index", type=int, default=0, help="this worker's index (datadir, metrics port)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus port (default INTELBUS_METRICS_PORT_BASE + 40 + index)")
+    p.add_argument("--app-id", default=APP_ID, help=argparse.SUPPRESS)  # tests: a group and topics of their own
+    p.add_argument("--datadir", default=None, help=argparse.SUPPRESS)  # tests: default <stack>/jobs/workflows-<index>
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="intelbus log level")
+    p.epilog = ("The workflow job: commands (intel.workflow.commands), hits and wanted revisions in; transitions, "
+                "reminders and escalations out on intel.workflow (docs/workflows.md). Deadlines: ops/workflows.yaml "
+                "or INTELBUS_WORKFLOWS_FILE.")
+
+    def run(args):
+        from ops.settings import load_settings
+
+        return run_worker(load_settings(), args)
+
+    return run
+
+
+def run_worker(settings, args) -> int:
+    import sys
+
+    from stream_jobs.worker import QUIET_LOGGERS
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ours = logging.getLogger("intelbus")
+    ours.setLevel(args.log_level.upper())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.propagate = False
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    sys.setswitchinterval(0.0005)
+    import faust
+    from prometheus_client import start_http_server
+
+    port = args.metrics_port or metrics_port(settings, args.worker_index)
+    app = create_app(settings, worker_index=args.worker_index, app_id=args.app_id, datadir=args.datadir)
+    start_http_server(port, addr="127.0.0.1")
+    log.info("workflows worker %d: app=%s kafka=%s metrics=:%d policy=%s", args.worker_index, args.app_id, settings.kafka,
+             port, os.environ.get("INTELBUS_WORKFLOWS_FILE") or "ops/workflows.yaml")
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="intelbus workflows", description="the workflow job's worker (foreground)")
+    run = add_workflows(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
