@@ -192,3 +192,11 @@ def test_an_undecodable_command_is_a_dead_letter_too():
 def test_encode_envelope_is_what_decode_reads():
     env = decode_envelope(encode_envelope(COMMANDS[6], T0, "cli"))
     assert env.command == COMMANDS[6] and env.via == "cli"
+
+
+@pytest.mark.parametrize("command", COMMANDS[:12], ids=lambda c: type(c).__name__)
+def test_what_the_gateway_writes_is_what_the_job_reads(command):
+    workflow_api = pytest.importorskip("gateway.workflow_api")
+    key, value = workflow_api.command_record(command, T0 + 9)
+    env = decode_envelope(value)
+    assert key.decode() == env.command.item_id and env.command == command and env.issued_at == T0 + 9
