@@ -269,3 +269,61 @@ def test_directive_issue_ack_report_and_status(gw):
     assert [e["event_type"] for e in item["events"]][:3] == ["ISSUED", "ACKNOWLEDGED", "DONE"]
     assert item["parties"] == [{"party": "130822", "status": "DONE", "due_ms": due, "since_ms": item["parties"][0]["since_ms"]}]
     assert not job.refusals
+
+
+def test_the_cli_sends_waits_for_the_event_and_lists_the_queue(gw, monkeypatch, capsys):
+    """intelbus request send / list / show and directive --help, on this app instead of a gateway process."""
+    import argparse
+
+    from gateway import workflow_cli
+    from gateway.client import GatewayClient
+
+    client, engine, job = gw
+
+    class Borrowed(GatewayClient):
+        def close(self):  # the module's TestClient stays open
+            pass
+
+    def as_person(name):
+        def make(_settings, **_kw):
+            c = Borrowed("http://testserver")
+            c.http = client
+            client.headers.update(login(client, name))
+            return c
+        return make
+
+    monkeypatch.setattr(workflow_cli, "_settings", lambda: None)
+    parser = argparse.ArgumentParser(prog="intelbus")
+    top = parser.add_subparsers(dest="command")
+    for name, add in (("hit", workflow_cli.add_hit), ("request", workflow_cli.add_request),
+                      ("directive", workflow_cli.add_directive)):
+        top.add_parser(name).set_defaults(_handler=add(top.choices[name]))
+
+    def run(who, *argv):
+        monkeypatch.setattr(workflow_cli, "_client", as_person(who))
+        args = parser.parse_args(list(argv))
+        code = args._handler(args)
+        return code, capsys.readouterr()
+
+    code, out = run("hb-cc", "request", "send", "--to", "130822/CRIMINAL_INVESTIGATION", "--priority", "URGENT",
+                    "--subject", "PLATE:冀H12345", "--question", "车辆是否在辖区?", "--wait", "2")
+    assert code == 0 and "now OPEN" in out.out and "SENT" in out.out and "URGENT" in out.out and "CST" in out.out
+    item_id = out.out.split(":")[0]
+    code, out = run("xl-ci", "request", "list")
+    assert code == 0 and item_id in out.out and "accept" in out.out
+    code, out = run("xl-ci", "request", "accept", item_id)
+    assert code == 0 and "ACCEPTED" in out.out
+    code, out = run("hb-cc", "request", "accept", item_id)
+    assert code == 3 and "may not ACCEPT it" in out.err
+    code, out = run("hb-cc", "request", "show", item_id)
+    assert code == 0 and "130822/CRIMINAL_INVESTIGATION" in out.out and "ACCEPTED" in out.out
+    job_send = job.send
+    monkeypatch.setattr(job, "send", lambda *a, **k: None)  # a job that has not answered yet
+    code, out = run("xl-ci", "request", "answer", item_id, "--findings", "在", "--wait", "0")
+    assert code == 0 and "sent; not yet processed" in out.out
+    monkeypatch.setattr(job, "send", job_send)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["directive", "issue", "--help"])
+    assert "--due" in capsys.readouterr().out
+    assert workflow_cli.parse_due("2026-12-01 18:00") == 1_796_119_200_000  # 10:00 UTC
+    client.headers.pop("Authorization", None)
