@@ -61,6 +61,13 @@ def records_topic(app_id: str = APP_ID) -> str:
     return f"{app_id}-records"
 
 
+def answers_topic(app_id: str = APP_ID) -> str:
+    return f"{app_id}-answers"
+
+
+ANSWERS_KEPT = 50  # earlier answers kept per identifier (the newest)
+
+
 # --- pure glue: commands on the wire -------------------------------------------------------
 
 _COMMAND_CLASSES = {c.__name__: c for c in typing.get_args(m.Command)}
@@ -178,6 +185,57 @@ def route_by_record(record_key: str, open_hits: list[str], message: bytes) -> tu
     return ([] if doc["action"] in m.CLOSING_REVISIONS else open_hits), out
 
 
+# --- pure glue: the earlier-answers index (keyed by identifier) ----------------------------
+
+
+def needs_answers(env: Envelope) -> bool:
+    """A new request naming subjects goes by the answers index before it is applied."""
+    return isinstance(env.command, m.SendRequest) and bool(env.command.subjects)
+
+
+def lookup_message(envelope_bytes: bytes, env: Envelope) -> tuple[str, bytes]:
+    """(first subject, message for APP-answers): the request visits each subject's partition in turn."""
+    subjects = list(dict.fromkeys(str(s) for s in env.command.subjects))
+    doc = {"op": "lookup", "pending": subjects[1:], "envelope": json.loads(envelope_bytes), "answers": []}
+    return subjects[0], json.dumps(doc, ensure_ascii=False).encode()
+
+
+def index_message(answer: m.EarlierAnswer) -> tuple[str, bytes]:
+    """(identifier, message for APP-answers) remembering an answer (an IndexAnswer effect)."""
+    return str(answer.identifier), json.dumps({"op": "index", "answer": m.to_json(answer)}, ensure_ascii=False).encode()
+
+
+def answers_step(identifier: str, kept: list, message: bytes, *, limit: int = ANSWERS_KEPT):
+    """One APP-answers message: (the identifier's answers after it, [(topic kind, key, message)]).
+
+    `index` adds an answer (once per request and agency); `lookup` adds this identifier's
+    answers to the request's, then goes on to its next subject ("answers", key) or, after the
+    last, to the item ("items", item id) with SendRequest.earlier_answers filled.
+    """
+    doc = json.loads(message)
+    if doc["op"] == "index":
+        answer = doc["answer"]
+        same = [a for a in kept if (a["request_id"], a["answered_by"]) == (answer["request_id"], answer["answered_by"])]
+        if same:
+            return kept, []
+        return [*kept, answer][-limit:], []
+    answers = [*doc["answers"], *kept]
+    if doc["pending"]:
+        nxt = {**doc, "pending": doc["pending"][1:], "answers": answers}
+        return kept, [("answers", doc["pending"][0], json.dumps(nxt, ensure_ascii=False).encode())]
+    envelope = doc["envelope"]
+    command = dict(envelope["command"])
+    seen, merged = set(), []
+    for a in [*command.get("earlier_answers", []), *answers]:
+        k = (a["request_id"], a["answered_by"], json.dumps(a["identifier"], sort_keys=True))
+        if k not in seen:
+            seen.add(k)
+            merged.append(a)
+    command["earlier_answers"] = merged
+    out = {**envelope, "command": command}
+    return kept, [("items", command["item_id"], json.dumps(out, ensure_ascii=False).encode())]
+
+
 # --- pure glue: the due index ---------------------------------------------------------------
 
 
@@ -272,8 +330,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     datadir = Path(datadir or Path(settings.stack_dir) / "jobs" / f"workflows-{worker_index}")
     datadir.mkdir(parents=True, exist_ok=True)
     replication = 3 if settings.profile == "production" else 1
-    items_t, records_t = items_topic(app_id), records_topic(app_id)
-    _ensure_topics(settings, [items_t, records_t], settings.partitions, replication)
+    items_t, records_t, answers_t = items_topic(app_id), records_topic(app_id), answers_topic(app_id)
+    _ensure_topics(settings, [items_t, records_t, answers_t], settings.partitions, replication)
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
@@ -293,6 +351,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     )
     items_table = FaustTableState(_raw_table(app, "items", settings.partitions))
     by_record = FaustTableState(_raw_table(app, "hits-by-record", settings.partitions))
+    answers = FaustTableState(_raw_table(app, "answers-by-identifier", settings.partitions))
     producer = make_producer(settings)
     waiter = DeliveryWaiter(producer)
     codec = SchemaCodec(url=settings.registry_url)
@@ -351,7 +410,27 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             key = msg.key or b""
             if not _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
                 continue
-            await publish([(items_t, key or None, msg.value, None)])
+            try:
+                env = decode_envelope(msg.value)
+            except BadCommand:
+                env = None  # the items agent dead-letters it
+            if env is not None and needs_answers(env) and env.command.item_id == key.decode(errors="replace"):
+                subject, lookup = lookup_message(msg.value, env)
+                await publish([(answers_t, subject.encode(), lookup, None)])
+            else:
+                await publish([(items_t, key or None, msg.value, None)])
+
+    # APP-answers: the earlier-answers index, and the requests' lookups in it
+    async def answers_agent(stream):
+        async for event in _guarded(stream.events(), "answers"):
+            msg = event.message
+            raw = answers.get(msg.partition, msg.key)
+            kept = json.loads(raw) if raw else []
+            after, forwards = answers_step(msg.key.decode(), kept, msg.value)
+            if after is not kept:
+                answers.put(msg.partition, msg.key, json.dumps(after, ensure_ascii=False).encode())
+            out = [(answers_t if where == "answers" else items_t, key.encode(), value, None) for where, key, value in forwards]
+            await publish(out, answers)
 
     # intel.hit, intel.wanted.unique -> APP-records, keyed by record key
     async def route_agent(stream):
@@ -408,7 +487,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         COMMANDS.labels("applied" if events else "no-op").inc()
         if after is not None and after is not before:
             save(partition, after)
-        await publish(event_messages(events), items_table)
+        indexed = [index_message(e.answer) for e in _effects if isinstance(e, m.IndexAnswer)]
+        await publish(event_messages(events) + [(answers_t, k.encode(), v, None) for k, v in indexed], items_table)
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs):
@@ -481,6 +561,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     app.agent(app.topic(HIT_TOPIC, WANTED_TOPIC, **raw), name="intelbus.workflows.route")(route_agent)
     app.agent(app.topic(records_t, **raw), name="intelbus.workflows.records")(records_agent)
     app.agent(app.topic(items_t, **raw), name="intelbus.workflows.items")(items_agent)
+    app.agent(app.topic(answers_t, **raw), name="intelbus.workflows.answers")(answers_agent)
     app.intelbus_producer = producer
     app.intelbus_policy = policy
     return app

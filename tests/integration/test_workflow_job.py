@@ -173,10 +173,10 @@ def cid(worker) -> str:
     return f"{worker.tag}-{uuid.uuid4().hex[:12]}"
 
 
-def send_request(commands, worker, requester="120000", to="130822/CRIMINAL_INVESTIGATION"):
+def send_request(commands, worker, requester="120000", to="130822/CRIMINAL_INVESTIGATION", subjects=None):
     item = f"R-{worker.tag}-{uuid.uuid4().hex[:6]}"
     commands(m.SendRequest(command_id=cid(worker), item_id=item, actor=cc(requester), addressees=(to,),
-                           priority="ROUTINE", subjects=(m.Identifier("PHONE", "13800138000"),),
+                           priority="ROUTINE", subjects=subjects or (m.Identifier("PHONE", "13800138000"),),
                            question="locate the subject"))
     return item
 
@@ -280,3 +280,16 @@ def test_worker_killed_while_a_deadline_passes(worker, commands, events):
     assert ms(first[0]["at"]) > ms(first[0]["scheduled_at"])  # fired late, once, when the worker was back
     ids_ = [e["event_id"] for e in of(evs, item)]
     assert len(ids_) == len(set(ids_))
+
+
+def test_a_later_request_about_the_same_identifier_is_offered_the_earlier_answer(worker, commands, events):
+    phone = m.Identifier("PHONE", f"139{uuid.uuid4().int % 10**8:08d}")
+    first = send_request(commands, worker, subjects=(phone,))
+    commands(m.AcceptRequest(command_id=cid(worker), item_id=first, actor=addressee()))
+    commands(m.AnswerRequest(command_id=cid(worker), item_id=first, actor=addressee(), findings="lives in Xinglong"))
+    events.read(until=lambda evs: of(evs, first, "ANSWERED"), settle=0.5)
+    second = send_request(commands, worker, to="130800/CRIMINAL_INVESTIGATION", subjects=(phone,))
+    evs = events.read(until=lambda evs: of(evs, second, "ANSWERS_OFFERED"), timeout=30, settle=1)
+    offered = of(evs, second, "ANSWERS_OFFERED")
+    assert len(offered) == 1 and offered[0]["refs"] == [first] and offered[0]["to"] == ["130800/CRIMINAL_INVESTIGATION"]
+    assert "lives in Xinglong" not in json.dumps([str(v) for v in offered[0].values()])  # findings stay off the topic

@@ -9,8 +9,8 @@ import pytest
 
 from schemas.catalog import parsed_schema
 from stream_jobs.workflow_job import (
-    BadCommand, DueIndex, decode_command, decode_envelope, encode_envelope, hit_route, refusal_dead_letter,
-    route_by_record, wanted_route,
+    BadCommand, DueIndex, answers_step, decode_command, decode_envelope, encode_envelope, hit_route, index_message,
+    lookup_message, needs_answers, refusal_dead_letter, route_by_record, wanted_route,
 )
 from workflows import model as m
 from workflows.machine import apply, next_due
@@ -200,3 +200,54 @@ def test_what_the_gateway_writes_is_what_the_job_reads(command):
     key, value = workflow_api.command_record(command, T0 + 9)
     env = decode_envelope(value)
     assert key.decode() == env.command.item_id and env.command == command and env.issued_at == T0 + 9
+
+
+PHONE, PLATE = m.Identifier("PHONE", "13800138000"), m.Identifier("PLATE", "冀H12345")
+
+
+def earlier(request_id, identifier, by="130800/CRIMINAL_INVESTIGATION", at=T0 - 1000):
+    return m.EarlierAnswer(request_id, by, at, identifier, f"findings of {request_id}")
+
+
+def test_a_request_with_subjects_visits_each_subjects_answers_then_its_item():
+    index = {}
+    for answer in (earlier("R-0", PHONE), earlier("R-00", PLATE), earlier("R-0", PHONE)):  # the last: a replay
+        key, msg = index_message(answer)
+        index[key], out = answers_step(key, index.get(key, []), msg)
+        assert out == []
+    assert len(index[str(PHONE)]) == 1 and len(index[str(PLATE)]) == 1
+
+    send = m.SendRequest("c1", "R-1", ALICE, ("130822/CRIMINAL_INVESTIGATION",), "ROUTINE", (PHONE, PLATE), "who?")
+    raw = gateway_message(send)
+    env = decode_envelope(raw)
+    assert needs_answers(env)
+    key, msg = lookup_message(raw, env)
+    hops = []
+    while True:
+        _, out = answers_step(key, index.get(key, []), msg)
+        (where, key, msg), = out
+        hops.append(where)
+        if where == "items":
+            break
+    assert hops == ["answers", "items"] and key == "R-1"
+    done = decode_envelope(msg)
+    assert {a.request_id for a in done.command.earlier_answers} == {"R-0", "R-00"}
+    assert done.issued_at == T0 and done.command.subjects == (PHONE, PLATE)
+    state, events, effects = apply(None, done.command, done.issued_at, Policy())
+    assert [e.event_type for e in events] == ["SENT", "ANSWERS_OFFERED"]
+    assert set(events[1].refs) == {"R-0", "R-00"}
+
+
+def test_a_request_without_subjects_goes_straight_to_its_item():
+    env = decode_envelope(gateway_message(m.SendRequest("c1", "R-1", ALICE, ("130822/CRIMINAL_INVESTIGATION",),
+                                                        "ROUTINE", (), "who?")))
+    assert not needs_answers(env)
+    assert not needs_answers(decode_envelope(gateway_message(COMMANDS[1])))
+
+
+def test_the_index_keeps_the_newest_answers():
+    kept = []
+    for i in range(5):
+        key, msg = index_message(earlier(f"R-{i}", PHONE))
+        kept, _ = answers_step(key, kept, msg, limit=3)
+    assert [a["request_id"] for a in kept] == ["R-2", "R-3", "R-4"]
