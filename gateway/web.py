@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = {"/": "wall.html", "/analyst": "analyst.html"}
+PAGES = {"/": "wall.html", "/analyst": "analyst.html", "/queue": "queue.html"}  # /queue: the workflow queue (gateway.workflow_api)
 PAGE_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),

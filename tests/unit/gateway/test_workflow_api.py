@@ -327,3 +327,23 @@ def test_the_cli_sends_waits_for_the_event_and_lists_the_queue(gw, monkeypatch, 
     assert "--due" in capsys.readouterr().out
     assert workflow_cli.parse_due("2026-12-01 18:00") == 1_796_119_200_000  # 10:00 UTC
     client.headers.pop("Authorization", None)
+
+
+def test_the_queue_page_needs_a_session_and_its_assets_are_served(gw):
+    client, engine, job = gw
+    app = client.app
+    browser = TestClient(app)
+    r = browser.get("/queue", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/queue"
+    assert browser.post("/api/v1/session", json={"name": "xl-ci", "password": PW}).status_code == 200
+    page = browser.get("/queue")
+    assert page.status_code == 200 and "/static/queue.js" in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/queue.js", "/static/queue.css", "/static/common.js"):
+        assert browser.get(asset).status_code == 200, asset
+    assert 'href="/queue"' in browser.get("/").text  # linked from the wall's header
+    # the page's one-click accept: a cookie session needs the CSRF header, as every console POST
+    item_id = send(client).json()["item_id"]
+    r = browser.post(f"/api/v1/requests/{item_id}/accept")
+    assert r.status_code == 403 and "CSRF token missing" in r.json()["detail"]
+    r = browser.post(f"/api/v1/requests/{item_id}/accept", headers={"X-CSRF-Token": browser.cookies["intelbus_csrf"]})
+    assert r.status_code == 202
