@@ -347,3 +347,74 @@ def test_the_queue_page_needs_a_session_and_its_assets_are_served(gw):
     assert r.status_code == 403 and "CSRF token missing" in r.json()["detail"]
     r = browser.post(f"/api/v1/requests/{item_id}/accept", headers={"X-CSRF-Token": browser.cookies["intelbus_csrf"]})
     assert r.status_code == 202
+
+
+def test_in_the_browser_a_countdown_and_a_one_click_accept(gw):
+    """The queue page in Debian's chromium (Playwright), the app served by uvicorn on chDB: the request waiting
+    for Xinglong's criminal investigation shows its time left, ticking; one click accepts it."""
+    import os
+    import re
+    import shutil
+    import socket
+    import threading
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    chromium = os.environ.get("INTELBUS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip(f"no chromium at {chromium}")
+    client, engine, job = gw
+    item_id = send(client).json()["item_id"]
+    now = int(time.time() * 1000)
+    late = m.WorkflowEvent(item_id="R-00000000late", item_kind="ASSISTANCE_REQUEST", event_type="SENT", seq=1,
+                           at=now - 7_200_000, status="OPEN", actor="hb-cc", actor_agency="130000/COMMAND_CENTER",
+                           to=("130822/CRIMINAL_INVESTIGATION",), notify=("130000", "130822"), due_at=now - 3_600_000,
+                           code="ROUTINE", text="an hour late", command_id="late-1")
+    engine.insert("workflow_events", WORKFLOW_COLUMNS, [workflow_row(late.to_avro(), topic="intel.workflow", partition=0,
+                                                                     offset=0, ingested_ms=0)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as p:
+            b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = b.new_context(locale="zh-CN", timezone_id="UTC").new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/queue")
+            playwright.expect(page).to_have_url(re.compile(r"/login\?next="))
+            page.get_by_label("用户名 Name").fill("xl-ci")
+            page.get_by_label("密码 Password").fill(PW)
+            page.get_by_role("button", name="登录 Log in").click()
+            playwright.expect(page).to_have_url(url + "/queue")
+            row = page.locator(f"tr.item[data-id='{item_id}']")
+            playwright.expect(row).to_be_visible(timeout=10_000)
+            left = row.locator("td.left")
+            playwright.expect(left).to_have_text(re.compile(r"^\d+m\d\ds$"))  # within the hour to accept
+            first = left.text_content()
+            playwright.expect(left).not_to_have_text(first, timeout=3000)  # it ticks
+            assert "CST" in row.text_content()
+            overdue = page.locator("tr.item[data-id='R-00000000late']")
+            playwright.expect(overdue).to_have_class(re.compile(r"\boverdue\b"))
+            playwright.expect(overdue.locator("td.left")).to_have_text(re.compile(r"^超时 -1h0\dm"))
+            row.locator("button[data-action=accept]").click()
+            playwright.expect(page.locator("#msg")).to_contain_text("已发送 sent")
+            playwright.expect(page.locator("#history")).to_contain_text("ACCEPTED", timeout=10_000)
+            # accepted: the row stays, now waiting for the answer, with no accept button
+            playwright.expect(row.locator(".todo")).to_have_text("反馈 answer", timeout=15_000)
+            playwright.expect(row.locator("button[data-action=accept]")).to_have_count(0)
+            b.close()
+        assert not errors, errors
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    events = client.get(f"/api/v1/items/{item_id}", headers=login(client, "hb-cc")).json()["events"]
+    assert [e["event_type"] for e in events] == ["SENT", "ACCEPTED"] and events[1]["actor"] == "xl-ci"
