@@ -118,3 +118,31 @@ def test_catch_up_then_hub_gives_no_gap_and_no_duplicate():
     got, _ = b.read(b.start_seq(pos))
     seen += [e.offset for e, _ in advance(pos, got, lambda e: True)]
     assert seen == list(range(10))
+
+
+# --- the live feed's audit journal records (gateway/events.py) ------------------------------------
+
+def test_a_stream_s_fast_journal_lines_are_the_rows_audit_row_makes_and_merge_per_stream():
+    import json
+
+    from gateway.audit import AuditEntry
+    from gateway.events import JournalLines, audit_record, merge_audit_records
+    from identity.principals import Identity
+
+    who = Identity(name="hb-cc", kind="person", region="130000", branch="COMMAND_CENTER",
+                   roles=frozenset({"command_center"}), clearance="INTERNAL", token_id="jti-1")
+    template = AuditEntry(action="feed", identity=who, region="130822", purpose="墙 live wall", query_name="events",
+                          query_text="live feed of 130822 (SSE)")
+    params = {"hit_ids": ["h1", "h2"], "alert_event_ids": [], "through": "1.130822.3.a.0-0-0-0-0-0.0"}
+    fast = JournalLines("s1", template).line(params, 2, now=1_800_000_000.25)
+    slow = audit_record("s1", AuditEntry(**{**template.__dict__, "params": params, "row_count": 2}), now=1_800_000_000.25)
+    assert json.loads(fast) == json.loads(slow)
+    second = JournalLines("s1", template).line({**params, "hit_ids": ["h3"], "through": "t2"}, 1, now=1_800_000_001.0)
+    other = JournalLines("s2", template).line(params, 2, now=1_800_000_000.5)
+    rows = merge_audit_records([json.loads(x) for x in (fast, second, other)])
+    assert len(rows) == 2  # one row per stream and shipment
+    first = dict(zip(("at", "at_ms", "user", "region"), rows[0][:4]))
+    assert first["at_ms"] == 1_800_000_000_250 and first["user"] == "hb-cc" and first["region"] == "130822"
+    merged = json.loads(rows[0][8])
+    assert merged["hit_ids"] == ["h1", "h2", "h3"] and merged["through"] == "t2" and merged["batches"] == 2
+    assert rows[0][9] == 3 and rows[1][9] == 2
