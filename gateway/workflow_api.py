@@ -191,6 +191,33 @@ def waiting_for(v: ItemView, agency: str, region: str) -> str | None:
     return None
 
 
+def item_events_sql(database: str, item_id: str) -> str:
+    """An item's events, each once (FINAL), in order (ClickHouse 18.16 and current)."""
+    from sinks.engine import sql_literal
+
+    return (f"SELECT {', '.join(EVENT_FIELDS)} FROM {database}.workflow_events FINAL "
+            f"WHERE item_id = {sql_literal(item_id)} ORDER BY seq")
+
+
+def hit_sql(database: str, hit_id: str) -> str:
+    from sinks.engine import sql_literal
+
+    return (f"SELECT hit_id, hit_type, owner_region, hit_region, notify_regions, classification "
+            f"FROM {database}.hits FINAL WHERE hit_id = {sql_literal(hit_id)} LIMIT 1")
+
+
+def queue_sql(database: str, agency: str, region: str, since_ms: int) -> str:
+    """Every event of the items an agency took part in since `since_ms` (sent to it or its region, about it
+    as a party, or sent by it); the gateway folds them per item and keeps what the caller may see."""
+    from sinks.engine import sql_literal
+
+    a, r = sql_literal(agency), sql_literal(region)
+    mine = f"has(to, {a}) OR has(to, {r}) OR party IN ({a}, {r}) OR actor_agency = {a}"
+    return (f"SELECT {', '.join(EVENT_FIELDS)} FROM {database}.workflow_events FINAL WHERE item_id IN "
+            f"(SELECT item_id FROM {database}.workflow_events WHERE at_ms >= {int(since_ms)} AND ({mine})) "
+            f"ORDER BY item_id, seq")
+
+
 def party_rows(v: ItemView) -> list[dict]:
     return [{"party": p, "status": s["status"], "due_ms": s["due_ms"], "since_ms": s["at_ms"]}
             for p, s in v.parties.items()]
@@ -255,7 +282,6 @@ def register(app, ctx) -> None:
     from fastapi.responses import JSONResponse
 
     from gateway.audit import AuditEntry
-    from sinks.engine import sql_literal
 
     services = ctx.services
     router = APIRouter(tags=["workflows"])
@@ -289,16 +315,11 @@ def register(app, ctx) -> None:
             raise
         return [dict(zip(cols, r)) for r in rows]
 
-    def table(name: str) -> str:
-        return f"{services.reader.database}.{name}"
-
     def events_of(item_id: str) -> list[dict]:
-        return query(f"SELECT {', '.join(EVENT_FIELDS)} FROM {table('workflow_events')} FINAL "
-                     f"WHERE item_id = {sql_literal(item_id)} ORDER BY seq")
+        return query(item_events_sql(services.reader.database, item_id))
 
     def hit_of(hit_id: str) -> dict | None:
-        rows = query(f"SELECT hit_id, hit_type, owner_region, hit_region, notify_regions, classification "
-                     f"FROM {table('hits')} FINAL WHERE hit_id = {sql_literal(hit_id)} LIMIT 1")
+        rows = query(hit_sql(services.reader.database, hit_id))
         return rows[0] if rows else None
 
     def may_see(ent, view: str, notify, classification: str) -> bool:
@@ -582,12 +603,8 @@ def register(app, ctx) -> None:
         ent, view = ctx.entitled(identity, request, ACTION, None, "", "queue", {})
         agency, region = identity.agency, identity.region
         since = int(time.time() * 1000) - QUEUE_DAYS * 86_400_000
-        mine = (f"has(to, {sql_literal(agency)}) OR has(to, {sql_literal(region)}) OR party IN "
-                f"({sql_literal(agency)}, {sql_literal(region)}) OR actor_agency = {sql_literal(agency)}")
         try:
-            rows = query(f"SELECT {', '.join(EVENT_FIELDS)} FROM {table('workflow_events')} FINAL WHERE item_id IN "
-                         f"(SELECT item_id FROM {table('workflow_events')} WHERE at_ms >= {since} AND ({mine})) "
-                         f"ORDER BY item_id, seq")
+            rows = query(queue_sql(services.reader.database, agency, region, since))
         except Exception as exc:
             from gateway.app import server_error_text
 

@@ -155,3 +155,41 @@ def test_the_addressee_accepts_and_the_job_says_accepted(gateway, people, settin
         assert accepted[0]["actor"] == "t-jz-cc"
     finally:
         events.close()
+
+
+def test_the_workflow_sql_runs_on_the_stack_server(stack, settings):
+    """Migration 0004 and the routes' SQL (item history, hit, queue) on the stack's ClickHouse (18.16 locally),
+    in a scratch database: a replayed event stored once, Nullable times, arrays, FINAL with IN."""
+    import uuid
+
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor
+    from sinks.migrate import apply_migrations
+    from sinks.rows import WORKFLOW_COLUMNS, workflow_row
+    from gateway.workflow_api import fold, hit_sql, item_events_sql, queue_sql, waiting_for
+    from workflows.model import WorkflowEvent
+
+    db = f"wf_{uuid.uuid4().hex[:12]}"
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"), database=db)
+    try:
+        assert "0004_workflow" in apply_migrations(ex)
+        now = int(time.time() * 1000)
+        sent = WorkflowEvent(item_id="R-0123456789ab", item_kind="ASSISTANCE_REQUEST", event_type="SENT", seq=1, at=now,
+                             status="OPEN", actor="hb-cc", actor_agency="130000/COMMAND_CENTER",
+                             to=("120119/COMMAND_CENTER",), notify=("130000", "120119"), due_at=now + 3_600_000,
+                             code="URGENT", text="在吗", refs=("PLATE:津A12345",), command_id="c-1")
+        row = workflow_row(sent.to_avro(), topic="intel.workflow", partition=0, offset=1, ingested_ms=now)
+        ex.insert("workflow_events", WORKFLOW_COLUMNS, [row])
+        ex.insert("workflow_events", WORKFLOW_COLUMNS, [row[:-1] + (now + 1,)])  # redelivered
+        cols, rows = ex.query(item_events_sql(db, "R-0123456789ab"))
+        events = [dict(zip(cols, r)) for r in rows]
+        assert len(events) == 1 and events[0]["due_ms"] == now + 3_600_000 and events[0]["minutes"] is None
+        assert list(events[0]["to"]) == ["120119/COMMAND_CENTER"] and events[0]["text"] == "在吗"
+        cols, rows = ex.query(queue_sql(db, "120119/COMMAND_CENTER", "120119", now - 60_000))
+        v = fold([dict(zip(cols, r)) for r in rows])
+        assert v.item_id == "R-0123456789ab" and waiting_for(v, "120119/COMMAND_CENTER", "120119") == "accept"
+        assert ex.query(queue_sql(db, "320000/COMMAND_CENTER", "320000", now - 60_000))[1] == []
+        assert ex.query(hit_sql(db, "no-such-hit"))[1] == []
+    finally:
+        ex.execute(f"DROP DATABASE IF EXISTS {db}")
+        ex.close()
