@@ -308,11 +308,15 @@ def register(app, ctx) -> None:
             query_text=request.url.path, params=params))
 
     def query(sql: str) -> list[dict]:
+        """Rows as dicts, or Refused(503) naming the server's error (the routes audit it)."""
         try:
             cols, rows = services.reader.query(sql, readonly=True)
-        except Exception:
+        except Exception as exc:
+            from gateway.app import server_error_text
+
             services._local.reader = None
-            raise
+            raise Refused(503, f"the workflow history cannot be read ({server_error_text(exc)[:200]}); "
+                               "is migration 0004 applied (`intelbus migrate`)?") from None
         return [dict(zip(cols, r)) for r in rows]
 
     def events_of(item_id: str) -> list[dict]:
@@ -605,12 +609,9 @@ def register(app, ctx) -> None:
         since = int(time.time() * 1000) - QUEUE_DAYS * 86_400_000
         try:
             rows = query(queue_sql(services.reader.database, agency, region, since))
-        except Exception as exc:
-            from gateway.app import server_error_text
-
-            reason = server_error_text(exc)
-            raise ctx.refuse(request, 503, reason, AuditEntry(action=ACTION, identity=identity, outcome="failed",
-                                                              reason=reason, query_name="queue"))
+        except Refused as exc:
+            raise ctx.refuse(request, exc.status, exc.reason, AuditEntry(
+                action=ACTION, identity=identity, outcome="failed", reason=exc.reason, query_name="queue")) from None
         by_item: dict[str, list] = {}
         for r in rows:
             by_item.setdefault(r["item_id"], []).append(r)

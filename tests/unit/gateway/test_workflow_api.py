@@ -418,3 +418,35 @@ def test_in_the_browser_a_countdown_and_a_one_click_accept(gw):
         thread.join(10)
     events = client.get(f"/api/v1/items/{item_id}", headers=login(client, "hb-cc")).json()["events"]
     assert [e["event_type"] for e in events] == ["SENT", "ACCEPTED"] and events[1]["actor"] == "xl-ci"
+
+
+def test_without_the_history_table_the_routes_say_so_and_audit_it(gw, tmp_path):
+    """A gateway whose ClickHouse lacks workflow_events (migration 0004 not applied): 503 naming the fix, audited."""
+    _, engine, _ = gw
+
+    class Unmigrated:  # the reader of a database without the workflow tables
+        database = "unmigrated"
+
+        def query(self, sql, readonly=False):
+            return engine.query(sql, readonly=readonly)
+
+    store = PrincipalStore(tmp_path / "principals.db")
+    store.add(actor="test", name="hb-cc2", kind="person", region="130000", branch="COMMAND_CENTER",
+              roles=["command_center"], password=PW)
+    services = Services(settings=None, regions=load_regions(),
+                        auth=Authenticator(store.path, TokenIssuer(load_or_create_key(tmp_path / "key.pem"))),
+                        audit_executor_factory=lambda: engine, reader_executor_factory=Unmigrated)
+    extensions = gateway_app.EXTENSIONS
+    if "gateway.workflow_api" not in extensions:
+        gateway_app.EXTENSIONS = (*extensions, "gateway.workflow_api")
+    try:
+        client = TestClient(create_app(services=services))
+    finally:
+        gateway_app.EXTENSIONS = extensions
+    headers = login(client, "hb-cc2")
+    for method, path in (("GET", "/api/v1/queue"), ("GET", "/api/v1/items/R-0123456789ab"),
+                         ("POST", "/api/v1/requests/R-0123456789ab/close")):
+        r = client.request(method, path, headers=headers)
+        assert r.status_code == 503 and "is migration 0004 applied" in r.json()["detail"], (path, r.text)
+    assert last_audit(engine, action="workflow", query_name="queue", user="hb-cc2")["outcome"] == "failed"
+    assert last_audit(engine, action="workflow", query_name="request.close", user="hb-cc2")["outcome"] == "refused"
