@@ -117,6 +117,10 @@ class Envelope:
     command_id: str
     issued_at: int
     via: str
+    enriched: bool = False  # a SendRequest back from the answers index, earlier_answers filled
+
+
+WAITING = "__waiting_for_answers__"  # an items-table value: a request in the answers index, and the commands queued behind it
 
 
 def decode_envelope(value: bytes | str) -> Envelope:
@@ -134,7 +138,7 @@ def decode_envelope(value: bytes | str) -> Envelope:
     issued_at = doc.get("issued_at")
     if isinstance(issued_at, bool) or not isinstance(issued_at, int):
         raise BadCommand(f"issued_at must be epoch milliseconds, not {issued_at!r}")
-    return Envelope(cmd, command_id, issued_at, str(doc.get("via") or ""))
+    return Envelope(cmd, command_id, issued_at, str(doc.get("via") or ""), bool(doc.get("enriched")))
 
 
 def encode_envelope(command, issued_at: int, via: str) -> bytes:
@@ -232,7 +236,7 @@ def answers_step(identifier: str, kept: list, message: bytes, *, limit: int = AN
             seen.add(k)
             merged.append(a)
     command["earlier_answers"] = merged
-    out = {**envelope, "command": command}
+    out = {**envelope, "command": command, "enriched": True}
     return kept, [("items", command["item_id"], json.dumps(out, ensure_ascii=False).encode())]
 
 
@@ -395,7 +399,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     def load(partition: int, item_id: str):
         raw = items_table.get(partition, item_id.encode())
-        return m.from_json(json.loads(raw)) if raw else None
+        doc = json.loads(raw) if raw else None
+        return m.from_json(doc) if doc is not None and WAITING not in doc else None
 
     def save(partition: int, item) -> None:
         items_table.put(partition, item.item_id.encode(),
@@ -410,15 +415,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             key = msg.key or b""
             if not _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
                 continue
-            try:
-                env = decode_envelope(msg.value)
-            except BadCommand:
-                env = None  # the items agent dead-letters it
-            if env is not None and needs_answers(env) and env.command.item_id == key.decode(errors="replace"):
-                subject, lookup = lookup_message(msg.value, env)
-                await publish([(answers_t, subject.encode(), lookup, None)])
-            else:
-                await publish([(items_t, key or None, msg.value, None)])
+            await publish([(items_t, key or None, msg.value, None)])
 
     # APP-answers: the earlier-answers index, and the requests' lookups in it
     async def answers_agent(stream):
@@ -432,19 +429,24 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             out = [(answers_t if where == "answers" else items_t, key.encode(), value, None) for where, key, value in forwards]
             await publish(out, answers)
 
-    # intel.hit, intel.wanted.unique -> APP-records, keyed by record key
+    # intel.hit, intel.wanted.unique -> APP-records, keyed by record key (in batches: the busiest input)
     async def route_agent(stream):
-        async for event in _guarded(stream.events(), "route"):
-            msg = event.message
-            try:
-                record = decode(msg.value)
-                routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
-            except Exception as e:  # not ours to dead-letter: the jobs checked these records
-                log.warning("%s[%d]@%d: not routed: %s", msg.topic, msg.partition, msg.offset, e)
-                continue
-            if routed is None or not _item_matches(only, routed[0]):
-                continue
-            await publish([(records_t, routed[0].encode(), routed[1], None)])
+        async for batch in _guarded(stream.take_events(500, within=0.05), "route"):
+            out = []
+            for event in batch:
+                msg = event.message
+                try:
+                    record = decode(msg.value)
+                    if msg.topic != HIT_TOPIC and record.get("action") not in m.CLOSING_REVISIONS:
+                        continue  # LISTED/UPDATED change nothing on a follow-up
+                    routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
+                except Exception as e:  # not ours to dead-letter: the jobs checked these records
+                    log.warning("%s[%d]@%d: not routed: %s", msg.topic, msg.partition, msg.offset, e)
+                    continue
+                if routed is not None and _item_matches(only, routed[0]):
+                    out.append((records_t, routed[0].encode(), routed[1], None))
+            if out:
+                await publish(out)
 
     async def records_agent(stream):
         async for event in _guarded(stream.events(), "records"):
@@ -463,32 +465,63 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             async with lock:
                 await handle_command(msg.partition, msg.key.decode() if msg.key else "", msg.value)
 
-    async def handle_command(partition: int, key: str, value: bytes):
+    def step(state, key: str, value: bytes) -> tuple[object, list]:
+        """One command on the item's state: (state after, messages to publish). Refusals are dead letters."""
         try:
             env = decode_envelope(value)
         except BadCommand as e:
             COMMANDS.labels("undecodable").inc()
             job_metrics.DLQ.labels("WORKFLOW").inc()
-            await publish([(DLQ_TOPIC, key.encode() or None, codec.encode(DLQ_TOPIC, refusal_dead_letter(value, str(e))), None)])
-            return
+            return state, [(DLQ_TOPIC, key.encode() or None, codec.encode(DLQ_TOPIC, refusal_dead_letter(value, str(e))), None)]
         cmd = env.command
-        before = load(partition, cmd.item_id)
         try:
             if cmd.item_id != key:
                 raise WorkflowRefusal(f"command {cmd.command_id} names item {cmd.item_id} but was keyed {key!r}")
-            after, events, _effects = apply(before, cmd, env.issued_at, policy, regions)
+            after, events, effects = apply(state, cmd, env.issued_at, policy, regions)
         except WorkflowRefusal as e:
             COMMANDS.labels("refused").inc()
             job_metrics.DLQ.labels("WORKFLOW").inc()
             log.info("refused %s %s on %s: %s", type(cmd).__name__, cmd.command_id, cmd.item_id, e)
             dl = refusal_dead_letter(value, str(e), cmd, at=env.issued_at)
-            await publish([(DLQ_TOPIC, cmd.item_id.encode(), codec.encode(DLQ_TOPIC, dl), None)])
-            return
+            return state, [(DLQ_TOPIC, cmd.item_id.encode(), codec.encode(DLQ_TOPIC, dl), None)]
         COMMANDS.labels("applied" if events else "no-op").inc()
-        if after is not None and after is not before:
-            save(partition, after)
-        indexed = [index_message(e.answer) for e in _effects if isinstance(e, m.IndexAnswer)]
-        await publish(event_messages(events) + [(answers_t, k.encode(), v, None) for k, v in indexed], items_table)
+        indexed = [index_message(e.answer) for e in effects if isinstance(e, m.IndexAnswer)]
+        return after, event_messages(events) + [(answers_t, k.encode(), v, None) for k, v in indexed]
+
+    async def handle_command(partition: int, key: str, value: bytes):
+        raw = items_table.get(partition, key.encode())
+        doc = json.loads(raw) if raw else None
+        try:
+            env = decode_envelope(value)
+        except BadCommand:
+            env = None
+        if doc is not None and WAITING in doc:
+            if env is None or not (env.enriched and isinstance(env.command, m.SendRequest)):
+                # the item's request is still in the answers index: later commands wait for it, in order
+                items_table.put(partition, key.encode(), json.dumps({WAITING: [*doc[WAITING], value.decode()]}).encode())
+                await publish([], items_table)
+                return
+            state, messages = step(None, key, value)
+            for queued in doc[WAITING]:
+                state, more = step(state, key, queued.encode())
+                messages += more
+        elif doc is None and env is not None and needs_answers(env) and not env.enriched and env.command.item_id == key:
+            # a new request naming subjects: look its subjects up first (APP-answers), keep its place here
+            subject, lookup = lookup_message(value, env)
+            items_table.put(partition, key.encode(), json.dumps({WAITING: []}).encode())
+            await publish([(answers_t, subject.encode(), lookup, None)], items_table)
+            return
+        else:
+            before = m.from_json(doc) if doc is not None else None
+            state, messages = step(before, key, value)
+            if state is before:
+                await publish(messages)
+                return
+        if state is not None:
+            save(partition, state)
+        else:
+            items_table.put(partition, key.encode(), None)  # the waiting request was refused: nothing is kept
+        await publish(messages, items_table)
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs):
@@ -511,7 +544,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             else:
                 pairs = ((k, v) for k, v in store.data.items() if store._key_partition.get(k) == p)
             for k, v in pairs:
-                item = m.from_json(json.loads(v))
+                doc = json.loads(v)
+                if WAITING in doc:
+                    continue
+                item = m.from_json(doc)
                 index.set(item.item_id, p, next_due(item, policy, regions))
                 n += 1
         OPEN_ITEMS.set(len(index))
@@ -522,24 +558,35 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         if not_ready_because(app) is not None:
             return
         async with lock:
-            if state["rebuild"]:
-                state["rebuild"] = False
-                rebuild()
-            now_ms = int(time.time() * 1000)
-            for item_id, partition in index.pop_due(now_ms):
-                item = load(partition, item_id)
-                after, events, _ = fire_due(item, now_ms, policy, regions)
-                for e in events:
-                    FIRED.labels(e.event_type).inc()
-                    TIMER_LAG.observe(max(0.0, (now_ms - (e.scheduled_at or now_ms)) / 1000))
-                if after is None:
-                    continue
-                if events:
-                    save(partition, after)
-                    await publish(event_messages(events), items_table)
-                else:
-                    index.set(item_id, partition, next_due(after, policy, regions))
+            try:
+                if state["rebuild"]:
+                    state["rebuild"] = False
+                    rebuild()
+                now_ms = int(time.time() * 1000)
+                for item_id, partition in index.pop_due(now_ms):
+                    await fire_item(item_id, partition, now_ms)
+            except Exception:
+                # Kafka or the registry away: what was not saved fires at a later tick (same event ids)
+                log.warning("could not fire the due deadlines; the index is rebuilt and they fire at a later tick",
+                            exc_info=True)
+                items_table.drain()  # nothing half-written is kept
+                state["rebuild"] = True
             OPEN_ITEMS.set(len(index))
+
+    async def fire_item(item_id: str, partition: int, now_ms: int) -> None:
+        item = load(partition, item_id)
+        after, events, _ = fire_due(item, now_ms, policy, regions)
+        if after is None:
+            return
+        if not events:
+            index.set(item_id, partition, next_due(after, policy, regions))
+            return
+        messages = event_messages(events)  # before the table write: an encoding error leaves the state as it was
+        save(partition, after)
+        await publish(messages, items_table)
+        for e in events:
+            FIRED.labels(e.event_type).inc()
+            TIMER_LAG.observe(max(0.0, (now_ms - (e.scheduled_at or now_ms)) / 1000))
 
     @app.timer(interval=1.0)
     async def _serve_producer_callbacks():

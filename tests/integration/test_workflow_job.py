@@ -293,3 +293,5 @@ def test_a_later_request_about_the_same_identifier_is_offered_the_earlier_answer
     offered = of(evs, second, "ANSWERS_OFFERED")
     assert len(offered) == 1 and offered[0]["refs"] == [first] and offered[0]["to"] == ["130800/CRIMINAL_INVESTIGATION"]
     assert "lives in Xinglong" not in json.dumps([str(v) for v in offered[0].values()])  # findings stay off the topic
+    # the accept and the answer, sent right behind the request, waited for its look-up, in order
+    assert [e["event_type"] for e in of(evs, first)] == ["SENT", "ACCEPTED", "ANSWERED"]

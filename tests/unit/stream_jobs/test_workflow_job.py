@@ -232,7 +232,7 @@ def test_a_request_with_subjects_visits_each_subjects_answers_then_its_item():
     assert hops == ["answers", "items"] and key == "R-1"
     done = decode_envelope(msg)
     assert {a.request_id for a in done.command.earlier_answers} == {"R-0", "R-00"}
-    assert done.issued_at == T0 and done.command.subjects == (PHONE, PLATE)
+    assert done.issued_at == T0 and done.command.subjects == (PHONE, PLATE) and done.enriched
     state, events, effects = apply(None, done.command, done.issued_at, Policy())
     assert [e.event_type for e in events] == ["SENT", "ANSWERS_OFFERED"]
     assert set(events[1].refs) == {"R-0", "R-00"}
