@@ -13,7 +13,7 @@ from identity.entitlement import Entitlement
 from identity.sqlscope import scope_sql
 from sinks.queries import NamedQuery, QueryError
 
-NAMED_TABLES = ("events", "event_subjects", "hits", "dead_letters", "duplicates", "audit_log")
+NAMED_TABLES = ("events", "event_subjects", "hits", "dead_letters", "duplicates", "audit_log", "workflow_events")
 
 
 def identifier_forms(raw: str) -> list[str]:
@@ -44,7 +44,7 @@ def named_query_sql(q: NamedQuery, values: dict, ent: Entitlement, view: str, pu
 
 
 # No filter at all: for benchmarks and the operators' own checks on the server, never for a caller.
-UNSCOPED = {"event": "1", "hit": "1", "source": "1"}
+UNSCOPED = {"event": "1", "hit": "1", "source": "1", "workflow": "1"}
 
 
 def kind_scopes(ent: Entitlement, view: str) -> dict[str, str]:
@@ -52,7 +52,10 @@ def kind_scopes(ent: Entitlement, view: str) -> dict[str, str]:
     scopes = ent.sql_scopes(view)
     prefix = ent.regions.descendants_prefix(view)
     # dead letters carry no classification; a region sees the rejections of its own systems
-    return {"event": scopes["events"], "hit": scopes["hits"], "source": f"(source_region LIKE '{prefix}%')"}
+    # workflow events: the rule of hits (RegionTable.may_see) on their `notify` regions and zones
+    workflow = scopes["hits"].replace("notify_regions", "notify")
+    return {"event": scopes["events"], "hit": scopes["hits"], "source": f"(source_region LIKE '{prefix}%')",
+            "workflow": workflow}
 
 
 def in_database(sql: str, database: str) -> str:

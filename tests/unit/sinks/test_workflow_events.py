@@ -67,3 +67,28 @@ def test_a_replayed_event_is_stored_once_and_nulls_stay_null(engine):
     assert rows[0][1] == 9 and rows[0][2] == T + 3_600_000 and rows[0][3] is None and rows[0][5] == 1
     assert rows[1][2] is None and rows[1][3] == 15
     assert str(rows[0][4]).startswith("2026-11-18")  # DateTime in UTC, whole seconds
+
+
+def test_the_workflow_scope_is_the_rule_of_hits_on_notify(engine):
+    """gateway.history.kind_scopes()['workflow'] on chDB: Hebei and Xinglong see the request, Jiangsu does not,
+    nor a reader cleared below its classification."""
+    from gateway.history import UNSCOPED, kind_scopes
+    from identity.entitlement import Entitlement
+    from identity.principals import Identity
+    from schemas.regions import load_regions
+
+    secret = workflow_row(sent(event_id="00000000-0000-5000-8000-0000000000ff", item_id="R-00000000000s",
+                               classification="SECRET"), topic=WORKFLOW_TOPIC, partition=0, offset=3, ingested_ms=T)
+    engine.insert("workflow_events", WORKFLOW_COLUMNS, [secret])
+
+    def seen(region, clearance="INTERNAL"):
+        ent = Entitlement(Identity(name="a", kind="person", region=region, branch="COMMAND_CENTER",
+                                   roles=frozenset({"command_center"}), clearance=clearance), load_regions())
+        scope = kind_scopes(ent, region)["workflow"]
+        _, rows = engine.query(f"SELECT DISTINCT item_id FROM intelbus.workflow_events FINAL WHERE {scope} ORDER BY item_id")
+        return [r[0] for r in rows]
+
+    assert seen("130000") == seen("130822") == ["R-0123456789ab"]
+    assert seen("130000", "SECRET") == ["R-00000000000s", "R-0123456789ab"]
+    assert seen("320000", "SECRET") == []
+    assert UNSCOPED["workflow"] == "1"
