@@ -24,7 +24,7 @@ import os
 import threading
 import time
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.audit import AuditEntry
@@ -329,7 +329,10 @@ def register(app, ctx) -> None:
                                              "item), `heartbeat` every 5 s; each item's id resumes after it"},
                         400: {"description": "malformed or foreign Last-Event-ID, or a bad `since`"}})
     async def events(request: Request, identity: Identity = Depends(ctx.caller), region: str | None = None,
-                     purpose: str = "live wall", since: str = "15m", last_event_id: str | None = None):
+                     purpose: str = "live wall", since: str = "15m", last_event_id: str | None = None,
+                     last_event_id_header: str | None = Header(
+                         None, alias="Last-Event-ID",
+                         description="the id of the last item received (EventSource sends it on reconnect)")):
         """The live feed as Server-Sent Events (EventSource), resumable with Last-Event-ID."""
         ent, view = ctx.entitled(identity, request, "feed", region, purpose, "events")
 
@@ -348,7 +351,7 @@ def register(app, ctx) -> None:
         if not h.partitions:
             raise refuse(h.error or "the live feed is starting: try again in a few seconds")
         tps = h.view_partitions(view, services.regions)
-        token = request.headers.get("last-event-id") or last_event_id
+        token = last_event_id_header or last_event_id
         position = None
         if token:
             try:
