@@ -42,7 +42,7 @@ bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/log
 # nor set the header).
 SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "intelbus_session", "intelbus_csrf", "x-csrf-token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-EXTENSIONS = ("gateway.events", "gateway.ingest", "gateway.web")  # each has register(app, ctx)
+EXTENSIONS = ("gateway.events", "gateway.ingest", "gateway.web", "gateway.workflow_api")  # each has register(app, ctx)
 
 
 @dataclass

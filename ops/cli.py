@@ -37,6 +37,10 @@ COMMANDS = [
     ("keys", "operators: create, rotate, revoke and list the systems' signing keys (proof of publisher on every record)", "identity.keys_cli:add_keys"),
     ("verify", "compare the bus's hits and events with a simulator's ground truth (recall, false hits)", "ops.verify:add_verify"),
     ("jobs", "run the stream jobs (dedupe, matcher, hits) in the foreground with logs", "stream_jobs.worker:add_jobs"),
+    ("workflows", "run the workflow job (hit follow-up, requests, directives: deadlines, reminders, escalation) in the foreground", "stream_jobs.workflow_job:add_workflows"),
+    ("hit", "follow a hit up: the sighting region reports (DETAINED, ...), the record's owner confirms", "gateway.workflow_cli:add_hit"),
+    ("request", "assistance requests (协查): send, accept, answer, refuse, close, list your agency's queue", "gateway.workflow_cli:add_request"),
+    ("directive", "directives (指令): issue to regions or zones, acknowledge, report done or cannot, status", "gateway.workflow_cli:add_directive"),
 ]
 
 EPILOG = """\
@@ -50,13 +54,22 @@ Run `intelbus COMMAND --help` for a command's options and examples.
 """
 
 
+class _OneLinePerCommand(argparse.RawDescriptionHelpFormatter):
+    """argparse measures subcommands at their parent's indent, so a name of nine letters or more
+    ('workflows', 'directive') would go on a line of its own; room for fourteen."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        self._action_max_length = max(self._action_max_length, 18)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="intelbus",
         description="intelbus: an event-streaming intelligence bus for cross-regional police cooperation.",
         epilog=EPILOG,
         # one line per command, however narrow the terminal
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=14, width=200),
+        formatter_class=lambda prog: _OneLinePerCommand(prog, max_help_position=24, width=200),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text, target in COMMANDS:

@@ -49,7 +49,8 @@ def group_lag(settings, group: str, topics: list[str]) -> dict[tuple[str, int], 
 
 
 JOBS_TOPICS = ["intel.alert", "intel.wanted", "intel.incident", "intel.match.requests", "intel.hit.candidates"]
-SINK_TOPICS = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique", "intel.hit", "intel.dlq", "intel.duplicates"]
+SINK_TOPICS = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique", "intel.hit", "intel.dlq", "intel.duplicates",
+               "intel.workflow"]
 
 
 def wait_for_zero_lag(settings, group: str, topics: list[str], *, timeout: float = 300.0, stable: int = 3) -> float:

@@ -61,7 +61,10 @@ def services(settings: Settings) -> list[Component]:
     from urllib.parse import urlparse
 
     gateway_port = urlparse(settings.gateway_url).port or 8080
-    return [*jobs, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20),
+    # the workflow job (stream_jobs/workflow_job.py): one worker owns the items' state and clocks
+    workflows = PythonService("workflows-0", settings, argv=["-m", "ops.cli", "workflows", "--worker-index", "0"],
+                              metrics_port=base + 40, start_timeout=300.0)
+    return [*jobs, workflows, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20),
             # people's one door; serves its own /metrics on its API port
             Gateway("gateway", settings, argv=["-m", "ops.cli", "gateway"], metrics_port=gateway_port, start_timeout=60.0)]
 

@@ -23,7 +23,7 @@ _PARAM = re.compile(r"\{([a-z_]+)\}")
 _SCOPE = re.compile(r"\{scope:([a-z_]+)\}")
 # which entitlement rule applies to an alias (see scope_predicate)
 ALIAS_KIND = {"s": "event", "e": "event", "events": "event", "event_subjects": "event",
-              "h": "hit", "hits": "hit", "d": "source", "dl": "source"}
+              "h": "hit", "hits": "hit", "d": "source", "dl": "source", "w": "workflow", "workflow_events": "workflow"}
 
 
 class QueryError(ValueError):
