@@ -619,7 +619,7 @@ async def _guarded(events, name: str):
     try:
         async for event in events:
             yield event
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # the worker stops: not a failure
         raise
     except BaseException:
         log.critical("workflow agent %s failed; the worker exits so that it is restarted", name, exc_info=True)

@@ -264,6 +264,16 @@ def test_hit_confirmed_in_time_and_one_not(worker, commands, events, producer, i
     assert ms(first[0]["scheduled_at"]) == opened_at + (CONFIRM_S + STEP_S) * 1000
     assert time.time() * 1000 > ms(of(evs, confirmed, "OPENED")[0]["at"]) + (CONFIRM_S + STEP_S) * 1000
 
+    # the owner's ARRESTED revision (intel.wanted.unique, routed by record key) closes the follow-up
+    producer.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"W-{worker.tag}-0",
+                                "revision": 2, "occurred_at": iso(-1), "action": "ARRESTED", "offence": "FRAUD",
+                                "person": {"id_type": "RESIDENT_ID", "id_number": people[0], "name": "孙八"}})
+    producer.flush()
+    evs = events.read(until=lambda evs: of(evs, confirmed, "LISTING_CLOSED"), timeout=30, settle=1)
+    closed = of(evs, confirmed, "LISTING_CLOSED")
+    assert len(closed) == 1 and closed[0]["code"] == "ARRESTED" and closed[0]["status"] == "CLOSED"
+    assert not of(evs, ignored, "LISTING_CLOSED")
+
 
 def test_worker_killed_while_a_deadline_passes(worker, commands, events):
     item = send_request(commands, worker)
@@ -280,6 +290,14 @@ def test_worker_killed_while_a_deadline_passes(worker, commands, events):
     assert ms(first[0]["at"]) > ms(first[0]["scheduled_at"])  # fired late, once, when the worker was back
     ids_ = [e["event_id"] for e in of(evs, item)]
     assert len(ids_) == len(set(ids_))
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    fired = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+             if line.startswith("intelbus_workflows_fired_steps_total{")}
+    assert fired.get('intelbus_workflows_fired_steps_total{kind="ESCALATED"}', 0) >= 2, fired
+    assert "intelbus_workflows_timer_lag_seconds_count" in text and "intelbus_workflows_open_items" in text
 
 
 def test_a_later_request_about_the_same_identifier_is_offered_the_earlier_answer(worker, commands, events):
