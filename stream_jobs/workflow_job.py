@@ -160,6 +160,14 @@ def hit_route(hit: dict) -> tuple[str, bytes] | None:
                                       ensure_ascii=False).encode()
 
 
+def hit_is_recent(hit: dict, now_ms: int, backfill_s: float) -> bool:
+    """Is the hit recent enough to open a follow-up? A worker starting on a bus with a history
+    (a new consumer group reads intel.hit from its start) opens only the hits of the last
+    `backfill_s` seconds, rather than reminding and escalating every old hit at once. A hit
+    older than that whose follow-up exists already is a no-op anyway."""
+    return backfill_s <= 0 or now_ms - int(hit.get("detected_at") or 0) <= backfill_s * 1000
+
+
 def wanted_route(record: dict) -> tuple[str, bytes]:
     """(record key, message for APP-records) for a revision of a wanted record."""
     key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}"
@@ -330,6 +338,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     policy = load_policy()
     regions = load_regions()
+    hit_backfill_s = float(os.environ.get("INTELBUS_WORKFLOWS_HIT_BACKFILL_S", str(86_400)))
     only = re.compile(os.environ["INTELBUS_WORKFLOWS_ONLY"]) if os.environ.get("INTELBUS_WORKFLOWS_ONLY") else None
     datadir = Path(datadir or Path(settings.stack_dir) / "jobs" / f"workflows-{worker_index}")
     datadir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +448,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     record = decode(msg.value)
                     if msg.topic != HIT_TOPIC and record.get("action") not in m.CLOSING_REVISIONS:
                         continue  # LISTED/UPDATED change nothing on a follow-up
+                    if msg.topic == HIT_TOPIC and not hit_is_recent(record, int(time.time() * 1000), hit_backfill_s):
+                        continue
                     routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
                 except Exception as e:  # not ours to dead-letter: the jobs checked these records
                     log.warning("%s[%d]@%d: not routed: %s", msg.topic, msg.partition, msg.offset, e)

@@ -251,3 +251,12 @@ def test_the_index_keeps_the_newest_answers():
         key, msg = index_message(earlier(f"R-{i}", PHONE))
         kept, _ = answers_step(key, kept, msg, limit=3)
     assert [a["request_id"] for a in kept] == ["R-2", "R-3", "R-4"]
+
+
+def test_a_starting_worker_opens_only_recent_hits():
+    from stream_jobs.workflow_job import hit_is_recent
+
+    h = hit()  # detected at T0 + 7
+    assert hit_is_recent(h, T0 + 7 + 86_400_000, 86_400)
+    assert not hit_is_recent(h, T0 + 8 + 86_400_000, 86_400)
+    assert hit_is_recent(h, T0 + 10**12, 0)  # 0: every hit, however old
