@@ -574,8 +574,18 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     state["rebuild"] = False
                     rebuild()
                 now_ms = int(time.time() * 1000)
+                messages, fired = [], []
                 for item_id, partition in index.pop_due(now_ms):
-                    await fire_item(item_id, partition, now_ms)
+                    msgs, events = fire_item(item_id, partition, now_ms)
+                    messages += msgs
+                    fired += events
+                    if len(messages) >= 1000:  # one produce-and-await per thousand events, not per item
+                        await publish(messages, items_table)
+                        observe_fired(fired, now_ms)
+                        messages, fired = [], []
+                if messages:
+                    await publish(messages, items_table)
+                    observe_fired(fired, now_ms)
             except Exception:
                 # Kafka or the registry away: what was not saved fires at a later tick (same event ids)
                 log.warning("could not fire the due deadlines; the index is rebuilt and they fire at a later tick",
@@ -584,17 +594,20 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 state["rebuild"] = True
             OPEN_ITEMS.set(len(index))
 
-    async def fire_item(item_id: str, partition: int, now_ms: int) -> None:
+    def fire_item(item_id: str, partition: int, now_ms: int) -> tuple[list, list]:
+        """Fire the item's due steps: (messages, events); the new state is put in the table's pending writes."""
         item = load(partition, item_id)
         after, events, _ = fire_due(item, now_ms, policy, regions)
         if after is None:
-            return
+            return [], []
         if not events:
             index.set(item_id, partition, next_due(after, policy, regions))
-            return
+            return [], []
         messages = event_messages(events)  # before the table write: an encoding error leaves the state as it was
         save(partition, after)
-        await publish(messages, items_table)
+        return messages, events
+
+    def observe_fired(events, now_ms: int) -> None:
         for e in events:
             FIRED.labels(e.event_type).inc()
             TIMER_LAG.observe(max(0.0, (now_ms - (e.scheduled_at or now_ms)) / 1000))
