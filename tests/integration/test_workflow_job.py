@@ -146,10 +146,19 @@ def events(settings, codec):
     class Events:
         def __init__(self):
             self.all: list[dict] = []
+            self._ids: set[str] = set()
+            self.raw: list[dict] = []  # every message, duplicates included
 
         def read(self, until, timeout: float = 40.0, settle: float = 2.0) -> list[dict]:
             def done(_msgs):
-                self.all += [codec.decode(x.value()) for x in _msgs[len(self._seen):]]
+                for x in _msgs[len(self._seen):]:
+                    e = codec.decode(x.value())
+                    self.raw.append(e)
+                    # the stack's own workflow job (if it runs) applies the same commands: the same
+                    # causes give the same event ids, and consumers keep one event per id
+                    if str(e["event_id"]) not in self._ids:
+                        self._ids.add(str(e["event_id"]))
+                        self.all.append(e)
                 self._seen = list(_msgs)
                 return until(self.all)
             self._seen = []
@@ -218,7 +227,8 @@ def test_refused_command_is_a_dead_letter(settings, worker, commands, events, co
         got = dlq.read(until=lambda msgs: any(bad.command_id in codec.decode(x.value())["source"] for x in msgs),
                        timeout=30, settle=0.5)
         letters = [d for d in (codec.decode(x.value()) for x in got) if bad.command_id in d["source"]]
-        assert len(letters) == 1 and letters[0]["stage"] == "WORKFLOW", letters
+        assert len({str(d["dlq_id"]) for d in letters}) == 1, letters  # one letter (the stack's job may write its copy)
+        assert letters[0]["stage"] == "WORKFLOW", letters
         assert "130800/CRIMINAL_INVESTIGATION is not one of them" in letters[0]["reason"]
         assert "t-130800-ci" in letters[0]["reason"] and letters[0]["source_region"] == "130800"
     finally:
@@ -288,8 +298,9 @@ def test_worker_killed_while_a_deadline_passes(worker, commands, events):
                                 of(evs, item, "ESCALATED", level=2))
     assert (len(reminders), len(first), len(second)) == (1, 1, 1), [(e["event_type"], e["level"]) for e in of(evs, item)]
     assert ms(first[0]["at"]) > ms(first[0]["scheduled_at"])  # fired late, once, when the worker was back
-    ids_ = [e["event_id"] for e in of(evs, item)]
-    assert len(ids_) == len(set(ids_))
+    # not even a duplicate message: the stack's job (hour-long deadlines) fires none of these steps now
+    steps = [(e["event_type"], e["level"]) for e in of(events.raw, item) if e["event_type"] in ("REMINDED", "ESCALATED")]
+    assert len(steps) == len(set(steps)), steps
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
