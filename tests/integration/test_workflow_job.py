@@ -100,6 +100,7 @@ class WorkerProcess:
         self.proc = None
 
     def delete_topics(self) -> None:
+        """Its internal topics, changelogs and consumer group."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(self.settings.kafka_config("intelbus-admin"))
@@ -110,6 +111,11 @@ class WorkerProcess:
                     fut.result()
                 except Exception:
                     pass
+        try:
+            for fut in admin.delete_consumer_groups([self.app_id], request_timeout=15).values():
+                fut.result()
+        except Exception:
+            pass
 
 
 @pytest.fixture(scope="module")
