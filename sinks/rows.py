@@ -105,6 +105,25 @@ def refused_record_audit_row(dl: dict, ingested_ms: int) -> tuple:
     )
 
 
+def refused_workflow_audit_row(dl: dict, ingested_ms: int) -> tuple:
+    """The audit row of a workflow command the workflow job refused (stage WORKFLOW): who sent it, from
+    which agency, and why (AUDIT_COLUMNS order). The dead letter's raw bytes are the command record."""
+    import json
+
+    try:
+        actor = json.loads(dl["raw"])["command"]["actor"] or {}
+    except (ValueError, KeyError, TypeError):
+        actor = {}
+    if not isinstance(actor, dict):
+        actor = {}
+    agency = "/".join(x for x in (actor.get("region", ""), actor.get("branch", "")) if x)
+    return (
+        utc(dl["failed_at"]), dl["failed_at"], dl.get("source_system") or "unknown", dl.get("source_region") or "",
+        "", "workflow", dl.get("field") or "", dl["source"], json.dumps({"dlq_id": str(dl["dlq_id"])}), 0,
+        actor.get("kind", "person"), agency, ",".join(actor.get("roles") or []), "", "", "jobs", "refused", dl["reason"],
+    )
+
+
 def duplicate_row(dup: dict, ingested_ms: int) -> tuple:
     return (
         dup["event_id"], dup["kind"], dup["record_key"], dup["revision"], dup["source_region"], dup["source_system"],

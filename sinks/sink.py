@@ -259,6 +259,8 @@ class RowBuilder:
             out = [("dead_letters", rows.dead_letter_row(record, now_ms))]
             if record["stage"] == "VERIFY":  # a record refused for its proof of publisher is an audit event too
                 out.append(("audit_log", rows.refused_record_audit_row(record, now_ms)))
+            elif record["stage"] == "WORKFLOW":  # a person's command the workflow job refused, likewise
+                out.append(("audit_log", rows.refused_workflow_audit_row(record, now_ms)))
             return out
         raise ValueError(f"the sink does not read {topic}")
 
