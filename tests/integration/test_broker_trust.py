@@ -66,8 +66,8 @@ def test_a_wrong_password_is_refused_and_logged_by_the_broker(stack, settings):
     assert "intel.incident" in AdminClient(settings.kafka_config("local")).list_topics(timeout=10).topics
 
 
-def _read_one(conf: dict, topic: str, *, group: str = "probe", timeout: float = 10.0):
-    """Assign partition 0 of `topic` from its start and poll: (first message, [errors seen])."""
+def _read_one(conf: dict, topic: str, *, partition: int = 0, group: str = "probe", timeout: float = 10.0):
+    """Assign one partition of `topic` from its start and poll: (first message, [errors seen])."""
     consumer = Consumer({**conf, "group.id": f"{group}-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                          "log_level": 0})
     errors = []
@@ -75,7 +75,7 @@ def _read_one(conf: dict, topic: str, *, group: str = "probe", timeout: float = 
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:  # the broker does not even say the topic exists
             errors.append(meta.error.code())
-        consumer.assign([TopicPartition(topic, 0, 0)])
+        consumer.assign([TopicPartition(topic, partition, 0)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
@@ -104,15 +104,15 @@ def _produce(conf: dict, topic: str, value: bytes):
 
 
 def test_a_regional_system_cannot_read_the_hits_but_the_gateway_can(stack, settings, publisher):
-    # make sure intel.hit's partition 0 has something for the control to read
-    publisher.hit_in_partition_zero()
+    # make sure intel.hit has something for the control to read
+    partition = publisher.with_a_hit()
     since = len(_log(settings, "kafka-authorizer.log"))
-    message, errors = _read_one(settings.kafka_config("xl-ztry"), "intel.hit")
+    message, errors = _read_one(settings.kafka_config("xl-ztry"), "intel.hit", partition=partition)
     assert message is None and KafkaError.TOPIC_AUTHORIZATION_FAILED in errors, errors
     assert _wait_for_line(settings, "kafka-authorizer.log",
                           "Principal = User:xl-ztry is Denied operation = DESCRIBE from host = 127.0.0.1 "
                           "on resource = Topic:LITERAL:intel.hit", since=since)
-    served, errors = _read_one(settings.kafka_config(GATEWAY), "intel.hit", group="feed-test")
+    served, errors = _read_one(settings.kafka_config(GATEWAY), "intel.hit", partition=partition, group="feed-test")
     assert served is not None and served.value(), errors
 
 
@@ -134,25 +134,29 @@ def test_a_regional_system_cannot_write_the_hits_but_can_write_its_input(stack, 
 
 @pytest.fixture
 def publisher(settings, codec):
-    """Publishes a signed sighting of a listed person so intel.hit gets a message (any partition: the
-    control reads partition 0, so it publishes until partition 0 has one)."""
-    from confluent_kafka import TopicPartition as TP
-
+    """Makes sure intel.hit holds a message: a signed wanted listing in Xinglong and a check of the
+    same person in Jizhou (a hit for Hebei and Tianjin), once; `with_a_hit()` names a partition that has one."""
     class _P:
-        def hit_in_partition_zero(self):
-            admin = Consumer({**settings.kafka_config(ADMIN), "group.id": "probe", "log_level": 0})
-            try:
-                low, high = admin.get_watermark_offsets(TP("intel.hit", 0), timeout=10)
-            finally:
-                admin.close()
-            if high > low:
-                return
-            _make_hits(settings, until_partition_zero=True)
+        def with_a_hit(self) -> int:
+            return _partition_with_a_hit(settings) or _make_a_hit(settings)
 
     return _P()
 
 
-def _make_hits(settings, *, until_partition_zero: bool) -> None:
+def _partition_with_a_hit(settings):
+    probe = Consumer({**settings.kafka_config(ADMIN), "group.id": "probe", "log_level": 0})
+    try:
+        parts = probe.list_topics("intel.hit", timeout=10).topics["intel.hit"].partitions
+        for p in sorted(parts):
+            low, high = probe.get_watermark_offsets(TopicPartition("intel.hit", p), timeout=10)
+            if high > low:
+                return p
+        return None
+    finally:
+        probe.close()
+
+
+def _make_a_hit(settings) -> int:
     from datetime import datetime, timedelta, timezone
 
     from producers.regional import RegionalProducer
@@ -160,28 +164,22 @@ def _make_hits(settings, *, until_partition_zero: bool) -> None:
 
     cst = timezone(timedelta(hours=8))
     iso = lambda m: (datetime.now(tz=cst) + timedelta(minutes=m)).isoformat(timespec="milliseconds")  # noqa: E731
+    tag, person = uuid.uuid4().hex[:8], new_resident_id("130822")
+    with RegionalProducer(settings=settings) as p:
+        p.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"BT-{tag}",
+                             "occurred_at": iso(-60), "action": "LISTED",
+                             "person": {"id_type": "RESIDENT_ID", "id_number": person}})
+        p.publish("incident", {"source_region": "120119", "source_system": "kakou", "source_ref": f"BT-{tag}",
+                               "occurred_at": iso(-5), "incident_type": "CHECKPOINT_CHECK",
+                               "location": {"region": "120119"},
+                               "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
     deadline = time.monotonic() + 120
-    probe = Consumer({**settings.kafka_config(ADMIN), "group.id": "probe", "log_level": 0})
-    try:
-        with RegionalProducer(settings=settings) as p:
-            while time.monotonic() < deadline:
-                tag, person = uuid.uuid4().hex[:8], new_resident_id("130822")
-                p.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"BT-{tag}",
-                                     "occurred_at": iso(-60), "action": "LISTED",
-                                     "person": {"id_type": "RESIDENT_ID", "id_number": person}})
-                p.publish("incident", {"source_region": "120119", "source_system": "kakou", "source_ref": f"BT-{tag}",
-                                       "occurred_at": iso(-5), "incident_type": "CHECKPOINT_CHECK",
-                                       "location": {"region": "120119"},
-                                       "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
-                p.flush()
-                for _ in range(20):
-                    low, high = probe.get_watermark_offsets(TopicPartition("intel.hit", 0), timeout=10)
-                    if high > low:
-                        return
-                    time.sleep(0.5)
-    finally:
-        probe.close()
-    raise AssertionError("no hit reached intel.hit partition 0 within 120 s")
+    while time.monotonic() < deadline:
+        found = _partition_with_a_hit(settings)
+        if found is not None:
+            return found
+        time.sleep(0.5)
+    raise AssertionError("the Xinglong listing and the Jizhou check made no hit on intel.hit within 120 s")
 
 
 def test_tls_listener_serves_a_client_that_trusts_the_stack_ca_and_refuses_others(stack, settings):
