@@ -168,8 +168,8 @@ def apply_acls(admin, settings, plan: AclPlan, *, prune: bool = False, dry_run: 
                 creds_missing.append(name)
         if passwords and not dry_run:
             creds_created = upsert_scram(admin, passwords, only_missing=False, timeout=timeout)
-        elif dry_run:
-            creds_missing += sorted(passwords)
+        elif dry_run:  # what apply would create: a password is here for each
+            creds_created = sorted(passwords)
     return AclReport(created, [b for b in extra if b not in pruned], pruned, creds_created, sorted(creds_missing))
 
 
@@ -215,7 +215,7 @@ def add_acls(p):
         for b in report.drift:
             print(f"drift: {b.line()} (on the broker, not in {args.file.name}; `--prune` removes it)", file=sys.stderr)
         for name in report.credentials_created:
-            print(f"created SCRAM-SHA-512 credential for {name}")
+            print(f"{verb} SCRAM-SHA-512 credential for {name}")
         for name in report.credentials_missing:
             from ops.secrets import kafka_password_env_var
 

@@ -131,3 +131,29 @@ def test_diff_gives_what_is_missing_and_what_is_not_declared():
     c = Binding("User:x", "TOPIC", "intel.hit", "LITERAL", "READ")
     assert diff(frozenset({a, b}), {b, c}) == ([a], [c])
     assert diff(frozenset({a}), {a}) == ([], [])
+
+
+class _Broker:
+    """What apply_acls asks of an AdminClient, over in-memory rules and credentials (unit tests only)."""
+
+    def __init__(self, bindings=(), users=()):
+        self.bindings, self.users, self.calls = set(bindings), set(users), []
+
+    def __getattr__(self, name):
+        raise AssertionError(f"apply_acls called {name}")
+
+
+def test_a_dry_run_says_what_apply_would_create_and_changes_nothing(tmp_path, monkeypatch):
+    import ops.acls as acls
+    import ops.kafka_auth as kafka_auth
+
+    s = load_settings(environ={}, stack_dir=str(tmp_path))
+    ensure_kafka_passwords(s, ["p"], environ={})
+    plan = load_acls(text="roles: {r: [{topic: a, operations: [READ]}]}\nprincipals: {p: [r], q: [r]}")
+    broker = _Broker()
+    monkeypatch.setattr(acls, "broker_bindings", lambda admin, timeout: set(admin.bindings))
+    monkeypatch.setattr(kafka_auth, "existing_scram_users", lambda admin, names, timeout: set(admin.users) & set(names))
+    report = acls.apply_acls(broker, s, plan, dry_run=True)
+    assert report.created == sorted(plan.bindings) and report.credentials_created == ["p"]
+    assert report.credentials_missing == ["q"]  # no password here for q: apply would say so too
+    assert broker.bindings == set() and broker.users == set()  # nothing changed (any other call would fail)
