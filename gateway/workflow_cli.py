@@ -320,12 +320,3 @@ def add_directive(p):
         "status": lambda a: show_item("directive status", a.item_id),
     })
 
-
-if __name__ == "__main__":  # for trying it before ops/cli.py names it: python -m gateway.workflow_cli request list
-    parser = argparse.ArgumentParser(prog="intelbus")
-    top = parser.add_subparsers(dest="command")
-    for name, add in (("hit", add_hit), ("request", add_request), ("directive", add_directive)):
-        sp = top.add_parser(name)
-        sp.set_defaults(_handler=add(sp))
-    args = parser.parse_args()
-    sys.exit(int(args._handler(args) or 0) if getattr(args, "command", None) else 2)

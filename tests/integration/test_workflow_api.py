@@ -6,60 +6,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import GatewayProcess, TopicReader
-
-
-class WorkflowGateway(GatewayProcess):
-    """own_gateway's process with gateway.workflow_api registered (until gateway/app.py's EXTENSIONS names it)."""
-
-    def start(self, timeout: float = 60.0):
-        import urllib.request
-
-        code = ("import sys, gateway.app as a\n"
-                "if 'gateway.workflow_api' not in a.EXTENSIONS: a.EXTENSIONS = (*a.EXTENSIONS, 'gateway.workflow_api')\n"
-                "from ops.cli import main\n"
-                f"sys.exit(main(['gateway', '--port', '{self.port}']))\n")
-        # the `workflows` package is not in pyproject's packages (nor so in the editable install) yet: the checkout's path
-        repo = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "INTELBUS_GATEWAY_URL": self.url,
-               "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-P", "-c", code], env=env, stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT, cwd=str(self.settings.stack_path))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}: see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except Exception:
-                time.sleep(0.3)
-        raise RuntimeError(f"gateway not ready within {timeout:.0f}s: see {self.log_path}")
+from tests.integration.conftest import TopicReader
 
 
 @pytest.fixture(scope="module")
-def gateway(stack, settings, tmp_path_factory, request):
-    import gateway.app as app
-
-    if "gateway.workflow_api" in app.EXTENSIONS:
-        yield request.getfixturevalue("own_gateway")
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    gw = WorkflowGateway(settings, port, tmp_path_factory.mktemp("wf-gateway") / "gateway.log").start()
-    yield gw
-    gw.stop()
+def gateway(own_gateway):
+    """A gateway of this checkout (gateway.workflow_api is one of gateway.app.EXTENSIONS)."""
+    return own_gateway
 
 
 def token_of(people, name) -> str:
@@ -67,12 +27,9 @@ def token_of(people, name) -> str:
 
 
 def cli(gateway, people, name, *argv, timeout=60):
-    """`intelbus ARGV` as `name` against this gateway (ops/cli.py's entry once it names the workflow commands)."""
-    from ops.cli import COMMANDS
-
-    entry = ["-m", "ops.cli"] if any(c[0] == argv[0] for c in COMMANDS) else ["-m", "gateway.workflow_cli"]
+    """`intelbus ARGV` as `name` against this gateway."""
     env = {**os.environ, "INTELBUS_GATEWAY_URL": gateway.url, "INTELBUS_TOKEN": token_of(people, name)}
-    return subprocess.run([sys.executable, *entry, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([sys.executable, "-m", "ops.cli", *argv], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def admin_ch(settings, sql):
