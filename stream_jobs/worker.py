@@ -45,19 +45,23 @@ def metrics_port(settings, index: int) -> int:
     return settings.metrics_port_base + 1 + index
 
 
-def run_worker(settings, index: int, args) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str) -> None:
+    """A faust worker's logging (the jobs' and the workflow job's): faust's chatty loggers at warning,
+    intelbus's at `level` through a handler of its own. faust gives the root logger's handler its own
+    level (WARNING) when the worker starts; ours keeps "ready", look-back restores and the like at info."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # faust gives the root logger's handler its own level (WARNING, below) when the worker
-    # starts; ours has a handler of its own, so "ready", look-back restores and the like
-    # still show at info.
     ours = logging.getLogger("intelbus")
-    ours.setLevel(args.log_level.upper())
+    ours.setLevel(level.upper())
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ours.addHandler(handler)
     ours.propagate = False
+
+
+def run_worker(settings, index: int, args) -> int:
+    configure_logging(args.log_level)
     log = logging.getLogger("intelbus.jobs")
     import asyncio
 

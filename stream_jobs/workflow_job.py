@@ -698,17 +698,9 @@ def add_workflows(p):
 def run_worker(settings, args) -> int:
     import sys
 
-    from stream_jobs.worker import QUIET_LOGGERS
+    from stream_jobs.worker import configure_logging
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    ours = logging.getLogger("intelbus")
-    ours.setLevel(args.log_level.upper())
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    ours.propagate = False
+    configure_logging(args.log_level)
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
