@@ -2,19 +2,27 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install stack-install up down status demo test unit integration bench bench-quick screenshots clean
+.PHONY: install lock stack-install up down status demo test unit integration bench bench-quick screenshots clean
 
-install: $(STAMP)  ## create .venv and install intelbus (editable) with pinned dependency ranges
+install: $(STAMP)  ## create .venv and install intelbus (editable) with the locked versions of constraints.txt
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "intelbus needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+lock:  ## re-lock constraints.txt: a fresh venv from pyproject.toml's ranges, frozen (then review the diff)
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	.cache/lock-venv/bin/python -m pip install -q --disable-pip-version-check '.[test,bench]'
+	{ sed -n '1,2p' constraints.txt; .cache/lock-venv/bin/python -m pip freeze --all \
+	  | grep -v -E '^(pip|setuptools|wheel|intelbus)=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf .cache/lock-venv
 
 stack-install: install  ## apt packages (ClickHouse), Kafka and the registry from Maven Central
 	$(BIN)/intelbus install

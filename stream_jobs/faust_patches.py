@@ -49,8 +49,10 @@ directly is the same as `wait_first` returning it as the winner. So:
   (`_delivers_without_waiting`); if any holds, faust's own path runs, unchanged;
 - otherwise the callback is awaited directly.
 
-`install()` applies it only to the version it was written against (pinned in
-pyproject.toml) and says so in the log; any other version runs faust as it is.
+Both patches reach into faust's, mode's and aiokafka's internals, so they are written for
+exact versions (pinned in pyproject.toml and constraints.txt): `require_pinned()` refuses to
+start a worker on any other version, with a message naming the package, rather than run
+faust unguarded.
 """
 from __future__ import annotations
 
@@ -61,6 +63,44 @@ from typing import Any
 log = logging.getLogger("intelbus.jobs")
 
 PATCHED_VERSION = "0.15.3"
+# The framework versions the patches were written and tested against (pyproject.toml pins them).
+PINNED = {"faust-streaming": PATCHED_VERSION, "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+class UnsupportedFramework(RuntimeError):
+    """A stream framework package is not the version intelbus's patches were written for."""
+
+
+def version_mismatches(installed) -> list[str]:
+    """'package X is not Y' for every pinned package whose installed version differs.
+
+    installed(name) -> version string or None (not installed)."""
+    out = []
+    for name, want in PINNED.items():
+        have = installed(name)
+        if have != want:
+            out.append(f"{name} {have or '(not installed)'} is not {want}")
+    return out
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def require_pinned(installed=None) -> None:
+    """Refuse to run the stream jobs on framework versions the patches were not written for."""
+    wrong = version_mismatches(installed or _installed_version)
+    if wrong:
+        raise UnsupportedFramework(
+            "intelbus's stream jobs refuse to start: " + "; ".join(wrong) + ". The commit guard and the "
+            "consumer loop patch (stream_jobs/faust_patches.py) reach into these packages' internals and "
+            "were written for exactly these versions. Reinstall the locked environment with `make install` "
+            "(pip install -c constraints.txt -e .), or port and re-test the patches before changing the pins.")
 _installed = False
 _guarded = False
 
@@ -121,13 +161,9 @@ def guard_commits(on_hole=None, on_gap=None) -> bool:
     on_gap(tp, first, last) for each gap of more than one offset that is left a hole.
     """
     global _guarded
-    import faust
     from faust.transport.consumer import Consumer
 
-    if faust.__version__ != PATCHED_VERSION:
-        log.warning("faust-streaming %s is not %s: its commits run unguarded (a single skipped message "
-                    "can be committed unprocessed)", faust.__version__, PATCHED_VERSION)
-        return False
+    require_pinned()
     if not _guarded:
         Consumer._new_offset = _guard(Consumer._new_offset, on_hole or (lambda *a: None))
         Consumer._add_gap = _gap_policy(Consumer._add_gap, on_gap or (lambda *a: None))
@@ -216,13 +252,9 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
 def install() -> bool:
     """Patch faust's consumer loop if faust is the version this was written for."""
     global _installed
-    import faust
     from faust.transport.consumer import Consumer
 
-    if faust.__version__ != PATCHED_VERSION:
-        log.warning("faust-streaming %s is not %s: its consumer loop runs unpatched (slower)",
-                    faust.__version__, PATCHED_VERSION)
-        return False
+    require_pinned()
     if not _installed:
         Consumer._drain_messages = _drain_messages
         _installed = True

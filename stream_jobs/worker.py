@@ -26,6 +26,13 @@ def add_jobs(p):
     def run(args):
         from ops.settings import load_settings
 
+        from stream_jobs.faust_patches import UnsupportedFramework, require_pinned
+
+        try:
+            require_pinned()  # before any worker starts: never run faust unguarded
+        except UnsupportedFramework as e:
+            print(f"intelbus jobs: {e}", file=sys.stderr)
+            return 2
         settings = load_settings()
         workers = args.workers or settings.jobs_workers
         if args.worker_index is not None or workers == 1:

@@ -67,18 +67,37 @@ def test_guarded_a_gap_faust_recorded_still_counts_as_done(faust_new_offset):
     assert guarded(bookkeeping(100, range(102, 106), gap=(100, 102)), TP) == 106
 
 
-def test_the_guard_applies_only_to_the_faust_version_it_was_written_for(monkeypatch):
-    import faust
+def test_the_guard_refuses_to_start_on_a_framework_version_it_was_not_written_for(monkeypatch):
     from faust.transport.consumer import Consumer
 
     original = Consumer._new_offset
     monkeypatch.setattr(faust_patches, "_guarded", False)
-    monkeypatch.setattr(faust, "__version__", "0.99.0")
-    assert faust_patches.guard_commits() is False and Consumer._new_offset is original
-    monkeypatch.setattr(faust, "__version__", faust_patches.PATCHED_VERSION)
-    monkeypatch.setattr(Consumer, "_new_offset", original)
+    versions = dict(faust_patches.PINNED, **{"mode-streaming": "0.8.0"})
+    monkeypatch.setattr(faust_patches, "_installed_version", versions.get)
+    with pytest.raises(faust_patches.UnsupportedFramework, match=r"mode-streaming 0.8.0 is not 0.7.1.*make install"):
+        faust_patches.guard_commits()
+    assert Consumer._new_offset is original  # refused before patching anything
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED).get)
     assert faust_patches.guard_commits() is True
     assert Consumer._new_offset is not original and Consumer._new_offset.__wrapped__ is original
+
+
+def test_every_pinned_package_is_checked_and_a_missing_one_is_named():
+    installed = {"faust-streaming": "0.15.4", "mode-streaming": "0.7.1"}
+    assert faust_patches.version_mismatches(installed.get) == [
+        "faust-streaming 0.15.4 is not 0.15.3", "aiokafka (not installed) is not 0.14.0"]
+
+
+def test_the_pins_in_pyproject_are_the_versions_the_patches_accept():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[3] / "pyproject.toml").read_text()
+    for name, version in faust_patches.PINNED.items():
+        assert re.search(rf'"{name}(\[[a-z0-9,]+\])?=={re.escape(version)}"', text), name
+    constraints = (pathlib.Path(__file__).parents[3] / "constraints.txt").read_text().splitlines()
+    for name, version in faust_patches.PINNED.items():
+        assert f"{name}=={version}" in constraints, name
 
 
 def run_gap_policy(missing_from, fetched):
@@ -110,3 +129,17 @@ def test_a_hole_recorded_as_a_gap_is_committed_over(faust_new_offset):
     book = bookkeeping(100, range(110, 115))
     faust_patches.record_gap(book, TP, 100, 109)
     assert guarded(book, TP) == 115
+
+
+def test_intelbus_jobs_refuses_to_start_on_another_faust_and_says_what_to_do(monkeypatch, capsys):
+    import argparse
+
+    from stream_jobs.worker import add_jobs
+
+    p = argparse.ArgumentParser()
+    run = add_jobs(p)
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED, aiokafka="0.15.0").get)
+    assert run(p.parse_args([])) == 2  # refused before loading settings or starting a worker
+    err = capsys.readouterr().err
+    assert "intelbus jobs: intelbus's stream jobs refuse to start: aiokafka 0.15.0 is not 0.14.0" in err
+    assert "make install" in err

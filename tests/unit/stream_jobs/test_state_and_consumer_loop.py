@@ -78,15 +78,16 @@ def test_a_partition_without_channels_is_direct():
     assert faust_patches._delivers_without_waiting(consumer(), "other") is True
 
 
-def test_the_patch_applies_only_to_the_faust_version_it_was_written_for(monkeypatch):
-    import faust
+def test_the_patch_refuses_a_faust_version_it_was_not_written_for(monkeypatch):
     from faust.transport.consumer import Consumer
 
     original = Consumer._drain_messages
     monkeypatch.setattr(faust_patches, "_installed", False)
-    monkeypatch.setattr(faust, "__version__", "0.99.0")
-    assert faust_patches.install() is False and Consumer._drain_messages is original
-    monkeypatch.setattr(faust, "__version__", faust_patches.PATCHED_VERSION)
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED, **{"faust-streaming": "0.99.0"}).get)
+    with pytest.raises(faust_patches.UnsupportedFramework, match="faust-streaming 0.99.0 is not 0.15.3"):
+        faust_patches.install()
+    assert Consumer._drain_messages is original
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED).get)
     monkeypatch.setattr(Consumer, "_drain_messages", original)
     assert faust_patches.install() is True and Consumer._drain_messages is faust_patches._drain_messages
 
