@@ -166,6 +166,9 @@ def add_query(p):
     p.add_argument("--since", help="trail: only events from this time")
     p.add_argument("--type", help="hits: only this hit type")
     p.add_argument("--limit", help="wanted-sightings: rows to show")
+    p.add_argument("--by", choices=SCORECARD_BY, help="scorecard: one row per agency (region,branch; default) or per region")
+    p.add_argument("--month", metavar="YYYY-MM",
+                   help="scorecard: a calendar month in China Standard Time (instead of --from/--to)")
     p.add_argument("--export", metavar="FILE.csv|FILE.json",
                    help="write the whole result to this file (CSV with BOM and CST times, or JSON), audited as an "
                         "export; needs the export role and --purpose")
@@ -179,6 +182,8 @@ Examples:
   intelbus query trail --id 11010519491231002X --purpose "协查 2026-118"
   intelbus query hits --from 2026-11-01 --region 130800 --format csv
   intelbus query trail --id 京A12345 --purpose "协查 2026-118" --export trail.csv
+  intelbus query scorecard --from 2026-11-01 --to 2026-12-01 --by region,branch --purpose "月调度 2026-11"
+  intelbus query scorecard --month 2026-11 --purpose "月调度 2026-11" --export scorecard-2026-11.csv
 """
 
     def run(args):
@@ -195,8 +200,12 @@ Examples:
                         if q["purpose_required"]:
                             print(f"{'':<19}--purpose required")
                     return 0 if args.list else 2
+                if args.month:
+                    if args.from_ or args.to:
+                        raise ClientError("--month sets the period: give it or --from/--to, not both")
+                    args.from_, args.to = month_period(args.month)
                 params = {k: v for k, v in {"from": args.from_, "to": args.to, "since": args.since, "type": args.type,
-                                             "limit": args.limit, "id": args.id}.items() if v is not None}
+                                             "limit": args.limit, "id": args.id, "by": args.by}.items() if v is not None}
                 body = {"params": params, "region": args.region, "purpose": args.purpose}
                 if args.export:
                     return _export(client, args.name, body, args.export)
@@ -209,6 +218,8 @@ Examples:
                 out["rows"] = rows
             except ClientError as exc:
                 return _fail(f"query {args.name or ''}".strip(), exc)
+        if args.name == "scorecard" and args.format == "table":
+            out = scorecard_table(out)
         return _print_result(out, args.format)
 
     return run
@@ -243,6 +254,55 @@ example:
 
 
 QUERY_PAGE = 10_000  # the gateway's largest page
+SCORECARD_BY = ("region,branch", "region")
+
+
+def month_period(month: str) -> tuple[str, str]:
+    """'2026-11' -> the UTC bounds of that month in China Standard Time ('2026-10-31 16:00:00', '2026-11-30 16:00:00')."""
+    from datetime import timedelta
+
+    try:
+        first = datetime.strptime(month, "%Y-%m")
+    except ValueError:
+        raise ClientError(f"--month {month!r}: give a month as YYYY-MM (2026-11)") from None
+    following = datetime(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return tuple((d - timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S") for d in (first, following))
+
+
+def scorecard_table(out: dict) -> dict:
+    """The scorecard for people: shares in per cent, response times in minutes, the period (CST) above the table."""
+    columns = list(out["columns"])
+    at = {c: i for i, c in enumerate(columns)}
+    rows = [list(r) for r in out["rows"]]
+    if rows and "period_from" in at:
+        print(f"scorecard of the items sent, opened or issued from {cst(rows[0][at['period_from']])} "
+              f"to {cst(rows[0][at['period_to']])} (deadlines as the events carry them)", file=sys.stderr)
+    reasons = [c for c in columns if c.startswith("refused_")]
+    keep = [c for c in columns if c not in ("period_from", "period_to", "region", "branch", *reasons)]
+    keep.insert(keep.index("refusals") + 1, "by reason") if "refusals" in keep else None
+    renamed = []
+    for c in keep:
+        if c.endswith("_share"):
+            renamed.append(c.replace("_share", " %"))
+        elif c.endswith("_s"):
+            renamed.append(c[:-2] + " (min)")
+        else:
+            renamed.append(c)
+    shown = []
+    for r in rows:
+        cells = []
+        for c in keep:
+            if c == "by reason":
+                cells.append(" ".join(f"{x[len('refused_'):].upper()}:{r[at[x]]}" for x in reasons if r[at[x]]) or "-")
+                continue
+            v = r[at[c]]
+            if c.endswith("_share"):
+                v = "-" if v is None else f"{100 * v:.1f}"
+            elif c.endswith("_s"):
+                v = "-" if v is None else f"{v / 60:.1f}"
+            cells.append(v)
+        shown.append(cells)
+    return {**out, "columns": renamed, "rows": shown}
 
 
 def _export(client: GatewayClient, name: str, body: dict, path: str) -> int:

@@ -14,7 +14,8 @@ SELECT agency, region, branch,
        escalations, refusals, refused_not_competent, refused_insufficient_information, refused_no_legal_basis,
        refused_duplicate, refused_no_capacity, refused_other,
        hits_owed, hits_confirmed_on_time, if(hits_owed = 0, NULL, hits_confirmed_on_time / hits_owed) AS hits_confirmed_on_time_share,
-       stale_listings
+       stale_listings,
+       {from} AS period_from, {to} AS period_to
 FROM
 (
     SELECT if({by} = 'region', party_region, party) AS agency,
