@@ -66,6 +66,7 @@ def answers_topic(app_id: str = APP_ID) -> str:
 
 
 ANSWERS_KEPT = 50  # earlier answers kept per identifier (the newest)
+ITEMS_BATCH = 200  # commands applied per produce-and-await (the timers wait for the lock meanwhile)
 
 
 # --- pure glue: commands on the wire -------------------------------------------------------
@@ -291,7 +292,14 @@ class DueIndex:
         return len(self._at)
 
     def next_at(self) -> int | None:
-        return min((at for at, _ in self._at.values()), default=None)
+        """The earliest due time indexed (stale heap entries are dropped on the way: O(log n) each)."""
+        while self._heap:
+            at, item_id = self._heap[0]
+            current = self._at.get(item_id)
+            if current is not None and current[0] == at:
+                return at
+            heapq.heappop(self._heap)
+        return None
 
 
 def refusal_dead_letter(envelope_bytes: bytes, reason: str, command=None, *, command_id: str | None = None,
@@ -344,7 +352,13 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     datadir.mkdir(parents=True, exist_ok=True)
     replication = 3 if settings.profile == "production" else 1
     items_t, records_t, answers_t = items_topic(app_id), records_topic(app_id), answers_topic(app_id)
-    _ensure_topics(settings, [items_t, records_t, answers_t], settings.partitions, replication)
+    # benchmarks only: the events on a topic of the app's own (Avro of intel.workflow's schema), so that
+    # 100,000 reminders do not reach the stack's sink, feeds and queues
+    out_t = os.environ.get("INTELBUS_WORKFLOWS_OUTPUT_TOPIC") or WORKFLOW_TOPIC
+    if out_t != WORKFLOW_TOPIC and not out_t.startswith(app_id + "-"):
+        raise SystemExit(f"INTELBUS_WORKFLOWS_OUTPUT_TOPIC must start with {app_id}- (the job's own topics), not {out_t!r}")
+    _ensure_topics(settings, [items_t, records_t, answers_t] + ([out_t] if out_t != WORKFLOW_TOPIC else []),
+                   settings.partitions, replication)
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
@@ -372,6 +386,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     lock = asyncio.Lock()
     index = DueIndex()
     state = {"rebuild": True}
+    tick_s = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
+    wake = asyncio.Event()  # set when a deadline earlier than the timer loop's wake-up time is indexed
+    clock = {"wake_at": 0}  # epoch ms the timer loop sleeps until
 
     async def publish(messages, table: FaustTableState | None = None):
         """Produce (topic, key, value, partition) and the table's pending writes; wait; then write the store."""
@@ -404,7 +421,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             table.apply(writes, offsets)
 
     def event_messages(events):
-        return [(WORKFLOW_TOPIC, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in events]
+        return [(out_t, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in events]
 
     def load(partition: int, item_id: str):
         raw = items_table.get(partition, item_id.encode())
@@ -414,17 +431,23 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     def save(partition: int, item) -> None:
         items_table.put(partition, item.item_id.encode(),
                         json.dumps(m.to_json(item), ensure_ascii=False, separators=(",", ":")).encode())
-        index.set(item.item_id, partition, next_due(item, policy, regions))
+        at = next_due(item, policy, regions)
+        index.set(item.item_id, partition, at)
         OPEN_ITEMS.set(len(index))
+        if at is not None and at < clock["wake_at"]:
+            wake.set()  # the timer loop sleeps until a later time: wake it for this deadline
 
     # intel.workflow.commands -> APP-items (our partitioner: the commands share the item's partition)
     async def commands_agent(stream):
-        async for event in _guarded(stream.events(), "commands"):
-            msg = event.message
-            key = msg.key or b""
-            if not _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
-                continue
-            await publish([(items_t, key or None, msg.value, None)])
+        async for batch in _guarded(stream.take_events(ITEMS_BATCH, within=0.01), "commands"):
+            out = []
+            for event in batch:
+                msg = event.message
+                key = msg.key or b""
+                if _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
+                    out.append((items_t, key or None, msg.value, None))
+            if out:
+                await publish(out)
 
     # APP-answers: the earlier-answers index, and the requests' lookups in it
     async def answers_agent(stream):
@@ -471,10 +494,20 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             await publish([(items_t, item_id.encode(), env, None) for item_id, env in forwards], by_record)
 
     async def items_agent(stream):
-        async for event in _guarded(stream.events(), "items"):
-            msg = event.message
+        # in batches: one produce-and-await per batch, not per command (a worker applied about 140
+        # commands/s one by one: bench/results/workflow-timers.md); the batch's events, then its table
+        # writes, are produced in order, and the store is written once all are delivered
+        async for batch in _guarded(stream.take_events(ITEMS_BATCH, within=0.01), "items"):
             async with lock:
-                await handle_command(msg.partition, msg.key.decode() if msg.key else "", msg.value)
+                try:
+                    out = []
+                    for event in batch:
+                        msg = event.message
+                        out += handle_command(msg.partition, msg.key.decode() if msg.key else "", msg.value)
+                    await publish(out, items_table)
+                except BaseException:
+                    items_table.drain()  # nothing half-written is kept (the worker exits and reads again)
+                    raise
 
     def step(state, key: str, value: bytes) -> tuple[object, list]:
         """One command on the item's state: (state after, messages to publish). Refusals are dead letters."""
@@ -499,7 +532,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         indexed = [index_message(e.answer) for e in effects if isinstance(e, m.IndexAnswer)]
         return after, event_messages(events) + [(answers_t, k.encode(), v, None) for k, v in indexed]
 
-    async def handle_command(partition: int, key: str, value: bytes):
+    def handle_command(partition: int, key: str, value: bytes) -> list:
+        """One message of APP-items: the messages to publish; the table's writes are left pending."""
         raw = items_table.get(partition, key.encode())
         doc = json.loads(raw) if raw else None
         try:
@@ -510,8 +544,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             if env is None or not (env.enriched and isinstance(env.command, m.SendRequest)):
                 # the item's request is still in the answers index: later commands wait for it, in order
                 items_table.put(partition, key.encode(), json.dumps({WAITING: [*doc[WAITING], value.decode()]}).encode())
-                await publish([], items_table)
-                return
+                return []
             state, messages = step(None, key, value)
             for queued in doc[WAITING]:
                 state, more = step(state, key, queued.encode())
@@ -520,23 +553,22 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             # a new request naming subjects: look its subjects up first (APP-answers), keep its place here
             subject, lookup = lookup_message(value, env)
             items_table.put(partition, key.encode(), json.dumps({WAITING: []}).encode())
-            await publish([(answers_t, subject.encode(), lookup, None)], items_table)
-            return
+            return [(answers_t, subject.encode(), lookup, None)]
         else:
             before = m.from_json(doc) if doc is not None else None
             state, messages = step(before, key, value)
             if state is before:
-                await publish(messages)
-                return
+                return messages
         if state is not None:
             save(partition, state)
         else:
             items_table.put(partition, key.encode(), None)  # the waiting request was refused: nothing is kept
-        await publish(messages, items_table)
+        return messages
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs):
         state["rebuild"] = True
+        wake.set()
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender, revoked, **kwargs):
@@ -564,10 +596,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         OPEN_ITEMS.set(len(index))
         log.info("due index rebuilt: %d items in partitions %s, %d with a deadline pending", n, partitions, len(index))
 
-    @app.timer(interval=float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0")))
-    async def _fire_timers():
-        if not_ready_because(app) is not None:
-            return
+    async def fire_timers() -> int | None:
+        """Fire every step due by now; the next due time (epoch ms) or None."""
         async with lock:
             try:
                 if state["rebuild"]:
@@ -579,7 +609,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     msgs, events = fire_item(item_id, partition, now_ms)
                     messages += msgs
                     fired += events
-                    if len(messages) >= 1000:  # one produce-and-await per thousand events, not per item
+                    if len(messages) >= 250:  # one produce-and-await per 250 events (not per item; the first go out soon)
                         await publish(messages, items_table)
                         observe_fired(fired, now_ms)
                         messages, fired = [], []
@@ -592,7 +622,42 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                             exc_info=True)
                 items_table.drain()  # nothing half-written is kept
                 state["rebuild"] = True
-            OPEN_ITEMS.set(len(index))
+                return None
+            finally:
+                OPEN_ITEMS.set(len(index))
+            return index.next_at()
+
+    @app.task
+    async def _timers():
+        """Sleep until the next due time (at most tick_s: readiness, rebuilds), fire what is due, repeat.
+
+        A fixed 1-s tick made a step up to a second late before any work (bench/results/workflow-timers.md):
+        this loop wakes at the earliest due time of the index, or when a command indexes an earlier one.
+        """
+        try:
+            while True:
+                wake.clear()
+                if not_ready_because(app) is None:
+                    next_at = await fire_timers()
+                    longest = tick_s
+                else:
+                    next_at, longest = None, min(tick_s, 0.25)  # not ready (recovering): look again soon
+                now_ms = time.time() * 1000
+                delay = longest if next_at is None else min(longest, max(0.0, (next_at - now_ms) / 1000))
+                clock["wake_at"] = now_ms + delay * 1000
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)  # due already (it came during the publish): let the agents have a turn
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("the workflow timers failed; the worker exits so that it is restarted", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     def fire_item(item_id: str, partition: int, now_ms: int) -> tuple[list, list]:
         """Fire the item's due steps: (messages, events); the new state is put in the table's pending writes."""
