@@ -247,7 +247,8 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     # is read about 35 s late; each assignment reads this much of a partition's requests back.
     lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
-                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback)
+                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback,
+                       **border_duplicate_settings(os.environ))
     kafka_config = settings.kafka_config(JOBS)
     restorer = LookbackRestorer(lookback, lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
                                 topic=MATCH_TOPIC)
@@ -498,6 +499,12 @@ def provinces_of(notify: list[str], regions) -> list[str]:
         for code in members:
             codes.add(code[:2] + "0000")
     return sorted(codes)
+
+
+def border_duplicate_settings(environ) -> dict:
+    """The border-duplicate rule's window (minutes) and distance (km), from the environment."""
+    return {"border_window_ms": int(float(environ.get("INTELBUS_BORDER_DUPLICATE_WINDOW_MIN", "30")) * 60_000),
+            "border_km": float(environ.get("INTELBUS_BORDER_DUPLICATE_KM", "5"))}
 
 
 def hit_record(hit: dict) -> dict:

@@ -6,6 +6,7 @@ milliseconds (the jobs decode without logical-type conversion).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from schemas.records import subjects_of
@@ -165,3 +166,81 @@ def higher_classification(a: str, b: str) -> str:
 def notify_regions(owner_region: str, hit_region: str, record_scope, event_scope) -> list[str]:
     """Owner, hit region, then the regions and zones of both records' share_scope, once each."""
     return list(dict.fromkeys([owner_region, hit_region, *(record_scope or ()), *(event_scope or ())]))
+
+
+# --- border duplicates --------------------------------------------------------------------
+
+BORDER_DUPLICATE = "BORDER_DUPLICATE"
+# Reports of something that happened (警情, 案件) can be one incident reported twice. Identity
+# checks, hotel check-ins, registrations and traffic stops record who was *seen*: two checks
+# of one traveller on either side of a border minutes apart are two real checks.
+BORDER_DUPLICATE_TYPES = CASE_INCIDENT_TYPES
+BORDER_DUPLICATE_WINDOW_MS = 30 * 60_000
+BORDER_DUPLICATE_KM = 5.0
+EARTH_RADIUS_KM = 6371.0
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km on a sphere of the Earth's mean radius."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def place_of(record: dict) -> tuple[float, float] | None:
+    """An incident's (lat, lon), or None when it has none: missing, not a number, out of range,
+    or (0, 0), which is what a system without coordinates sends when it sends zeros."""
+    loc = record.get("location") or {}
+    lat, lon = loc.get("lat"), loc.get("lon")
+    if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+        return None
+    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    if lat == 0 and lon == 0:
+        return None
+    return float(lat), float(lon)
+
+
+def border_duplicate_identifiers(record: dict) -> tuple[str, ...]:
+    """Identifiers under which an incident report is compared with other agencies' reports:
+    every subject identifier (any role: a victim's phone names one incident as well as a
+    suspect's) of a case-type incident that has a place; none for identity checks and for
+    reports without coordinates ("a few km apart" cannot be judged without them)."""
+    if record.get("incident_type") not in BORDER_DUPLICATE_TYPES or place_of(record) is None:
+        return ()
+    return identifiers_of("incident", record)
+
+
+def is_border_duplicate(region_a: str, occurred_a: int, place_a, region_b: str, occurred_b: int, place_b, *,
+                        is_within, window_ms: int = BORDER_DUPLICATE_WINDOW_MS,
+                        max_km: float = BORDER_DUPLICATE_KM) -> bool:
+    """Two reports sharing an identifier may be one incident reported twice across a border:
+    their publishing regions differ and neither is inside the other (a county and its own
+    province are one chain of command, not two agencies at a border), they happened at most
+    `window_ms` apart and at most `max_km` apart (both ends included). No place, no flag."""
+    if place_a is None or place_b is None:
+        return False
+    if is_within(region_a, region_b) or is_within(region_b, region_a):
+        return False
+    if abs(occurred_a - occurred_b) > window_ms:
+        return False
+    return haversine_km(place_a[0], place_a[1], place_b[0], place_b[1]) <= max_km
+
+
+def border_duplicate_on(a: dict, b: dict, *, is_within, window_ms: int = BORDER_DUPLICATE_WINDOW_MS,
+                        max_km: float = BORDER_DUPLICATE_KM) -> tuple[str, ...]:
+    """The identifiers two incident records share if they are a possible border duplicate, else ()."""
+    theirs = set(border_duplicate_identifiers(b))
+    shared = tuple(i for i in border_duplicate_identifiers(a) if i in theirs)
+    if shared and is_border_duplicate(a["source_region"], a["occurred_at"], place_of(a),
+                                      b["source_region"], b["occurred_at"], place_of(b),
+                                      is_within=is_within, window_ms=window_ms, max_km=max_km):
+        return shared
+    return ()
+
+
+def border_duplicate_notify(first_source: str, second_source: str, places=(), first_scope=(), second_scope=()) -> list[str]:
+    """Both reporting agencies' regions first (the two who must know), then the regions the
+    incidents are located in and both share scopes, once each."""
+    return notify_regions(first_source, second_source, [*places, *(first_scope or ())], second_scope)

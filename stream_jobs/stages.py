@@ -266,10 +266,14 @@ class DedupeStage:
         if kind == "wanted":
             return []
         case_ids = rules.case_link_identifiers(record) if kind == "incident" else ()
-        return [
+        ops = [
             {"op": "lookup", "id": i, "event": record["event_id"], "case": i in case_ids}
             for i in rules.identifiers_of(kind, record)
         ]
+        if kind == "incident" and rules.border_duplicate_identifiers(record):
+            for op in ops:  # every identifier of a case report with a place (only those carry the flag)
+                op["dup"] = True
+        return ops
 
 
 def event_summary(kind: str, record: dict, rkey: str, value: bytes) -> dict:
@@ -291,7 +295,22 @@ def event_summary(kind: str, record: dict, rkey: str, value: bytes) -> dict:
         "scope": record.get("share_scope") or [],
         "until": record.get("valid_until"),
         "avro": base64.b64encode(value).decode("ascii"),
+        **_border_fields(kind, record),
     }
+
+
+def _border_fields(kind: str, record: dict) -> dict:
+    """What the border-duplicate rule needs beyond the rest: the report's place (only case
+    reports that have one; the publisher's region is the record key's first part)."""
+    if kind != "incident" or record.get("incident_type") not in rules.BORDER_DUPLICATE_TYPES:
+        return {}
+    place = rules.place_of(record)
+    return {"geo": list(place)} if place is not None else {}
+
+
+def source_region_of(summary: dict) -> str:
+    """The publishing agency's region: the first part of the record key."""
+    return summary["key"].split("/", 1)[0]
 
 
 # --- stage 2: match -----------------------------------------------------------------------
@@ -301,7 +320,8 @@ class MatchStage:
 
     def __init__(self, *, state: PartitionedState, partitions: int, is_within, case_window_ms: int, decode,
                  recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000,
-                 lookback: Lookback | None = None):
+                 lookback: Lookback | None = None, border_window_ms: int = rules.BORDER_DUPLICATE_WINDOW_MS,
+                 border_km: float = rules.BORDER_DUPLICATE_KM, reports_per_identifier: int = 64):
         self.decode = decode  # wire bytes -> record dict (epoch ms), to put records into hits
         # Lookups of the last minutes: a record indexed *after* a sighting of it was looked
         # up (topics are not read in publication order) still hits it (stream_jobs/lookback.py).
@@ -312,6 +332,11 @@ class MatchStage:
         self.is_within = is_within
         self.case_window_ms = case_window_ms
         self.recent_per_identifier = recent_per_identifier
+        # Border duplicates (stream_jobs.rules.is_border_duplicate): case reports with a place
+        # are kept per identifier for twice the window, by event time, at most this many.
+        self.border_window_ms = border_window_ms
+        self.border_km = border_km
+        self.reports_per_identifier = reports_per_identifier
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
@@ -352,7 +377,7 @@ class MatchStage:
         entry = loads(self.state.get(partition, key)) or {"records": {}, "recent": []}
         changed = getattr(self, f"_{op['op']}")(op, events, entry, partition, now_ms, result)
         if changed:
-            if entry["records"] or entry["recent"]:  # an empty entry is deleted
+            if entry["records"] or entry["recent"] or entry.get("reports"):  # an empty entry is deleted
                 self.state.put(partition, key, dumps(entry))
             else:
                 self.state.put(partition, key, None)
@@ -391,11 +416,12 @@ class MatchStage:
         for rec in entry["records"].values():
             self._match(rec, ev, ident, now_ms, result)
         self.lookback.remember(partition, ident, ev)
+        changed = self._border_duplicates(ev, ident, entry, now_ms, result) if op.get("dup") else False
         if not op.get("case"):
-            return False
+            return changed
         recent = [r for r in entry["recent"] if abs(r["occurred"] - ev["occurred"]) <= self.case_window_ms]
         if any(r["event_id"] == ev["event_id"] for r in recent):
-            return False  # replay of a request already applied
+            return changed  # replay of a request already applied
         for other in recent:
             if rules.is_case_link(other["region"], other["occurred"], ev["region"], ev["occurred"], self.case_window_ms):
                 # The earlier incident is the matched record, the later one the trigger, whichever
@@ -406,6 +432,47 @@ class MatchStage:
         recent.sort(key=lambda r: r["occurred"])
         entry["recent"] = recent[-self.recent_per_identifier:]
         return True
+
+    def _border_duplicates(self, ev: dict, ident: str, entry: dict, now_ms: int, result: StageResult) -> bool:
+        """Flag ev with every kept report of another agency that may be the same incident, then
+        keep ev. Returns whether the entry changed."""
+        reports = entry.get("reports") or []
+        for other in reports:
+            if other["event_id"] != ev["event_id"] and self._is_border_duplicate(other, ev):
+                # as for case links: the earlier report is the matched record, the later one the
+                # trigger, whichever came first, so the hit id does not depend on delivery order
+                first, second = sorted((other, ev), key=lambda e: (e["occurred"], e["event_id"]))
+                self._border_candidate(first, second, ident, now_ms, result)
+        if any(r["event_id"] == ev["event_id"] for r in reports):
+            return False  # a replay: its candidates went out again above, the hit stage drops seen ids
+        # Kept by event time: twice the window behind the newest report of the identifier, so a
+        # report read late (another agency's, typed in later) still meets the ones of its time.
+        horizon = max([ev["occurred"], *(r["occurred"] for r in reports)]) - 2 * self.border_window_ms
+        kept = [r for r in reports if r["occurred"] >= horizon]
+        if ev["occurred"] >= horizon:
+            kept.append(ev)
+        kept.sort(key=lambda r: (r["occurred"], r["event_id"]))
+        kept = kept[-self.reports_per_identifier:]
+        if kept == reports:
+            return False
+        entry["reports"] = kept
+        return True
+
+    def _is_border_duplicate(self, a: dict, b: dict) -> bool:
+        return rules.is_border_duplicate(
+            source_region_of(a), a["occurred"], tuple(a["geo"]) if a.get("geo") else None,
+            source_region_of(b), b["occurred"], tuple(b["geo"]) if b.get("geo") else None,
+            is_within=self.is_within, window_ms=self.border_window_ms, max_km=self.border_km)
+
+    def _border_candidate(self, first: dict, second: dict, ident: str, now_ms: int, result: StageResult) -> None:
+        """A BORDER_DUPLICATE names both reports and goes to both reporting agencies (their
+        regions are the hit's owner and hit regions); neither report is merged or dropped."""
+        src1, src2 = source_region_of(first), source_region_of(second)
+        notify = rules.border_duplicate_notify(src1, src2, [first["region"], second["region"]],
+                                               first["scope"], second["scope"])
+        hit = build_hit(rules.BORDER_DUPLICATE, first, second, ident, now_ms, self.decode,
+                        owner_region=src1, hit_region=src2, notify=notify)
+        self._emit_candidate(hit, result)
 
     def _match(self, rec: dict, ev: dict, ident: str, now_ms: int, result: StageResult) -> None:
         """A hit candidate if the open record and the event of another region meet in time."""
@@ -420,23 +487,31 @@ class MatchStage:
             self._candidate(rules.hit_type_for(rec["kind"]), rec, ev, ident, now_ms, result)
 
     def _candidate(self, hit_type, record, event, ident, now_ms, result) -> None:
-        hit = build_hit(hit_type, record, event, ident, now_ms, self.decode)
+        self._emit_candidate(build_hit(hit_type, record, event, ident, now_ms, self.decode), result)
+
+    def _emit_candidate(self, hit: dict, result: StageResult) -> None:
         result.outputs.append(
             Outgoing(CANDIDATE_TOPIC, hit["hit_id"].encode(), dumps(hit), partition_for(hit["hit_id"], self.partitions))
         )
-        result.counts[("candidate", hit_type)] += 1
+        result.counts[("candidate", hit["hit_type"])] += 1
 
 
-def build_hit(hit_type: str, record: dict, event: dict, ident: str, now_ms: int, decode) -> dict:
-    """A hit as the Avro `hit` record wants it (timestamps as epoch ms)."""
+def build_hit(hit_type: str, record: dict, event: dict, ident: str, now_ms: int, decode, *,
+              owner_region: str | None = None, hit_region: str | None = None, notify: list[str] | None = None) -> dict:
+    """A hit as the Avro `hit` record wants it (timestamps as epoch ms).
+
+    Owner and hit region are where the two records are (the record's, the event's) unless
+    given; notify is the owner, the hit region and both share scopes unless given."""
     id_kind, value = rules.split_identifier(ident)
+    owner = record["region"] if owner_region is None else owner_region
+    seen_in = event["region"] if hit_region is None else hit_region
     return {
         "hit_id": make_hit_id(record["key"], event["event_id"], hit_type),
         "hit_type": hit_type,
         "matched_on": {"kind": id_kind, "value": value},
-        "owner_region": record["region"],
-        "hit_region": event["region"],
-        "notify_regions": rules.notify_regions(record["region"], event["region"], record["scope"], event["scope"]),
+        "owner_region": owner,
+        "hit_region": seen_in,
+        "notify_regions": notify if notify is not None else rules.notify_regions(owner, seen_in, record["scope"], event["scope"]),
         "classification": rules.higher_classification(record["cls"], event["cls"]),
         "detected_at": now_ms,
         "record_kind": record["kind"].upper(),

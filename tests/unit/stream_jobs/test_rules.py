@@ -145,3 +145,98 @@ class TestRouting:
     ])
     def test_may_see(self, region, notify, visible):
         assert self.regions.may_see(region, notify) is visible
+
+
+class TestBorderDuplicates:
+    """Two agencies of different regions reporting one incident: same subject, minutes and km apart."""
+
+    MIN = 60_000
+    JIZHOU, XINGLONG = "120119", "130822"  # Tianjin's and Hebei's counties on either side of the border
+    BORDER = (40.230, 117.450)
+    KM_NORTH = 1 / 111.195  # degrees of latitude in a km on the rules' sphere
+
+    @classmethod
+    def report(cls, region, *, minutes=0, km_north=0.0, place=True, itype="THEFT", phones=("13800138000",),
+               persons=(), lat=None, lon=None):
+        location = {"region": region, "address": None, "lat": None, "lon": None}
+        if place:
+            location["lat"] = cls.BORDER[0] + km_north * cls.KM_NORTH if lat is None else lat
+            location["lon"] = cls.BORDER[1] if lon is None else lon
+        return {"source_region": region, "source_system": "jwzh", "source_ref": f"{region}-{minutes}",
+                "occurred_at": 1_790_000_000_000 + minutes * cls.MIN, "incident_type": itype, "location": location,
+                "persons": [{"id_type": "RESIDENT_ID", "id_number": i, "role": r} for i, r in persons],
+                "vehicles": [], "phones": list(phones)}
+
+    def on(self, a, b, **kw):
+        return rules.border_duplicate_on(a, b, is_within=load_regions().is_within, **kw)
+
+    def test_jizhou_and_xinglong_reporting_one_theft_minutes_and_two_km_apart(self):
+        a = self.report(self.JIZHOU)
+        b = self.report(self.XINGLONG, minutes=12, km_north=2)
+        assert self.on(a, b) == ("PHONE:13800138000",)
+        assert self.on(b, a) == ("PHONE:13800138000",)  # symmetric
+
+    def test_every_shared_identifier_counts_whatever_the_persons_role(self):
+        victim = ("11010519491231002X", "VICTIM")
+        a = self.report(self.JIZHOU, phones=(), persons=[victim])
+        b = self.report(self.XINGLONG, minutes=3, phones=(), persons=[victim])
+        assert self.on(a, b) == ("RESIDENT_ID:11010519491231002X",)
+
+    def test_no_shared_identifier_no_flag(self):
+        assert self.on(self.report(self.JIZHOU), self.report(self.XINGLONG, phones=("13900139000",))) == ()
+
+    def test_the_window_includes_its_end(self):
+        a = self.report(self.JIZHOU)
+        assert self.on(a, self.report(self.XINGLONG, minutes=30))
+        late = self.report(self.XINGLONG, minutes=30)
+        late["occurred_at"] += 1
+        assert self.on(a, late) == ()
+        assert self.on(a, self.report(self.XINGLONG, minutes=180)) == ()  # three hours apart: two incidents
+        assert self.on(a, self.report(self.XINGLONG, minutes=10), window_ms=5 * self.MIN) == ()  # a shorter setting
+
+    def test_the_distance_includes_its_end(self):
+        a = self.report(self.JIZHOU)
+        assert self.on(a, self.report(self.XINGLONG, km_north=4.99))
+        assert self.on(a, self.report(self.XINGLONG, km_north=5.01)) == ()
+        assert self.on(a, self.report(self.XINGLONG, km_north=50)) == ()  # 50 km: not one incident
+        b = self.report(self.XINGLONG, km_north=3)
+        exactly = rules.haversine_km(*rules.place_of(a), *rules.place_of(b))
+        assert self.on(a, b, max_km=exactly) and self.on(a, b, max_km=exactly - 1e-9) == ()
+
+    def test_haversine_on_known_distances(self):
+        assert rules.haversine_km(40.0, 117.0, 40.0, 117.0) == 0
+        assert rules.haversine_km(0, 0, 1, 0) == pytest.approx(111.195, abs=0.001)  # a degree of a meridian
+        # Jizhou's and Xinglong's county seats are about 42 km apart
+        assert rules.haversine_km(40.046, 117.408, 40.418, 117.501) == pytest.approx(42.2, abs=0.5)
+
+    @pytest.mark.parametrize("a,b", [("120119", "120119"),   # one agency's region: not a border
+                                     ("130822", "130000"),   # a county and its own province
+                                     ("130000", "130822"),
+                                     ("130822", "130800")])  # a county and its city
+    def test_regions_that_are_one_chain_of_command_are_not_a_border(self, a, b):
+        assert self.on(self.report(a), self.report(b, minutes=1)) == ()
+
+    def test_two_counties_of_one_province_are_two_agencies(self):
+        assert self.on(self.report("130822"), self.report("131002", minutes=1, km_north=1))  # Xinglong, Anci
+
+    def test_without_a_place_there_is_no_flag(self):
+        a = self.report(self.JIZHOU)
+        assert self.on(a, self.report(self.XINGLONG, place=False)) == ()
+        assert self.on(self.report(self.JIZHOU, place=False), self.report(self.XINGLONG, place=False)) == ()
+        assert self.on(self.report(self.JIZHOU, lat=0.0, lon=0.0), self.report(self.XINGLONG, lat=0.0, lon=0.0)) == ()
+        assert self.on(a, self.report(self.XINGLONG, lat=float("nan"))) == ()
+        assert self.on(a, self.report(self.XINGLONG, lat=140.0)) == ()
+
+    def test_identity_checks_and_stops_are_sightings_not_incident_reports(self):
+        a = self.report(self.JIZHOU, itype="CHECKPOINT_CHECK")
+        b = self.report(self.XINGLONG, itype="CHECKPOINT_CHECK", minutes=5)
+        assert rules.border_duplicate_identifiers(a) == () and self.on(a, b) == ()
+        assert self.on(self.report(self.JIZHOU, itype="TRAFFIC_STOP"), self.report(self.XINGLONG, minutes=5)) == ()
+
+    def test_two_agencies_may_type_one_incident_differently(self):
+        assert self.on(self.report(self.JIZHOU, itype="THEFT"), self.report(self.XINGLONG, itype="ROBBERY", minutes=4))
+
+    def test_notify_both_agencies_first_then_places_and_scopes(self):
+        assert rules.border_duplicate_notify("120119", "130822", ["120119", "130822"], ["JJJ"], []) == \
+            ["120119", "130822", "JJJ"]
+        assert rules.border_duplicate_notify("120119", "130822", ["120119", "120119"]) == ["120119", "130822"]

@@ -365,3 +365,151 @@ def test_a_record_whose_proof_fails_is_dead_lettered_before_dedupe_and_matches_n
     assert bus.records.get(zlib.crc32(b"110105/sys/FORGED") % P, b"110105/sys/FORGED") is None  # not remembered
     bus.publish("incident", incident("120119", "GOOD", persons=[person(ID18)]))  # control: a verified sighting hits
     assert len(bus.distinct_hits()) == 1
+
+
+# --- border duplicates ----------------------------------------------------------------------
+
+MIN = 60_000
+BORDER = (40.230, 117.450)  # on the line between Jizhou (Tianjin) and Xinglong (Hebei)
+KM = 1 / 111.195            # degrees of latitude in a km
+
+
+def report(region, ref, *, minutes=0, km_north=0.0, place=True, located_in=None, itype="THEFT",
+           phones=("13800138000",), persons=(), **kw):
+    """A case report of an agency of `region`, `minutes` and `km_north` from the first."""
+    r = incident(region, ref, itype=itype, phones=phones, persons=persons, t=T0 + int(minutes * MIN), **kw)
+    r["location"]["region"] = located_in or region
+    if place:
+        r["location"]["lat"], r["location"]["lon"] = BORDER[0] + km_north * KM, BORDER[1]
+    return r
+
+
+def of_type(bus, hit_type):
+    return [h for h in bus.distinct_hits().values() if h["hit_type"] == hit_type]
+
+
+def test_one_incident_reported_by_jizhou_and_xinglong_is_flagged_to_both_and_neither_is_dropped():
+    bus = Bus()
+    bus.publish("incident", report("120119", "JZ1"))
+    bus.publish("incident", report("130822", "XL1", minutes=8, km_north=2))
+    (dup,) = of_type(bus, "BORDER_DUPLICATE")
+    assert (dup["owner_region"], dup["hit_region"]) == ("120119", "130822")  # the two reporting agencies
+    assert dup["record_key"] == "120119/sys/JZ1" and json.loads(dup["trigger"])["source_ref"] == "XL1"
+    assert dup["matched_on"] == {"kind": "PHONE", "value": "13800138000"}
+    assert dup["notify_regions"][:2] == ["120119", "130822"]
+    assert sorted(k for k, h in bus.hits if h["hit_id"] == dup["hit_id"]) == ["120000", "130000"]
+    assert len(bus.unique) == 2  # both reports forwarded (and stored) as they are: never merged
+    # their location regions differ too, so they are also a case link: two questions, two hits
+    assert len(of_type(bus, "CASE_LINK")) == 1
+
+
+def test_a_report_located_in_the_other_agencys_region_is_a_border_duplicate_but_no_case_link():
+    bus = Bus()
+    bus.publish("incident", report("120119", "JZ1"))
+    bus.publish("incident", report("130822", "XL1", minutes=3, km_north=1, located_in="120119"))
+    assert len(of_type(bus, "BORDER_DUPLICATE")) == 1 and of_type(bus, "CASE_LINK") == []
+
+
+def test_the_border_duplicate_does_not_depend_on_which_report_is_read_first():
+    def run(order):
+        bus = Bus()
+        reports = {"jz": report("120119", "JZ1", minutes=10), "xl": report("130822", "XL1", minutes=2, km_north=2)}
+        for name in order:
+            bus.publish("incident", reports[name])
+        (dup,) = of_type(bus, "BORDER_DUPLICATE")
+        return dup
+    a, b = run(["jz", "xl"]), run(["xl", "jz"])
+    assert a["hit_id"] == b["hit_id"] and a["record_key"] == "130822/sys/XL1"  # the earlier report is the record
+
+
+def test_reports_sharing_two_identifiers_make_one_border_duplicate_and_a_replay_none():
+    bus = Bus()
+    suspect = person(ID18, "SUSPECT")
+    bus.publish("incident", report("120119", "JZ1", persons=[suspect]))
+    result = bus.dedupe.process([Incoming("intel.incident", 0, 77, b"130822/sys/XL1", json.dumps(
+        report("130822", "XL1", minutes=5, km_north=1, persons=[suspect])).encode())], T0)
+    bus.records.commit()
+    requests = [Incoming(MATCH_TOPIC, o.partition, 0, o.key, o.value) for o in result.outputs if o.topic == MATCH_TOPIC]
+    bus._run(bus.match, bus.index, requests, T0)
+    bus._run(bus.match, bus.index, requests, T0)  # the match requests read again after a crash
+    dups = of_type(bus, "BORDER_DUPLICATE")
+    assert len(dups) == 1
+    assert len([k for k, h in bus.hits if h["hit_type"] == "BORDER_DUPLICATE"]) == 2  # one copy per province, once
+
+
+@pytest.mark.parametrize("second", [
+    dict(minutes=5, km_north=50),    # 50 km apart: two incidents
+    dict(minutes=180, km_north=1),   # three hours apart
+    dict(minutes=5, km_north=1, place=False),  # no coordinates: cannot judge "a few km"
+    dict(minutes=5, km_north=1, itype="CHECKPOINT_CHECK"),  # a check is a sighting, not a report
+])
+def test_no_border_duplicate_when_far_apart_late_without_a_place_or_not_a_report(second):
+    bus = Bus()
+    bus.publish("incident", report("120119", "JZ1"))
+    bus.publish("incident", report("130822", "XL1", **second))
+    assert of_type(bus, "BORDER_DUPLICATE") == []
+
+
+def test_no_border_duplicate_between_a_county_and_its_own_province():
+    bus = Bus()
+    bus.publish("incident", report("130822", "XL1"))
+    bus.publish("incident", report("130000", "HB1", minutes=2, km_north=1))
+    assert of_type(bus, "BORDER_DUPLICATE") == []
+
+
+def test_a_report_typed_in_hours_later_still_meets_the_report_of_its_time():
+    bus = Bus()
+    bus.publish("incident", report("120119", "JZ1", minutes=0), now=T0)
+    bus.publish("incident", report("130822", "XL1", minutes=-20, km_north=1), now=T0 + 4 * 3600_000)
+    assert len(of_type(bus, "BORDER_DUPLICATE")) == 1
+
+
+def test_the_reports_kept_per_identifier_are_pruned_by_event_time_and_bounded():
+    bus = Bus()
+    bus.match.reports_per_identifier = 5
+    key = b"PHONE:13800138000"
+    part = zlib.crc32(key) % P
+
+    def kept():
+        return [r["key"] for r in json.loads(bus.index.get(part, key))["reports"]]
+    bus.publish("incident", report("120119", "OLD", minutes=0))
+    bus.publish("incident", report("120119", "NEW", minutes=61))  # more than twice 30 minutes later
+    assert kept() == ["120119/sys/NEW"]
+    for i in range(8):
+        bus.publish("incident", report("120119", f"R{i}", minutes=62 + i))
+    assert len(kept()) == 5 and kept()[-1] == "120119/sys/R7"
+    # a report older than what is kept is compared, not kept
+    bus.publish("incident", report("130822", "XL-OLD", minutes=-100))
+    assert "130822/sys/XL-OLD" not in kept()
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(seed=4, count=3000),
+    # accidental border duplicates: two neighbouring districts, many linked cases, no deliberate pairs
+    dict(seed=5, count=3000, regions=("110105", "110108"), border_duplicate_rate=0.0, case_link_rate=0.5),
+])
+def test_the_simulators_traffic_through_the_three_stages_gives_exactly_its_truth(cfg):
+    from producers.simulator import SimConfig, Simulation
+    from schemas.records import validate_record
+
+    sim = Simulation(SimConfig(start_ms=T0, **cfg))
+    bus = Bus()
+    for item in sim.records():
+        if not item.invalid:
+            bus.publish(item.kind, validate_record(item.kind, item.record, now_ms=T0))
+    assert sim.truth.summary()["hits_by_type"].get("BORDER_DUPLICATE")
+    assert set(bus.distinct_hits()) == set(sim.truth.hits)
+
+
+def test_the_border_duplicate_window_and_distance_are_settings():
+    from stream_jobs.app import border_duplicate_settings
+
+    assert border_duplicate_settings({}) == {"border_window_ms": 30 * MIN, "border_km": 5.0}
+    tighter = border_duplicate_settings({"INTELBUS_BORDER_DUPLICATE_WINDOW_MIN": "10", "INTELBUS_BORDER_DUPLICATE_KM": "2.5"})
+    assert tighter == {"border_window_ms": 10 * MIN, "border_km": 2.5}
+    bus = Bus()
+    bus.match.border_window_ms, bus.match.border_km = tighter["border_window_ms"], tighter["border_km"]
+    bus.publish("incident", report("120119", "JZ1"))
+    bus.publish("incident", report("130822", "XL1", minutes=8, km_north=3))  # 3 km: beyond 2.5
+    bus.publish("incident", report("130822", "XL2", minutes=12, km_north=1))  # 12 min: beyond 10
+    assert of_type(bus, "BORDER_DUPLICATE") == []
