@@ -9,9 +9,17 @@ Publication runs in phases, so that what must be known before a sighting is on t
 first: (1) listings and watches, (2) traffic with sightings, (3) closings (arrests,
 cancellations, late older revisions), (4) traffic again, where sightings of closed records
 must give no hit. Sightings are judged by event time, as the matcher judges them.
+
+Case reports carry a place (lat/lon near their region's centre), and a few incidents are
+reported twice, by two agencies on either side of a border (Jizhou and Xinglong, Pinggu and
+Jizhou), minutes and 1-3 km apart with the same suspect and phone. The truth's border
+duplicates are not injected one by one: once every record is made, every pair of case
+reports that share an identifier is judged by the rule (`_border_duplicates`, written here
+apart from the stream jobs' own), so accidental ones in the random traffic count too.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,6 +42,20 @@ GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英�
 PLATE_PREFIX = {"11": "京", "12": "津", "13": "冀", "32": "苏", "43": "湘", "41": "豫", "44": "粤"}
 CHECK_TYPES = ("CHECKPOINT_CHECK", "HOTEL_CHECKIN", "RESIDENCE_REGISTRATION")
 CASE_TYPES = ("THEFT", "FRAUD", "ROBBERY", "DRUGS", "ASSAULT")
+# Approximate centres (lat, lon) of DEFAULT_REGIONS (gateway/static/places.csv): case reports
+# are placed around them. A region without one gets reports without a place.
+CENTRES = {
+    "110105": (39.921, 116.486), "110108": (39.960, 116.298), "110112": (39.902, 116.657), "110117": (40.141, 117.121),
+    "120101": (39.118, 117.195), "120114": (39.384, 117.044), "120119": (40.046, 117.408), "130822": (40.418, 117.501),
+    "131002": (39.520, 116.694), "131022": (39.438, 116.299), "320281": (31.910, 120.285), "320500": (31.299, 120.585),
+    "433125": (28.699, 109.660), "411425": (34.400, 115.863), "440300": (22.543, 114.058),
+}
+# Two agencies on either side of a border, and a point on it: where incidents get reported twice.
+BORDERS = (("120119", "130822", (40.230, 117.450)),   # Jizhou (Tianjin) | Xinglong (Hebei)
+           ("110117", "120119", (40.100, 117.280)))   # Pinggu (Beijing) | Jizhou (Tianjin)
+# The border-duplicate rule (DOMAIN.md 5 and 10), as the jobs' defaults
+DUPLICATE_WINDOW_MS = 30 * 60_000
+DUPLICATE_KM = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class SimConfig:
     sighting_rate: float = 0.03      # share of checks and stops carrying a wanted person or watched plate
     case_link_rate: float = 0.05     # share of case incidents that reuse an earlier case's phone or plate
     duplicate_rate: float = 0.03
+    border_duplicate_rate: float = 0.01  # share of case incidents reported by two agencies across a border
     invalid_rate: float = 0.002
     regions: tuple[str, ...] = DEFAULT_REGIONS
     start_ms: int | None = None      # event time of the first record (default: now)
@@ -88,6 +111,14 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=CST).isoformat(timespec="milliseconds")
 
 
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance (haversine, mean Earth radius 6371 km)."""
+    (lat1, lon1), (lat2, lon2) = a, b
+    h = math.sin(math.radians(lat2 - lat1) / 2) ** 2 + \
+        math.cos(math.radians(lat1)) * math.cos(math.radians(lat2)) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0 * math.atan2(math.sqrt(h), math.sqrt(1 - h))
+
+
 def is_within(code: str, other: str) -> bool:
     """code is other or inside it (by the code's structure: XX0000 province, XXYY00 city)."""
     if code == other:
@@ -116,6 +147,10 @@ class Simulation:
         self._recent: list[SimRecord] = []
         self._case_ids: dict[str, list[dict]] = {}   # identifier -> earlier case incidents carrying it
         self._case_pool: list[str] = []
+        self._reports: list[dict] = []  # every case report made, for the border-duplicate truth
+        # places and border incidents draw from their own generator, so the rest of the
+        # traffic is what the seed gave before places existed
+        self._geo = random.Random(f"geo-{cfg.seed}")
         self.wanted: list[dict] = []    # {key, region, id18, given_id, rev, open, closed_at, phones}
         self.watches: list[dict] = []   # {key, region, plate}
 
@@ -199,6 +234,7 @@ class Simulation:
         yield from self._closings()
         while self._seq < cfg.count:
             yield from self._traffic(cfg.count - self._seq, phase=4)
+        self._border_duplicates()
 
     def _setup(self) -> Iterator[SimRecord]:
         rng = self.rng
@@ -229,7 +265,8 @@ class Simulation:
 
     def _traffic(self, n: int, phase: int) -> Iterator[SimRecord]:
         rng, cfg = self.rng, self.cfg
-        for _ in range(n):
+        end = self._seq + n
+        while self._seq < end:
             if self._recent and rng.random() < cfg.duplicate_rate:
                 original = rng.choice(self._recent[-1000:])
                 self.truth.duplicates += 1
@@ -247,7 +284,10 @@ class Simulation:
             elif roll < 0.77:
                 yield self._traffic_stop(phase)
             elif roll < 0.95:
-                yield self._case(phase)
+                if self._seq + 2 <= end and self._geo.random() < cfg.border_duplicate_rate:
+                    yield from self._border_pair(phase)  # two records (it ticks between them)
+                else:
+                    yield self._case(phase)
             else:
                 yield self._assist_request(phase)
             self._tick()
@@ -300,9 +340,29 @@ class Simulation:
             occurred -= 40 * DAY_MS  # a case reported late: outside any link window
         suspect = self._person(self._new_person_id(), "SUSPECT")
         itype = rng.choice(CASE_TYPES)
-        rec = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}AJ{region}{self._seq:08d}", occurred=occurred), "incident_type": itype,
-               "case_no": f"A{region}{self._seq:010d}", "title": f"{itype.lower()} case",
-               "location": {"region": region}, "persons": [suspect], "phones": [phone]}
+        rec = self._case_record(region, occurred, itype, suspect, phone, self._place_near(region))
+        self._link_case(rec, phone)
+        if linked is None and not backdated:
+            self._case_pool.append(f"PHONE:{phone}")
+        return self._emit("incident", rec, phase)
+
+    def _case_record(self, region: str, occurred: int, itype: str, suspect: dict, phone: str, place,
+                     located_in: str | None = None) -> dict:
+        location = {"region": located_in or region}
+        if place is not None:
+            location["lat"], location["lon"] = place
+        rec = {**self._envelope("incident", region, f"{self.cfg.ref_prefix}AJ{region}{self._seq:08d}", occurred=occurred),
+               "incident_type": itype, "case_no": f"A{region}{self._seq:010d}", "title": f"{itype.lower()} case",
+               "location": location, "persons": [suspect], "phones": [phone]}
+        if place is not None:
+            self._reports.append({"record": rec, "key": self._key(rec), "event_id": self._event_id(rec), "source": region,
+                                  "occurred": occurred, "place": place,
+                                  "ids": (f"RESIDENT_ID:{suspect['id_number']}", f"PHONE:{phone}")})
+        return rec
+
+    def _link_case(self, rec: dict, phone: str) -> None:
+        """Expect a CASE_LINK with every earlier case of another region (where it happened) within 30 days."""
+        region, occurred = rec["location"]["region"], self._ms(rec["occurred_at"])
         ident = f"PHONE:{phone}"
         entry = {"key": self._key(rec), "region": region, "occurred": occurred, "event_id": self._event_id(rec)}
         for earlier in self._case_ids.get(ident, []):
@@ -312,9 +372,66 @@ class Simulation:
                            "source_ref": second["key"].split("/", 2)[2], "revision": 1}
                 self._expect("CASE_LINK", first["key"], first["region"], trigger, second["region"], "PHONE", phone)
         self._case_ids.setdefault(ident, []).append(entry)
-        if linked is None and not backdated:
-            self._case_pool.append(ident)
-        return self._emit("incident", rec, phase)
+
+    @staticmethod
+    def _ms(iso: str) -> int:
+        return round(datetime.fromisoformat(iso).timestamp() * 1000)
+
+    def _place_near(self, region: str):
+        """Within about 17 km of the region's centre (None for a region without one)."""
+        centre = CENTRES.get(region)
+        if centre is None:
+            return None
+        return (round(centre[0] + self._geo.uniform(-0.15, 0.15), 6), round(centre[1] + self._geo.uniform(-0.2, 0.2), 6))
+
+    def _border_pair(self, phase: int) -> Iterator[SimRecord]:
+        """One incident on a border reported by the agencies of both sides: the same suspect and
+        phone, the second report 1-20 minutes before or after and 1-3 km from the first; its
+        place named as its own region or as the first's (then it is no case link)."""
+        geo = self._geo
+        first_region, second_region, (lat, lon) = geo.choice(BORDERS)
+        if geo.random() < 0.5:
+            first_region, second_region = second_region, first_region
+        here = (round(lat + geo.uniform(-0.01, 0.01), 6), round(lon + geo.uniform(-0.01, 0.01), 6))
+        km, bearing = geo.uniform(1.0, 3.0), geo.uniform(0, 2 * math.pi)
+        there = (round(here[0] + km / 111.2 * math.cos(bearing), 6),
+                 round(here[1] + km / (111.2 * math.cos(math.radians(here[0]))) * math.sin(bearing), 6))
+        occurred = self.t
+        later = occurred + geo.choice((-1, 1)) * geo.randint(1, 20) * 60_000
+        located_in = second_region if geo.random() < 0.5 else first_region
+        suspect_id, phone, itype = self._new_person_id(), self._fresh_phone(), geo.choice(CASE_TYPES)
+        first = self._case_record(first_region, occurred, itype, self._person(suspect_id, "SUSPECT"), phone, here)
+        self._link_case(first, phone)
+        yield self._emit("incident", first, phase)
+        self._tick()
+        second = self._case_record(second_region, later, geo.choice(CASE_TYPES), self._person(suspect_id, "SUSPECT"),
+                                   phone, there, located_in)
+        self._link_case(second, phone)
+        yield self._emit("incident", second, phase)
+
+    def _border_duplicates(self) -> None:
+        """Expect a BORDER_DUPLICATE for every pair of case reports made that share an identifier,
+        were published by regions neither of which is inside the other, happened at most 30
+        minutes and 5 km apart. Brute force over every pair sharing an identifier: no window,
+        no bound, no order of arrival, none of the stream jobs' code."""
+        by_identifier: dict[str, list[int]] = {}
+        for n, r in enumerate(self._reports):
+            for ident in r["ids"]:
+                by_identifier.setdefault(ident, []).append(n)
+        pairs: dict[tuple[int, int], str] = {}
+        for ident, members in by_identifier.items():
+            for i, a in enumerate(members):
+                for b in members[i + 1:]:
+                    pairs.setdefault((a, b), ident)
+        for (a, b), ident in pairs.items():
+            ra, rb = self._reports[a], self._reports[b]
+            if is_within(ra["source"], rb["source"]) or is_within(rb["source"], ra["source"]):
+                continue
+            if abs(ra["occurred"] - rb["occurred"]) > DUPLICATE_WINDOW_MS or _km(ra["place"], rb["place"]) > DUPLICATE_KM:
+                continue
+            first, second = sorted((ra, rb), key=lambda r: (r["occurred"], r["event_id"]))
+            kind, value = ident.split(":", 1)
+            self._expect("BORDER_DUPLICATE", first["key"], first["source"], second["record"], second["source"], kind, value)
 
     def _assist_request(self, phase: int) -> SimRecord:
         rng = self.rng

@@ -67,3 +67,42 @@ def test_csv_bad_cells_and_column_counts():
     assert lines[0].error == "revision: 'two' is not an integer"
     assert lines[1].error == "has 1 columns, the header has 2"
     assert lines[2].record == {"source_ref": "R3", "revision": 3}
+
+
+def _border_duplicates_by_the_jobs_rule(sim_records, start_ms):
+    """Every pair of the run's valid records judged by stream_jobs.rules (not the simulator's code)."""
+    from itertools import combinations
+
+    from schemas.ids import hit_id
+    from schemas.regions import load_regions
+    from stream_jobs import rules
+
+    regions = load_regions()
+    incidents = [validate_record("incident", i.record, now_ms=start_ms) for i in sim_records
+                 if i.kind == "incident" and not i.invalid and not i.duplicate]
+    found = set()
+    for a, b in combinations([r for r in incidents if rules.border_duplicate_identifiers(r)], 2):
+        if rules.border_duplicate_on(a, b, is_within=regions.is_within):
+            first, second = sorted((a, b), key=lambda r: (r["occurred_at"], r["event_id"]))
+            found.add(hit_id(rules.record_key_of(first), second["event_id"], "BORDER_DUPLICATE"))
+    return found
+
+
+def test_the_truths_border_duplicates_are_the_deliberate_pairs_and_agree_with_the_jobs_rule():
+    sim = Simulation(SimConfig(seed=4, count=3000, start_ms=1_790_000_000_000))
+    items = list(sim.records())
+    truth = {h for h, v in sim.truth.hits.items() if v["hit_type"] == "BORDER_DUPLICATE"}
+    assert len(truth) >= 3
+    assert all({v["owner_region"], v["hit_region"]} in ({"120119", "130822"}, {"110117", "120119"})
+               for h, v in sim.truth.hits.items() if h in truth)  # Jizhou|Xinglong, Pinggu|Jizhou
+    assert truth == _border_duplicates_by_the_jobs_rule(items, 1_790_000_000_000)
+    assert len(items) == 3000  # a pair is two of the records asked for, not more
+
+
+def test_border_duplicates_that_random_traffic_makes_by_accident_are_in_the_truth():
+    # two neighbouring Beijing districts, many linked cases, no deliberate pairs
+    sim = Simulation(SimConfig(seed=5, count=3000, start_ms=1_790_000_000_000, regions=("110105", "110108"),
+                               border_duplicate_rate=0.0, case_link_rate=0.5))
+    items = list(sim.records())
+    truth = {h for h, v in sim.truth.hits.items() if v["hit_type"] == "BORDER_DUPLICATE"}
+    assert truth and truth == _border_duplicates_by_the_jobs_rule(items, 1_790_000_000_000)
