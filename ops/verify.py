@@ -24,6 +24,7 @@ class Verdict:
     distinct_events: int = 0
     expected_duplicates: int = 0
     duplicates_dropped: int = 0      # distinct input messages on intel.duplicates (a replayed drop counts once)
+    by_type: dict = field(default_factory=dict)  # hit type -> {expected, found, missing, false}
 
     @property
     def recall(self) -> float:
@@ -39,7 +40,7 @@ class Verdict:
                 "missing": len(self.missing), "false_hits": len(self.false_hits),
                 "duplicate_hits": self.duplicate_hits, "expected_events": self.expected_events,
                 "distinct_events": self.distinct_events, "expected_duplicates": self.expected_duplicates,
-                "duplicates_dropped": self.duplicates_dropped, "exact": self.exact}
+                "duplicates_dropped": self.duplicates_dropped, "by_type": self.by_type, "exact": self.exact}
 
 
 def load_truth(path: str) -> tuple[dict, dict[str, dict]]:
@@ -107,6 +108,7 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
         for hid, h in found.items() if hid not in expected
     ]
     verdict.duplicate_hits = sum(len(keys) - len(set(keys)) for keys in copies.values())
+    verdict.by_type = hits_by_type(expected, found)
     events = set()
     unique_topics = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique"]
     for msg in read_topic(settings, unique_topics, idle_seconds=idle_seconds):
@@ -120,6 +122,20 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
     verdict.duplicates_dropped = count_dropped_duplicates(
         (msg.value() for msg in read_topic(settings, ["intel.duplicates"], idle_seconds=idle_seconds)), prefix)
     return verdict
+
+
+def hits_by_type(expected: dict, found: dict) -> dict:
+    """Per hit type: hits expected, found (of that type on the bus), missing and false."""
+    out: dict[str, dict] = {}
+    for hid, h in expected.items():
+        t = out.setdefault(h["hit_type"], {"expected": 0, "found": 0, "missing": 0, "false": 0})
+        t["expected"] += 1
+        t["missing"] += hid not in found
+    for hid, h in found.items():
+        t = out.setdefault(h["hit_type"], {"expected": 0, "found": 0, "missing": 0, "false": 0})
+        t["found"] += 1
+        t["false"] += hid not in expected
+    return dict(sorted(out.items()))
 
 
 def count_dropped_duplicates(values, prefix: str) -> int:

@@ -30,3 +30,13 @@ def test_a_verdict_is_exact_only_with_the_expected_duplicates():
 
 def test_messages_that_are_not_drops_are_skipped():
     assert count_dropped_duplicates([b"xxxx", b"[1]", b'{"a": 1}', drop("G1-1", "intel.wanted/1/5")], "G1-") == 1
+
+
+def test_hits_are_counted_per_type_with_what_is_missing_and_false():
+    from ops.verify import hits_by_type
+
+    expected = {"a": {"hit_type": "CASE_LINK"}, "b": {"hit_type": "BORDER_DUPLICATE"}, "c": {"hit_type": "BORDER_DUPLICATE"}}
+    found = {"a": {"hit_type": "CASE_LINK"}, "b": {"hit_type": "BORDER_DUPLICATE"}, "x": {"hit_type": "BORDER_DUPLICATE"}}
+    assert hits_by_type(expected, found) == {
+        "BORDER_DUPLICATE": {"expected": 2, "found": 2, "missing": 1, "false": 1},
+        "CASE_LINK": {"expected": 1, "found": 1, "missing": 0, "false": 0}}
