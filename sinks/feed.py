@@ -6,8 +6,10 @@ The gateway reads the feed (gateway/feed.py) and decides what the caller may see
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
+from datetime import datetime
 
 from schemas.times import cst
 from sinks.queries import display_width, pad
@@ -51,7 +53,8 @@ def _age(at, now: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago"
 
 
-_TYPE_ZH = {"WANTED_PERSON": "在逃人员", "WATCH_MATCH": "布控比中", "CASE_LINK": "串并案线索"}
+_TYPE_ZH = {"WANTED_PERSON": "在逃人员", "WATCH_MATCH": "布控比中", "CASE_LINK": "串并案线索",
+            "BORDER_DUPLICATE": "疑似重复报告"}
 
 
 def render_block(hit: dict, regions, now: float | None = None) -> str:
@@ -62,6 +65,8 @@ def render_block(hit: dict, regions, now: float | None = None) -> str:
     def region(code):
         return f"{code} {regions.name(code)}"
 
+    if hit["hit_type"] == "BORDER_DUPLICATE":
+        return _render_duplicate(hit, region, now)
     if hit["record_kind"] == "WANTED":
         person = record.get("person", {})
         what = (f"wanted {record.get('source_ref')} rev {record.get('revision')}: {person.get('name') or ''} "
@@ -107,5 +112,47 @@ def render_alert_block(alert: dict, regions, now: float | None = None) -> str:
     ]
     width = max(display_width(label) for label, _ in rows)
     lines = [f"── alert {alert['event_id']} " + "─" * 14]
+    lines += [f"  {pad(label, width)}  {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def _report_line(r: dict) -> str:
+    loc = r.get("location") or {}
+    place = f" ({loc['lat']:.4f}, {loc['lon']:.4f})" if loc.get("lat") is not None and loc.get("lon") is not None else ""
+    return (f"{r.get('source_system')}/{r.get('source_ref')}: {r.get('incident_type')} at {cst(r.get('occurred_at'))}"
+            f" in {loc.get('region') or '-'}{place} {loc.get('address') or ''}").strip()
+
+
+def _apart(a: dict, b: dict) -> str:
+    """'12 min, 2.1 km apart' between two reports (what the bus judged them by)."""
+    parts = []
+    try:
+        minutes = abs(datetime.fromisoformat(str(b["occurred_at"])) - datetime.fromisoformat(str(a["occurred_at"])))
+        parts.append(f"{minutes.total_seconds() / 60:.0f} min")
+    except (KeyError, TypeError, ValueError):
+        pass
+    la, lb = a.get("location") or {}, b.get("location") or {}
+    if None not in (la.get("lat"), la.get("lon"), lb.get("lat"), lb.get("lon")):
+        p1, p2 = math.radians(la["lat"]), math.radians(lb["lat"])
+        h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lb["lon"] - la["lon"]) / 2) ** 2
+        parts.append(f"{2 * 6371.0 * math.asin(min(1.0, math.sqrt(h))):.1f} km")
+    return ", ".join(parts) + " apart" if parts else "-"
+
+
+def _render_duplicate(hit: dict, region, now: float) -> str:
+    """A possible border duplicate: the two reports side by side, both kept (never merged)."""
+    first, second = hit["record"], hit["trigger"]
+    rows = [
+        ("命中 hit", f"{hit['hit_type']} {_TYPE_ZH['BORDER_DUPLICATE']} possible duplicate · {hit['classification']} · "
+                    f"{_age(hit['detected_at'], now)}"),
+        ("报告一 report 1", f"{region(hit['owner_region'])} · {_report_line(first)}"),
+        ("报告二 report 2", f"{region(hit['hit_region'])} · {_report_line(second)}"),
+        ("相距 apart", _apart(first, second)),
+        ("比中 matched on", f"{hit['matched_on']['kind']} {hit['matched_on']['value']}"),
+        ("处理 action", "可能为同一警情, 请双方核实; 两份报告均保留 (both reports kept, not merged)"),
+        ("通知 notify", ", ".join(hit["notify_regions"])),
+    ]
+    width = max(display_width(label) for label, _ in rows)
+    lines = [f"── {hit['hit_id']} " + "─" * 20]
     lines += [f"  {pad(label, width)}  {value}" for label, value in rows]
     return "\n".join(lines)

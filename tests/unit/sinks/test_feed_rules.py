@@ -49,3 +49,23 @@ def test_times_are_shown_in_china_standard_time():
     assert cst(1_795_000_000) == "2026-11-18 19:06:40 CST"
     assert cst(datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)) == "2026-12-01 04:00:00 CST"
     assert cst(None) == "-"
+
+
+def test_a_border_duplicate_block_shows_both_reports_how_far_apart_and_that_both_are_kept():
+    from sinks.feed import render_block
+
+    def report(region, ref, at, lat):
+        return {"source_region": region, "source_system": "jwzh", "source_ref": ref, "incident_type": "THEFT",
+                "occurred_at": at, "location": {"region": region, "address": None, "lat": lat, "lon": 117.45}}
+    hit = {"hit_id": "h1", "hit_type": "BORDER_DUPLICATE", "classification": "INTERNAL",
+           "detected_at": datetime.now(tz=timezone.utc), "owner_region": "120119", "hit_region": "130822",
+           "matched_on": {"kind": "PHONE", "value": "13800138000"}, "notify_regions": ["120119", "130822"],
+           "record_kind": "INCIDENT", "record": report("120119", "AJ-1", "2026-11-30T01:00:00.000+00:00", 40.23),
+           "trigger": report("130822", "AJ-2", "2026-11-30T01:12:00.000+00:00", 40.248)}
+    text = render_block(hit, REGIONS)
+    assert "疑似重复报告 possible duplicate" in text
+    assert "120119 蓟州区 · jwzh/AJ-1: THEFT at 2026-11-30 09:00:00 CST" in text
+    assert "130822 兴隆县 · jwzh/AJ-2: THEFT at 2026-11-30 09:12:00 CST" in text
+    assert "12 min, 2.0 km apart" in text and "both reports kept" in text
+    lines = text.splitlines()[1:]
+    assert len({display_width(l[:re.match(r"^  \S.*?\s{2,}(?=\S)", l).end()]) for l in lines}) == 1
