@@ -17,7 +17,8 @@ from ops.settings import REPO_ROOT
 KAFKA_POM = REPO_ROOT / "ops" / "kafka" / "pom.xml"
 REGISTRY_POM = REPO_ROOT / "ops" / "registry" / "pom.xml"
 # chromium: the console's browser tests (Playwright drives it); a CJK font so it renders the Chinese labels
-APT_PACKAGES = ("clickhouse-server", "clickhouse-client", "chromium", "fonts-wqy-microhei")
+APT_PACKAGES = ("clickhouse-server", "clickhouse-client", "chromium", "fonts-wqy-microhei",
+                "systemd")  # systemd-analyze and systemd-sysusers check ops/systemd/ in the suite
 
 
 class Missing(RuntimeError):
