@@ -16,6 +16,7 @@ COMMANDS = [
     ("up", "start the local stack (Kafka, schema registry, ClickHouse, jobs, sink, gateway) in the background", "ops.commands:add_up"),
     ("down", "stop what `up` started; data stays (use --purge to delete .stack/)", "ops.commands:add_down"),
     ("status", "one line per component: up/down, address, pid, uptime (--json); exit 0 only if all healthy", "ops.commands:add_status"),
+    ("supervise", "restart crashed components of the local stack with backoff (`up` starts it in the background)", "ops.supervise:add_supervise"),
     ("config", "print the effective settings and the environment variables that change them", "ops.commands:add_config"),
     ("install", "install what the local stack needs (apt packages, Kafka and registry from Maven Central)", "ops.commands:add_install"),
     ("acls", "who may do what on the broker: apply ops/acls.yaml's rules and SCRAM credentials, report drift", "ops.acls:add_acls"),

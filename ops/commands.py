@@ -22,7 +22,8 @@ def add_up(p):
                         "kept by later `up`s until `down --purge`")
     p.epilog = ("Starts each component that is not running, waits until it is healthy, then creates\n"
                 "the broker's credentials and ACLs (ops/acls.yaml), missing topics, registers schemas\n"
-                "and applies ClickHouse migrations. Safe to repeat.\n\n"
+                "and applies ClickHouse migrations. Safe to repeat. Then a supervisor (`intelbus supervise`)\n"
+                "restarts any component that crashes (1 s, 2 s, 4 s ... 30 s apart) until `intelbus down`.\n\n"
                 "With --tls, a client reaches the TLS listener with\n"
                 "  INTELBUS_KAFKA=127.0.0.1:9094 INTELBUS_KAFKA_SECURITY=security.protocol=SASL_SSL,ssl.ca.location=.stack/tls/ca.pem")
 
@@ -41,6 +42,9 @@ def add_up(p):
         print()
         for s in statuses:
             print(s.line())
+        from ops.supervise import supervisor_line, supervisor_status
+
+        print(supervisor_line(supervisor_status(stack.settings)))
         return 0 if all(s.healthy for s in statuses) else 1
 
     return run
@@ -72,13 +76,17 @@ def add_status(p):
 
     def run(args):
         from ops.stack import status_json
+        from ops.supervise import supervisor_line, supervisor_status
 
+        settings = load_settings()
         statuses = _stack().status()
+        supervisor = supervisor_status(settings)
         if args.json:
-            print(status_json(statuses))
+            print(status_json(statuses, supervisor))
         else:
             for s in statuses:
                 print(s.line())
+            print(supervisor_line(supervisor))
             base = load_settings().metrics_port_base
             print(f"(while they run: `intelbus simulate` serves metrics on http://127.0.0.1:{base + 30}/metrics, "
                   f"`intelbus publish` on :{base + 31}; Prometheus config: ops/prometheus/)")

@@ -278,6 +278,7 @@ class ClickHouse(Component):
 
     def prepare(self) -> None:
         self.binary = install.clickhouse_server_binary()
+        self._wait_for_status_lock()
         for sub in ("data", "tmp", "user_files", "format_schemas"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         (self.stack / "logs").mkdir(parents=True, exist_ok=True)
@@ -296,6 +297,29 @@ class ClickHouse(Component):
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(render_users_xml(ensure_clickhouse_passwords(self.settings)))
+
+    def _wait_for_status_lock(self, timeout: float = 30.0) -> None:
+        """Wait until no server holds data/status. ClickHouse locks it while it runs and a second
+        server in the same directory exits at once ("Another server instance in same directory is
+        already running"): after a SIGKILL the old server's last threads can hold it a while after
+        its pid shows as dead, and an `up` in that window failed where the next one succeeded."""
+        import fcntl
+        import time
+
+        status = self.home / "data" / "status"
+        deadline = time.monotonic() + timeout
+        while status.exists():
+            with open(status, "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                    return
+                except BlockingIOError:
+                    pass
+            if time.monotonic() > deadline:
+                raise install.Missing(f"another ClickHouse server still holds {status} after {timeout:.0f}s "
+                                      f"(`fuser {status}` names it): stop it first")
+            time.sleep(0.2)
 
     def command(self):
         argv = [self.binary]

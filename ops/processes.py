@@ -5,6 +5,8 @@ A pid file records the pid, the start time and a marker from the command line, s
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -35,10 +37,33 @@ class PidRecord:
         # re-executes itself): still ours.
         return not cmdline.strip() or self.marker in cmdline
 
+    def gone(self) -> bool:
+        """True once no thread of the recorded process runs any more.
 
-def _is_zombie(pid: int) -> bool:
+        A killed multi-threaded server's main thread turns zombie first, so `alive()` is already
+        False while its other threads still hold its ports and file locks (ClickHouse's
+        data/status): a new server started in that window refuses to run.
+        """
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return True
+        if not _is_zombie(self.pid):
+            return not self.alive()  # still running, or the pid now belongs to another program
+        return all(_is_zombie(self.pid, task) for task in tasks)
+
+    def wait_gone(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.gone():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+def _is_zombie(pid: int, task: str | None = None) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
     # state is the field after the parenthesised command name
@@ -70,6 +95,23 @@ class PidFiles:
     def names(self) -> list[str]:
         """Every process with a pid file, in name order."""
         return sorted(p.stem for p in self.run_dir.glob("*.pid"))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, blocking: bool = True):
+        """Hold `name`'s lock while deciding to start or stop it (`up`, `down` and the supervisor
+        take it, so no two of them start the same component). Yields False when not blocking
+        and someone else holds it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / f"{name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None) -> PidRecord:

@@ -21,13 +21,16 @@ class ComponentStatus:
     uptime_s: float | None
     log: str
     managed: bool  # started by `intelbus up` (pid file) rather than found running
+    restarts: int = 0  # by the supervisor, after crashes (ops/supervise.py)
 
     def line(self) -> str:
         state = "up" if self.healthy else "down"
         pid = str(self.pid) if self.pid else "-"
         uptime = _human_duration(self.uptime_s) if self.uptime_s is not None else "-"
         origin = "" if self.managed or not self.healthy else "  (not started by intelbus up)"
-        return f"{self.name:<11} {state:<5} {self.address:<32} pid {pid:<8} uptime {uptime:<9} log {self.log}{origin}"
+        restarts = f"  restarted {self.restarts}x after crashes" if self.restarts else ""
+        return (f"{self.name:<11} {state:<5} {self.address:<32} pid {pid:<8} uptime {uptime:<9} "
+                f"log {self.log}{origin}{restarts}")
 
 
 def _human_duration(seconds: float) -> str:
@@ -47,6 +50,9 @@ class Stack:
         self.out = out
 
     def status(self) -> list[ComponentStatus]:
+        from ops.supervise import read_state
+
+        restarts = {name: w.get("restarts", 0) for name, w in read_state(self.settings).items()}
         result = []
         for c in self.components:
             record = self.pids.read(c.name)
@@ -60,15 +66,17 @@ class Stack:
                     uptime_s=(time.time() - record.started_at) if alive else None,
                     log=str(c.log),
                     managed=alive,
+                    restarts=restarts.get(c.name, 0),
                 )
             )
         return result
 
-    def up(self, *, timeout: float | None = None, on_infra_ready=None) -> list[ComponentStatus]:
+    def up(self, *, timeout: float | None = None, on_infra_ready=None, supervise: bool = True) -> list[ComponentStatus]:
         """Start what is not running, wait until each is healthy. Safe to run twice.
 
         on_infra_ready runs once the servers answer and before intelbus's own services
-        start (they need topics, schemas and tables).
+        start (they need topics, schemas and tables). With supervise, a supervisor process
+        (`intelbus supervise`) then restarts whatever crashes, until `down`.
         """
         ready_called = False
         for c in self.components:
@@ -78,30 +86,52 @@ class Stack:
             self._start(c, timeout or c.start_timeout)
         if on_infra_ready and not ready_called:
             on_infra_ready()
+        if supervise:
+            from ops.supervise import ensure_supervisor
+
+            ensure_supervisor(self.settings, out=self.out)
         return self.status()
 
+    def launch(self, c: Component, *, blocking: bool = True):
+        """Spawn c unless its recorded process runs: (record, spawned), or None when not blocking
+        and `up`, `down` or the supervisor is deciding about c at this moment.
+
+        Holds c's lock from the check to the pid file written, so `up` and the supervisor never
+        start the same component twice, and `down` never races a start."""
+        with self.pids.lock(c.name, blocking=blocking) as locked:
+            if not locked:
+                return None
+            record = self.pids.read(c.name)
+            if record and record.alive():
+                return record, False
+            if record and not record.wait_gone(30):
+                raise Missing(f"{c.name} (pid {record.pid}) was killed but is still exiting after 30s; try again")
+            if c.healthy():
+                return None, False
+            if not c.is_local():
+                raise Missing(f"{c.name} at {c.address} is not reachable, and intelbus only starts servers on loopback")
+            for port in c.ports:
+                if port_open("127.0.0.1", port):
+                    owner = port_owner(port)
+                    who = f" by pid {owner}" if owner else ""
+                    raise Missing(f"port {port} (needed by {c.name}) is in use{who}: stop that process or change the address in `intelbus config`")
+            c.prepare()
+            argv, env = c.command()
+            record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path)
+            self.pids.write(record)
+            return record, True
+
     def _start(self, c: Component, timeout: float) -> None:
-        record = self.pids.read(c.name)
-        if record and record.alive():
+        started = time.monotonic()
+        record, spawned = self.launch(c)
+        if record is None:
+            self.out(f"{c.name:<11} already answering at {c.address} (not started by intelbus up; left alone)")
+            return
+        if not spawned:
             if self._wait_healthy(c, timeout, record):
                 self.out(f"{c.name:<11} already running at {c.address} (pid {record.pid})")
                 return
             raise Missing(f"{c.name} (pid {record.pid}) runs but is not healthy after {timeout:.0f}s: see {c.log}")
-        if c.healthy():
-            self.out(f"{c.name:<11} already answering at {c.address} (not started by intelbus up; left alone)")
-            return
-        if not c.is_local():
-            raise Missing(f"{c.name} at {c.address} is not reachable, and intelbus only starts servers on loopback")
-        for port in c.ports:
-            if port_open("127.0.0.1", port):
-                owner = port_owner(port)
-                who = f" by pid {owner}" if owner else ""
-                raise Missing(f"port {port} (needed by {c.name}) is in use{who}: stop that process or change the address in `intelbus config`")
-        c.prepare()
-        argv, env = c.command()
-        started = time.monotonic()
-        record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path)
-        self.pids.write(record)
         if not self._wait_healthy(c, timeout, record):
             tail = _tail(c.stdout_log)
             if record.alive():
@@ -123,26 +153,36 @@ class Stack:
         return False
 
     def down(self, *, purge: bool = False, only: set[str] | None = None) -> None:
-        """Stop what `up` started (in reverse order), keep data unless purge."""
+        """Stop what `up` started (in reverse order), keep data unless purge.
+
+        The supervisor goes first, so nothing is restarted behind `down`; a `down` of named
+        components leaves it running: they have no pid file any more, which it reads as
+        'stopped on purpose'."""
+        from ops.supervise import SUPERVISOR, stop_supervisor
+
+        if only is None:
+            stop_supervisor(self.settings, out=self.out)
         # Processes of an earlier `up` that the settings no longer name (it ran with
         # INTELBUS_JOBS_WORKERS=2, this one with 1): first, while the servers they use still run.
         known = {c.name for c in self.components}
         for name in self.pids.names():
-            if name in known or (only is not None and name not in only):
+            if name in known or name == SUPERVISOR or (only is not None and name not in only):
                 continue
-            record = self.pids.read(name)
-            if record is not None and stop(record):
-                self.out(f"{name:<11} stopped (pid {record.pid}; started by an earlier `intelbus up` with other settings)")
-            self.pids.remove(name)
+            with self.pids.lock(name):
+                record = self.pids.read(name)
+                if record is not None and stop(record):
+                    self.out(f"{name:<11} stopped (pid {record.pid}; started by an earlier `intelbus up` with other settings)")
+                self.pids.remove(name)
         for c in reversed(self.components):
             if only is not None and c.name not in only:
                 continue
-            record = self.pids.read(c.name)
-            if record is None:
-                continue
-            if stop(record):
-                self.out(f"{c.name:<11} stopped (pid {record.pid})")
-            self.pids.remove(c.name)
+            with self.pids.lock(c.name):
+                record = self.pids.read(c.name)
+                if record is None:
+                    continue
+                if stop(record):
+                    self.out(f"{c.name:<11} stopped (pid {record.pid})")
+                self.pids.remove(c.name)
         if purge:
             shutil.rmtree(self.settings.stack_path, ignore_errors=True)
             self.out(f"removed {self.settings.stack_path}")
@@ -156,9 +196,12 @@ def _tail(path, n: int = 1) -> str:
     return " | ".join(lines[-n:])[-300:] if lines else "(empty log)"
 
 
-def status_json(statuses: list[ComponentStatus]) -> str:
+def status_json(statuses: list[ComponentStatus], supervisor: dict | None = None) -> str:
+    doc = {"healthy": all(s.healthy for s in statuses), "components": [asdict(s) for s in statuses]}
+    if supervisor is not None:
+        doc["supervisor"] = supervisor
     return json.dumps(
-        {"healthy": all(s.healthy for s in statuses), "components": [asdict(s) for s in statuses]},
+        doc,
         ensure_ascii=False,
         indent=2,
     )

@@ -1,0 +1,158 @@
+"""The supervisor's decisions (ops/supervise.py), on a clock the test moves."""
+import os
+import signal
+import subprocess
+import sys
+
+from ops.processes import PidFiles
+from ops.supervise import DEAD, RUNNING, STOPPED, Backoff, Watch, decide, describe_exit, restart_failed, restarted
+
+B = Backoff(first_s=1, factor=2, max_s=30, stable_s=60)
+START = 90.0
+
+
+def step(w, seen, now, healthy=None):
+    return decide(w, seen, healthy, now, B, START)
+
+
+def crash_and_restart(w, now):
+    """A crash seen at `now`, then the restart when it is due; returns (delay waited, watch)."""
+    action, w = step(w, DEAD, now)
+    assert action == "crashed"
+    delay = w.restart_at - now
+    assert step(w, DEAD, now + delay - 0.01)[0] == "none"  # not before the backoff is over
+    action, w = step(w, DEAD, now + delay)
+    assert action == "restart"
+    return delay, restarted(w, now + delay)
+
+
+def test_backoff_doubles_from_one_second_to_at_most_thirty():
+    assert [B.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_a_component_crashing_again_before_it_is_healthy_waits_longer_each_time():
+    w, now, delays = Watch(running_since=0.0), 100.0, []
+    for _ in range(7):
+        delay, w = crash_and_restart(w, now)
+        delays.append(delay)
+        now += delay + 0.5  # dies again half a second after each restart, never healthy
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    assert w.restarts == 7
+
+
+def test_after_a_minute_of_running_the_next_crash_waits_one_second_again():
+    w = Watch(running_since=0.0)
+    for now in (10.0, 20.0, 30.0):
+        _, w = crash_and_restart(w, now)
+        action, w = step(w, RUNNING, now + 5, healthy=True)
+        assert action == "recovered"
+    assert w.crashes == 3
+    action, w = step(w, RUNNING, 35 + 59)  # 59 s after it was healthy: not yet stable
+    assert w.crashes == 3
+    action, w = step(w, RUNNING, 35 + 60)
+    assert w.crashes == 0
+    delay, w = crash_and_restart(w, 200.0)
+    assert delay == 1 and w.restarts == 4
+
+
+def test_stopped_on_purpose_is_not_restarted_and_keeps_its_count():
+    _, w = crash_and_restart(Watch(), 10.0)
+    # `down NAME` removed the pid file, even while a restart was pending
+    _, w = step(w, DEAD, 20.0)
+    action, w = step(w, STOPPED, 20.5)
+    assert action == "none"
+    for now in (21.0, 60.0, 600.0):
+        action, w = step(w, STOPPED, now)
+        assert action == "none"
+    assert w.restarts == 1 and w.restart_at is None and w.crashes == 0
+
+
+def test_never_started_components_are_left_alone():
+    w = Watch()
+    for now in range(0, 100, 10):
+        action, w = step(w, STOPPED, float(now))
+        assert action == "none"
+    assert w == Watch()
+
+
+def test_a_running_component_is_not_probed_or_touched():
+    action, w = step(Watch(), RUNNING, 5.0)
+    assert action == "none" and w.running_since == 5.0
+    assert step(w, RUNNING, 500.0) == ("none", w)
+
+
+def test_restarted_component_recovers_once_healthy_and_slow_start_is_said_once():
+    _, w = crash_and_restart(Watch(), 0.0)  # restarted at t=1
+    assert step(w, RUNNING, 2.0, healthy=False)[0] == "none"
+    action, w = step(w, RUNNING, 1 + START + 1, healthy=False)
+    assert action == "slow"
+    action, w2 = step(w, RUNNING, 1 + START + 2, healthy=False)
+    assert action == "none"
+    action, w3 = step(w2, RUNNING, 1 + START + 3, healthy=True)
+    assert action == "recovered" and w3.starting_since is None and w3.outage_since is None
+
+
+def test_an_up_quicker_than_the_backoff_is_noticed_not_doubled():
+    action, w = step(Watch(crashes=4, restarts=4), DEAD, 0.0)
+    assert action == "crashed" and w.restart_at == 16.0
+    action, w = step(w, RUNNING, 3.0)  # `intelbus up` started it at t=3
+    assert action == "elsewhere" and w.restart_at is None and w.restarts == 4
+    assert step(w, RUNNING, 20.0)[0] == "none"
+
+
+def test_a_restart_that_cannot_be_made_backs_off():
+    _, w = step(Watch(), DEAD, 0.0)
+    w = restart_failed(w, 1.0, B)
+    assert w.restart_at == 3.0 and w.restarts == 0
+    assert step(w, DEAD, 2.9)[0] == "none" and step(w, DEAD, 3.0)[0] == "restart"
+
+
+def test_exit_status_in_words():
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    killed.send_signal(signal.SIGKILL)
+    _, status = os.waitpid(killed.pid, 0)
+    assert describe_exit(status) == "killed by SIGKILL"
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(70)"])
+    _, status = os.waitpid(exited.pid, 0)
+    assert describe_exit(status) == "exited with status 70"
+    assert "unknown" in describe_exit(None)
+
+
+def test_component_lock_refuses_a_second_holder(tmp_path):
+    pids = PidFiles(tmp_path)
+    with pids.lock("sink") as first:
+        assert first
+        holder = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from ops.processes import PidFiles\n"
+             f"with PidFiles(Path({str(tmp_path)!r})).lock('sink', blocking=False) as got: sys.exit(0 if got else 3)"],
+            cwd=os.getcwd())
+        assert holder.returncode == 3
+        with PidFiles(tmp_path).lock("jobs-0", blocking=False) as other:
+            assert other  # one component's lock does not hold another's
+    again = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from ops.processes import PidFiles\n"
+         f"with PidFiles(Path({str(tmp_path)!r})).lock('sink', blocking=False) as got: sys.exit(0 if got else 3)"])
+    assert again.returncode == 0
+
+
+def test_a_process_whose_main_thread_died_is_not_gone_while_another_thread_runs(tmp_path):
+    """What a SIGKILLed server looks like for a moment: its main thread a zombie, other threads
+    still holding its ports and locks. Starting its successor then failed (ClickHouse: "Another
+    server instance in same directory is already running")."""
+    import time
+
+    from ops.processes import spawn
+
+    marker = f"intelbus-test-lingering-{tmp_path.name}"
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(2.0,)).start()\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    record = spawn("lingering", [sys.executable, "-c", code, marker], log=tmp_path / "l.log", marker=marker)
+    deadline = time.monotonic() + 1.5
+    while record.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not record.alive()  # the main thread is a zombie: `alive` calls it dead ...
+    assert not record.gone()   # ... but a thread still runs
+    started = time.monotonic()
+    assert record.wait_gone(10)
+    assert time.monotonic() - started > 0.5
