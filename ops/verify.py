@@ -3,6 +3,11 @@
 Reads intel.hit and the unique event topics from the beginning, keeps what belongs to the
 simulated run (its source_ref prefix), and reports recall, false hits, duplicate hits and
 the count of distinct events and of input messages dropped as duplicates.
+
+A truth file of `intelbus simulate --workflow` (summary "mode": "workflow") is checked
+against the workflow history the bus stored (ClickHouse `workflow_events`, one row per event
+id): every reminder, resend and escalation of its items exactly, none missing, none extra,
+none twice, each with its addressees and its time relative to the item's sending.
 """
 from __future__ import annotations
 
@@ -44,15 +49,32 @@ class Verdict:
 
 
 def load_truth(path: str) -> tuple[dict, dict[str, dict]]:
+    """(summary, hits by id); records of other types (workflow_item, workflow_step) are left out."""
     summary, hits = {}, {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             item = json.loads(line)
             if item.get("type") == "summary":
                 summary = item
-            else:
+            elif item.get("type", "hit") == "hit" and "hit_id" in item:
                 hits[item["hit_id"]] = item
     return summary, hits
+
+
+def load_workflow_truth(path: str) -> tuple[dict, list[dict], list[dict]]:
+    """(summary, workflow_item records, workflow_step records) of a truth file."""
+    summary, items, steps = {}, [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            kind = rec.get("type")
+            if kind == "summary":
+                summary = rec
+            elif kind == "workflow_item":
+                items.append(rec)
+            elif kind == "workflow_step":
+                steps.append(rec)
+    return summary, items, steps
 
 
 def _ref_of(record_key: str) -> str:
@@ -155,15 +177,218 @@ def count_dropped_duplicates(values, prefix: str) -> int:
     return len(sources)
 
 
+# --- workflow traffic ---------------------------------------------------------------------------
+
+STEP_EVENTS = ("REMINDED", "RESENT", "ESCALATED", "STALE_LISTING")
+WORKFLOW_COLUMNS = ("event_id", "item_id", "item_kind", "event_type", "at_ms", "party", "to", "deadline", "level",
+                    "due_ms", "scheduled_ms")
+
+
+@dataclass
+class WorkflowVerdict:
+    expected_steps: int
+    found_steps: int
+    items: int
+    unplayed: list[str] = field(default_factory=list)          # items of the truth the play never sent
+    unseen: list[str] = field(default_factory=list)            # items sent but absent from the history
+    missing: list[dict] = field(default_factory=list)          # a step the truth lists and the bus did not send
+    extra: list[dict] = field(default_factory=list)            # a step the bus sent and the truth does not list
+    wrong: list[dict] = field(default_factory=list)            # sent, but to others, or at another time
+    twice: list[dict] = field(default_factory=list)            # the same step under two event ids
+    off_plan: list[dict] = field(default_factory=list)         # a person's action stored on the other side of a step
+    lost: list[dict] = field(default_factory=list)             # a person's action the history does not hold
+
+    @property
+    def exact(self) -> bool:
+        return not (self.unplayed or self.unseen or self.missing or self.extra or self.wrong or self.twice
+                    or self.off_plan or self.lost)
+
+    def summary(self) -> dict:
+        return {"mode": "workflow", "items": self.items, "expected_steps": self.expected_steps,
+                "found_steps": self.found_steps, "missing": len(self.missing), "extra": len(self.extra),
+                "wrong": len(self.wrong), "twice": len(self.twice), "unplayed": len(self.unplayed),
+                "unseen": len(self.unseen), "off_plan": len(self.off_plan), "lost": len(self.lost),
+                "times": "exact (relative to the item's SENT/ISSUED event)", "exact": self.exact}
+
+    def lines(self) -> list[str]:
+        """What differs, one line each, by item."""
+        out = [f"unplayed: {r}" for r in self.unplayed] + [f"not in the history: {i}" for i in self.unseen]
+        for label, rows in (("missing", self.missing), ("extra", self.extra), ("wrong", self.wrong),
+                            ("twice", self.twice), ("action off its plan (the truth does not hold for it)", self.off_plan),
+                            ("action not in the history", self.lost)):
+            out += [f"{label}: {json.dumps(r, ensure_ascii=False)}" for r in
+                    sorted(rows, key=lambda r: (r.get("item_id") or "", r.get("deadline") or "", r.get("level") or 0))]
+        return out
+
+
+def _step_view(r: dict) -> dict:
+    return {k: r.get(k) for k in ("item_id", "ref", "deadline", "level", "event_type", "party", "to", "after_ms")
+            if r.get(k) is not None}
+
+
+def compare_workflow(items: list[dict], steps: list[dict], rows: list[dict]) -> WorkflowVerdict:
+    """The truth's steps against the bus's stored events (dicts of WORKFLOW_COLUMNS, one per event id).
+
+    Exact: a step is the same when its item, deadline and level are; it must then have the
+    truth's event type, party and addressees, be scheduled at the truth's offset from the
+    item's SENT/ISSUED event (`after_ms`), and its deadline at `due_after_ms` from it (a
+    directive's due time: `due_at_ms`, the time the play sent).
+    """
+    ids = {i["ref"]: i.get("item_id") for i in items}
+    v = WorkflowVerdict(expected_steps=len(steps), found_steps=0, items=len(items))
+    v.unplayed = sorted(ref for ref, iid in ids.items() if not iid)
+    anchor: dict[str, int] = {}
+    for r in rows:
+        if r["event_type"] in ("SENT", "ISSUED"):
+            anchor[r["item_id"]] = int(r["at_ms"])
+    v.unseen = sorted(iid for iid in ids.values() if iid and iid not in anchor)
+    ref_of = {iid: ref for ref, iid in ids.items() if iid}
+    expected = {}
+    for s in steps:
+        iid = s.get("item_id") or ids.get(s["ref"])
+        expected[(iid, s["deadline"], int(s["level"]))] = {**s, "item_id": iid}
+    found: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["event_type"] in STEP_EVENTS and r["item_id"] in ref_of:
+            found.setdefault((r["item_id"], r["deadline"], int(r["level"])), []).append(r)
+    v.found_steps = sum(len(x) for x in found.values())
+    for key, want in expected.items():
+        got = found.get(key)
+        if not got:
+            v.missing.append(_step_view(want))
+            continue
+        if len({g["event_id"] for g in got}) > 1:
+            v.twice.append({**_step_view(want), "event_ids": sorted({g["event_id"] for g in got})})
+        g = got[0]
+        base = anchor.get(key[0])
+        problems = []
+        if g["event_type"] != want["event_type"]:
+            problems.append(f"event {g['event_type']}, not {want['event_type']}")
+        if (g.get("party") or "") != want["party"]:
+            problems.append(f"party {g.get('party')}, not {want['party']}")
+        if list(g["to"]) != list(want["to"]):
+            problems.append(f"to {list(g['to'])}, not {want['to']}")
+        step_offset = int(want["after_ms"]) - int(want["due_after_ms"])
+        if g.get("scheduled_ms") is None or g.get("due_ms") is None:
+            problems.append("no scheduled or due time")
+        else:
+            if int(g["scheduled_ms"]) - int(g["due_ms"]) != step_offset:
+                problems.append(f"scheduled {int(g['scheduled_ms']) - int(g['due_ms'])} ms after its deadline, "
+                                f"not {step_offset}")
+            if want.get("due_at_ms") is not None:
+                if int(g["due_ms"]) != int(want["due_at_ms"]):
+                    problems.append(f"due at {g['due_ms']}, not {want['due_at_ms']}")
+            elif base is not None and int(g["due_ms"]) - base != int(want["due_after_ms"]):
+                problems.append(f"due {int(g['due_ms']) - base} ms after sending, not {want['due_after_ms']}")
+        if problems:
+            v.wrong.append({**_step_view(want), "problems": problems})
+    check_actions(v, items, rows, anchor)
+    for key, got in found.items():
+        if key not in expected:
+            g = got[0]
+            v.extra.append({"item_id": key[0], "ref": ref_of.get(key[0]), "deadline": key[1], "level": key[2],
+                            "event_type": g["event_type"], "to": list(g["to"]), "event_ids": [x["event_id"] for x in got]})
+    return v
+
+
+ACTION_EVENTS = {"accept": ("ACCEPTED",), "answer": ("ANSWERED",), "refuse": ("REFUSED",), "close": ("CLOSED",),
+                 "ack": ("ACKNOWLEDGED",), "report": ("DONE", "CANNOT")}
+
+
+def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], anchor: dict[str, int]) -> None:
+    """The truth's premise: each person's action was stored on the planned side of every step of its
+    item (the time the gateway stamped, relative to the item's stamped sending). The simulator keeps a
+    margin around every step; on a machine loaded beyond it, an action can land across one, and the
+    truth is then not the bus's fault: listed here as off its plan."""
+    by_item: dict[str, list[dict]] = {}
+    for r in rows:
+        by_item.setdefault(r["item_id"], []).append(r)
+    for it in items:
+        iid = it.get("item_id")
+        if not iid or iid not in anchor:
+            continue
+        evs = by_item.get(iid, [])
+        issued = next((r for r in evs if r["event_type"] in ("SENT", "ISSUED")), None)
+        for a in it.get("actions", []):
+            region = a["agency"].split("/", 1)[0]
+            party = a["agency"] if it["item_kind"] == "ASSISTANCE_REQUEST" else region
+            got = [r for r in evs if r["event_type"] in ACTION_EVENTS[a["verb"]]
+                   and (a["verb"] == "close" or (r.get("party") or "") == party)]
+            if not got:
+                v.lost.append({"item_id": iid, "ref": it["ref"], "verb": a["verb"], "agency": a["agency"]})
+                continue
+            actual = int(got[0]["at_ms"]) - anchor[iid]
+            planned = int(a["planned_ms"])
+            for d in it.get("deadlines", []):
+                due_actual = d["due_after_ms"]
+                if d["name"].startswith("due:") and issued is not None and issued.get("due_ms") is not None:
+                    due_actual = int(issued["due_ms"]) - anchor[iid]
+                for k in range(d["levels"] + 1):
+                    b_plan, b_real = d["due_after_ms"] + k * d["step_ms"], due_actual + k * d["step_ms"]
+                    if (planned < b_plan) != (actual < b_real):
+                        v.off_plan.append({"item_id": iid, "ref": it["ref"], "verb": a["verb"], "agency": a["agency"],
+                                           "planned_ms": planned, "stored_ms": actual, "deadline": d["name"],
+                                           "level": k, "step_ms": b_real})
+
+
+def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, timeout: float = 120.0) -> list[dict]:
+    """The stored events of these items (ClickHouse workflow_events FINAL), read again until their
+    number has not changed for `idle_seconds` (the sink writes about a second behind the bus)."""
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor, database_of, sql_literal
+
+    if not item_ids:
+        return []
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
+    database = database_of(settings.clickhouse_url)
+    sql = (f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM {database}.workflow_events FINAL "
+           f"WHERE item_id IN ({', '.join(sql_literal(i) for i in item_ids)}) ORDER BY item_id, at_ms")
+    try:
+        last_n, last_change, deadline, rows = -1, time.monotonic(), time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            cols, raw = ex.query(sql)
+            rows = [dict(zip(cols, r)) for r in raw]
+            if len(rows) != last_n:
+                last_n, last_change = len(rows), time.monotonic()
+            elif time.monotonic() - last_change >= idle_seconds:
+                break
+            time.sleep(0.5)
+        return rows
+    finally:
+        ex.close()
+
+
+def verify_workflow(settings, truth_path: str, *, idle_seconds: float = 3.0) -> WorkflowVerdict:
+    _summary, items, steps = load_workflow_truth(truth_path)
+    ids = [i["item_id"] for i in items if i.get("item_id")]
+    return compare_workflow(items, steps, workflow_rows(settings, ids, idle_seconds=idle_seconds))
+
+
 def add_verify(p):
     p.add_argument("--truth", required=True, help="the ground-truth file written by `intelbus simulate --truth`")
     p.add_argument("--idle", type=float, default=3.0, help="seconds without new messages that end the reading (default 3)")
     p.epilog = ("Exit code 0 when the bus produced exactly the expected hits (no missing, no false, no duplicate)\n"
-                "and exactly the expected numbers of distinct events and of dropped duplicates; 1 otherwise.")
+                "and exactly the expected numbers of distinct events and of dropped duplicates; 1 otherwise.\n"
+                "A workflow truth (`intelbus simulate --workflow --truth`): exit 0 when the stored history holds\n"
+                "exactly its reminders, resends and escalations (item, deadline, level, addressees, times); the\n"
+                "differences are listed by item.")
 
     def run(args):
         from ops.settings import load_settings
 
+        summary, _hits = load_truth(args.truth)
+        if summary.get("mode") == "workflow":
+            wverdict = verify_workflow(load_settings(), args.truth, idle_seconds=args.idle)
+            print(json.dumps(wverdict.summary()))
+            lines = wverdict.lines()
+            for line in lines[:50]:
+                print(line, file=sys.stderr)
+            if len(lines) > 50:
+                print(f"... and {len(lines) - 50} more", file=sys.stderr)
+            print("verdict: exact: every reminder, resend and escalation as the truth lists it" if wverdict.exact
+                  else f"verdict: NOT exact: {len(wverdict.missing)} missing, {len(wverdict.extra)} extra, "
+                       f"{len(wverdict.wrong)} wrong, {len(wverdict.twice)} twice", file=sys.stderr)
+            return 0 if wverdict.exact else 1
         verdict = verify(load_settings(), args.truth, idle_seconds=args.idle)
         print(json.dumps(verdict.summary()))
         for h in verdict.missing[:10]:

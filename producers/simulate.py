@@ -18,9 +18,19 @@ line with the number of distinct events, duplicates and invalid records.
 Records are signed with --key-file, else INTELBUS_SIGNING_KEY_FILE (the local stack's key,
 made by `intelbus up`, may publish for every region, as the simulator needs).
 
+--workflow plays a seeded day of workflow traffic instead (producers/workflow_sim.py):
+assistance requests and directives among agencies of Beijing, Tianjin and Hebei, sent through
+the gateway's workflow API as principals of each agency (`<prefix>-<region>-<branch>`, made
+in the stack's principal store), answered after lognormal delays, some late, some never.
+The day is compressed by --workflow-scale against the deadlines of --workflow-policy (the
+policy the bus's workflow job runs with); every answer is kept --workflow-margin of a step
+clear of every deadline step, so the truth (--truth: every reminder, resend and escalation)
+does not depend on timing jitter. `intelbus verify --truth` checks it.
+
 Examples:
   intelbus simulate --count 100000 --rate 5000 --seed 7 --truth truth.jsonl
   intelbus simulate --rate 200 --duration 60
+  INTELBUS_WORKFLOWS_FILE=seconds.yaml intelbus simulate --workflow --workflow-day 6 --truth wf.jsonl
 """
 
 
@@ -48,9 +58,29 @@ def add_simulate(p):
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (default INTELBUS_METRICS_PORT_BASE + 30, "
                         "i.e. 9430; 0 = off)")
+    w = p.add_argument_group("workflow traffic (--workflow)")
+    w.add_argument("--workflow", action="store_true",
+                   help="play a day of workflow traffic (requests, directives) through the gateway instead of records")
+    w.add_argument("--workflow-scale", type=float, default=None,
+                   help="real-world seconds per second of the play (3600: an hour passes in a second); default: "
+                        "as many times as the policy's ROUTINE accept deadline is shorter than an hour")
+    w.add_argument("--workflow-day", type=float, default=24.0, help="hours of the simulated day (default 24)")
+    w.add_argument("--workflow-requests", type=int, default=30, help="assistance requests in the day (default 30)")
+    w.add_argument("--workflow-directives", type=int, default=6, help="directives in the day (default 6)")
+    w.add_argument("--workflow-margin", type=float, default=0.25,
+                   help="share of the escalation step every answer keeps clear of every deadline step (default 0.25)")
+    w.add_argument("--workflow-min-gap", type=float, default=3.0,
+                   help="seconds between an item's consecutive actions (the gateway reads the stored history; default 3)")
+    w.add_argument("--workflow-policy", metavar="FILE",
+                   help="the deadlines the bus's workflow job runs with (default INTELBUS_WORKFLOWS_FILE, else "
+                        "ops/workflows.yaml)")
+    w.add_argument("--workflow-prefix", default="wfsim", help="name prefix of the simulated principals (default wfsim)")
+    w.add_argument("--workflow-plan", action="store_true", help="print the plan (no gateway, nothing sent)")
     p.epilog = EPILOG
 
     def run(args):
+        if args.workflow or args.workflow_plan:
+            return workflow_command(args)
         return simulate_command(args)
 
     return run
@@ -179,3 +209,71 @@ def _write_files(sim, args) -> int:
         write_truth(args.truth, sim)
     print(json.dumps(sim.truth.summary(), ensure_ascii=False))
     return 0
+
+
+def workflow_config(args, policy):
+    from producers.workflow_sim import WorkflowSimConfig, scale_of
+
+    scale = args.workflow_scale if args.workflow_scale else scale_of(policy)
+    return WorkflowSimConfig(seed=args.seed, scale=scale, day_hours=args.workflow_day,
+                             requests=args.workflow_requests, directives=args.workflow_directives,
+                             margin=args.workflow_margin, min_gap_s=args.workflow_min_gap)
+
+
+def workflow_command(args) -> int:
+    """`intelbus simulate --workflow`: plan the day, play it through the gateway, wait out its last
+    deadline step, write the truth."""
+    from producers import workflow_sim as ws
+    from schemas.regions import load_regions
+    from workflows.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.workflow_policy)
+    except (OSError, PolicyError) as exc:
+        print(f"intelbus simulate: the workflow policy: {exc}", file=sys.stderr)
+        return 2
+    regions = load_regions()
+    plan = ws.make_plan(workflow_config(args, policy), policy, regions)
+    steps = ws.expected_steps(plan, policy, regions)
+    if args.workflow_plan:
+        for a in ws.actions(plan):
+            print(json.dumps({"at_s": a.at_ms / 1000, "ref": a.ref, "verb": a.verb, "agency": a.agency}, ensure_ascii=False))
+        if args.truth:
+            ws.write_truth(args.truth, plan, steps, policy)
+        print(json.dumps(ws.workflow_summary(plan, steps, policy), ensure_ascii=False))
+        return 0
+    from gateway.client import ClientError
+    from ops.settings import load_settings
+
+    settings = load_settings()
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    pool = ws.PrincipalPool(settings, settings.gateway_url, prefix=args.workflow_prefix)
+    try:
+        pool.ensure(plan.agencies())
+    except ClientError as exc:
+        print(f"intelbus simulate: logging the simulated principals in at {settings.gateway_url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if log:
+            log(f"simulate --workflow: {len(plan.items)} items, {len(ws.actions(plan))} actions over "
+                f"{plan.end_ms / 1000:.0f}s; {len(steps)} reminders/escalations expected")
+        played = ws.play(plan, pool, log=log)
+    finally:
+        pool.close()
+    # the truth of what was sent: refused actions are actions never taken
+    plan = ws.as_played(plan, played)
+    steps = ws.expected_steps(plan, policy, regions)
+    last = max([played["started_ms"] + ws.s_abs(plan, s) for s in steps] + [played["started_ms"] + plan.end_ms])
+    ws.wait_until(last + 2000)  # the last step has had its time (and a tick) before the truth is final
+    if args.truth:
+        ws.write_truth(args.truth, plan, steps, policy, played)
+    report = ws.workflow_summary(plan, steps, policy, played)
+    report.pop("type", None)
+    print(json.dumps(report, ensure_ascii=False))
+    for f in played["failed"][:10]:
+        print(f"not sent: {json.dumps(f, ensure_ascii=False)}", file=sys.stderr)
+    for f in played["slips"][:10]:
+        print(f"may be off its time by the margin or more (intelbus verify checks it against the stored time): "
+              f"{json.dumps(f, ensure_ascii=False)}", file=sys.stderr)
+    unsent = [f for f in played["failed"] if not 400 <= int(f.get("status") or 0) < 500]
+    return 0 if not unsent else 1

@@ -1,0 +1,269 @@
+"""The workflow simulator's plan and truth (producers/workflow_sim.py), pure: an injected clock, a
+fake gateway, the pure workflow core as a second opinion on the truth."""
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+
+from ops.verify import compare_workflow, load_truth, load_workflow_truth
+from producers import workflow_sim as ws
+from schemas.regions import load_regions
+from workflows.policy import policy_from_document
+from workflows.testing import T0
+
+# the policy of the integration test: an hour of the default policy is 8 s (accept); step 4 s
+POLICY = policy_from_document({
+    "assistance_request": {"deadlines": {p: {"accept": 8, "answer": 32, "act": 600}
+                                         for p in ("ROUTINE", "URGENT", "CRITICAL")}},
+    "directive": {"acknowledge": 8},
+    "escalation": {"step": 4},
+})
+REGIONS = load_regions()
+
+
+def plan_of(seed=5, **kw):
+    cfg = ws.WorkflowSimConfig(seed=seed, scale=ws.scale_of(POLICY), day_hours=kw.pop("day_hours", 6),
+                               requests=kw.pop("requests", 14), directives=kw.pop("directives", 4), **kw)
+    return ws.make_plan(cfg, POLICY, REGIONS)
+
+
+def test_the_same_seed_gives_the_same_day_and_truth_and_another_seed_another():
+    a, b, c = plan_of(5), plan_of(5), plan_of(6)
+    assert ws.actions(a) == ws.actions(b)
+    assert ws.expected_steps(a, POLICY, REGIONS) == ws.expected_steps(b, POLICY, REGIONS)
+    assert ws.actions(a) != ws.actions(c)
+
+
+def test_the_scale_follows_the_policy():
+    assert ws.scale_of(POLICY) == 450.0  # an hour's acceptance in 8 s
+    assert ws.scale_of(policy_from_document({})) == 1.0  # ops/workflows.yaml's own: real time
+
+
+@pytest.mark.parametrize("seed", range(1, 41))
+def test_the_truth_is_what_the_workflow_core_sends_for_the_plan(seed):
+    """Two computations of the same rules: the simulator's (docs/workflows.md) and workflows.machine."""
+    plan = plan_of(seed)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    events = ws.machine_events(plan, POLICY, REGIONS, T0)
+    sent = {e.item_id: e.at for e in events if e.event_type in ("SENT", "ISSUED")}
+    core = sorted((e.item_id, e.deadline, e.level, e.event_type, e.party, tuple(e.to), e.scheduled_at - sent[e.item_id],
+                   e.due_at - sent[e.item_id]) for e in events if e.event_type in ws.STEP_EVENTS)
+    truth = sorted((s.ref, s.deadline, s.level, s.event_type, s.party, s.to, s.at_ms, s.due_ms) for s in steps)
+    assert truth == core
+
+
+def test_a_day_has_answers_in_time_late_never_and_refused_and_each_kind_of_step():
+    plan = plan_of(5, requests=40, directives=10, day_hours=24)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    fates = collections.Counter(p.fate for it in plan.items for p in it.parties)
+    assert {"answered", "refused", "never", "reported DONE", "reported CANNOT"} <= set(fates), fates
+    kinds = collections.Counter(s.event_type for s in steps)
+    assert kinds["REMINDED"] and kinds["ESCALATED"] and kinds["RESENT"], kinds
+    # late: answered after a reminder (the reminder is in the truth, the answer in the plan)
+    late = {s.ref for s in steps if s.deadline.startswith("accept:")} & {
+        it.ref for it in plan.items for p in it.parties if p.fate == "answered"}
+    assert late
+    # never: the whole ladder, up to the zone's office
+    xl = [s for s in steps if s.party == "130822/CRIMINAL_INVESTIGATION" and s.deadline.startswith("answer:")]
+    for s in xl:
+        assert s.to == (("130822/CRIMINAL_INVESTIGATION",), ("130800/CRIMINAL_INVESTIGATION",),
+                        ("130000/CRIMINAL_INVESTIGATION",), ("JJJ",))[s.level]
+
+
+@pytest.mark.parametrize("seed", range(1, 21))
+def test_every_action_keeps_the_margin_from_every_step_and_the_gap_from_the_last_action(seed):
+    plan = plan_of(seed, requests=30, directives=8)
+    assert plan.margin_ms == 1000  # 0.25 of the 4 s step
+    for it in plan.items:
+        boundaries = [due + k * step for _n, due, step, lad in ws.deadline_steps(it, POLICY, REGIONS)
+                      for k in range(len(lad) + 1)]
+        for p in it.parties:
+            times = [t for t in (p.accept_ms, p.refuse_ms, p.answer_ms) if t is not None]
+            prev = 0
+            for t in times:
+                assert t - prev >= 3000, (it.ref, p)
+                assert min(abs(t - b) for b in boundaries) >= plan.margin_ms, (it.ref, p, t)
+                prev = t
+        if it.close_ms is not None:
+            assert it.close_ms > max(boundaries)  # closed only after every step could have fired
+
+
+def test_the_truth_file_keeps_the_old_reader_working_and_has_the_workflow_records(tmp_path):
+    plan = plan_of(5)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    path = tmp_path / "truth.jsonl"
+    ws.write_truth(str(path), plan, steps, POLICY, {"item_ids": {it.ref: f"X-{it.ref}" for it in plan.items}})
+    summary, hits = load_truth(str(path))  # the hit reader: a summary, no hits, no crash
+    assert summary["mode"] == "workflow" and hits == {}
+    summary, items, recs = load_workflow_truth(str(path))
+    assert summary["steps"] == len(steps) == len(recs) and len(items) == len(plan.items)
+    assert all(r["item_id"] == f"X-{r['ref']}" for r in recs)
+    assert json.loads(path.read_text().splitlines()[0])["policy"]["escalation_step_s"] == 4
+
+
+# --- verify's comparison ------------------------------------------------------------------------
+
+
+def rows_of(events) -> list[dict]:
+    """WorkflowEvents as workflow_events rows (what the sink stores)."""
+    return [{"event_id": e.event_id, "item_id": e.item_id, "item_kind": e.item_kind, "event_type": e.event_type,
+             "at_ms": e.at, "party": e.party or "", "to": list(e.to), "deadline": e.deadline or "", "level": e.level,
+             "due_ms": e.due_at, "scheduled_ms": e.scheduled_at} for e in events]
+
+
+def truth_and_rows(seed=5):
+    plan = plan_of(seed)
+    ids = {it.ref: f"R-{n:012x}" for n, it in enumerate(plan.items)}
+    due_at = {it.ref: T0 + it.at_ms + it.due_after_ms for it in plan.items if it.kind == "DIRECTIVE"}
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    records = ws.truth_records(plan, steps, POLICY, ids, {"due_at": due_at})
+    items = [r for r in records if r["type"] == "workflow_item"]
+    recs = [r for r in records if r["type"] == "workflow_step"]
+    rows = rows_of(ws.machine_events(plan, POLICY, REGIONS, T0, item_ids=ids, due_at=due_at))
+    return items, recs, rows
+
+
+def test_verify_is_exact_on_what_a_correct_bus_stores():
+    items, steps, rows = truth_and_rows()
+    v = compare_workflow(items, steps, rows)
+    assert v.exact, v.lines()
+    assert v.expected_steps == v.found_steps == len(steps) > 20
+
+
+def test_verify_lists_a_missing_an_extra_a_doubled_and_a_misaddressed_step_by_item():
+    items, steps, rows = truth_and_rows()
+    step_rows = [r for r in rows if r["event_type"] in ws.STEP_EVENTS]
+    gone, extra, doubled, wrong = step_rows[0], step_rows[1], step_rows[2], step_rows[3]
+    rows = [r for r in rows if r is not gone]
+    steps = [s for s in steps if not (s["item_id"] == extra["item_id"] and s["deadline"] == extra["deadline"]
+                                      and s["level"] == extra["level"])]
+    rows.append({**doubled, "event_id": "another-id"})
+    rows = [({**r, "to": ["110000/COMMAND_CENTER"]} if r is wrong else r) for r in rows]
+    v = compare_workflow(items, steps, rows)
+    assert not v.exact
+    assert [(m["item_id"], m["deadline"], m["level"]) for m in v.missing] == [
+        (gone["item_id"], gone["deadline"], gone["level"])]
+    assert [(m["item_id"], m["deadline"], m["level"]) for m in v.extra] == [
+        (extra["item_id"], extra["deadline"], extra["level"])]
+    assert len(v.twice) == 1 and "another-id" in v.twice[0]["event_ids"]
+    assert len(v.wrong) == 1 and "to ['110000/COMMAND_CENTER']" in v.wrong[0]["problems"][0]
+    assert any(line.startswith("missing: ") and gone["item_id"] in line for line in v.lines())
+
+
+def test_verify_reports_a_step_scheduled_at_another_time_and_an_item_never_sent():
+    items, steps, rows = truth_and_rows()
+    i = next(n for n, r in enumerate(rows) if r["event_type"] == "REMINDED")
+    rows[i] = {**rows[i], "scheduled_ms": rows[i]["scheduled_ms"] + 1, "due_ms": rows[i]["due_ms"] + 1}
+    items[0] = {**items[0], "item_id": None}
+    v = compare_workflow(items, steps, rows)
+    assert any("ms after sending" in p for w in v.wrong for p in w["problems"]), v.wrong
+    assert v.unplayed == [items[0]["ref"]]
+
+
+# --- the play, on a fake gateway and clock ------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_790_000_000.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += max(s, 0)
+
+
+class FakeGateway:
+    """Answers like the workflow API; `lag` calls of 409 before an answer (the history behind)."""
+
+    def __init__(self, clock, latency=0.05, lag=0):
+        self.clock, self.latency, self.lag, self.calls, self.n = clock, latency, lag, [], 0
+        self.refused: dict[str, int] = {}
+
+    def client(self, agency):
+        gw = self
+
+        class C:
+            def post(self, path, body):
+                from gateway.client import ClientError
+
+                gw.clock.now += gw.latency
+                gw.calls.append((gw.clock.now, agency, path, body))
+                if path.endswith("/answer") and gw.refused.get(path, 0) < gw.lag:
+                    gw.refused[path] = gw.refused.get(path, 0) + 1
+                    raise ClientError("not yet ACCEPTED", 409)
+                if path in ("/api/v1/requests", "/api/v1/directives"):
+                    gw.n += 1
+                    return {"item_id": f"{'R' if 'requests' in path else 'D'}-{gw.n:012x}"}
+                return {"status": "sent"}
+        return C()
+
+
+def test_play_sends_each_action_at_its_time_as_its_agency():
+    plan = plan_of(5)
+    clock = FakeClock()
+    gw = FakeGateway(clock)
+    out = ws.play(plan, gw, lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0)
+    assert not out["failed"] and not out["slips"] and out["actions"] == len(ws.actions(plan))
+    t0 = out["started_ms"] / 1000
+    assert len(gw.calls) == len(ws.actions(plan))
+    for (at, agency, path, body), a in zip(gw.calls, ws.actions(plan)):
+        assert agency == a.agency
+        assert abs(at - (t0 + a.at_ms / 1000)) < 0.1 + 0.05 * len(gw.calls)  # sequential, 50 ms each
+        if a.verb == "refuse":
+            assert body["reason_code"] in ws.REFUSAL_REASONS
+    sends = [c for c in gw.calls if c[2] == "/api/v1/requests"]
+    assert all(len(b["to"]) >= 1 and b["subjects"][0].startswith("PHONE:") for _t, _a, _p, b in sends)
+    issued = [c for c in gw.calls if c[2] == "/api/v1/directives"]
+    assert set(out["due_at"]) == {it.ref for it in plan.items if it.kind == "DIRECTIVE"} and len(issued) == 4
+    assert set(out["item_ids"]) == {it.ref for it in plan.items}
+
+
+def test_play_waits_for_the_history_within_the_margin_and_reports_what_it_could_not_place():
+    plan = plan_of(5)
+    clock = FakeClock()
+    out = ws.play(plan, FakeGateway(clock, lag=2), lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0)
+    assert not out["failed"] and not out["slips"]  # two 409s (0.3 s) stay within the 1 s margin
+    clock = FakeClock()
+    out = ws.play(plan, FakeGateway(clock, latency=0.6), lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0)
+    assert out["slips"] and all(s["planned_ms"] > 0 for s in out["slips"])  # a slow gateway: the truth is uncertain
+
+
+def test_the_truth_of_a_play_whose_accept_was_refused_holds_the_ladder_that_follows():
+    plan = plan_of(5)
+    it, p = next((it, p) for it in plan.items for p in it.parties
+                 if it.kind == "ASSISTANCE_REQUEST" and p.fate == "answered" and p.accept_ms < 8000)
+    before = [s for s in ws.expected_steps(plan, POLICY, REGIONS) if s.ref == it.ref and s.party == p.who]
+    played = {"item_ids": {x.ref: x.ref for x in plan.items},
+              "failed": [{"ref": it.ref, "verb": "accept", "agency": p.who, "status": 409},
+                         {"ref": it.ref, "verb": "answer", "agency": p.who, "status": 409}]}
+    after = [s for s in ws.expected_steps(ws.as_played(plan, played), POLICY, REGIONS)
+             if s.ref == it.ref and s.party == p.who]
+    assert not [s for s in before if s.deadline.startswith("accept:")]
+    # never accepted now: reminded at 8 s, then escalated every 4 s until the requester closes
+    assert [(s.deadline.split(":")[0], s.level, s.at_ms) for s in after if s.deadline.startswith("accept:")][:2] == [
+        ("accept", 0, 8000), ("accept", 1, 12000)]
+    assert plan_of(5).items == plan.items  # the plan itself is unchanged
+    gone = ws.as_played(plan, {"item_ids": {x.ref: x.ref for x in plan.items[1:]}, "failed": []})
+    assert [x.ref for x in gone.items] == [x.ref for x in plan.items[1:]]  # an item never sent has no truth
+
+
+def test_verify_tells_an_action_stored_across_a_step_from_a_fault_of_the_bus():
+    items, steps, rows = truth_and_rows()
+    it = next(i for i in items if i["item_kind"] == "ASSISTANCE_REQUEST"
+              and any(a["verb"] == "accept" and a["planned_ms"] < 8000 for a in i["actions"]))
+    accept = next(a for a in it["actions"] if a["verb"] == "accept")
+    sent = next(r["at_ms"] for r in rows if r["item_id"] == it["item_id"] and r["event_type"] == "SENT")
+    # the gateway stamped the acceptance 9 s after sending: after the 8 s reminder the truth does not expect
+    rows = [({**r, "at_ms": sent + 9000} if r["item_id"] == it["item_id"] and r["event_type"] == "ACCEPTED"
+             and r["party"] == accept["agency"] else r) for r in rows]
+    v = compare_workflow(items, steps, rows)
+    assert [(o["item_id"], o["verb"], o["deadline"], o["level"]) for o in v.off_plan] == [
+        (it["item_id"], "accept", f"accept:{accept['agency']}", 0)]
+    assert not v.exact and not v.missing
+    rows = [r for r in rows if not (r["item_id"] == it["item_id"] and r["event_type"] == "ACCEPTED")]
+    v = compare_workflow(items, steps, rows)
+    assert [(x["item_id"], x["verb"]) for x in v.lost] == [(it["item_id"], "accept")]
