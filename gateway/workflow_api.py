@@ -9,6 +9,7 @@ Routes (each authenticated by the gateway's `caller`, each audited as action `wo
     POST /api/v1/directives/{id}/ack|report
     GET  /api/v1/queue                           what waits for the caller's agency, with its deadline
     GET  /api/v1/items/{id}                      an item's history and its parties' states
+    GET  /api/v1/requests/{id}/offered           earlier answers offered to the caller's agency (audited: reuse)
 
 A command is checked here where the gateway can (the caller's role; from the item's history in
 ClickHouse's workflow_events, that the caller's agency is a party who may do this), then written to
@@ -37,6 +38,7 @@ from workflows import model as m
 
 COMMANDS_TOPIC = "intel.workflow.commands"
 ACTION = "workflow"  # ops/identity/roles.yaml
+REUSE = "reuse"  # the audit action of an earlier answer shown to, or reused by, an addressee
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
 OPEN_PARTY = {"SENT", "ACCEPTED", "ACKNOWLEDGED"}  # a party that still has something to do
 QUEUE_DAYS = 30  # how far back the queue looks for open items
@@ -218,6 +220,48 @@ def queue_sql(database: str, agency: str, region: str, since_ms: int) -> str:
             f"ORDER BY item_id, seq")
 
 
+def offered_ids(v: ItemView, agency: str) -> list[str]:
+    """The earlier requests whose answers the bus offered to `agency` on this request (ANSWERS_OFFERED refs)."""
+    return list(dict.fromkeys(r for e in v.events if e["event_type"] == "ANSWERS_OFFERED" and e.get("party") == agency
+                              for r in e["refs"]))
+
+
+def earlier_answers_sql(database: str, request_ids: list[str]) -> str:
+    """The SENT and ANSWERED events of earlier requests (ClickHouse 18.16 and current)."""
+    from sinks.engine import sql_literal
+
+    ids = ", ".join(sql_literal(i) for i in request_ids)
+    return (f"SELECT {', '.join(EVENT_FIELDS)} FROM {database}.workflow_events FINAL "
+            f"WHERE item_id IN ({ids}) AND event_type IN ('SENT', 'ANSWERED') ORDER BY item_id, seq")
+
+
+def offered_answers(v: ItemView, agency: str, earlier_events: list[dict]) -> list[dict]:
+    """The answers offered to `agency` on request v, one per earlier request and answering agency: the
+    earlier requests named by the ANSWERS_OFFERED events, their ANSWERED events given by the time of the
+    offer and not by `agency` itself (as workflows.machine offers them), with the identifiers both share."""
+    offers = [e for e in v.events if e["event_type"] == "ANSWERS_OFFERED" and e.get("party") == agency]
+    if not offers:
+        return []
+    offered_at = max(e["at_ms"] for e in offers)
+    sent = next((e for e in v.events if e["event_type"] == "SENT"), None)
+    subjects = set(sent["refs"]) if sent else set()
+    by_request: dict[str, list] = {}
+    for e in earlier_events:
+        by_request.setdefault(e["item_id"], []).append(e)
+    out = []
+    for rid in offered_ids(v, agency):
+        events = sorted(by_request.get(rid, []), key=lambda e: e["seq"])
+        earlier_sent = next((e for e in events if e["event_type"] == "SENT"), None)
+        shared = sorted(subjects & set(earlier_sent["refs"] if earlier_sent else ()))
+        for e in events:
+            if e["event_type"] != "ANSWERED" or e.get("party") == agency or e["at_ms"] > offered_at:
+                continue
+            out.append({"request_id": rid, "answered_by": e["party"], "answered_by_person": e["actor"],
+                        "answered_at_ms": e["at_ms"], "identifiers": shared, "findings": e["text"] or "",
+                        "classification": e["classification"]})
+    return out
+
+
 def party_rows(v: ItemView) -> list[dict]:
     return [{"party": p, "status": s["status"], "due_ms": s["due_ms"], "since_ms": s["at_ms"]}
             for p, s in v.parties.items()]
@@ -343,8 +387,10 @@ def register(app, ctx) -> None:
             raise Refused(409, f"{item_id} is {v.kind.lower().replace('_', ' ')}, not {noun}")
         return v
 
-    def run_command(request: Request, identity: Identity, what: str, params: dict, build, status: int = 202):
-        """Check the role, run the route's own checks (build -> command or Refused), send, audit."""
+    def run_command(request: Request, identity: Identity, what: str, params: dict, build, status: int = 202,
+                    also_audit=None):
+        """Check the role, run the route's own checks (build -> command or Refused), send, audit
+        (also_audit(command, command_id, view): more audit entries once the command is sent)."""
         ent, view = ctx.entitled(identity, request, ACTION, None, "", what, params)
         actor = m.Actor.of(identity)
         command_id = str(uuid.uuid4())
@@ -363,6 +409,8 @@ def register(app, ctx) -> None:
         services.audit(AuditEntry(action=ACTION, identity=identity, region=view, query_name=what,
                                   query_text=request.url.path,
                                   params={**params, "item_id": command.item_id, "command_id": command_id}, row_count=1))
+        for entry in (also_audit(command, command_id, view) if also_audit else []):
+            services.audit(entry)
         return JSONResponse({"item_id": command.item_id, "command_id": command_id, "status": "sent",
                              "command": type(command).__name__}, status_code=status)
 
@@ -402,7 +450,7 @@ def register(app, ctx) -> None:
 
         return run_command(request, identity, "request.send", params, build)
 
-    def addressee_command(verb: str, make):
+    def addressee_command(verb: str, make, check=None):
         def build_for(item_id):
             def build(ent, view, actor, command_id):
                 check_id(item_id, None, "a request")
@@ -418,6 +466,8 @@ def register(app, ctx) -> None:
                 if st not in allowed:
                     raise Refused(409, f"request {item_id} is {st} by {actor.agency}; {verb} is allowed only while "
                                        f"it is {' or '.join(allowed)}")
+                if check is not None:
+                    check(v, actor)
                 return make(command_id, item_id, actor)
             return build
         return build_for
@@ -431,12 +481,67 @@ def register(app, ctx) -> None:
     @router.post("/api/v1/requests/{item_id}/answer", status_code=202)
     def answer_request(item_id: str, body: AnswerIn, request: Request, identity: Identity = Depends(ctx.caller)):
         """Answer an accepted request with findings."""
+        reuse = list(dict.fromkeys(body.reuse_of))
+
         def make(cid, iid, actor):
             if not body.findings.strip():
                 raise Refused(400, f"an answer to request {iid} needs findings")
-            return m.AnswerRequest(cid, iid, actor, body.findings, tuple(body.reuse_of))
+            return m.AnswerRequest(cid, iid, actor, body.findings, tuple(reuse))
+
+        def check(v, actor):
+            # only answers offered to this agency can be reused (the job's rule, said here first)
+            offered = offered_ids(v, actor.agency)
+            unknown = [x for x in reuse if x not in offered]
+            if unknown:
+                raise Refused(409, f"request {v.item_id}: answers of {', '.join(unknown)} were not offered to "
+                                   f"{actor.agency} (offered: {', '.join(offered) or 'none'})")
+
+        def reused(command, command_id, view):
+            return [AuditEntry(action=REUSE, identity=identity, region=view, query_name="request.answer",
+                               query_text=request.url.path, row_count=1,
+                               params={"item_id": item_id, "earlier_request": rid, "command_id": command_id})
+                    for rid in reuse]
+
         return run_command(request, identity, "request.answer", {"item_id": item_id, **body.model_dump()},
-                           addressee_command("ANSWER", make)(item_id))
+                           addressee_command("ANSWER", make, check)(item_id), also_audit=reused)
+
+    @router.get("/api/v1/requests/{item_id}/offered")
+    def offered(item_id: str, request: Request, identity: Identity = Depends(ctx.caller)):
+        """The earlier answers about this request's identifiers that the bus offered to your agency (an
+        addressee), with their findings; each answer shown is an audit row (action `reuse`). Answers of a
+        classification above your clearance are listed without their findings."""
+        ent, view = ctx.entitled(identity, request, ACTION, None, "", "request.offered", {"item_id": item_id})
+        agency = identity.agency
+        try:
+            check_id(item_id, None, "a request")
+            v = known(item_id, "ASSISTANCE_REQUEST", ent, view, "assistance request")
+            if agency not in v.parties:
+                raise Refused(403, f"the answers offered on request {item_id} are for its addressees "
+                                   f"({', '.join(v.parties)}); {agency} is not one of them and may not view them")
+            ids = offered_ids(v, agency)
+            answers = offered_answers(v, agency, query(earlier_answers_sql(services.reader.database, ids)) if ids else [])
+        except Refused as exc:
+            raise ctx.refuse(request, exc.status, exc.reason, AuditEntry(
+                action=REUSE, identity=identity, outcome="refused", reason=exc.reason, query_name="request.offered",
+                query_text=request.url.path, params={"item_id": item_id})) from None
+        out = []
+        for a in answers:
+            params = {"item_id": item_id, "earlier_request": a["request_id"], "answered_by": a["answered_by"],
+                      "identifiers": a["identifiers"]}
+            if a["classification"] not in ent.classifications:
+                reason = (f"answer of {a['request_id']} by {a['answered_by']} is {a['classification']}; "
+                          f"{identity.name} is cleared to {identity.clearance}")
+                services.audit(AuditEntry(action=REUSE, identity=identity, region=view, outcome="refused", reason=reason,
+                                          query_name="request.offered", query_text=request.url.path, params=params))
+                out.append({**{k: v_ for k, v_ in a.items() if k != "findings"}, "withheld": reason})
+                continue
+            services.audit(AuditEntry(action=REUSE, identity=identity, region=view, query_name="request.offered",
+                                      query_text=request.url.path, params=params, row_count=1))
+            out.append(a)
+        if not answers:
+            services.audit(AuditEntry(action=ACTION, identity=identity, region=view, query_name="request.offered",
+                                      query_text=request.url.path, params={"item_id": item_id}, row_count=0))
+        return {"item_id": item_id, "agency": agency, "offered": ids, "answers": out}
 
     @router.post("/api/v1/requests/{item_id}/refuse", status_code=202)
     def refuse_request(item_id: str, body: RefuseIn, request: Request, identity: Identity = Depends(ctx.caller)):
@@ -658,6 +763,7 @@ def register(app, ctx) -> None:
                 "from": v.origin or v.owner_region, "owner_region": v.owner_region, "hit_region": v.hit_region,
                 "due_ms": v.due_ms, "escalated_to": v.escalated_to, "summary": v.summary, "code": v.code,
                 "todo": waiting_for(v, identity.agency, identity.region) or "",
+                "offered_to_you": offered_ids(v, identity.agency),  # GET /api/v1/requests/{id}/offered shows them
                 "parties": party_rows(v), "events": [{k: e[k] for k in EVENT_FIELDS} for e in v.events]}
 
     app.include_router(router)

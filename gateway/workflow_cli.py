@@ -114,6 +114,31 @@ def show_item(command: str, item_id: str) -> int:
     return 0
 
 
+def show_offered(command: str, item_id: str, as_json: bool) -> int:
+    """The earlier answers offered to the caller's agency on a request (each one shown is audited)."""
+    import json
+
+    settings = _settings()
+    with _client(settings) as client:
+        try:
+            out = client.get(f"/api/v1/requests/{item_id}/offered")
+        except ClientError as exc:
+            return _fail(command, exc)
+    if as_json:
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return 0
+    if not out["answers"]:
+        print(f"{item_id}: no earlier answers were offered to {out['agency']}")
+        return 0
+    print(f"{item_id}: {len(out['answers'])} earlier answer(s) offered to {out['agency']} (this reading is audited)")
+    for a in out["answers"]:
+        print(f"\n  {a['request_id']}  answered by {a['answered_by']} ({a['answered_by_person']}) "
+              f"{when(a['answered_at_ms'])}  about {', '.join(a['identifiers']) or '-'}  {a['classification']}")
+        print(f"    {a['withheld']}" if a.get("withheld") else f"    {a['findings']}")
+    print(f"\n  reuse one: intelbus request answer {item_id} --findings ... --reuse REQUEST_ID")
+    return 0
+
+
 def parse_due(text: str) -> int:
     """'2h', '90m' (from now) or 'YYYY-MM-DD HH:MM' China Standard Time -> UTC epoch ms."""
     from sinks.feed import parse_duration
@@ -219,7 +244,9 @@ def add_request(p):
                 "  intelbus request answer R-5f2a9c0d1e3b --findings '已在住址核实, 本人在家'\n"
                 "  intelbus request refuse R-5f2a9c0d1e3b NOT_COMPETENT\n"
                 "  intelbus request close R-5f2a9c0d1e3b --outcome '已协查完毕'   (the requester)\n"
-                "  intelbus request show R-5f2a9c0d1e3b           history and each addressee's state\n\n"
+                "  intelbus request show R-5f2a9c0d1e3b           history and each addressee's state\n"
+                "  intelbus request offered R-5f2a9c0d1e3b        earlier answers offered to you (each reading audited)\n"
+                "  intelbus request answer R-5f2a9c0d1e3b --findings '...' --reuse R-0c1d2e3f4a5b\n\n"
                 "Deadlines by default: accepted within 1 hour, answered within 4 hours, joint action within\n"
                 "24 hours; a missed one escalates up the addressee's hierarchy.")
     sub = p.add_subparsers(dest="request_command", metavar="ACTION")
@@ -260,6 +287,9 @@ def add_request(p):
     lst.add_argument("--json", action="store_true")
     sh = sub.add_parser("show", help="an item's history and its parties' states")
     sh.add_argument("item_id")
+    o = sub.add_parser("offered", help="earlier answers offered to your agency (audited)")
+    o.add_argument("item_id")
+    o.add_argument("--json", action="store_true")
 
     def path(a, verb):
         return f"/api/v1/requests/{a.item_id}/{verb}"
@@ -277,6 +307,7 @@ def add_request(p):
         "close": lambda a: send_and_wait("request close", path(a, "close"), {"outcome": a.outcome}, a.wait),
         "list": lambda a: list_queue("request list", a.all, a.json),
         "show": lambda a: show_item("request show", a.item_id),
+        "offered": lambda a: show_offered("request offered", a.item_id, a.json),
     })
 
 
