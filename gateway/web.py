@@ -1,7 +1,8 @@
 """The web console, served by the gateway from gateway/static/ (plain HTML, CSS and JS: no CDN, no build).
 
 Pages: `/` the command-center wall (live hits over /api/v1/events), `/analyst` the history pages
-(trail, hits between regions, time-to-hit; exports), `/login`. A page needs a valid session
+(trail, hits between regions, time-to-hit; exports), `/queue`, `/scorecard` (per agency and month: the
+workflows' deadlines kept, a table and an SVG chart, CSV export), `/login`. A page needs a valid session
 cookie (POST /api/v1/session), checked here on the server: without one the browser is sent to
 `/login?next=...`. Every page carries a Content-Security-Policy that allows nothing but this
 gateway, so the console works with no internet and no script from elsewhere can run in it.
@@ -21,7 +22,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = {"/": "wall.html", "/analyst": "analyst.html", "/queue": "queue.html"}  # /queue: the workflow queue (gateway.workflow_api)
+PAGES = {"/": "wall.html", "/analyst": "analyst.html", "/queue": "queue.html",  # /queue: the workflow queue (gateway.workflow_api)
+         "/scorecard": "scorecard.html"}  # the accountability scorecard (named query scorecard; docs/workflows.md)
 PAGE_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),

@@ -129,6 +129,8 @@ const IB = (() => {
       try { await api("DELETE", "/api/v1/session"); } finally { location.assign("/login"); }
     });
     setBanner(me.clearance === "PUBLIC" ? "PUBLIC" : "INTERNAL");
+    const nav = document.querySelector("header.top nav");  // every page's nav leads to the scorecard
+    if (nav && !nav.querySelector('a[href="/scorecard"]')) nav.append(el("a", { href: "/scorecard", text: "考核 Scorecard" }));
     return me;
   }
 

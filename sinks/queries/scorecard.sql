@@ -4,7 +4,7 @@
 -- param: to | datetime | 2100-01-01 00:00:00 | period end (UTC, exclusive)
 -- param: by | string | region,branch | region,branch (one row per agency) or region (branches added up)
 -- purpose-required: yes
--- reads: workflow_events FINAL five times (requests, their parties, hits, escalations, item starts), each limited to the events the reader may see; then only the rows of agencies whose region the reader may see (an agency outside it would show only the items it shares with the reader); docs/workflows.md "Scorecard" defines each column, workflows/scorecard.py computes the same rows (tests/unit/sinks/test_scorecard_sql.py)
+-- reads: workflow_events FINAL five times (requests, their parties, hits, escalations, item starts), each limited to the events the reader may see and to the items that started in the period (item_id IN ...: the primary key's index; `at` whole seconds, so at >= from is at_ms >= from ms and prunes partitions); then only the rows of agencies whose region the reader may see (an agency outside it would show only the items it shares with the reader); docs/workflows.md "Scorecard" defines each column, workflows/scorecard.py computes the same rows (tests/unit/sinks/test_scorecard_sql.py)
 SELECT agency, region, branch,
        requests_received, accepted_on_time, if(requests_received = 0, NULL, accepted_on_time / requests_received) AS accepted_on_time_share,
        answered_on_time, if(requests_received = 0, NULL, answered_on_time / requests_received) AS answered_on_time_share,
@@ -61,7 +61,7 @@ FROM
                 SELECT item_id, arrayJoin(arrayDistinct(to)) AS party, at_ms AS sent_ms, ifNull(due_ms, 0) AS accept_due
                 FROM workflow_events FINAL
                 WHERE item_kind = 'ASSISTANCE_REQUEST' AND event_type = 'SENT'
-                  AND at_ms >= toUInt64({from}) * 1000 AND at_ms < toUInt64({to}) * 1000 AND {scope:w}
+                  AND at >= {from} AND at < {to} AND {scope:w}
             ) AS sent
             ANY LEFT JOIN
             (
@@ -77,6 +77,7 @@ FROM
                        argMinIf(code, (seq, at_ms, event_id), event_type = 'REFUSED') AS refusal_code
                 FROM workflow_events FINAL
                 WHERE item_kind = 'ASSISTANCE_REQUEST' AND party != '' AND {scope:w}
+                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at >= {from} AND at < {to})
                 GROUP BY item_id, party
             ) AS answers USING (item_id, party)
 
@@ -103,6 +104,7 @@ FROM
                        countIf(event_type = 'STALE_LISTING') AS n_stale
                 FROM workflow_events FINAL
                 WHERE item_kind = 'HIT_FOLLOW_UP' AND {scope:w}
+                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at >= {from} AND at < {to})
                 GROUP BY item_id
             )
             WHERE n_opened > 0 AND owner != '' AND opened_ms >= toUInt64({from}) * 1000 AND opened_ms < toUInt64({to}) * 1000
@@ -120,6 +122,7 @@ FROM
                 SELECT item_id, party
                 FROM workflow_events FINAL
                 WHERE event_type = 'ESCALATED' AND party != '' AND {scope:w}
+                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at >= {from} AND at < {to})
             ) AS escalation
             ALL INNER JOIN
             (
@@ -129,6 +132,7 @@ FROM
                     SELECT item_id, argMin(at_ms, (seq, at_ms, event_id)) AS start_ms
                     FROM workflow_events FINAL
                     WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND {scope:w}
+                      AND at >= {from} AND at < {to}
                     GROUP BY item_id
                 )
                 WHERE start_ms >= toUInt64({from}) * 1000 AND start_ms < toUInt64({to}) * 1000

@@ -290,3 +290,63 @@ def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gate
                               f"ORDER BY at_ms")
     assert ("query", "ok", "trail", shown) in rows and ("export", "ok", "trail", shown) in rows, rows
     page.context.close()
+
+
+def test_the_scorecard_page_shows_an_agency_month_in_a_table_and_a_chart_and_exports_it(
+        browser, own_gateway, console_people, settings):
+    """A made-up branch of Jizhou (Tianjin) got two requests in October 2026 (CST): one accepted after 10 minutes,
+    one after 90 (late); Tianjin's analyst sees 50.0% accepted on time in the table and the chart, and the CSV."""
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor
+    from sinks.rows import WORKFLOW_COLUMNS, workflow_row
+    from workflows import model as m
+    from workflows.testing import MIN, Runner, person
+
+    branch = f"SCORE_{uuid.uuid4().hex[:8].upper()}"
+    agency = f"120119/{branch}"
+    october = int(datetime(2026, 10, 12, 2, 0, tzinfo=timezone.utc).timestamp() * 1000)
+    events = []
+    for n, accept_after in enumerate((10 * MIN, 90 * MIN)):
+        r, item = Runner(), f"R-web{uuid.uuid4().hex[:9]}"
+        r.clock.at(october + n * 60 * MIN)
+        r.apply(m.SendRequest(r.next_id(), item, person("110000", name="zhang"), ("120119/PUBLIC_ORDER",), "ROUTINE",
+                              (), "请协查"))
+        r.clock.advance(accept_after)
+        r.fire_due()
+        r.apply(m.AcceptRequest(r.next_id(), item, person("120119", "PUBLIC_ORDER")))
+        r.apply(m.CloseRequest(r.next_id(), item, person("110000", name="zhang")))
+        events += [e.to_avro() for e in r.events]
+    for e in events:  # the made-up branch (not in the branch table, so the machine was given a real one)
+        e["to"] = [agency if x == "120119/PUBLIC_ORDER" else x for x in e["to"]]
+        e["party"] = agency if e["party"] == "120119/PUBLIC_ORDER" else e["party"]
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
+    try:
+        ex.insert("workflow_events", WORKFLOW_COLUMNS,
+                  [workflow_row(e, topic="intel.workflow", partition=0, offset=0, ingested_ms=october) for e in events])
+    finally:
+        ex.close()
+
+    page = open_console(browser, own_gateway, console_people, "t-web-tj-analyst", "/scorecard")
+    expect(page.get_by_role("link", name="考核 Scorecard")).to_be_visible()
+    page.get_by_label("月份 month (CST)").fill("2026-10")
+    show = page.get_by_role("button", name="查询 Show")
+    expect(show).to_be_disabled()  # no purpose, no query
+    page.get_by_label(re.compile("事由 purpose")).fill("月调度 2026-10")
+    show.click()
+    row = page.locator(f'#scorecard-table tr[data-agency="{agency}"]')
+    expect(row).to_contain_text("蓟州区")
+    expect(row.locator("td").nth(1)).to_have_text("2")  # requests received
+    expect(row.locator("td").nth(2)).to_have_text("50.0%")  # accepted within the hour
+    expect(row.locator("td").nth(5)).to_have_text("10.0")  # median response (min): the lower of 10 and 90
+    expect(page.locator(f'#chart rect.acc[data-agency="{agency}"]')).to_have_count(1)
+    expect(page.locator("#period")).to_contain_text("2026-10-01 00:00:00 CST")
+    screenshot(page, "console-scorecard.png")
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="导出 CSV").click()
+    assert download.value.suggested_filename == "scorecard-2026-10.csv"
+    text = Path(download.value.path()).read_bytes().decode("utf-8-sig")
+    [line] = [x for x in text.splitlines() if x.startswith(agency)]
+    assert line.split(",")[3:6] == ["2", "1", "0.5"]  # requests_received, accepted_on_time, its share
+    expect(page.locator("#status")).to_contain_text("已导出 exported")
+    page.context.close()
