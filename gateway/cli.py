@@ -357,8 +357,10 @@ def _print_result(out: dict, fmt: str) -> int:
 FEED_EPILOG = ENTITLEMENT_NOTE + """
 
 Without --follow the feed prints the hits and shared alerts of the last --since (default 24h)
-and exits; with --follow it keeps printing as hits arrive and resumes, after a restart, where
-it stopped (the gateway keeps the position per identity and region).
+and exits; with --follow it keeps printing as hits arrive, and the workflow items your agency
+may see too (new assistance requests and directives, reminders, escalations: one line each,
+"[待办 workflow]", due times in CST), and resumes, after a restart, where it stopped (the
+gateway keeps the position per identity and region).
 
 Examples:
   intelbus feed --follow                    # your agency's live feed (a province sees its counties)
@@ -368,7 +370,8 @@ Examples:
 
 def add_feed(p):
     p.add_argument("--region", help="narrow to a region inside your agency's (default: your agency's region)")
-    p.add_argument("--follow", action="store_true", help="keep printing hits as they arrive (Ctrl-C to stop)")
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing hits (and workflow items) as they arrive (Ctrl-C to stop)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit and line")
     p.add_argument("--since", default="24h", help="how far back to start when there is no saved position (default 24h)")
     p.add_argument("--fresh", action="store_true",
@@ -379,6 +382,7 @@ def add_feed(p):
 
     def run(args):
         from schemas.regions import load_regions
+        from gateway.feed import render_workflow_line
         from sinks.feed import render_alert_block, render_block
 
         settings = _settings()
@@ -399,6 +403,8 @@ def add_feed(p):
                         print(line, flush=True)
                     elif kind == "hit":
                         print(render_block(_times(item, "detected_at"), regions) + "\n", flush=True)
+                    elif kind == "workflow":
+                        print(render_workflow_line(item, regions) + "\n", flush=True)
                     else:
                         print(render_alert_block(_times(item, "reported_at"), regions) + "\n", flush=True)
             except ClientError as exc:
@@ -406,7 +412,7 @@ def add_feed(p):
             except KeyboardInterrupt:
                 pass
         if not args.json:
-            print(f"({shown} hits and shared alerts)", file=sys.stderr)
+            print(f"({shown} hits and shared alerts{' and workflow items' if args.follow else ''})", file=sys.stderr)
         return 0
 
     return run

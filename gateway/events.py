@@ -1,8 +1,11 @@
 """The live feed over Server-Sent Events: GET /api/v1/events.
 
-What the caller's agency may see (hits, shared alerts), each item once, as
+What the caller's agency may see (hits, shared alerts, workflow items), each item once, as
 
-    id: <position token>\\nevent: hit|alert\\ndata: <the NDJSON feed's item, one line>\\n\\n
+    id: <position token>\\nevent: hit|alert|workflow\\ndata: <the item, one line of JSON>\\n\\n
+
+(hit and alert: the NDJSON feed's item; workflow: an intel.workflow event with its times as epoch ms,
+the fields of /api/v1/items/{id}'s events, shown to the agencies the workflow API shows it to)
 
 a heartbeat every 5 s without items (`event: heartbeat`, no id, so the browser's
 Last-Event-ID stays) and `retry: 2000` at the start. A reconnect sends Last-Event-ID (or
@@ -28,8 +31,8 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.audit import AuditEntry
-from gateway.hub import (AUDIT_WAIT, FANOUT_LAG, SSE_CLIENTS, CatchUpReader, Hub, TokenError, advance, decode_token,
-                         encode_token, rendered, stream_partitions, visible)
+from gateway.hub import (AUDIT_WAIT, FANOUT_LAG, SSE_CLIENTS, CatchUpReader, Hub, TokenError, advance,
+                         complete_position, decode_token, encode_token, rendered, stream_partitions, visible)
 
 log = logging.getLogger("intelbus.gateway.events")
 
@@ -40,6 +43,9 @@ AUDIT_INTERVAL_S = float(os.environ.get("INTELBUS_LIVE_AUDIT_INTERVAL_S", "0"))
 HUB_READY_WAIT_S = 20.0   # for the hub's consumer to be assigned
 FIRST_WAIT_S = 2.0        # for a starting hub to read its buffer, before a first connection reads by itself
 JOURNAL_FSYNC = os.environ.get("INTELBUS_LIVE_AUDIT_FSYNC", "0") == "1"
+# for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms>`, the
+# gateway's clock when it hands the batch over, so a client can tell its own lag from the gateway's
+SEND_STAMP = os.environ.get("INTELBUS_LIVE_SEND_STAMP", "0") == "1"
 
 
 class AuditJournal:
@@ -197,7 +203,7 @@ def merge_audit_records(records: list[dict]) -> list[tuple]:
             merged[rec["stream"]] = row
             continue
         a, b = json.loads(have[params_i]), json.loads(row[params_i])
-        for key in ("hit_ids", "alert_event_ids"):
+        for key in ("hit_ids", "alert_event_ids", "workflow_event_ids"):
             if key in b:
                 a[key] = (a.get(key, []) + b[key])[:100]
         a["through"] = b.get("through", a.get("through"))
@@ -326,7 +332,8 @@ def register(app, ctx) -> None:
     @app.get("/api/v1/events", tags=["feed"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "Server-Sent Events: `hit` and `alert` items (data: the /api/v1/feed "
-                                             "item), `heartbeat` every 5 s; each item's id resumes after it"},
+                                             "item), `workflow` items (data: an intel.workflow event, times as "
+                                             "epoch ms), `heartbeat` every 5 s; each item's id resumes after it"},
                         400: {"description": "malformed or foreign Last-Event-ID, or a bad `since`"}})
     async def events(request: Request, identity: Identity = Depends(ctx.caller), region: str | None = None,
                      purpose: str = "live wall", since: str = "15m", last_event_id: str | None = None,
@@ -355,7 +362,7 @@ def register(app, ctx) -> None:
         position = None
         if token:
             try:
-                position = decode_token(token, view, tps)
+                position = complete_position(decode_token(token, view, tps), tps, h.ends())
             except TokenError as exc:
                 raise refuse(str(exc)) from None
         stream = LiveStream(services, batcher, h, ent, identity, view, purpose, tps, position,
@@ -465,6 +472,7 @@ class LiveStream:
         last_text = items[-1][2]
         return {"hit_ids": [e.ident for e, _, _ in items if e.kind == "hit"][:100],
                 "alert_event_ids": [e.ident for e, _, _ in items if e.kind == "alert"][:100],
+                "workflow_event_ids": [e.ident for e, _, _ in items if e.kind == "workflow"][:100],
                 "through": last_text[4:last_text.index("\n")]}  # the last item's id
 
     async def _audit(self, items) -> None:
@@ -494,7 +502,8 @@ class LiveStream:
                     last_audit = time.monotonic()
                     AUDIT_WAIT.observe(last_audit - now)
                     self.shown += len(pending)
-                    yield "".join(text for _, _, text in pending)
+                    text = "".join(text for _, _, text in pending)
+                    yield f": sent {int(time.time() * 1000)}\n{text}" if SEND_STAMP else text
                     wall = time.time()
                     for e, _, _ in pending:
                         FANOUT_LAG.observe(max(0.0, wall - e.ts_ms / 1000))

@@ -1,6 +1,6 @@
 """The live feed's one Kafka consumer per gateway process, fanned out to every connected client.
 
-`Hub` reads every partition of intel.hit and intel.alert.unique with ONE assign()-only
+`Hub` reads every partition of intel.hit, intel.alert.unique and intel.workflow with ONE assign()-only
 consumer (group id "intelbus-gateway-hub", never committed), from "now minus the buffer
 window" on, decodes each message once, and keeps it in a bounded in-memory `Buffer` in the
 order read. Each SSE stream (gateway/events.py) is a cursor into that buffer and a
@@ -11,8 +11,11 @@ A stream whose position is older than the buffer (a reconnect after a long absen
 first connection asking further back than the window) gets a `CatchUpReader`: a private
 assign()-only consumer from its offsets, until its position is inside the buffer; then it
 reads the buffer. Positions are per-partition offsets, so the switch is exact: no gap, no
-duplicate. The `position token` sent as each item's SSE id encodes the position after it
-(docs/architecture.md, "The live feed: one consumer, many clients").
+duplicate. The `position token` sent as each item's SSE id encodes the position after it, in
+every partition the stream reads: its hit partition, the alert partitions and the workflow
+partitions, so one Last-Event-ID resumes hits, alerts and workflow items alike (docs/architecture.md,
+"The live feed: one consumer, many clients"). A token of version 1 (before the workflow items)
+still resumes its hits and alerts; its workflow items start where the hub is.
 
 Decisions (tokens, whether the buffer covers a position, slicing) are pure functions and
 classes without Kafka, tested in tests/unit/gateway/test_hub.py.
@@ -30,15 +33,18 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.feed import ALERT_TOPIC, HIT_TOPIC
+from gateway.feed import ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, may_see_workflow, workflow_for_display
 from sinks.feed import alert_for_display, hit_for_display, hit_partition
 
 log = logging.getLogger("intelbus.gateway.hub")
 
 SSE_CLIENTS = Gauge("intelbus_gateway_sse_clients", "Live-feed (SSE) clients connected")
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 FANOUT_LAG = Histogram("intelbus_gateway_fanout_lag_seconds",
-                       "Kafka message timestamp of a live-feed item to its write to the client",
-                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+                       "Kafka message timestamp of a live-feed item to its write to the client", buckets=LAG_BUCKETS)
+HUB_LAG = Histogram("intelbus_gateway_hub_read_lag_seconds",
+                    "Kafka message timestamp to the hub's buffer (read, decoded, streams woken): the part of the "
+                    "fan-out lag before any client is served", buckets=LAG_BUCKETS)
 AUDIT_WAIT = Histogram("intelbus_gateway_sse_audit_seconds",
                        "Live feed: a client's batch ready to its audit row written (group commit with other clients')",
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -51,7 +57,8 @@ Position = dict[TP, int]       # the next offset to read, per partition a stream
 
 BUFFER_WINDOW_S = float(os.environ.get("INTELBUS_LIVE_BUFFER_S", "3600"))
 BUFFER_MAX_ITEMS = int(os.environ.get("INTELBUS_LIVE_BUFFER_ITEMS", "50000"))
-TOKEN_VERSION = "1"
+TOKEN_VERSION = "2"
+TOPICS = (HIT_TOPIC, ALERT_TOPIC, WORKFLOW_TOPIC)
 APPEND_SLICE = 200
 
 
@@ -77,43 +84,67 @@ def _check(body: str) -> str:
     return hashlib.blake2s(body.encode(), digest_size=4).hexdigest()
 
 
-def stream_partitions(hit_part: int, alert_parts: int) -> list[TP]:
-    """What a view's stream reads: its province's partition of intel.hit, every alert partition."""
-    return [(HIT_TOPIC, hit_part)] + [(ALERT_TOPIC, p) for p in range(alert_parts)]
+def stream_partitions(hit_part: int, alert_parts: int, workflow_parts: int = 0) -> list[TP]:
+    """What a view's stream reads: its province's partition of intel.hit, every alert partition, every
+    workflow partition (intel.workflow is keyed by item id, so any partition may hold the view's items)."""
+    return ([(HIT_TOPIC, hit_part)] + [(ALERT_TOPIC, p) for p in range(alert_parts)]
+            + [(WORKFLOW_TOPIC, p) for p in range(workflow_parts)])
+
+
+def _offsets(position: Position, topic: str) -> list[int]:
+    parts = sorted((p, o) for (t, p), o in position.items() if t == topic)
+    if [p for p, _ in parts] != list(range(len(parts))):
+        raise ValueError(f"not a stream position: {sorted(position)}")
+    return [o for _, o in parts]
 
 
 def encode_token(view: str, position: Position) -> str:
-    """`1.<view>.<hit partition>.<hit offset>.<alert offsets>.<check>`, offsets in base 36 (URL-safe, ~45 chars)."""
+    """`2.<view>.<hit partition>.<hit offset>.<alert offsets>.<workflow offsets>.<check>`, offsets in base 36,
+    '-'-separated (URL-safe, ~60 chars)."""
     hits = [(p, o) for (t, p), o in position.items() if t == HIT_TOPIC]
-    alerts = sorted((p, o) for (t, p), o in position.items() if t == ALERT_TOPIC)
-    if len(hits) != 1 or [p for p, _ in alerts] != list(range(len(alerts))):
+    if len(hits) != 1 or any(t not in TOPICS for t, _ in position):
         raise ValueError(f"not a stream position: {sorted(position)}")
-    body = f"{TOKEN_VERSION}.{view}.{hits[0][0]}.{_b36(hits[0][1])}.{'-'.join(_b36(o) for _, o in alerts)}"
+    alerts, workflow = _offsets(position, ALERT_TOPIC), _offsets(position, WORKFLOW_TOPIC)
+    body = (f"{TOKEN_VERSION}.{view}.{hits[0][0]}.{_b36(hits[0][1])}.{'-'.join(map(_b36, alerts))}."
+            f"{'-'.join(map(_b36, workflow))}")
     return f"{body}.{_check(body)}"
 
 
 def decode_token(token: str, view: str, partitions: list[TP]) -> Position:
     """The position a token names, for a stream of `view` reading `partitions`; TokenError if it is
-    malformed, altered, of another view, or of another partition layout."""
+    malformed, altered, of another view, or of another partition layout. A version 1 token (made
+    before the feed carried workflow items) names no workflow partition: the position it gives lacks
+    them, and the caller starts those where the hub is (`complete_position`)."""
     token = (token or "").strip()
     parts = token.split(".")
-    if len(parts) != 6 or parts[0] != TOKEN_VERSION:
+    if not (len(parts) == 7 and parts[0] == TOKEN_VERSION or len(parts) == 6 and parts[0] == "1"):
         raise TokenError("Last-Event-ID is not a position token of this feed (malformed)")
     body, check = token.rsplit(".", 1)
     if _check(body) != check:
         raise TokenError("Last-Event-ID does not check out (altered or truncated)")
-    _, tview, hit_part, hit_off, alert_offs = body.split(".")
+    fields = body.split(".")
+    tview, hit_part, hit_off, alert_offs = fields[1:5]
+    workflow_offs = fields[5] if len(fields) == 6 else None
     if tview != view:
         raise TokenError(f"Last-Event-ID belongs to the view of region {tview}, not {view}: "
                          "reconnect without it, or with region={tview}")
     try:
         position = {(HIT_TOPIC, int(hit_part)): int(hit_off, 36)}
         position.update({(ALERT_TOPIC, p): int(o, 36) for p, o in enumerate(alert_offs.split("-"))})
+        if workflow_offs:
+            position.update({(WORKFLOW_TOPIC, p): int(o, 36) for p, o in enumerate(workflow_offs.split("-"))})
     except ValueError:
         raise TokenError("Last-Event-ID is not a position token of this feed (malformed)") from None
-    if sorted(position) != sorted(partitions):
+    expected = partitions if workflow_offs is not None else [tp for tp in partitions if tp[0] != WORKFLOW_TOPIC]
+    if sorted(position) != sorted(expected):
         raise TokenError("Last-Event-ID was made for another partition layout of the bus: reconnect without it")
     return position
+
+
+def complete_position(position: Position, partitions: list[TP], ends: Position) -> Position:
+    """The position with every partition the stream reads: those a token did not name (a version 1
+    token's workflow partitions) start at `ends` (where the hub has read to)."""
+    return {tp: position[tp] if tp in position else ends.get(tp, 0) for tp in partitions}
 
 
 # --- the buffer --------------------------------------------------------------------------------
@@ -125,10 +156,10 @@ class Entry:
     partition: int
     offset: int
     ts_ms: int
-    kind: str           # hit | alert
-    scope: dict         # what the entitlement needs: classification and notify_regions / share_scope
+    kind: str           # hit | alert | workflow (the SSE event type)
+    scope: dict         # what the entitlement needs: classification and notify_regions / share_scope / notify
     data: str           # the feed item as one line of JSON (the NDJSON feed's item)
-    ident: str = ""     # hit_id or event_id (for the audit row)
+    ident: str = ""     # hit_id, or the alert's or workflow event's event_id (for the audit row)
     seen: dict = field(default_factory=dict)  # (view, clearance) -> visible, computed once per view kind
     record: dict | None = None  # the decoded record until the item is rendered
 
@@ -143,9 +174,11 @@ def entry_of(topic: str, partition: int, offset: int, ts_ms: int, record: dict |
     when first shown (`rendered`): a catch-up reader shows few of the messages it reads."""
     if record is None:
         return None
-    kind = "hit" if topic == HIT_TOPIC else "alert"
+    kind = {HIT_TOPIC: "hit", ALERT_TOPIC: "alert", WORKFLOW_TOPIC: "workflow"}[topic]
     if kind == "hit":
         scope = {"classification": record.get("classification"), "notify_regions": record.get("notify_regions") or []}
+    elif kind == "workflow":
+        scope = {"classification": record.get("classification"), "notify": record.get("notify") or []}
     else:
         scope = {"classification": record.get("classification"), "share_scope": record.get("share_scope") or []}
     entry = Entry(topic, partition, offset, ts_ms, kind, scope, "", "", record=record)
@@ -156,7 +189,12 @@ def rendered(entry: Entry) -> Entry:
     """The entry with its feed item as one line of JSON (the NDJSON feed's item) and its id."""
     if entry.record is not None:
         record, entry.record = entry.record, None
-        item = {"feed_item": "hit", **hit_for_display(record)} if entry.kind == "hit" else alert_for_display(record)
+        if entry.kind == "hit":
+            item = {"feed_item": "hit", **hit_for_display(record)}
+        elif entry.kind == "workflow":
+            item = workflow_for_display(record)
+        else:
+            item = alert_for_display(record)
         entry.data = json.dumps(item, ensure_ascii=False, default=str)
         entry.ident = str(item.get("hit_id") if entry.kind == "hit" else item.get("event_id"))
     return entry
@@ -164,14 +202,20 @@ def rendered(entry: Entry) -> Entry:
 
 def visible(entry: Entry, ent, view: str) -> bool:
     """May this entitlement, looking at `view`, see the entry? Memoised per (view, clearance) on the entry."""
-    if entry.kind not in ("hit", "alert"):
+    rule = _RULES.get(entry.kind)
+    if rule is None:
         return False
     key = (view, ent.identity.clearance)
     seen = entry.seen.get(key)
     if seen is None:
-        seen = ent.may_see_hit(entry.scope, view) if entry.kind == "hit" else ent.may_see_alert(entry.scope, view)
-        entry.seen[key] = seen
+        seen = entry.seen[key] = rule(ent, entry.scope, view)
     return seen
+
+
+# the same rules as the API's: hits and alerts (identity.entitlement), workflow items (gateway/workflow_api)
+_RULES = {"hit": lambda ent, scope, view: ent.may_see_hit(scope, view),
+          "alert": lambda ent, scope, view: ent.may_see_alert(scope, view),
+          "workflow": may_see_workflow}
 
 
 class Buffer:
@@ -310,7 +354,12 @@ class Hub:
 
     def view_partitions(self, view: str, regions) -> list[TP]:
         return stream_partitions(hit_partition(regions.province_of(view), self.partitions[HIT_TOPIC]),
-                                 self.partitions[ALERT_TOPIC])
+                                 self.partitions[ALERT_TOPIC], self.partitions.get(WORKFLOW_TOPIC, 0))
+
+    def ends(self) -> Position:
+        """Where the hub has read to, per partition (a version 1 token's workflow partitions start there)."""
+        with self.lock:
+            return dict(self.buffer.ends) if self.buffer is not None else {}
 
     # subscribers (on an event loop)
     def subscribe(self) -> "Wake":
@@ -361,9 +410,10 @@ class Hub:
             consumer = Consumer({**self.kafka_config, "group.id": "intelbus-gateway-hub", "enable.auto.commit": False,
                                  "auto.offset.reset": "latest", "enable.partition.eof": False})
             meta = consumer.list_topics(timeout=10).topics
-            self.partitions = {t: len(meta[t].partitions) for t in (HIT_TOPIC, ALERT_TOPIC)}
+            # a stack without the workflows (no intel.workflow) still has its hits and alerts live
+            partitions = {t: len(meta[t].partitions) for t in TOPICS if t in meta or t != WORKFLOW_TOPIC}
             start_ms = int((time.time() - self.window_s) * 1000)
-            tps = [TopicPartition(t, p, start_ms) for t in (HIT_TOPIC, ALERT_TOPIC) for p in range(self.partitions[t])]
+            tps = [TopicPartition(t, p, start_ms) for t in partitions for p in range(partitions[t])]
             starts, highs, trimmed = {}, {}, set()
             budget = max(1, self.max_items // len(tps))  # no point decoding what the bound would drop at once
             for tp in consumer.offsets_for_times(tps, timeout=10):
@@ -378,6 +428,7 @@ class Hub:
             consumer.assign(assigned)
             with self.lock:
                 self.buffer = Buffer(starts, start_ms, self.max_items, int(self.window_s * 1000))
+                self.partitions = partitions
                 for key in trimmed:  # it holds these from an offset, not from a time: no first connection's `since`
                     self.buffer.covered_from_ms[key] = int(time.time() * 1000)
         except Exception as exc:
@@ -423,6 +474,11 @@ class Hub:
                 self.buffer.evict(int(time.time() * 1000))
                 BUFFER_ITEMS.set(len(self.buffer.entries))
             self._wake()
+            if self.ready.is_set():  # the live part, not the start's backlog
+                now = time.time()
+                for entry, _, _ in fresh:
+                    if entry is not None:
+                        HUB_LAG.observe(max(0.0, now - entry.ts_ms / 1000))
 
 
 def _set_all(events) -> None:

@@ -1,4 +1,5 @@
-// The command-center wall: hits arriving live over Server-Sent Events (GET /api/v1/events), newest first.
+// The command-center wall: hits arriving live over Server-Sent Events (GET /api/v1/events), newest first;
+// beside them, the follow-ups addressed to the agency (workflow items of the same stream) with a countdown.
 // The browser's EventSource reconnects by itself and sends Last-Event-ID, so the gateway resumes after the
 // last item shown (no gap); a hit already on the wall is never shown twice (and is counted, should it come).
 "use strict";
@@ -235,6 +236,94 @@ function drawPlot() {
   Plot.draw(document.getElementById("plot"), points, { links });
 }
 
+// --- follow-ups: workflow items addressed to my agency (event: workflow) ---------------------------------
+// The gateway sends every workflow event the agency may see (the workflow API's rule); the panel keeps the
+// items one addressed to this agency or its region (a new request or directive, a hit to confirm, a reminder,
+// an escalation), the latest per item, with a countdown to the deadline; /queue is where they are acted on.
+
+const FU_KIND = { HIT_FOLLOW_UP: "命中核查", ASSISTANCE_REQUEST: "协查请求", DIRECTIVE: "指令" };
+const FU_NEWS = { OPENED: "待核查 to confirm", SENT: "新协查 new request", ISSUED: "新指令 new directive",
+                  REMINDED: "催办 reminder", RESENT: "重发 sent again", ESCALATED: "升级 escalated",
+                  ANSWERS_OFFERED: "可复用反馈 earlier answers", STALE_LISTING: "在逃信息待撤销 stale listing" };
+const FU_DONE = new Set(["CLOSED", "COMPLETED", "CANCELLED", "NOT_VALID"]);
+const FU_MAX = 60;
+const followups = { items: new Map(), seen: new Set(), others: 0, drawing: false };
+
+function forMe(w) {
+  const me = wall.me;
+  return !!me && (w.to || []).some((t) => t === `${me.agency.region}/${me.agency.branch}` || t === me.agency.region);
+}
+
+function onWorkflow(w) {
+  if (followups.seen.has(w.event_id)) return; // the same transition published twice (a replayed command)
+  followups.seen.add(w.event_id);
+  const have = followups.items.get(w.item_id);
+  if (FU_NEWS[w.event_type] && forMe(w)) {
+    followups.items.set(w.item_id, { ...w, due: w.due_ms, fresh: 1, handled: false });
+  } else if (have) { // a later step of an item on the panel: its new deadline, or done with (by us or anyone)
+    const mine = w.party && forMe({ to: [w.party] });
+    if (w.event_type === "NEED_TIME" && w.due_ms) have.due = w.due_ms;
+    if (FU_DONE.has(w.status) || (mine && w.party_status && w.party_status !== "SENT") ||
+        (have.item_kind === "HIT_FOLLOW_UP" && ["CONFIRMED", "NOT_VALID", "ACTION_REPORTED"].includes(w.event_type) && mine)) {
+      have.handled = true;
+      have.handled_by = w.event_type;
+    }
+  } else {
+    followups.others += 1;
+  }
+  // drawn in batches: a province's area can bring hundreds of workflow events a second
+  if (!followups.drawing) { followups.drawing = true; setTimeout(() => { followups.drawing = false; drawFollowups(); }, 200); }
+}
+
+function countdown(due) {
+  if (!due) return ["", false, false];
+  const ms = due - Date.now();
+  const s = Math.floor(Math.abs(ms) / 1000), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  const text = (ms < 0 ? "超时 -" : "剩 ") + (h ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(s % 60).padStart(2, "0")}s`);
+  return [text, ms < 0, ms >= 0 && ms < 10 * 60 * 1000];
+}
+
+function drawFollowups() {
+  const { el, cst, region } = IB;
+  const list = document.getElementById("followups");
+  const items = [...followups.items.values()];
+  // open ones first, the nearest deadline on top; handled ones after, newest first; the oldest drop off
+  items.sort((a, b) => (a.handled - b.handled) || (a.handled ? b.at_ms - a.at_ms : (a.due || Infinity) - (b.due || Infinity)));
+  for (const gone of items.slice(FU_MAX)) followups.items.delete(gone.item_id);
+  list.replaceChildren(...items.slice(0, FU_MAX).map((w) => {
+    const from = w.actor_agency || (w.party ? w.party : "");
+    const li = el("li", { "data-item-id": w.item_id, "data-event-type": w.event_type, "data-due": w.due || "",
+                          class: w.handled ? "handled" : (w.fresh ? "fresh" : "") },
+      el("a", { href: "/queue", title: `在待办队列中办理 act on ${w.item_id} in the queue` },
+        el("span", { class: "left" }),
+        el("span", { class: `what ${w.event_type}`, text: FU_NEWS[w.event_type] || w.event_type }),
+        el("span", { text: `${FU_KIND[w.item_kind] || w.item_kind} ${w.code ? IB.label("priority", w.code) : ""}` }),
+        el("div", { class: "sub", text: [w.text || "", from ? `来自 from ${region(from.split("/")[0])}${from.includes("/") ? "/" + from.split("/")[1] : ""}` : "",
+                                         w.due ? `期限 due ${cst(w.due)}` : "", w.handled ? `已处理 ${w.handled_by}` : "",
+                                         w.item_id].filter(Boolean).join(" · ") })));
+    w.fresh = 0; // flashes once, when it first shows
+    return li;
+  }));
+  tickFollowups();
+  const open = items.filter((w) => !w.handled).length;
+  document.getElementById("fu-count").textContent = open ? `${open} 项待办 open` : "";
+  document.getElementById("fu-empty").classList.toggle("hidden", items.length > 0);
+  document.getElementById("fu-others").textContent = followups.others
+    ? `另有 ${followups.others} 条辖区内流转 other workflow events in your area` : "";
+}
+
+function tickFollowups() {
+  for (const li of document.querySelectorAll("#followups li")) {
+    const w = followups.items.get(li.dataset.itemId);
+    if (!w) continue;
+    const [text, over, soon] = w.handled ? ["", false, false] : countdown(w.due);
+    const cell = li.querySelector(".left");
+    cell.textContent = text;
+    cell.classList.toggle("soon", soon);
+    li.classList.toggle("overdue", over);
+  }
+}
+
 // --- the connection ------------------------------------------------------------------------------------
 
 function connect() {
@@ -246,6 +335,7 @@ function connect() {
   es.addEventListener("open", () => { wall.opened = true; wall.lastBeat = Date.now(); showConnection(); });
   es.addEventListener("hit", (e) => { wall.lastBeat = Date.now(); wall.lastItem = e.lastEventId; onHit(JSON.parse(e.data)); });
   es.addEventListener("alert", (e) => { wall.lastBeat = Date.now(); wall.lastItem = e.lastEventId; wall.alerts += 1; applyFilters(); });
+  es.addEventListener("workflow", (e) => { wall.lastBeat = Date.now(); wall.lastItem = e.lastEventId; onWorkflow(JSON.parse(e.data)); });
   es.addEventListener("heartbeat", () => {
     wall.lastBeat = Date.now();
     // a heartbeat comes when the gateway has nothing more to send: the wall has caught up
@@ -296,7 +386,8 @@ async function main() {
     return;
   }
   connect();
-  setInterval(() => { showConnection(); if (document.getElementById("f-age").value !== "0") applyFilters(); }, 1000);
+  drawFollowups();
+  setInterval(() => { showConnection(); tickFollowups(); if (document.getElementById("f-age").value !== "0") applyFilters(); }, 1000);
 }
 
 document.addEventListener("DOMContentLoaded", main);

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.hub import (ALERT_TOPIC, HIT_TOPIC, Buffer, Entry, TokenError, advance, decode_token, encode_token,
-                         resume_source, stream_partitions)
+from gateway.hub import (ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, Buffer, Entry, TokenError, advance, complete_position,
+                         decode_token, encode_token, entry_of, rendered, resume_source, stream_partitions, visible)
 
 TPS = stream_partitions(3, 6)
 H3, A0, A1 = (HIT_TOPIC, 3), (ALERT_TOPIC, 0), (ALERT_TOPIC, 1)
@@ -146,3 +146,119 @@ def test_a_stream_s_fast_journal_lines_are_the_rows_audit_row_makes_and_merge_pe
     merged = json.loads(rows[0][8])
     assert merged["hit_ids"] == ["h1", "h2", "h3"] and merged["through"] == "t2" and merged["batches"] == 2
     assert rows[0][9] == 3 and rows[1][9] == 2
+
+
+# --- workflow items in the live feed --------------------------------------------------------------
+
+WTPS = stream_partitions(3, 6, 6)
+W0, W4 = (WORKFLOW_TOPIC, 0), (WORKFLOW_TOPIC, 4)
+
+
+def identity_of(region, clearance="INTERNAL"):
+    from identity.principals import Identity
+
+    return Identity(name=f"cc-{region}", kind="person", region=region, branch="COMMAND_CENTER",
+                    roles=frozenset({"command_center"}), clearance=clearance, token_id="jti")
+
+
+def workflow_record(notify, classification="INTERNAL", event_type="SENT", to=("120000/COMMAND_CENTER",)):
+    import uuid
+    from datetime import datetime, timezone
+
+    return {"event_id": uuid.uuid4(), "item_id": "R-1", "item_kind": "ASSISTANCE_REQUEST", "event_type": event_type,
+            "seq": 1, "at": datetime(2026, 11, 30, 1, 0, tzinfo=timezone.utc), "status": "OPEN", "actor": "hb-cc",
+            "actor_agency": "130000/COMMAND_CENTER", "party": None, "party_status": None, "to": list(to),
+            "notify": list(notify), "deadline": None, "due_at": datetime(2026, 11, 30, 2, 0, tzinfo=timezone.utc),
+            "scheduled_at": None, "level": 0, "code": "URGENT", "text": "该车是否在蓟州辖区?", "minutes": None,
+            "refs": [], "command_id": "c-1", "classification": classification}
+
+
+def test_a_workflow_token_round_trips_and_names_every_workflow_partition():
+    pos = {tp: i * 1000 for i, tp in enumerate(WTPS)}
+    token = encode_token("120000", pos)
+    assert token.startswith("2.120000.3.") and len(token) < 100
+    assert decode_token(token, "120000", WTPS) == pos
+    with pytest.raises(TokenError, match="another partition layout"):  # the bus grew a workflow partition
+        decode_token(token, "120000", stream_partitions(3, 6, 7))
+
+
+def test_a_version_1_token_resumes_hits_and_alerts_and_starts_workflow_where_the_hub_is():
+    import hashlib
+
+    body = "1.120000.3.a.0-0-0-0-0-1"  # what a wall held before the feed carried workflow items
+    old = f"{body}.{hashlib.blake2s(body.encode(), digest_size=4).hexdigest()}"
+    pos = decode_token(old, "120000", WTPS)
+    assert pos[H3] == 10 and pos[(ALERT_TOPIC, 5)] == 1 and W0 not in pos
+    ends = {**{tp: 0 for tp in WTPS}, W0: 77, W4: 5}
+    full = complete_position(pos, WTPS, ends)
+    assert full[W0] == 77 and full[W4] == 5 and full[H3] == 10 and sorted(full) == sorted(WTPS)
+    with pytest.raises(TokenError, match="does not check out"):
+        decode_token(old[:-1] + ("0" if old[-1] != "0" else "1"), "120000", WTPS)
+
+
+def test_workflow_items_go_to_the_agencies_the_workflow_api_shows_them_to():
+    from identity.entitlement import Entitlement
+    from schemas.regions import load_regions
+
+    regions = load_regions()
+    tianjin, jizhou, jiangsu = (Entitlement(identity_of(r), regions) for r in ("120000", "120119", "320000"))
+    secret_tianjin = Entitlement(identity_of("120000", "SECRET"), regions)
+    to_tianjin = entry_of(WORKFLOW_TOPIC, 0, 0, 1000, workflow_record(["120000", "130000"]))
+    to_jizhou = entry_of(WORKFLOW_TOPIC, 1, 0, 1000, workflow_record(["120119"]))
+    secret = entry_of(WORKFLOW_TOPIC, 2, 0, 1000, workflow_record(["120000"], classification="SECRET"))
+    assert visible(to_tianjin, tianjin, "120000") and not visible(to_tianjin, jiangsu, "320000")
+    assert visible(to_jizhou, tianjin, "120000")           # a province sees what its counties are sent
+    assert visible(to_jizhou, jizhou, "120119") and not visible(to_tianjin, jizhou, "120119")  # not the other way
+    assert not visible(secret, tianjin, "120000") and visible(secret, secret_tianjin, "120000")
+    # the API's rule, asked directly, agrees on each
+    from gateway.feed import may_see_workflow
+    for ent, view in ((tianjin, "120000"), (jiangsu, "320000"), (jizhou, "120119")):
+        for e, rec in ((to_tianjin, ["120000", "130000"]), (to_jizhou, ["120119"])):
+            assert visible(e, ent, view) == regions.may_see(view, rec) == may_see_workflow(
+                ent, {"classification": "INTERNAL", "notify": rec}, view)
+
+
+def test_a_workflow_item_is_rendered_as_an_sse_workflow_event_with_times_in_ms():
+    import json
+
+    from gateway.events import sse_item
+
+    e = rendered(entry_of(WORKFLOW_TOPIC, 4, 9, 1000, workflow_record(["120000"])))
+    item = json.loads(e.data)
+    assert item["feed_item"] == "workflow" and item["item_id"] == "R-1" and item["event_type"] == "SENT"
+    from datetime import datetime, timezone
+    assert item["at_ms"] == datetime(2026, 11, 30, 1, 0, tzinfo=timezone.utc).timestamp() * 1000
+    assert item["due_ms"] - item["at_ms"] == 3_600_000
+    assert "at" not in item and "due_at" not in item and e.ident == item["event_id"]
+    text = sse_item(e, "tok")
+    assert text.startswith("id: tok\nevent: workflow\ndata: {") and text.endswith("}\n\n") and text.count("\n") == 4
+
+
+def test_resuming_after_any_item_gives_the_rest_of_both_topics_once():
+    """Hits and workflow items interleaved: after each item's token, exactly the items after it, whichever
+    topic it was on; the buffer's order is the order read, not the topics' own."""
+    log = [entry(H3, 0), entry(W0, 0, kind="workflow"), entry(W4, 0, kind="workflow"), entry(H3, 1),
+           entry(W0, 1, kind="workflow", visible=False), entry(A0, 0), entry(W4, 1, kind="workflow"), entry(H3, 2)]
+    b = buffer_with(log, starts={tp: 0 for tp in WTPS})
+    may = lambda e: e.scope["visible"]  # noqa: E731
+    start = {tp: 0 for tp in WTPS}
+    whole = advance(dict(start), b.read(b.start_seq(start))[0], may)
+    names = [(e.tp, e.offset) for e, _ in whole]
+    assert (W0, 1) not in names and len(names) == 7
+    for i, (_, after) in enumerate(whole):
+        token = encode_token("120000", after)
+        pos = decode_token(token, "120000", WTPS)
+        assert resume_source(b, pos) == "hub"
+        rest = advance(pos, b.read(b.start_seq(pos))[0], may)
+        assert [(e.tp, e.offset) for e, _ in rest] == names[i + 1:]
+
+
+def test_intelbus_feed_follow_prints_a_workflow_item_as_one_line_with_cst_times():
+    from gateway.feed import render_workflow_line, workflow_for_display
+    from schemas.regions import load_regions
+
+    line = render_workflow_line(workflow_for_display(workflow_record(["120000"], event_type="ESCALATED",
+                                                                     to=("120000",))), load_regions())
+    assert line.startswith("[待办 workflow] 协查请求 ESCALATED 升级 R-1")
+    assert "at 2026-11-30 09:00:00 CST" in line and "due 2026-11-30 10:00:00 CST" in line  # 01:00 / 02:00 UTC
+    assert "to 120000 天津市" in line and line.endswith("该车是否在蓟州辖区?") and "\n" not in line
