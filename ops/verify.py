@@ -61,6 +61,13 @@ def load_truth(path: str) -> tuple[dict, dict[str, dict]]:
     return summary, hits
 
 
+def load_workflow_scorecard(path: str) -> list[dict]:
+    """The truth's expected scorecard rows (type workflow_scorecard), one per agency."""
+    with open(path, encoding="utf-8") as f:
+        return [{k: v for k, v in rec.items() if k != "type"} for rec in map(json.loads, f)
+                if rec.get("type") == "workflow_scorecard"]
+
+
 def load_workflow_truth(path: str) -> tuple[dict, list[dict], list[dict]]:
     """(summary, workflow_item records, workflow_step records) of a truth file."""
     summary, items, steps = {}, [], []
@@ -180,8 +187,9 @@ def count_dropped_duplicates(values, prefix: str) -> int:
 # --- workflow traffic ---------------------------------------------------------------------------
 
 STEP_EVENTS = ("REMINDED", "RESENT", "ESCALATED", "STALE_LISTING")
-WORKFLOW_COLUMNS = ("event_id", "item_id", "item_kind", "event_type", "at_ms", "party", "to", "deadline", "level",
-                    "due_ms", "scheduled_ms")
+WORKFLOW_COLUMNS = ("event_id", "item_id", "item_kind", "event_type", "seq", "at_ms", "party", "to", "deadline",
+                    "level", "due_ms", "scheduled_ms", "code")
+APPROXIMATE = ("response_median_s", "response_p90_s")
 
 
 @dataclass
@@ -197,25 +205,34 @@ class WorkflowVerdict:
     twice: list[dict] = field(default_factory=list)            # the same step under two event ids
     off_plan: list[dict] = field(default_factory=list)         # a person's action stored on the other side of a step
     lost: list[dict] = field(default_factory=list)             # a person's action the history does not hold
+    scorecard_rows: int = 0                                    # agencies in the truth's scorecard
+    scorecard_diffs: list[dict] = field(default_factory=list)  # an agency's column that differs
+    tolerance_s: float = 0.0                                   # for the response times (the plan's margin)
+    max_displacement_ms: int = 0                               # the largest |stored - planned| of an action
 
     @property
     def exact(self) -> bool:
         return not (self.unplayed or self.unseen or self.missing or self.extra or self.wrong or self.twice
-                    or self.off_plan or self.lost)
+                    or self.off_plan or self.lost or self.scorecard_diffs)
 
     def summary(self) -> dict:
         return {"mode": "workflow", "items": self.items, "expected_steps": self.expected_steps,
                 "found_steps": self.found_steps, "missing": len(self.missing), "extra": len(self.extra),
                 "wrong": len(self.wrong), "twice": len(self.twice), "unplayed": len(self.unplayed),
                 "unseen": len(self.unseen), "off_plan": len(self.off_plan), "lost": len(self.lost),
-                "times": "exact (relative to the item's SENT/ISSUED event)", "exact": self.exact}
+                "times": "exact (relative to the item's SENT/ISSUED event)",
+                "scorecard_rows": self.scorecard_rows, "scorecard_diffs": len(self.scorecard_diffs),
+                "scorecard": f"counts and shares exact; response median and p90 within {self.tolerance_s:g} s "
+                             f"(the plan's margin: no action may be stored further than that from its plan; "
+                             f"the largest here was {self.max_displacement_ms / 1000:g} s)",
+                "exact": self.exact}
 
     def lines(self) -> list[str]:
         """What differs, one line each, by item."""
         out = [f"unplayed: {r}" for r in self.unplayed] + [f"not in the history: {i}" for i in self.unseen]
         for label, rows in (("missing", self.missing), ("extra", self.extra), ("wrong", self.wrong),
                             ("twice", self.twice), ("action off its plan (the truth does not hold for it)", self.off_plan),
-                            ("action not in the history", self.lost)):
+                            ("action not in the history", self.lost), ("scorecard", self.scorecard_diffs)):
             out += [f"{label}: {json.dumps(r, ensure_ascii=False)}" for r in
                     sorted(rows, key=lambda r: (r.get("item_id") or "", r.get("deadline") or "", r.get("level") or 0))]
         return out
@@ -319,6 +336,7 @@ def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], ancho
                 continue
             actual = int(got[0]["at_ms"]) - anchor[iid]
             planned = int(a["planned_ms"])
+            v.max_displacement_ms = max(v.max_displacement_ms, abs(actual - planned))
             for d in it.get("deadlines", []):
                 due_actual = d["due_after_ms"]
                 if d["name"].startswith("due:") and issued is not None and issued.get("due_ms") is not None:
@@ -329,6 +347,37 @@ def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], ancho
                         v.off_plan.append({"item_id": iid, "ref": it["ref"], "verb": a["verb"], "agency": a["agency"],
                                            "planned_ms": planned, "stored_ms": actual, "deadline": d["name"],
                                            "level": k, "step_ms": b_real})
+
+
+def compare_scorecard(v: WorkflowVerdict, expected: list[dict], rows: list[dict], period, tolerance_s: float) -> None:
+    """The scorecard of the stored events (workflows.scorecard over the truth's items, the truth's
+    period) against the truth's: every column of every agency equal, the response times within
+    `tolerance_s`. An order statistic moves by no more than the largest move of any one value, so
+    the plan's margin bounds how far a correct bus's medians can be from the plan's."""
+    from workflows.scorecard import scorecard
+
+    v.scorecard_rows, v.tolerance_s = len(expected), tolerance_s
+    if not expected:
+        return
+    got = {r["agency"]: r for r in scorecard(rows, start_ms=int(period[0]), end_ms=int(period[1]))}
+    want = {r["agency"]: r for r in expected}
+    for agency in sorted(set(got) | set(want)):
+        g, w = got.get(agency), want.get(agency)
+        if g is None or w is None:
+            v.scorecard_diffs.append({"agency": agency, "problem": "not in the bus's scorecard" if g is None
+                                      else "not in the truth's scorecard"})
+            continue
+        for col, expected_value in w.items():
+            value = g.get(col)
+            if col in APPROXIMATE and value is not None and expected_value is not None:
+                if abs(float(value) - float(expected_value)) <= tolerance_s:
+                    continue
+            elif isinstance(expected_value, float) and isinstance(value, float):
+                if abs(value - expected_value) < 1e-9:
+                    continue
+            elif value == expected_value:
+                continue
+            v.scorecard_diffs.append({"agency": agency, "column": col, "truth": expected_value, "bus": value})
 
 
 def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, timeout: float = 120.0) -> list[dict]:
@@ -359,9 +408,14 @@ def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, t
 
 
 def verify_workflow(settings, truth_path: str, *, idle_seconds: float = 3.0) -> WorkflowVerdict:
-    _summary, items, steps = load_workflow_truth(truth_path)
+    summary, items, steps = load_workflow_truth(truth_path)
     ids = [i["item_id"] for i in items if i.get("item_id")]
-    return compare_workflow(items, steps, workflow_rows(settings, ids, idle_seconds=idle_seconds))
+    rows = workflow_rows(settings, ids, idle_seconds=idle_seconds)
+    verdict = compare_workflow(items, steps, rows)
+    if summary.get("scorecard_period"):
+        compare_scorecard(verdict, load_workflow_scorecard(truth_path), rows, summary["scorecard_period"],
+                          summary.get("margin_ms", 0) / 1000)
+    return verdict
 
 
 def add_verify(p):

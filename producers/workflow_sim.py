@@ -459,6 +459,31 @@ def machine_events(plan: Plan, policy, regions, t0_ms: int, **kw) -> list:
     return events
 
 
+def event_row(e) -> dict:
+    """A `WorkflowEvent` as a `workflow_events` row (what the sink stores; '' for unset text)."""
+    return {"event_id": e.event_id, "item_id": e.item_id, "item_kind": e.item_kind, "event_type": e.event_type,
+            "seq": e.seq, "at_ms": e.at, "status": e.status, "actor": e.actor or "", "actor_agency": e.actor_agency or "",
+            "party": e.party or "", "party_status": e.party_status or "", "to": list(e.to), "notify": list(e.notify),
+            "deadline": e.deadline or "", "due_ms": e.due_at, "scheduled_ms": e.scheduled_at, "level": e.level,
+            "code": e.code or "", "minutes": e.minutes}
+
+
+def scorecard_period(plan: Plan, t0_ms: int) -> tuple[int, int]:
+    """A period holding every item of the play (an hour either side: the stamped times drift a little)."""
+    return t0_ms - 3600 * MS, t0_ms + plan.end_ms + 3600 * MS
+
+
+def expected_scorecard(plan: Plan, policy, regions, t0_ms: int, item_ids: dict | None = None,
+                       due_at: dict | None = None) -> list[dict]:
+    """The scorecard a correct bus shows for the play (workflows.scorecard over the events the core
+    emits for the plan as played from t0_ms), one row per agency."""
+    from workflows.scorecard import scorecard
+
+    rows = [event_row(e) for e in machine_events(plan, policy, regions, t0_ms, item_ids=item_ids, due_at=due_at)]
+    start, end = scorecard_period(plan, t0_ms)
+    return scorecard(rows, start_ms=start, end_ms=end)
+
+
 # --- the truth file -----------------------------------------------------------------------------------
 
 
@@ -548,11 +573,21 @@ def policy_summary(policy) -> dict:
 
 
 def write_truth(path: str, plan: Plan, steps: list[Step], policy, played: dict | None = None) -> None:
-    ids = (played or {}).get("item_ids", {})
+    """The summary, the items, the steps and, after a play, the expected scorecard (`workflow_scorecard`
+    rows, one per agency, over the period in the summary's `scorecard_period`)."""
+    played = played or {}
+    ids = played.get("item_ids", {})
+    summary = workflow_summary(plan, steps, policy, played)
+    card = []
+    if "started_ms" in played:
+        summary["scorecard_period"] = list(scorecard_period(plan, played["started_ms"]))
+        card = expected_scorecard(plan, policy, regions_of(policy), played["started_ms"], ids, played.get("due_at"))
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(workflow_summary(plan, steps, policy, played), ensure_ascii=False) + "\n")
+        f.write(json.dumps(summary, ensure_ascii=False) + "\n")
         for rec in truth_records(plan, steps, policy, ids, played):
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        for row in card:
+            f.write(json.dumps({"type": "workflow_scorecard", **row}, ensure_ascii=False) + "\n")
 
 
 # --- principals and the play --------------------------------------------------------------------------

@@ -108,9 +108,7 @@ def test_the_truth_file_keeps_the_old_reader_working_and_has_the_workflow_record
 
 def rows_of(events) -> list[dict]:
     """WorkflowEvents as workflow_events rows (what the sink stores)."""
-    return [{"event_id": e.event_id, "item_id": e.item_id, "item_kind": e.item_kind, "event_type": e.event_type,
-             "at_ms": e.at, "party": e.party or "", "to": list(e.to), "deadline": e.deadline or "", "level": e.level,
-             "due_ms": e.due_at, "scheduled_ms": e.scheduled_at} for e in events]
+    return [ws.event_row(e) for e in events]
 
 
 def truth_and_rows(seed=5):
@@ -267,3 +265,57 @@ def test_verify_tells_an_action_stored_across_a_step_from_a_fault_of_the_bus():
     rows = [r for r in rows if not (r["item_id"] == it["item_id"] and r["event_type"] == "ACCEPTED")]
     v = compare_workflow(items, steps, rows)
     assert [(x["item_id"], x["verb"]) for x in v.lost] == [(it["item_id"], "accept")]
+
+
+# --- the scorecard truth ------------------------------------------------------------------------
+
+
+def test_the_expected_scorecard_counts_the_plan():
+    from workflows.scorecard import scorecard
+
+    plan = plan_of(5)
+    card = {r["agency"]: r for r in ws.expected_scorecard(plan, POLICY, REGIONS, T0)}
+    received = collections.Counter(p.who for it in plan.items if it.kind == "ASSISTANCE_REQUEST" for p in it.parties)
+    assert {a: r["requests_received"] for a, r in card.items() if r["requests_received"]} == dict(received)
+    accept_s = POLICY.request("ROUTINE").accept_s * 1000
+    on_time = collections.Counter(p.who for it in plan.items if it.kind == "ASSISTANCE_REQUEST" for p in it.parties
+                                  if p.accept_ms is not None and p.accept_ms <= accept_s)
+    assert {a: r["accepted_on_time"] for a, r in card.items() if r["accepted_on_time"]} == dict(on_time)
+    refused = collections.Counter(p.who for it in plan.items for p in it.parties if p.refuse_ms is not None)
+    assert {a: r["refusals"] for a, r in card.items() if r["refusals"]} == dict(refused)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    escalated = collections.Counter(s.party for s in steps if s.event_type == "ESCALATED")
+    assert {a: r["escalations"] for a, r in card.items() if r["escalations"]} == dict(escalated)
+    assert scorecard([], start_ms=0, end_ms=1) == []
+
+
+def scored(seed=5):
+    items, steps, rows = truth_and_rows(seed)
+    plan = plan_of(seed)
+    ids = {r["ref"]: r["item_id"] for r in items}
+    due_at = {it.ref: T0 + it.at_ms + it.due_after_ms for it in plan.items if it.kind == "DIRECTIVE"}
+    card = ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at)
+    return items, steps, rows, card, ws.scorecard_period(plan, T0)
+
+
+def test_verify_finds_the_scorecard_equal_and_tells_a_count_from_a_response_time_within_the_margin():
+    from ops.verify import compare_scorecard
+
+    items, steps, rows, card, period = scored()
+    v = compare_workflow(items, steps, rows)
+    compare_scorecard(v, card, rows, period, 1.0)
+    assert v.exact and v.scorecard_rows == len(card) > 5, v.lines()
+    # every response stamped 0.8 s later: medians move by 0.8 s, within the 1 s margin; on time stays on time
+    late = [({**r, "at_ms": r["at_ms"] + 800} if r["event_type"] in ("ACCEPTED", "REFUSED", "ANSWERED") else r)
+            for r in rows]
+    v = compare_workflow(items, steps, late)
+    compare_scorecard(v, card, late, period, 1.0)
+    assert not v.scorecard_diffs, v.scorecard_diffs
+    # a refusal the bus lost: the agency's refusals differ, and the verdict names the agency and the column
+    refused = next(r for r in rows if r["event_type"] == "REFUSED")
+    fewer = [r for r in rows if r is not refused]
+    v = compare_workflow(items, steps, fewer)
+    compare_scorecard(v, card, fewer, period, 1.0)
+    cols = {(d["agency"], d["column"]) for d in v.scorecard_diffs}
+    assert (refused["party"], "refusals") in cols and (refused["party"], f"refused_{refused['code'].lower()}") in cols
+    assert not v.exact
