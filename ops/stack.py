@@ -92,9 +92,10 @@ class Stack:
             ensure_supervisor(self.settings, out=self.out)
         return self.status()
 
-    def launch(self, c: Component, *, blocking: bool = True):
+    def launch(self, c: Component, *, blocking: bool = True, only_if_recorded: bool = False):
         """Spawn c unless its recorded process runs: (record, spawned), or None when not blocking
-        and `up`, `down` or the supervisor is deciding about c at this moment.
+        and `up`, `down` or the supervisor is deciding about c at this moment, or when
+        only_if_recorded (the supervisor) and c has no pid file (`down` stopped it).
 
         Holds c's lock from the check to the pid file written, so `up` and the supervisor never
         start the same component twice, and `down` never races a start."""
@@ -102,6 +103,8 @@ class Stack:
             if not locked:
                 return None
             record = self.pids.read(c.name)
+            if record is None and only_if_recorded:
+                return None
             if record and record.alive():
                 return record, False
             if record and not record.wait_gone(30):

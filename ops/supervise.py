@@ -203,6 +203,12 @@ class Supervisor:
         before = dict(self.watches)
         for c in self.stack.components:
             record = self.stack.pids.read(c.name)
+            if record is not None and not record.alive():
+                # a crash, or a `down` stopping it: `down` holds the lock until the pid file is gone
+                with self.stack.pids.lock(c.name, blocking=False) as free:
+                    if not free:
+                        continue
+                    record = self.stack.pids.read(c.name)
             seen = STOPPED if record is None else RUNNING if record.alive() else DEAD
             old = self.watches.get(c.name, Watch())
             healthy = c.healthy() if seen == RUNNING and old.starting_since is not None else None
@@ -228,16 +234,21 @@ class Supervisor:
         from ops.install import Missing
 
         try:
-            launched = self.stack.launch(c, blocking=False)
+            launched = self.stack.launch(c, blocking=False, only_if_recorded=True)
         except (Missing, OSError) as exc:
             w = restart_failed(w, now, self.backoff)
             self.out(f"{c.name}: restart failed: {exc}; next try in {w.restart_at - now:.0f}s")
             return w
-        if launched is None:  # `up` or `down` holds it right now: look again next tick
+        if launched is None:  # `up` or `down` holds it right now, or `down` removed it: look again next tick
             return w
         record, spawned = launched
-        if not spawned:  # started meanwhile by an `up`, or something else answers on its port
-            self.out(f"{c.name}: running again, started by someone else")
+        if record is None:  # its pid is gone but something answers at its address
+            w = restart_failed(w, now, self.backoff)
+            self.out(f"{c.name}: something not started by intelbus answers at {c.address}; not started again "
+                     f"(look again in {w.restart_at - now:.0f}s)")
+            return w
+        if not spawned:  # an `up` started it meanwhile
+            self.out(f"{c.name}: running again (pid {record.pid}), started by someone else (`intelbus up`)")
             return Watch(restarts=w.restarts, crashes=w.crashes, running_since=now)
         self.out(f"{c.name}: restarted (pid {record.pid}, restart {w.restarts + 1})")
         return restarted(w, now)
@@ -275,20 +286,36 @@ def settings_environ(settings: Settings) -> dict:
     return env
 
 
+def settings_path(settings: Settings) -> Path:
+    return settings.stack_path / "run" / "supervisor.settings.json"
+
+
 def ensure_supervisor(settings: Settings, *, out=print) -> None:
-    """Start the supervisor unless one runs for this stack."""
-    from ops.processes import PidFiles, spawn
+    """Start the supervisor unless one runs for this stack with these settings.
+
+    One that runs with other settings (an earlier `up` with other ports or another number of
+    workers) is replaced: it would restart components where this `up` does not look for them."""
+    from ops.processes import PidFiles, spawn, stop
 
     pids = PidFiles(settings.stack_path / "run")
+    wanted = settings_environ(settings)
     with pids.lock(SUPERVISOR):
         record = pids.read(SUPERVISOR)
         if record is not None and record.alive():
-            return
+            try:
+                running_with = json.loads(settings_path(settings).read_text())
+            except (OSError, ValueError):
+                running_with = None
+            if running_with == wanted:
+                return
+            stop(record, timeout=60)
+            out(f"{SUPERVISOR:<11} stopped (pid {record.pid}): it ran with an earlier `up`'s settings")
         marker = f"ops.cli supervise --stack-dir {settings.stack_path}"
         record = spawn(SUPERVISOR, [sys.executable, "-P", "-m", "ops.cli", "supervise", "--stack-dir", str(settings.stack_path)],
-                       log=log_path(settings), marker=marker, env={**settings_environ(settings), "PYTHONUNBUFFERED": "1"},
+                       log=log_path(settings), marker=marker, env={**wanted, "PYTHONUNBUFFERED": "1"},
                        cwd=settings.stack_path)
         pids.write(record)
+        settings_path(settings).write_text(json.dumps(wanted))
     out(f"{SUPERVISOR:<11} started (pid {record.pid}): restarts a crashed component with backoff, log {log_path(settings)}")
 
 
@@ -302,6 +329,7 @@ def stop_supervisor(settings: Settings, *, out=print) -> None:
             out(f"{SUPERVISOR:<11} stopped (pid {record.pid})")
         pids.remove(SUPERVISOR)
         state_path(settings).unlink(missing_ok=True)
+        settings_path(settings).unlink(missing_ok=True)
 
 
 def add_supervise(p):

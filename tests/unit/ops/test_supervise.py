@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from ops.processes import PidFiles
 from ops.supervise import DEAD, RUNNING, STOPPED, Backoff, Watch, decide, describe_exit, restart_failed, restarted
@@ -156,3 +157,93 @@ def test_a_process_whose_main_thread_died_is_not_gone_while_another_thread_runs(
     started = time.monotonic()
     assert record.wait_gone(10)
     assert time.monotonic() - started > 0.5
+
+
+def test_down_stops_the_supervisor_before_anything_else(tmp_path):
+    from ops.processes import spawn
+    from ops.settings import load_settings
+    from ops.stack import Stack
+    from ops.supervise import SUPERVISOR, ensure_supervisor
+
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path)})
+    pids = PidFiles(settings.stack_path / "run")
+    said = []
+    ensure_supervisor(settings, out=said.append)
+    supervisor = pids.read(SUPERVISOR)
+    assert supervisor.alive() and "started" in said[0]
+    ensure_supervisor(settings, out=said.append)  # one per stack
+    assert pids.read(SUPERVISOR).pid == supervisor.pid and len(said) == 1
+    marker = f"intelbus-test-jobs-1-{tmp_path.name}"
+    leftover = spawn("jobs-1", [sys.executable, "-c", "import time; time.sleep(120)", marker],
+                     log=tmp_path / "jobs-1.log", marker=marker)
+    pids.write(leftover)
+
+    Stack(settings, components=[], out=said.append).down()
+
+    assert not supervisor.alive() and not leftover.alive() and pids.names() == []
+    assert said[1].startswith("supervisor") and "jobs-1" in said[2]
+
+
+def test_supervisor_leaves_a_pid_file_its_settings_do_not_name(tmp_path):
+    """jobs-1 of an `INTELBUS_JOBS_WORKERS=2 intelbus up`, dead, while the supervisor runs with one worker."""
+    from ops.processes import PidRecord
+    from ops.settings import load_settings
+    from ops.supervise import Supervisor
+
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_JOBS_WORKERS": "1"})
+    pids = PidFiles(settings.stack_path / "run")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = PidRecord(name="jobs-1", pid=int(gone.stdout), started_at=0.0, marker="ops.cli jobs --worker-index 1", log="")
+    pids.write(dead)
+    said, now = [], [0.0]
+    supervisor = Supervisor(settings, clock=lambda: now[0], out=said.append)
+    for _ in range(40):
+        supervisor.tick()
+        now[0] += 1
+    assert said == [] and pids.read("jobs-1") == dead and "jobs-1" not in supervisor.watches
+
+
+def test_an_up_with_other_settings_replaces_the_supervisor(tmp_path):
+    """A supervisor left by an `up` with other ports would restart components where this `up`
+    does not look for them (and probe another stack's gateway)."""
+    from ops.settings import load_settings
+    from ops.stack import Stack
+    from ops.supervise import SUPERVISOR, ensure_supervisor
+
+    first = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_METRICS_PORT_BASE": "29400"})
+    second = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_METRICS_PORT_BASE": "29500"})
+    pids = PidFiles(first.stack_path / "run")
+    said = []
+    try:
+        ensure_supervisor(first, out=said.append)
+        old = pids.read(SUPERVISOR)
+        ensure_supervisor(second, out=said.append)
+        new = pids.read(SUPERVISOR)
+        assert new.pid != old.pid and new.alive() and not old.alive()
+        assert "earlier `up`'s settings" in said[1]
+        environ = (Path(f"/proc/{new.pid}/environ").read_bytes().split(b"\0"))
+        assert b"INTELBUS_METRICS_PORT_BASE=29500" in environ
+    finally:
+        Stack(first, components=[], out=lambda m: None).down()
+
+
+def test_a_down_in_progress_is_not_read_as_a_crash(tmp_path):
+    """`down NAME` stops the process, then removes its pid file, holding NAME's lock throughout:
+    in between, a dead process with a pid file must not look like a crash."""
+    from ops.processes import PidRecord
+    from ops.settings import load_settings
+    from ops.supervise import Supervisor
+
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path)})
+    pids = PidFiles(settings.stack_path / "run")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pids.write(PidRecord(name="sink", pid=int(gone.stdout), started_at=0.0, marker="ops.cli sink", log=""))
+    said, now = [], [0.0]
+    supervisor = Supervisor(settings, clock=lambda: now[0], out=said.append)
+    with pids.lock("sink"):  # what `down sink` holds while it stops the sink
+        for _ in range(5):
+            supervisor.tick()
+            now[0] += 1
+        pids.remove("sink")
+    supervisor.tick()
+    assert said == [] and pids.read("sink") is None
