@@ -178,3 +178,51 @@ def test_the_scorecard_read_is_audited_with_its_purpose(own_gateway, people, age
     finally:
         ex.close()
     assert ("t-hb-analyst", "query", "scorecard", "ok") in [tuple(x) for x in rows]
+
+
+def test_a_request_sent_and_accepted_through_the_stack_is_on_the_scorecard(own_gateway, people, settings):
+    """End to end: Hebei's command center sends a request to Jizhou's, Jizhou accepts (gateway, commands topic,
+    the stack's workflow job, intel.workflow, the sink); Tianjin's analyst's scorecard of those minutes counts it,
+    and equals workflows.scorecard over the rows the sink stored."""
+    import time
+
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor
+    from workflows.scorecard import scorecard
+
+    start = int(time.time()) - 1
+    sent = cli(own_gateway, people, "t-hb-cc", "request", "send", "--to", "120119/COMMAND_CENTER", "--priority",
+               "ROUTINE", "--question", "考核: 是否在辖区?", "--wait", "10")
+    assert sent.returncode == 0, sent.stderr
+    item_id = sent.stdout.split(":")[0].strip()
+    assert item_id.startswith("R-"), sent.stdout
+    if "SENT" not in sent.stdout:
+        pytest.skip("no workflow job on this stack processed the request within 10 s")
+    accepted = cli(own_gateway, people, "t-jz-cc", "request", "accept", item_id, "--wait", "10")
+    assert accepted.returncode == 0 and "ACCEPTED" in accepted.stdout, accepted.stdout + accepted.stderr
+    end = int(time.time()) + 120
+    fmt = "%Y-%m-%d %H:%M:%S"
+    period = [datetime.fromtimestamp(t, timezone.utc).strftime(fmt) for t in (start, end)]
+    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
+    try:
+        for _ in range(5):  # other tests may add requests to Jizhou meanwhile: compare one consistent reading
+            cols, rows = ex.query(
+                "SELECT * FROM intelbus.workflow_events FINAL WHERE item_id IN (SELECT item_id FROM "
+                f"intelbus.workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at_ms >= {start * 1000})")
+            stored = [dict(zip(cols, r)) for r in rows]
+            r = cli(own_gateway, people, "t-tj-analyst", "query", "scorecard", "--from", period[0], "--to", period[1],
+                    "--purpose", "考核 e2e", "--format", "json")
+            assert r.returncode == 0, r.stderr
+            shown = {x["agency"]: x for x in map(json.loads, r.stdout.splitlines())}
+            want = {x["agency"]: x for x in scorecard(stored, start_ms=start * 1000, end_ms=end * 1000)}
+            row = shown.get("120119/COMMAND_CENTER")
+            if row is not None and {k: row[k] for k in want["120119/COMMAND_CENTER"]} == want["120119/COMMAND_CENTER"]:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the scorecard {row} differs from the stored events' {want.get('120119/COMMAND_CENTER')}")
+    finally:
+        ex.close()
+    assert any(e["item_id"] == item_id and e["event_type"] == "ACCEPTED" for e in stored)
+    assert row["requests_received"] >= 1 and row["accepted_on_time"] >= 1 and row["responded"] >= 1
+    assert "130000/COMMAND_CENTER" not in shown  # the requester is Hebei's: not Tianjin's to see
