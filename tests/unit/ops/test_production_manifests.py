@@ -348,7 +348,9 @@ def test_every_service_up_starts_has_a_unit_and_a_manifest():
                   if without_listen_address(intelbus_args_of_container(c, index)) == argv]
         assert in_k8s, f"`intelbus up` starts {name} (intelbus {' '.join(argv)}): no workload in ops/k8s runs it"
         if name.startswith("jobs-"):  # several workers: as many pods, each its own index
-            assert in_k8s[0]["kind"] == "StatefulSet" and in_k8s[0]["spec"]["replicas"] >= 1
+            # a worker is ready only once it holds partitions: one more than there are never is
+            partitions = int(configmap()["INTELBUS_PARTITIONS"])
+            assert in_k8s[0]["kind"] == "StatefulSet" and 1 <= in_k8s[0]["spec"]["replicas"] <= partitions
 
 
 def test_every_command_is_a_real_subcommand_with_real_options():
