@@ -307,6 +307,20 @@ def test_every_pod_runs_as_non_root_on_a_read_only_root_filesystem_with_state_wh
             assert mounts[claim["metadata"]["name"]] == stack_dir, w["metadata"]["name"]
 
 
+def test_the_worker_index_is_the_pod_ordinal():
+    """Kubernetes leaves an undefined $(VAR) as it is: `--worker-index $(POD_INDEX)` would not parse."""
+    used = 0
+    for w in workloads():
+        for c in containers(w):
+            if not any("$(POD_INDEX)" in part for part in c["command"] + c.get("args", [])):
+                continue
+            assert w["kind"] == "StatefulSet", f"{c['name']}: only a StatefulSet's pods have ordinals"
+            (var,) = [e for e in c["env"] if e["name"] == "POD_INDEX"]
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+            used += 1
+    assert used == 1  # the jobs workers
+
+
 def test_the_keyring_is_copied_where_the_jobs_read_it():
     from identity.keys import keys_path
 
