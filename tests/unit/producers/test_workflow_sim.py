@@ -319,3 +319,28 @@ def test_verify_finds_the_scorecard_equal_and_tells_a_count_from_a_response_time
     cols = {(d["agency"], d["column"]) for d in v.scorecard_diffs}
     assert (refused["party"], "refusals") in cols and (refused["party"], f"refused_{refused['code'].lower()}") in cols
     assert not v.exact
+
+
+def test_verify_reads_a_workflow_topic_record_as_the_sink_stores_it():
+    from ops.verify import avro_row
+
+    events = ws.machine_events(plan_of(5), POLICY, REGIONS, T0)
+    for e in events:
+        row, stored = avro_row(e.to_avro()), ws.event_row(e)
+        assert row == {k: stored[k] for k in row}, e
+
+
+def test_verify_says_when_an_extra_reminder_fired_before_an_earlier_stamped_action_reached_the_job():
+    items, steps, rows = truth_and_rows()
+    accepted = next(r for r in rows if r["event_type"] == "ACCEPTED")
+    sent = next(r for r in rows if r["item_id"] == accepted["item_id"] and r["event_type"] == "SENT")
+    due = sent["at_ms"] + 8000
+    # the job fired the reminder at 8 s, then applied the acceptance stamped at (say) 5 s: seq after it
+    reminder = {**accepted, "event_id": "late-reminder", "event_type": "REMINDED", "deadline": f"accept:{accepted['party']}",
+                "level": 0, "to": [accepted["party"]], "due_ms": due, "scheduled_ms": due, "at_ms": due,
+                "seq": accepted["seq"]}
+    later = [({**r, "seq": r["seq"] + 1} if r["item_id"] == accepted["item_id"] and r["seq"] >= accepted["seq"] else r)
+             for r in rows]
+    v = compare_workflow(items, steps, later + [reminder])
+    extra = [e for e in v.extra if e["item_id"] == accepted["item_id"]]
+    assert len(extra) == 1 and "reached the workflow job after the step's time" in extra[0]["why"], v.extra

@@ -1,0 +1,106 @@
+"""A simulated day of workflow traffic with its truth, on the real stack.
+
+`intelbus simulate --workflow` plays a seeded day (4 hours compressed 300 times: 48 s, then
+the last deadlines' tail) of assistance requests and directives through a gateway of this
+checkout, as principals of each agency; a workflow worker of the test's own runs the same
+policy in seconds (an hour's acceptance in 12 s, escalation every 10 s) and handles only the
+simulated principals' commands (INTELBUS_WORKFLOWS_ONLY). `intelbus verify --truth` then checks
+every reminder, resend and escalation exactly, and the scorecard.
+
+The stack's own workflow job reads the same commands and applies them with its hour-long
+policy: the events of a command get the same ids from both jobs but not the same deadlines
+(SENT's due time is 1 h there, 8 s here), and the history keeps one copy of each id, either.
+A scorecard judges "on time" by those deadlines, so the test's worker writes its events to a
+topic of its own (INTELBUS_WORKFLOWS_OUTPUT_TOPIC) and verify reads them there
+(--workflow-topic); the gateway's checks read the history the stack's job and sink keep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_workflow_job import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+# An hour's acceptance in 12 s (scale 300), a step of 10 s: the margin (0.35 of it, 3.5 s) has
+# to hold the whole way from the gateway's stamp to the workflow job applying the command, which
+# on this 2-core machine under the other sessions' load reached 3 s.
+POLICY = """
+assistance_request:
+  deadlines:
+    ROUTINE: {accept: 12, answer: 36, act: 600}
+    URGENT: {accept: 12, answer: 36, act: 600}
+    CRITICAL: {accept: 12, answer: 36, act: 600}
+directive:
+  acknowledge: 12
+escalation:
+  step: 10
+"""
+PREFIX = "wfsim"
+
+
+@pytest.fixture(scope="module")
+def worker(stack, settings, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow-truth")
+    w = WorkerProcess(settings, workdir, uuid.uuid4().hex[:10])
+    (workdir / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    w.tag = rf'"name":"{PREFIX}-\d{{6}}-[a-z]{{2}}"'  # INTELBUS_WORKFLOWS_ONLY: the simulated principals' commands
+    w.out_topic = f"{w.app_id}-events"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INTELBUS_WORKFLOWS_OUTPUT_TOPIC", w.out_topic)
+        w.start()
+    yield w
+    w.stop()
+    w.delete_topics()
+
+
+def intelbus(gateway, *argv, timeout=300):
+    env = {**os.environ, "INTELBUS_GATEWAY_URL": gateway.url}
+    return subprocess.run([sys.executable, "-m", "ops.cli", *argv], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=str(REPO))
+
+
+def test_a_simulated_day_of_workflow_traffic_with_its_truth(worker, own_gateway, tmp_path):
+    truth = tmp_path / "truth.jsonl"
+    sim = intelbus(own_gateway, "simulate", "--workflow", "--workflow-policy", str(worker.workdir / "policy.yaml"),
+                   "--workflow-day", "4", "--workflow-requests", "14", "--workflow-directives", "4", "--seed", "9",
+                   "--workflow-margin", "0.35", "--workflow-prefix", PREFIX, "--truth", str(truth), "--quiet")
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    report = json.loads(sim.stdout.strip().splitlines()[-1])
+    assert report["scale"] == 300.0 and report["margin_ms"] == 3500
+    print(f"play: max slip bound {report['played']['max_slip_ms']} ms, {len(report['played']['slips'])} actions "
+          f"possibly off by the margin, {len(report['played']['failed'])} refused at play time")
+    ok = intelbus(own_gateway, "verify", "--truth", str(truth), "--idle", "3", "--workflow-topic", worker.out_topic)
+    print(ok.stdout + ok.stderr[-4000:])
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-3000:]
+    verdict = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert verdict["exact"] and verdict["expected_steps"] == verdict["found_steps"] == report["steps"] > 20, verdict
+    assert verdict["scorecard_rows"] > 5 and verdict["scorecard_diffs"] == 0, verdict
+    assert "verdict: exact" in ok.stderr
+    # the day had every kind of answer and of step in it
+    assert {"answered", "refused", "never", "reported DONE", "reported CANNOT"} <= {
+        f.split(" (")[0] for f in report["fates"]}, report["fates"]
+    assert {"REMINDED", "ESCALATED", "RESENT"} <= set(report["steps_by_type"]), report
+
+    # control: a truth that leaves one escalation out and invents another is not exact, by item
+    lines = truth.read_text(encoding="utf-8").splitlines()
+    steps = [n for n, line in enumerate(lines) if json.loads(line).get("type") == "workflow_step"
+             and json.loads(line)["event_type"] == "ESCALATED"]
+    left_out = json.loads(lines[steps[0]])
+    invented = {**json.loads(lines[steps[1]]), "level": 9}
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join([line for n, line in enumerate(lines) if n != steps[0]]
+                                  + [json.dumps(invented, ensure_ascii=False)]) + "\n", encoding="utf-8")
+    bad = intelbus(own_gateway, "verify", "--truth", str(tampered), "--idle", "1", "--workflow-topic", worker.out_topic)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert json.loads(bad.stdout.strip().splitlines()[-1])["missing"] == 1
+    assert f'"item_id": "{left_out["item_id"]}", "ref": "{left_out["ref"]}", "deadline": "{left_out["deadline"]}"' \
+        in bad.stderr and "extra: " in bad.stderr
+    assert f'"item_id": "{invented["item_id"]}"' in bad.stderr and '"level": 9' in bad.stderr
+    assert "verdict: NOT exact: 1 missing, 1 extra" in bad.stderr
