@@ -403,18 +403,26 @@ def compare_scorecard(v: WorkflowVerdict, expected: list[dict], rows: list[dict]
             v.scorecard_diffs.append({"agency": agency, "column": col, "truth": expected_value, "bus": value})
 
 
-def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, timeout: float = 120.0) -> list[dict]:
+def workflow_rows_sql(database: str, item_ids: list[str]) -> str:
+    """The stored events of these items, one per event id (ClickHouse 18.16 and chDB)."""
+    from sinks.engine import sql_literal
+
+    return (f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM {database}.workflow_events FINAL "
+            f"WHERE item_id IN ({', '.join(sql_literal(i) for i in item_ids)}) ORDER BY item_id, at_ms")
+
+
+def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, timeout: float = 120.0,
+                  executor=None) -> list[dict]:
     """The stored events of these items (ClickHouse workflow_events FINAL), read again until their
     number has not changed for `idle_seconds` (the sink writes about a second behind the bus)."""
     from ops.secrets import clickhouse_url_as
-    from sinks.engine import DriverExecutor, database_of, sql_literal
+    from sinks.engine import DriverExecutor, database_of
 
     if not item_ids:
         return []
-    ex = DriverExecutor(clickhouse_url_as(settings, "default"))
-    database = database_of(settings.clickhouse_url)
-    sql = (f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM {database}.workflow_events FINAL "
-           f"WHERE item_id IN ({', '.join(sql_literal(i) for i in item_ids)}) ORDER BY item_id, at_ms")
+    own = executor is None
+    ex = executor or DriverExecutor(clickhouse_url_as(settings, "default"))
+    sql = workflow_rows_sql(database_of(settings.clickhouse_url) if settings is not None else "intelbus", item_ids)
     try:
         last_n, last_change, deadline, rows = -1, time.monotonic(), time.monotonic() + timeout, []
         while time.monotonic() < deadline:
@@ -427,7 +435,8 @@ def workflow_rows(settings, item_ids: list[str], *, idle_seconds: float = 3.0, t
             time.sleep(0.5)
         return rows
     finally:
-        ex.close()
+        if own:
+            ex.close()
 
 
 def _ms(value):

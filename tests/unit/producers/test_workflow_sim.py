@@ -344,3 +344,36 @@ def test_verify_says_when_an_extra_reminder_fired_before_an_earlier_stamped_acti
     v = compare_workflow(items, steps, later + [reminder])
     extra = [e for e in v.extra if e["item_id"] == accepted["item_id"]]
     assert len(extra) == 1 and "reached the workflow job after the step's time" in extra[0]["why"], v.extra
+
+
+def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
+    """The SQL of verify's stored-history path on chDB (the stack's ClickHouse 18.16 runs it in the
+    integration tests), over workflow_events rows as the sink writes them, some delivered twice."""
+    pytest.importorskip("chdb")
+    from ops.verify import compare_scorecard, workflow_rows
+    from sinks.engine import ChdbExecutor
+    from sinks.migrate import apply_migrations
+    from sinks.rows import WORKFLOW_COLUMNS, workflow_row
+
+    plan = plan_of(5)
+    ids = {it.ref: f"R-{n:012x}" for n, it in enumerate(plan.items)}
+    due_at = {it.ref: T0 + it.at_ms + it.due_after_ms for it in plan.items if it.kind == "DIRECTIVE"}
+    events = ws.machine_events(plan, POLICY, REGIONS, T0, item_ids=ids, due_at=due_at)
+    ex = ChdbExecutor(str(tmp_path / "chdb"), database="intelbus")
+    try:
+        apply_migrations(ex)
+        rows = [workflow_row(e.to_avro(), topic="intel.workflow", partition=0, offset=i, ingested_ms=T0)
+                for i, e in enumerate(events)]
+        ex.insert("workflow_events", WORKFLOW_COLUMNS, rows)
+        ex.insert("workflow_events", WORKFLOW_COLUMNS, rows[::4])  # redelivered: one row per event id
+        stored = workflow_rows(None, list(ids.values()), idle_seconds=0.5, timeout=10, executor=ex)
+    finally:
+        ex.close()
+    assert len(stored) == len(events)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    records = ws.truth_records(plan, steps, POLICY, ids, {"due_at": due_at})
+    items = [r for r in records if r["type"] == "workflow_item"]
+    v = compare_workflow(items, [r for r in records if r["type"] == "workflow_step"], stored)
+    compare_scorecard(v, ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at), stored,
+                      ws.scorecard_period(plan, T0), 1.0)
+    assert v.exact and v.found_steps == len(steps) and v.scorecard_rows > 5, v.lines()
