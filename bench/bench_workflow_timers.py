@@ -100,8 +100,8 @@ def summary(values: list[float]) -> dict:
 class Worker:
     """The private workflow worker process."""
 
-    def __init__(self, settings, workdir: Path, tag: str):
-        self.settings, self.workdir, self.tag = settings, workdir, tag
+    def __init__(self, settings, workdir: Path, tag: str, code: Path = REPO):
+        self.settings, self.workdir, self.tag, self.code = settings, workdir, tag, Path(code)
         self.app_id = f"intelbus-jobs-workflows-bench-{tag}"
         self.out_topic = f"{self.app_id}-events"
         with socket.socket() as s:
@@ -114,11 +114,13 @@ class Worker:
     def start(self, timeout: float = 120.0) -> None:
         env = {**os.environ, "INTELBUS_WORKFLOWS_FILE": str(self.workdir / "policy.yaml"),
                "INTELBUS_WORKFLOWS_ONLY": self.tag, "INTELBUS_WORKFLOWS_OFFSET_RESET": "latest",
-               "INTELBUS_WORKFLOWS_OUTPUT_TOPIC": self.out_topic}
+               "INTELBUS_WORKFLOWS_OUTPUT_TOPIC": self.out_topic, "INTELBUS_STACK_DIR": str(self.settings.stack_dir)}
+        if self.code != REPO:  # another version of the job (a before/after comparison)
+            env["PYTHONPATH"] = str(self.code)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream_jobs.workflow_job", "--app-id", self.app_id, "--datadir",
              str(self.workdir / "data"), "--metrics-port", str(self.port), "--log-level", "warning"],
-            env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(REPO))
+            env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(self.code))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -242,8 +244,13 @@ class Phase:
                        "worker_cpu_cores": round((cpu_seconds(self.pid) - self.cpu0) / dt, 4),
                        "worker_rss_mib_max": round(max(self.rss_max, rss_mib(self.pid)), 1),
                        "machine_busy_share": round((busy[0] - self.busy0[0]) / max(1, busy[1] - self.busy0[1]), 3),
-                       "bus_events_per_s": round((bus_offsets(self.settings) - self.bus0) / dt, 1)}
+                       "bus_events_per_s": round((bus_offsets(self.settings) - self.bus0) / dt, 1),
+                       "load_average_1m": float(open("/proc/loadavg").read().split()[0])}
         return False
+
+
+def progress(what: str, figures: dict) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what}: {json.dumps(figures)}", file=sys.stderr, flush=True)
 
 
 def hold(phase: Phase, seconds: float) -> None:
@@ -303,10 +310,10 @@ def load(settings, worker: Worker, n: int, first_due_s: float, window_s: float, 
 
 
 def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, load_rate_guess: float,
-        keep: bool = False) -> dict:
+        keep: bool = False, worker_code: Path | None = None, code_label: str | None = None) -> dict:
     tag = "WT" + uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="intelbus-bench-wt-"))
-    worker = Worker(settings, workdir, tag)
+    worker = Worker(settings, workdir, tag, worker_code or REPO)
     sim = None
     result: dict = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(), "items": items,
                     "window_s": window_s, "rate_offered": rate, "tag": tag}
@@ -316,7 +323,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
         commit = sp.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
         dirty = bool(sp.run(["git", "status", "--porcelain", "stream_jobs/workflow_job.py"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip())
-        result["code"] = commit + (" + uncommitted workflow_job.py" if dirty else "")
+        result["code"] = code_label or (commit + (" + uncommitted workflow_job.py" if dirty else ""))
         result["tick_s"] = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
         worker.start()
         events = Events(settings, worker.out_topic)
@@ -331,6 +338,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
         with Phase(settings, worker.proc.pid, "no items") as ph:
             hold(ph, idle_s)
         result["no_items"] = ph.result
+        progress("no_items", ph.result)
         # the fire window starts after the load (budget) and the "open, none due" phase
         loaded_at = time.time()
         first_due = loaded_at + load_budget + idle_s + 5
@@ -341,6 +349,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
                 ph.sample()
         result["load"] = {**ph.result, "issued": events.issued,
                           "commands_per_s": round(events.issued / max(1e-9, time.time() - loaded_at), 1)}
+        progress("load", result["load"])
         if events.issued < items:
             raise RuntimeError(f"only {events.issued} of {items} directives issued in the load budget "
                                f"({load_budget:.0f} s): raise --load-rate-guess lower")
@@ -348,6 +357,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
         with Phase(settings, worker.proc.pid, "open, none due") as ph:
             hold(ph, max(1.0, first_due - time.time() - 2))
         result["open_none_due"] = ph.result
+        progress("open_none_due", ph.result)
         baseline: list[float] = []
         th = threading.Thread(target=lambda: baseline.extend(sleep_loop_lateness(first_due, window_s)), daemon=True)
         th.start()
@@ -355,6 +365,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
         with Phase(settings, worker.proc.pid, "fire window") as ph:
             hold(ph, window_s)
         result["fire_window"] = ph.result
+        progress("fire_window", ph.result)
         th.join(30)
         # the last deadlines of the window: wait until each has come (or 30 s)
         end = time.time() + 30
@@ -411,9 +422,10 @@ def markdown_rows(r: dict) -> list[str]:
         f"| lateness: bench consumer's receipt − `scheduled_at` | {_s(rc['p50'])} | {_s(rc['p99'])} | {_s(rc['max'])} | {rc['share_over_1s']:.2%} |",
         f"| baseline: asyncio sleep loop in the bench, same window | {_s(b['p50'])} | {_s(b['p99'])} | {_s(b['max'])} | {b['share_over_1s']:.2%} |",
         "",
-        "| phase | seconds | worker CPU (cores) | worker RSS max (MiB) | bus events/s | machine busy |", "|---|---|---|---|---|---|",
+        "| phase | seconds | worker CPU (cores) | worker RSS max (MiB) | bus events/s | machine busy | load average (1 min, end) |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {name} | {r[k]['seconds']} | {r[k]['worker_cpu_cores']} | {r[k]['worker_rss_mib_max']} | {r[k]['bus_events_per_s']:,.0f} | "
-          f"{r[k]['machine_busy_share']} |" for name, k in (("no items", "no_items"), ("load", "load"),
+          f"{r[k]['machine_busy_share']} | {r[k].get('load_average_1m', '')} |" for name, k in (("no items", "no_items"), ("load", "load"),
                                                              ("open, none due", "open_none_due"), ("fire window", "fire_window"))],
         "",
         f"Timers' CPU cost: {r['timers_cpu_cores']:.3f} cores while firing {r['fires_per_s']:.0f} steps/s "
@@ -443,6 +455,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=2000, help="events/s offered by the simulator")
     parser.add_argument("--load-rate-guess", type=float, default=400, help="commands/s the worker applies (sets the load budget)")
     parser.add_argument("--keep", action="store_true", help="keep the worker's topics and datadir")
+    parser.add_argument("--worker-code", type=Path, default=None,
+                        help="run the worker from this directory (an export of another commit: before/after)")
+    parser.add_argument("--code-label", default=None, help="how the results name that code")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     from ops.settings import load_settings
@@ -451,7 +466,7 @@ def main(argv=None) -> int:
     window = args.window or (60 if args.quick else 300)
     idle = args.idle or (20 if args.quick else 40)
     r = run(load_settings(), items=items, window_s=window, idle_s=idle, rate=args.rate,
-            load_rate_guess=args.load_rate_guess, keep=args.keep)
+            load_rate_guess=args.load_rate_guess, keep=args.keep, worker_code=args.worker_code, code_label=args.code_label)
     r["quick"] = args.quick
     print(json.dumps(r, indent=1, default=str))
     print("\n".join(markdown_rows(r)))

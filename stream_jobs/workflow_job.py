@@ -67,6 +67,7 @@ def answers_topic(app_id: str = APP_ID) -> str:
 
 ANSWERS_KEPT = 50  # earlier answers kept per identifier (the newest)
 ITEMS_BATCH = 200  # commands applied per produce-and-await (the timers wait for the lock meanwhile)
+TIMER_ROUND = 1000  # items fired per hold of the lock (then the agents have their turn)
 
 
 # --- pure glue: commands on the wire -------------------------------------------------------
@@ -268,10 +269,11 @@ class DueIndex:
         self._at[item_id] = (at, partition)
         heapq.heappush(self._heap, (at, item_id))
 
-    def pop_due(self, now_ms: int) -> list[tuple[str, int]]:
-        """(item id, partition) of every item due by now_ms, removed from the index (set them again)."""
+    def pop_due(self, now_ms: int, limit: int | None = None) -> list[tuple[str, int]]:
+        """(item id, partition) of the items due by now_ms, earliest first (at most `limit`), removed
+        from the index (set them again)."""
         out = []
-        while self._heap and self._heap[0][0] <= now_ms:
+        while self._heap and self._heap[0][0] <= now_ms and (limit is None or len(out) < limit):
             at, item_id = heapq.heappop(self._heap)
             current = self._at.get(item_id)
             if current is not None and current[0] == at:
@@ -605,7 +607,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     rebuild()
                 now_ms = int(time.time() * 1000)
                 messages, fired = [], []
-                for item_id, partition in index.pop_due(now_ms):
+                # bounded work per round: after a downtime thousands are overdue at once; the lock is
+                # released between rounds so that commands are not held up behind all of them
+                for item_id, partition in index.pop_due(now_ms, limit=TIMER_ROUND):
                     msgs, events = fire_item(item_id, partition, now_ms)
                     messages += msgs
                     fired += events

@@ -38,3 +38,13 @@ def test_next_at_with_many_items_is_the_minimum():
     popped = ix.pop_due(500_000)
     assert sorted(i for i, _ in popped) == sorted(i for i, at in truth.items() if at <= 500_000)
     assert ix.next_at() == min(at for at in truth.values() if at > 500_000)
+
+
+def test_pop_due_with_a_limit_takes_the_earliest_and_leaves_the_rest():
+    ix = DueIndex()
+    for i in range(10):
+        ix.set(f"i{i}", 0, 100 + (9 - i))  # i9 is the earliest
+    first = ix.pop_due(1000, limit=3)
+    assert first == [("i9", 0), ("i8", 0), ("i7", 0)]
+    assert len(ix) == 7 and ix.next_at() == 103
+    assert [i for i, _ in ix.pop_due(1000)] == [f"i{i}" for i in range(6, -1, -1)]
