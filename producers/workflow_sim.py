@@ -38,7 +38,6 @@ import json
 import math
 import random
 import secrets
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -69,9 +68,6 @@ class Lognormal:
 
     def draw(self, rng: random.Random) -> float:
         return math.exp(math.log(self.median) + self.sigma * rng.gauss(0.0, 1.0))
-
-    def quantile(self, q: float) -> float:
-        return math.exp(math.log(self.median) + self.sigma * statistics.NormalDist().inv_cdf(q))
 
 
 @dataclass(frozen=True)

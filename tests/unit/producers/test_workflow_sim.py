@@ -377,3 +377,16 @@ def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
     compare_scorecard(v, ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at), stored,
                       ws.scorecard_period(plan, T0), 1.0)
     assert v.exact and v.found_steps == len(steps) and v.scorecard_rows > 5, v.lines()
+
+
+def test_the_delays_are_lognormal_with_the_documented_median_and_spread():
+    import math
+    import random
+    import statistics
+
+    rng = random.Random(3)
+    cfg = ws.WorkflowSimConfig()
+    draws = sorted(cfg.accept.draw(rng) for _ in range(4000))
+    assert 0.95 * 35 < statistics.median(draws) < 1.05 * 35  # minutes
+    assert 0.85 * 0.9 < statistics.pstdev(math.log(x) for x in draws) < 1.15 * 0.9
+    assert cfg.to_ms(60) == 1000 * 3600 / cfg.scale  # an hour of the day, compressed 3600 times: 1 s
