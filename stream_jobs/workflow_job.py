@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import heapq
 import json
 import logging
@@ -80,13 +81,19 @@ class BadCommand(ValueError):
     """A commands-topic message that is not a command this job knows."""
 
 
+@functools.cache
+def _type_hints(cls) -> dict:
+    """typing.get_type_hints, once per class (it compiles every string annotation on each call)."""
+    return typing.get_type_hints(cls)
+
+
 def _decode_value(value, hint=None):
     if isinstance(value, dict) and "__type__" in value:
         name = value["__type__"]
         cls = _COMMAND_CLASSES.get(name) or _VALUE_CLASSES.get(name)
         if cls is None:
             raise BadCommand(f"unknown type {name!r}")
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         kwargs = {f.name: _decode_value(value[f.name], hints.get(f.name)) for f in dataclasses.fields(cls)
                   if f.name in value}
         try:
