@@ -55,6 +55,7 @@ def _bench(ex, db, args) -> int:
     sql = in_database(load_queries()["scorecard"].render({"from": start, "to": end}, UNSCOPED), db)
     # the baseline: the lines of the item filter left out (each is one line of the query's text)
     baseline = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("AND item_id IN (SELECT"))
+    assert sql.count("AND item_id IN (SELECT") == 3, "the three item filters, one a line"
     assert baseline != sql and "item_id IN" not in baseline, "the baseline must drop the item filter"
     start_ms = int(ex.query(f"SELECT toUInt64(toDateTime('{start}', 'UTC')) * 1000")[1][0][0])
     end_ms = int(ex.query(f"SELECT toUInt64(toDateTime('{end}', 'UTC')) * 1000")[1][0][0])

@@ -77,7 +77,7 @@ FROM
                        argMinIf(code, (seq, at_ms, event_id), event_type = 'REFUSED') AS refusal_code
                 FROM workflow_events FINAL
                 WHERE item_kind = 'ASSISTANCE_REQUEST' AND party != '' AND {scope:w}
-                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at >= {from} AND at < {to})
+                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type = 'SENT' AND at >= {from} AND at < {to})
                 GROUP BY item_id, party
             ) AS answers USING (item_id, party)
 
@@ -104,7 +104,7 @@ FROM
                        countIf(event_type = 'STALE_LISTING') AS n_stale
                 FROM workflow_events FINAL
                 WHERE item_kind = 'HIT_FOLLOW_UP' AND {scope:w}
-                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type IN ('SENT', 'OPENED', 'ISSUED') AND at >= {from} AND at < {to})
+                  AND item_id IN (SELECT item_id FROM workflow_events WHERE event_type = 'OPENED' AND at >= {from} AND at < {to})
                 GROUP BY item_id
             )
             WHERE n_opened > 0 AND owner != '' AND opened_ms >= toUInt64({from}) * 1000 AND opened_ms < toUInt64({to}) * 1000
