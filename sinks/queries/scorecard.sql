@@ -2,7 +2,7 @@
 -- description: per agency: requests received, accepted/answered on time, median and p90 response (s), escalations, refusals by reason, hits confirmed on time, stale listings
 -- param: from | datetime | 1970-01-01 00:00:00 | period start (UTC): items sent, opened or issued from then
 -- param: to | datetime | 2100-01-01 00:00:00 | period end (UTC, exclusive)
--- param: by | string | region,branch | region,branch (one row per agency) or region (branches added up)
+-- param: by | string | region,branch | region (branches added up into one row per region); anything else, region,branch: one row per agency
 -- purpose-required: yes
 -- reads: workflow_events FINAL five times (requests, their parties, hits, escalations, item starts), each limited to the events the reader may see and to the items that started in the period (item_id IN ...: the primary key's index; `at` whole seconds, so at >= from is at_ms >= from ms and prunes partitions); then only the rows of agencies whose region the reader may see (an agency outside it would show only the items it shares with the reader); docs/workflows.md "Scorecard" defines each column, workflows/scorecard.py computes the same rows (tests/unit/sinks/test_scorecard_sql.py)
 SELECT agency, region, branch,
