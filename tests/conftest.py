@@ -30,13 +30,16 @@ def stack(settings):
 
     ensure_tls(settings)  # `intelbus up --tls`: the broker also listens with SASL_SSL (test_broker_trust)
     stack = full_stack(settings, out=lambda m: print(f"[stack] {m}"))
-    was_healthy = all(s.healthy for s in stack.status())
-    if was_healthy:
+    statuses = stack.status()
+    # A stack that was running, even in part (a developer's, with a component just restarting),
+    # is completed and left running; only a stack this session started is stopped after it.
+    was_running = any(s.healthy or s.managed for s in statuses)
+    if all(s.healthy for s in statuses):
         bootstrap(settings, out=lambda m: print(f"[stack] {m}"))
     else:
         stack.up(on_infra_ready=lambda: bootstrap(settings, out=lambda m: print(f"[stack] {m}")))
     yield stack
-    if not was_healthy and not os.environ.get("INTELBUS_KEEP_STACK"):
+    if not was_running and not os.environ.get("INTELBUS_KEEP_STACK"):
         stack.down()
 
 
