@@ -44,12 +44,18 @@ class PidRecord:
         False while its other threads still hold its ports and file locks (ClickHouse's
         data/status): a new server started in that window refuses to run.
         """
+        if not _is_zombie(self.pid):
+            try:
+                cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                return True
+            # still running (or dying, its main thread not a zombie yet), unless the pid is another program's now
+            return bool(cmdline.strip()) and self.marker not in cmdline
+        # the main thread is a zombie (checked first: a state read later could be older than it)
         try:
             tasks = os.listdir(f"/proc/{self.pid}/task")
         except OSError:
             return True
-        if not _is_zombie(self.pid):
-            return not self.alive()  # still running, or the pid now belongs to another program
         return all(_is_zombie(self.pid, task) for task in tasks)
 
     def wait_gone(self, timeout: float = 30.0) -> bool:

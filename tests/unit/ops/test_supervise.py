@@ -221,7 +221,14 @@ def test_an_up_with_other_settings_replaces_the_supervisor(tmp_path):
         new = pids.read(SUPERVISOR)
         assert new.pid != old.pid and new.alive() and not old.alive()
         assert "earlier `up`'s settings" in said[1]
-        environ = (Path(f"/proc/{new.pid}/environ").read_bytes().split(b"\0"))
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # empty until the child has exec'd
+            environ = Path(f"/proc/{new.pid}/environ").read_bytes().split(b"\0")
+            if environ != [b""]:
+                break
+            time.sleep(0.05)
         assert b"INTELBUS_METRICS_PORT_BASE=29500" in environ
     finally:
         Stack(first, components=[], out=lambda m: None).down()
