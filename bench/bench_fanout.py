@@ -9,15 +9,25 @@ gateway of its own on a free port, running this checkout's code):
 - added by the gateway, per delivered hit: the client's receipt minus the baseline's receipt
   of the same copy (same hit id, same partition): p50/p99/max;
 - the gateway's CPU per second (/proc/<pid>/stat), the machine's load, the clients' and
-  hits' counts, the gateway's own `intelbus_gateway_fanout_lag_seconds`.
+  hits' counts, the gateway's own `intelbus_gateway_fanout_lag_seconds`;
+- where the added time goes (the gateway runs with INTELBUS_LIVE_SEND_STAMP=1: each batch it
+  writes starts with `: sent <epoch ms>`): the gateway's part (its send stamp minus the
+  baseline's receipt), the clients' part (receipt minus the send stamp: the client processes
+  reading 200 sockets on the same 2 cores), the gateway's hub alone (`..._hub_read_lag_seconds`,
+  Kafka time to its buffer), the client processes' event-loop lag (a 20 ms sleeper's oversleep)
+  and CPU. The clients run in child processes (`--client-procs`, default 1), apart from the
+  baseline consumer, so neither slows the other's receipts.
 
-The gateway audits each client's items at most once per INTELBUS_LIVE_AUDIT_INTERVAL_S
-(default 1 s), and items wait for their client's next row: `--audit-interval` runs the
-measurement once per value given (e.g. `--audit-interval 1 0`), each with a fresh gateway.
+With INTELBUS_LIVE_AUDIT_INTERVAL_S > 0 the gateway holds a client's items for its next audit
+row: `--audit-interval` runs the measurement once per value given (e.g. `--audit-interval 1 0`;
+default 0, the gateway's default), each with a fresh gateway.
 
-    .venv/bin/python -m bench.bench_fanout --clients 200 --rate 2000 --seconds 60 --audit-interval 1 0
+    .venv/bin/python -m bench.bench_fanout --clients 200 --rate 2000 --seconds 60 --uvicorn-http h11 httptools
 
-Results: bench/results/fanout.json and fanout.md.
+`--uvicorn-http h11 httptools` runs once per HTTP implementation of the gateway's uvicorn.
+`--client-procs N` spreads the clients over N processes (is one client process the bottleneck?).
+
+Results: bench/results/fanout.json, and a section appended to bench/results/fanout.md.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ VIEWS = [("bench-fo-bj", "110000", ["110000", "110105"]), ("bench-fo-tj", "12000
          ("bench-fo-hn", "430000", ["430000"]), ("bench-fo-ha", "410000", ["410000"]),
          ("bench-fo-gd", "440000", ["440000", "440300"])]
 HIT_ID = re.compile(r'"hit_id": "([^"]+)"')
+SENT = re.compile(r"^: sent (\d+)$", re.M)
 
 
 def pct(values, q):
@@ -77,14 +88,18 @@ def principals(settings) -> dict[str, str]:
     return out
 
 
-def start_gateway(settings, audit_interval: float, log_path: Path):
+def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "", nice: int = 0):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "INTELBUS_GATEWAY_URL": url, "INTELBUS_LIVE_AUDIT_INTERVAL_S": str(audit_interval)}
+    env = {**os.environ, "INTELBUS_GATEWAY_URL": url, "INTELBUS_LIVE_AUDIT_INTERVAL_S": str(audit_interval),
+           "INTELBUS_LIVE_SEND_STAMP": "1"}
+    if http:
+        env["INTELBUS_GATEWAY_HTTP"] = http
     proc = subprocess.Popen([sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)], env=env,
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(settings.stack_path))
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(settings.stack_path),
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -156,8 +171,11 @@ async def sse_client(port: int, token: str, view: str, partition: int, out: list
             if first and (b"event: heartbeat" in chunk or b"event: " in chunk):
                 first = False
                 opened.append(view)  # streaming: past the gateway's start (its hub has read its buffer)
-            for m in HIT_ID.finditer(chunk.decode()):
-                out.append((partition, m.group(1), now, view))
+            text = chunk.decode()
+            stamp = SENT.search(text)
+            sent = int(stamp.group(1)) / 1000 if stamp else None
+            for m in HIT_ID.finditer(text):
+                out.append((partition, m.group(1), now, view, sent))
     finally:
         writer.close()
 
@@ -175,9 +193,15 @@ def machine_busy() -> tuple[float, float]:
 
 
 def gateway_metric(url: str, prefix: str) -> dict:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)}
+    """The gateway's metrics of that prefix ({} if it does not answer within a minute: a busy machine)."""
+    for _ in range(2):
+        try:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+                text = r.read().decode()
+            return {line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)}
+        except OSError as exc:
+            print(f"gateway metrics: {exc}", file=sys.stderr)
+    return {}
 
 
 def audit_count(settings, since_ms: int) -> int:
@@ -194,83 +218,161 @@ def audit_count(settings, since_ms: int) -> int:
         ex.close()
 
 
-def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: float, audit_interval: float) -> dict:
-    from sinks.feed import hit_partition
+async def loop_lag(out: list, stop: asyncio.Event, every: float = 0.02):
+    """This process's event-loop lag: how late a 20 ms sleep wakes up (a busy loop or a busy machine)."""
+    while not stop.is_set():
+        t = time.monotonic()
+        await asyncio.sleep(every)
+        out.append(time.monotonic() - t - every)
 
+
+def client_process(port: int, assigned: list, go_home, opened_count, conn) -> None:
+    """The SSE clients of one process (a child), until `go_home` is set; sends back what they received."""
+    received: list = []
+    opened: list = []
+    lags: list = []
+
+    async def main():
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(sse_client(port, tok, view, part, received, opened, stop))
+                 for tok, view, part in assigned]
+        monitor = asyncio.create_task(loop_lag(lags, stop))
+        while not go_home.is_set():
+            opened_count.value = len(opened)
+            await asyncio.sleep(0.2)
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, monitor, return_exceptions=True)
+
+    asyncio.run(main())
+    conn.send((received, lags, len(opened)))
+    conn.close()
+
+
+def histogram_quantiles(metrics: dict, name: str) -> dict:
+    """p50/p99 of a Prometheus histogram from its buckets (linear within a bucket): coarse, for a decomposition."""
+    buckets = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in metrics.items()
+                     if k.startswith(name + "_bucket") and "+Inf" not in k)
+    total = metrics.get(name + "_count", 0)
+    out = {"n": int(total)}
+    for q in (0.5, 0.9, 0.99):
+        want, lo, lo_n = q * total, 0.0, 0.0
+        out[f"p{int(q * 100)}"] = None
+        for le, n in buckets:
+            if n >= want and total:
+                out[f"p{int(q * 100)}"] = round(lo + (le - lo) * ((want - lo_n) / max(1e-9, n - lo_n)), 4)
+                break
+            lo, lo_n = le, n
+    return out
+
+
+def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: float, audit_interval: float,
+            client_procs: int = 1, http: str = "", nice: int = 0) -> dict:
+    import multiprocessing
     import tempfile
 
+    from sinks.feed import hit_partition
+
     log_path = Path(tempfile.mkdtemp(prefix="intelbus-fanout-")) / "gateway.log"
-    proc, port, url = start_gateway(settings, audit_interval, log_path)
+    proc, port, url = start_gateway(settings, audit_interval, log_path, http, nice)
+    ctx = multiprocessing.get_context("fork")
+    children = []
     try:
         tokens = {name: login(url, name, pw) for name, pw in passwords.items()}
+        views = [(tokens[name], view) for name, _, vs in VIEWS for view in vs]
+        from confluent_kafka.admin import AdminClient
+
+        parts = len(AdminClient(settings.kafka_config("intelbus-admin")).list_topics(
+            "intel.hit", timeout=10).topics["intel.hit"].partitions)
+        assigned = [(tok, view, hit_partition(view[:2] + "0000", parts))
+                    for tok, view in (views[i % len(views)] for i in range(clients))]
+        go_home = ctx.Event()
+        for k in range(client_procs):  # forked before this process holds a Kafka consumer
+            mine = assigned[k::client_procs]
+            count = ctx.Value("i", 0)
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=client_process, args=(port, mine, go_home, count, child_end), daemon=True)
+            child.start()
+            children.append((child, count, parent_end))
+        t0 = time.monotonic()
+        while sum(c.value for _, c, _ in children) < clients and time.monotonic() - t0 < 120:
+            time.sleep(0.2)
         baseline = Baseline(settings, codec)
         baseline.start()
-        views = [(tokens[name], view) for name, _, vs in VIEWS for view in vs]
-        received: list = []
-        opened: list = []
         samples = []
-
-        async def main():
-            stop = asyncio.Event()
-            tasks = [asyncio.create_task(sse_client(port, tok, view, hit_partition(view[:2] + "0000", baseline.partitions),
-                                                    received, opened, stop))
-                     for tok, view in (views[i % len(views)] for i in range(clients))]
-            t0 = time.monotonic()
-            while len(opened) < clients and time.monotonic() - t0 < 120:
-                await asyncio.sleep(0.2)
-            prefix = f"FO{uuid.uuid4().hex[:6]}-"
-            sim = subprocess.Popen([sys.executable, "-m", "ops.cli", "simulate", "--rate", str(rate), "--duration",
-                                    str(seconds), "--seed", str(int(time.time())), "--ref-prefix", prefix,
-                                    "--phase-pause", "0", "--quiet", "--metrics-port", "0"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            last_cpu, last_busy = cpu_seconds(proc.pid), machine_busy()
-            started = time.monotonic()
-            while sim.poll() is None and time.monotonic() - started < seconds + 120:
-                await asyncio.sleep(1.0)
-                cpu, busy = cpu_seconds(proc.pid), machine_busy()
-                samples.append({"t": round(time.monotonic() - started, 1), "gateway_cpu_cores": round(cpu - last_cpu, 3),
-                                "machine_busy_share": round((busy[0] - last_busy[0]) / max(1, busy[1] - last_busy[1]), 3),
-                                "delivered": len(received)})
-                last_cpu, last_busy = cpu, busy
-            if sim.poll() is None:
-                sim.kill()
-            await asyncio.sleep(5)  # the last hits through the jobs and the gateway
-            stop.set()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return sim.returncode, (sim.stderr.read() or "")[-500:], time.monotonic() - started
-
+        prefix = f"FO{uuid.uuid4().hex[:6]}-"
         run_from_ms = int(time.time() * 1000)
-        sim_rc, sim_err, elapsed = asyncio.run(main())
+        sim = subprocess.Popen([sys.executable, "-m", "ops.cli", "simulate", "--rate", str(rate), "--duration",
+                                str(seconds), "--seed", str(int(time.time())), "--ref-prefix", prefix,
+                                "--phase-pause", "0", "--quiet", "--metrics-port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pids = [c.pid for c, _, _ in children]
+        last_cpu, last_busy = cpu_seconds(proc.pid), machine_busy()
+        last_clients = sum(cpu_seconds(pid) for pid in pids)
+        started = time.monotonic()
+        while sim.poll() is None and time.monotonic() - started < seconds + 120:
+            time.sleep(1.0)
+            cpu, busy = cpu_seconds(proc.pid), machine_busy()
+            client_cpu = sum(cpu_seconds(pid) for pid in pids)
+            with open("/proc/loadavg") as f:
+                load1 = float(f.read().split()[0])
+            samples.append({"t": round(time.monotonic() - started, 1), "gateway_cpu_cores": round(cpu - last_cpu, 3),
+                            "clients_cpu_cores": round(client_cpu - last_clients, 3), "loadavg_1m": load1,
+                            "machine_busy_share": round((busy[0] - last_busy[0]) / max(1, busy[1] - last_busy[1]), 3)})
+            last_cpu, last_busy, last_clients = cpu, busy, client_cpu
+        if sim.poll() is None:
+            sim.kill()
+        sim_rc, sim_err = sim.wait(), (sim.stderr.read() or "")[-500:]
+        elapsed = time.monotonic() - started
+        time.sleep(5)  # the last hits through the jobs and the gateway
+        metrics = {**gateway_metric(url, "intelbus_gateway_fanout_lag_seconds"),
+                   **gateway_metric(url, "intelbus_gateway_hub_read_lag_seconds"),
+                   **gateway_metric(url, "intelbus_gateway_sse_audit_seconds"),
+                   **gateway_metric(url, "intelbus_gateway_catchup_readers_total")}
+        go_home.set()
+        received, lags, connected = [], [], 0
+        for child, _, conn in children:
+            r, lag, n = conn.recv()
+            received += r
+            lags += lag
+            connected += n
+            child.join(20)
         baseline.stop.set()
         baseline.join(10)
-        metrics = {**gateway_metric(url, "intelbus_gateway_fanout_lag_seconds"),
-                   **gateway_metric(url, "intelbus_gateway_sse_audit_seconds")}
         audit_rows = audit_count(settings, run_from_ms)
     finally:
+        for child, _, _ in children:
+            if child.is_alive():
+                child.kill()
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    to_client, base, added, missing = [], {}, [], 0
+    to_client, base, added, gateway_part, client_part, missing = [], {}, [], [], [], 0
     for (part, hit_id), (ts, recv) in baseline.seen.items():
         base[(part, hit_id)] = recv - ts
-    for part, hit_id, recv, _view in received:
+    for part, hit_id, recv, _view, sent in received:
         b = baseline.seen.get((part, hit_id))
         if b is None:
             missing += 1
             continue
         to_client.append(recv - b[0])
         added.append(recv - b[1])
+        if sent is not None:
+            gateway_part.append(sent - b[1])
+            client_part.append(recv - sent)
     cpu = [s["gateway_cpu_cores"] for s in samples]
+    ccpu = [s["clients_cpu_cores"] for s in samples]
     busy = [s["machine_busy_share"] for s in samples]
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
+    loads = [s["loadavg_1m"] for s in samples]
+    mean = lambda xs: round(sum(xs) / len(xs), 3) if xs else None  # noqa: E731
     return {
-        "audit_interval_s": audit_interval, "clients": clients, "clients_connected": len(opened),
+        "audit_interval_s": audit_interval, "uvicorn_http": http or "auto", "client_procs": client_procs,
+        "gateway_nice": nice,
+        "clients": clients, "clients_connected": connected,
         "rate": rate, "seconds": seconds, "elapsed_s": round(elapsed, 1), "simulate_rc": sim_rc,
         "simulate_stderr_tail": sim_err if sim_rc else "",
         "hit_copies_on_bus": len(baseline.seen), "hits_delivered_to_clients": len(received),
@@ -278,33 +380,45 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         "baseline_kafka_to_receipt_s": dist(list(base.values())),
         "gateway_kafka_to_client_s": dist(to_client),
         "added_by_gateway_s": dist(added),
+        "added_gateway_part_s": dist(gateway_part),
+        "added_client_part_s": dist(client_part),
+        "hub_read_lag_s": histogram_quantiles(metrics, "intelbus_gateway_hub_read_lag_seconds"),
+        "gateway_write_lag_s": histogram_quantiles(metrics, "intelbus_gateway_fanout_lag_seconds"),
+        "client_loop_lag_s": dist(lags),
         "audit_rows": audit_rows,
-        "audit_rows_per_client_per_s": round(audit_rows / max(1, len(opened)) / max(1.0, elapsed), 3),
-        "gateway_cpu_cores": {"mean": round(sum(cpu) / len(cpu), 3) if cpu else None, "p90": pct(cpu, 0.9),
-                              "max": max(cpu) if cpu else None},
-        "machine_busy_share": {"mean": round(sum(busy) / len(busy), 3) if busy else None, "max": max(busy) if busy else None},
-        "loadavg_at_end": load, "gateway_log": str(log_path), "gateway_fanout_lag_metric": metrics, "per_second": samples,
+        "audit_rows_per_client_per_s": round(audit_rows / max(1, connected) / max(1.0, elapsed), 3),
+        "gateway_cpu_cores": {"mean": mean(cpu), "p90": pct(cpu, 0.9), "max": max(cpu) if cpu else None},
+        "clients_cpu_cores": {"mean": mean(ccpu), "max": max(ccpu) if ccpu else None},
+        "machine_busy_share": {"mean": mean(busy), "max": max(busy) if busy else None},
+        "loadavg_1m": {"mean": mean(loads), "max": max(loads) if loads else None},
+        "gateway_log": str(log_path), "gateway_metrics": metrics, "per_second": samples,
     }
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Live-feed fan-out (bench/bench_fanout.py)", "",
-             f"{report['at']}, {report['cpus']} cores; other work on the machine as measured (machine busy share).", "",
-             "| audit interval | clients | hits on bus | delivered | baseline p50/p99 | gateway p50/p99 | added p50/p99/max "
-             "| ratio p99 | audit rows/client/s | gateway CPU mean/max (cores) | machine busy mean |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ms = lambda x: "-" if x is None else f"{x * 1000:.0f}"  # noqa: E731
+    pair = lambda d: f"{ms(d['p50'])} / {ms(d['p99'])}"  # noqa: E731
+    lines = [f"## Run of {report['at']} ({report['cpus']} cores, shared; `{report['argv']}`)", "",
+             "| variant | clients | hits on bus | delivered | baseline p50/p99 | **added p50/p99/max** | added: gateway part "
+             "p50/p99 | added: client part p50/p99 | hub read lag p50/p99 (hist.) | client loop lag p50/p99 | "
+             "gateway CPU mean/max | clients CPU mean | machine busy / load 1m | catch-up readers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        b, g, a = r["baseline_kafka_to_receipt_s"], r["gateway_kafka_to_client_s"], r["added_by_gateway_s"]
-        ratio = round(g["p99"] / b["p99"], 1) if g["p99"] and b["p99"] else None
-        ms = lambda x: "-" if x is None else f"{x * 1000:.0f} ms"  # noqa: E731
-        lines.append(f"| {r['audit_interval_s']} s | {r['clients_connected']}/{r['clients']} | {r['hit_copies_on_bus']} | "
-                     f"{r['hits_delivered_to_clients']} | {ms(b['p50'])} / {ms(b['p99'])} | {ms(g['p50'])} / {ms(g['p99'])} | "
-                     f"{ms(a['p50'])} / {ms(a['p99'])} / {ms(a['max'])} | {ratio} | {r['audit_rows_per_client_per_s']} | "
-                     f"{r['gateway_cpu_cores']['mean']} / "
-                     f"{r['gateway_cpu_cores']['max']} | {r['machine_busy_share']['mean']} |")
-    lines += ["", "Latencies from the Kafka timestamp of the intel.hit copy the client's view reads. *Added*: per "
-              "delivered hit, the client's receipt minus the baseline consumer's receipt of the same copy (both "
-              "in this process, same clock).", ""]
+        a = r["added_by_gateway_s"]
+        variant = (f"http {r['uvicorn_http']}, audit {r['audit_interval_s']} s, {r['client_procs']} client proc"
+                   + (f", gateway nice {r['gateway_nice']}" if r.get("gateway_nice") else ""))
+        lines.append(
+            f"| {variant} | {r['clients_connected']}/{r['clients']} | {r['hit_copies_on_bus']} | "
+            f"{r['hits_delivered_to_clients']} | {pair(r['baseline_kafka_to_receipt_s'])} | "
+            f"**{ms(a['p50'])} / {ms(a['p99'])}** / {ms(a['max'])} | {pair(r['added_gateway_part_s'])} | "
+            f"{pair(r['added_client_part_s'])} | {pair(r['hub_read_lag_s'])} | {pair(r['client_loop_lag_s'])} | "
+            f"{r['gateway_cpu_cores']['mean']} / {r['gateway_cpu_cores']['max']} | {r['clients_cpu_cores']['mean']} | "
+            f"{r['machine_busy_share']['mean']} / {r['loadavg_1m']['mean']} | "
+            f"{r['gateway_metrics'].get('intelbus_gateway_catchup_readers_total', '-')} |")
+    lines += ["", "Milliseconds. Baseline: a plain consumer of intel.hit in the bench's main process, Kafka time to "
+              "receipt. *Added*: a client's receipt minus the baseline's receipt of the same hit copy; its *gateway "
+              "part* ends at the gateway's send stamp, its *client part* is receipt minus send stamp. Hub read lag: "
+              "Kafka time to the gateway hub's buffer (from the gateway's histogram).", ""]
     return "\n".join(lines)
 
 
@@ -313,8 +427,15 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=float, default=2000, help="events/s offered by the simulator")
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--audit-interval", type=float, nargs="+", default=[1.0],
-                        help="the gateway's INTELBUS_LIVE_AUDIT_INTERVAL_S, one run per value (default 1)")
+    parser.add_argument("--audit-interval", type=float, nargs="+", default=[0.0],
+                        help="the gateway's INTELBUS_LIVE_AUDIT_INTERVAL_S, one run per value (default 0)")
+    parser.add_argument("--uvicorn-http", nargs="+", default=[""],
+                        help="the gateway's uvicorn HTTP implementation (h11, httptools), one run per value")
+    parser.add_argument("--client-procs", type=int, nargs="+", default=[1],
+                        help="processes the clients are spread over, one run per value (default 1)")
+    parser.add_argument("--gateway-nice", type=int, nargs="+", default=[0],
+                        help="the gateway's nice value, one run per value (e.g. 0 -10: is the tail the CPU share "
+                             "a busy machine leaves it?)")
     args = parser.parse_args(argv)
 
     from ops.settings import load_settings
@@ -324,14 +445,25 @@ def main(argv=None) -> int:
     codec = SchemaCodec(url=settings.registry_url)
     passwords = principals(settings)
     RESULTS.mkdir(exist_ok=True)
-    report = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(), "runs": []}
+    report = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
+              "argv": " ".join(sys.argv[1:] if argv is None else argv), "runs": []}
     for interval in args.audit_interval:
-        r = one_run(settings, codec, passwords, clients=args.clients, rate=args.rate, seconds=args.seconds,
-                    audit_interval=interval)
-        report["runs"].append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != "per_second"}, indent=1), flush=True)
+        for http in args.uvicorn_http:
+            for procs, nice in [(p, n) for p in args.client_procs for n in args.gateway_nice]:
+                try:
+                    r = one_run(settings, codec, passwords, clients=args.clients, rate=args.rate,
+                                seconds=args.seconds, audit_interval=interval, client_procs=procs, http=http,
+                                nice=nice)
+                except Exception as exc:  # a shared machine: the stack may restart under a run; the others count
+                    print(f"run (audit {interval}, http {http or 'auto'}, {procs} client procs) failed: {exc}",
+                          file=sys.stderr)
+                    continue
+                report["runs"].append(r)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("per_second", "gateway_metrics")}, indent=1),
+                      flush=True)
     (RESULTS / "fanout.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    (RESULTS / "fanout.md").write_text(markdown(report))
+    with open(RESULTS / "fanout.md", "a") as f:  # the history stays: each run appends its section
+        f.write("\n" + markdown(report))
     print(markdown(report))
     return 0
 

@@ -476,6 +476,8 @@ def build_services(settings) -> Services:
 
 def serve(settings, host: str, port: int) -> int:
     """Run the gateway in the foreground (what `intelbus gateway` and `up` start)."""
+    import os
+
     import uvicorn
 
     from identity.store import PrincipalStore, store_path
@@ -489,5 +491,8 @@ def serve(settings, host: str, port: int) -> int:
     app = create_app(settings, services)
     READY.set(1)
     log.info("gateway on http://%s:%d (OpenAPI at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # uvicorn's HTTP implementation: "auto" takes httptools when installed (uvicorn[standard]), else h11;
+    # INTELBUS_GATEWAY_HTTP=h11|httptools pins one (bench/bench_fanout.py compares them)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                http=os.environ.get("INTELBUS_GATEWAY_HTTP", "auto"))
     return 0

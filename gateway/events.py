@@ -31,8 +31,8 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.audit import AuditEntry
-from gateway.hub import (AUDIT_WAIT, FANOUT_LAG, SSE_CLIENTS, CatchUpReader, Hub, TokenError, advance,
-                         complete_position, decode_token, encode_token, rendered, stream_partitions, visible)
+from gateway.hub import (AUDIT_WAIT, FANOUT_LAG, SSE_CLIENTS, CatchUpReader, Hub, TokenError, complete_position,
+                         decode_token, rendered, stream_partitions, visible, walk)
 
 log = logging.getLogger("intelbus.gateway.events")
 
@@ -41,7 +41,10 @@ HEARTBEAT_S = 5.0
 # already merges each stream's records to one audit_log row a second)
 AUDIT_INTERVAL_S = float(os.environ.get("INTELBUS_LIVE_AUDIT_INTERVAL_S", "0"))
 HUB_READY_WAIT_S = 20.0   # for the hub's consumer to be assigned
-FIRST_WAIT_S = 2.0        # for a starting hub to read its buffer, before a first connection reads by itself
+# for a starting hub to read its buffer, before a first connection reads by itself. Not 2 s: a hub reading
+# its hour of three topics on a busy machine takes 10-20 s, and 200 walls opening private readers at once
+# (bench_fanout, 06:50 run: catchup_readers_total 200) kept the gateway seconds behind for the whole run
+FIRST_WAIT_S = float(os.environ.get("INTELBUS_LIVE_FIRST_WAIT_S", "30"))
 JOURNAL_FSYNC = os.environ.get("INTELBUS_LIVE_AUDIT_FSYNC", "0") == "1"
 # for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms>`, the
 # gateway's clock when it hands the batch over, so a client can tell its own lag from the gateway's
@@ -406,9 +409,11 @@ class LiveStream:
         self.shown = 0
         self.catchup: CatchUpReader | None = None
         self.cursor: int | None = None
+        self.vkey = (view, identity.clearance)
 
     def _may_see(self, entry) -> bool:
-        return visible(entry, self.ent, self.view)
+        seen = entry.seen.get(self.vkey)  # visible()'s memo, read without a call: 200 streams x every entry
+        return visible(entry, self.ent, self.view) if seen is None else seen
 
     async def _start(self) -> None:
         if self.position is None:
@@ -422,9 +427,9 @@ class LiveStream:
             self.position = dict(self.catchup.start)
 
     def _walk(self, entries) -> list[tuple]:
-        """(entry, position after it, its SSE text) for the visible entries; the position moves past all."""
-        shown = [(rendered(e), pos) for e, pos in advance(self.position, entries, self._may_see)]
-        return [(e, pos, sse_item(e, encode_token(self.view, pos))) for e, pos in shown]
+        """(entry, its token, its SSE text) for the visible entries; the position moves past all."""
+        return [(e, token, sse_item(rendered(e), token)) for e, token in walk(self.view, self.position, entries,
+                                                                             self._may_see)]
 
     async def _next_items(self, wake, timeout: float) -> list[tuple]:
         """The next items (maybe none after `timeout`), switching between catch-up and the hub."""
@@ -449,16 +454,19 @@ class LiveStream:
             await wake.wait(timeout)
             return []
         # Streams of one view that are in step (most: woken by the same messages) walk the same entries
-        # from the same position to the same items and ids: the first one's walk serves the others.
-        key = (self.view, self.ent.identity.clearance, self.cursor, end, tuple(sorted(self.position.items())))
+        # from the same position to the same items and ids: the first one's walk serves the others. Not
+        # keyed by the end: the hub appends while the streams take turns, and a stream that read further
+        # takes the shared walk now and the rest next time, which keeps the view's streams in step (keyed
+        # by the end, 200 streams on a busy machine each walked alone: bench_fanout, 06:55 run).
+        key = (self.vkey, self.cursor, tuple(sorted(self.position.items())))
         walked = self.hub.walks.get(key)
         if walked is None:
             items = self._walk(entries)
             if len(self.hub.walks) > 5000:
                 self.hub.walks.clear()
-            self.hub.walks[key] = (items, dict(self.position))
+            self.hub.walks[key] = (items, dict(self.position), end)
         else:
-            items, position = walked
+            items, position, end = walked
             self.position = dict(position)
         self.cursor = end
         return items
@@ -469,11 +477,10 @@ class LiveStream:
 
     @staticmethod
     def _audit_params(items) -> dict:
-        last_text = items[-1][2]
         return {"hit_ids": [e.ident for e, _, _ in items if e.kind == "hit"][:100],
                 "alert_event_ids": [e.ident for e, _, _ in items if e.kind == "alert"][:100],
                 "workflow_event_ids": [e.ident for e, _, _ in items if e.kind == "workflow"][:100],
-                "through": last_text[4:last_text.index("\n")]}  # the last item's id
+                "through": items[-1][1]}  # the last item's id
 
     async def _audit(self, items) -> None:
         """The batch's audit record, written before the batch is sent."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.hub import (ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, Buffer, Entry, TokenError, advance, complete_position,
-                         decode_token, encode_token, entry_of, rendered, resume_source, stream_partitions, visible)
+                         decode_token, encode_token, entry_of, rendered, resume_source, stream_partitions, visible,
+                         walk)
 
 TPS = stream_partitions(3, 6)
 H3, A0, A1 = (HIT_TOPIC, 3), (ALERT_TOPIC, 0), (ALERT_TOPIC, 1)
@@ -262,3 +263,43 @@ def test_intelbus_feed_follow_prints_a_workflow_item_as_one_line_with_cst_times(
     assert line.startswith("[待办 workflow] 协查请求 ESCALATED 升级 R-1")
     assert "at 2026-11-30 09:00:00 CST" in line and "due 2026-11-30 10:00:00 CST" in line  # 01:00 / 02:00 UTC
     assert "to 120000 天津市" in line and line.endswith("该车是否在蓟州辖区?") and "\n" not in line
+
+
+def test_walk_gives_each_visible_item_the_token_of_the_position_after_it():
+    """The event loop's fast walk (tokens made as the position moves) says exactly what advance + encode_token say."""
+    import random
+
+    rnd = random.Random(7)
+    tps = [H3] + [(ALERT_TOPIC, p) for p in range(6)] + [(WORKFLOW_TOPIC, p) for p in range(6)]
+    log, next_off = [], {tp: rnd.randrange(0, 5000) for tp in tps}
+    for _ in range(400):
+        tp = rnd.choice(tps + [(HIT_TOPIC, 1)])  # another province's partition too: not this stream's
+        next_off[tp] = next_off.get(tp, 0) + rnd.randrange(1, 4)  # gaps: transaction markers
+        log.append(entry(tp, next_off[tp], kind="workflow" if tp[0] == WORKFLOW_TOPIC else None,
+                         visible=rnd.random() < 0.6))
+    start = {tp: 0 for tp in WTPS}
+    may = lambda e: e.scope["visible"]  # noqa: E731
+    slow_pos, fast_pos = dict(start), dict(start)
+    slow = [(e, encode_token("120000", pos)) for e, pos in advance(slow_pos, log, may)]
+    fast = walk("120000", fast_pos, log, may)
+    assert [(e.tp, e.offset) for e, _ in fast] == [(e.tp, e.offset) for e, _ in slow] and len(fast) > 100
+    assert [t for _, t in fast] == [t for _, t in slow]
+    assert fast_pos == slow_pos and (HIT_TOPIC, 1) not in fast_pos  # past every entry, invisible ones too
+
+
+def test_the_streams_of_a_round_read_to_the_same_end_while_the_hub_appends():
+    """Between one wake and the next, every stream's read ends where the round's first read ended, so the
+    streams of a view stay in step (one shared walk); what the hub appended meanwhile comes with its own wake."""
+    from gateway.hub import Hub
+
+    hub = Hub({}, None)
+    hub.buffer = buffer_with([entry(H3, i) for i in range(5)])
+    hub._wake()
+    first, end1 = hub.read(0)
+    hub.buffer.append(entry(H3, 5), H3, 5)          # appended during the round, before its wake
+    second, end2 = hub.read(0)
+    assert end1 == end2 == 5 and [e.offset for e in second] == [0, 1, 2, 3, 4]
+    assert hub.read(end1) == ([], 5)                 # nothing more this round: the stream waits for the wake
+    hub._wake()
+    more, end3 = hub.read(end1)
+    assert [e.offset for e in more] == [5] and end3 == 6
