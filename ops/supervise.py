@@ -157,7 +157,7 @@ def supervisor_line(status: dict) -> str:
     if not status["running"]:
         return (f"{SUPERVISOR:<11} down  nothing restarts a crashed component (`intelbus up` starts the supervisor)"
                 f"  log {status['log']}")
-    return (f"{SUPERVISOR:<11} up    {'restarts what crashes, with backoff':<32} pid {status['pid']:<8} "
+    return (f"{SUPERVISOR:<11} up    {'restarts what crashes':<32} pid {status['pid']:<8} "
             f"uptime {_human_duration(status['uptime_s']):<9} log {status['log']}")
 
 
@@ -214,6 +214,7 @@ class Supervisor:
             healthy = c.healthy() if seen == RUNNING and old.starting_since is not None else None
             action, w = decide(old, seen, healthy, now, self.backoff, c.start_timeout)
             if action == "crashed":
+                self._reap()  # it may have died after this tick's first reaping
                 self.out(f"{c.name}: pid {record.pid} is gone ({describe_exit(self.exits.pop(record.pid, None))}); "
                          f"restart in {w.restart_at - now:.0f}s (crash {w.crashes} in a row)")
             elif action == "restart":
