@@ -22,6 +22,7 @@ class ComponentStatus:
     log: str
     managed: bool  # started by `intelbus up` (pid file) rather than found running
     restarts: int = 0  # by the supervisor, after crashes (ops/supervise.py)
+    next_restart_in_s: float | None = None  # crashed: the supervisor starts it again in this many seconds
 
     def line(self) -> str:
         state = "up" if self.healthy else "down"
@@ -29,6 +30,8 @@ class ComponentStatus:
         uptime = _human_duration(self.uptime_s) if self.uptime_s is not None else "-"
         origin = "" if self.managed or not self.healthy else "  (not started by intelbus up)"
         restarts = f"  restarted {self.restarts}x after crashes" if self.restarts else ""
+        if self.next_restart_in_s is not None:
+            restarts += f"  crashed: the supervisor starts it again in {self.next_restart_in_s:.0f}s"
         return (f"{self.name:<11} {state:<5} {self.address:<32} pid {pid:<8} uptime {uptime:<9} "
                 f"log {self.log}{origin}{restarts}")
 
@@ -52,7 +55,7 @@ class Stack:
     def status(self) -> list[ComponentStatus]:
         from ops.supervise import read_state
 
-        restarts = {name: w.get("restarts", 0) for name, w in read_state(self.settings).items()}
+        watches = read_state(self.settings)
         result = []
         for c in self.components:
             record = self.pids.read(c.name)
@@ -66,7 +69,8 @@ class Stack:
                     uptime_s=(time.time() - record.started_at) if alive else None,
                     log=str(c.log),
                     managed=alive,
-                    restarts=restarts.get(c.name, 0),
+                    restarts=watches.get(c.name, {}).get("restarts", 0),
+                    next_restart_in_s=_restart_in(watches.get(c.name, {}), alive),
                 )
             )
         return result
@@ -189,6 +193,12 @@ class Stack:
         if purge:
             shutil.rmtree(self.settings.stack_path, ignore_errors=True)
             self.out(f"removed {self.settings.stack_path}")
+
+
+def _restart_in(watch: dict, alive: bool) -> float | None:
+    # the supervisor's restart_at is on the system-wide monotonic clock, as is ours
+    at = watch.get("restart_at")
+    return None if alive or at is None else max(0.0, at - time.monotonic())
 
 
 def _tail(path, n: int = 1) -> str:

@@ -254,3 +254,24 @@ def test_a_down_in_progress_is_not_read_as_a_crash(tmp_path):
         pids.remove("sink")
     supervisor.tick()
     assert said == [] and pids.read("sink") is None
+
+
+def test_status_says_when_a_crashed_component_is_started_again(tmp_path):
+    """What `intelbus status` reads of the supervisor's state: restarts, and the next try of a crashed one."""
+    from ops.components import ClickHouse
+    from ops.processes import PidRecord
+    from ops.settings import load_settings
+    from ops.stack import Stack
+    from ops.supervise import Supervisor
+
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_CLICKHOUSE_HTTP": "http://127.0.0.1:9"})
+    pids = PidFiles(settings.stack_path / "run")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pids.write(PidRecord(name="clickhouse", pid=int(gone.stdout), started_at=0.0, marker="config.xml", log=""))
+    supervisor = Supervisor(settings, backoff=Backoff(first_s=16), out=lambda m: None)
+    supervisor.watches["clickhouse"] = Watch(restarts=3, crashes=0)
+    supervisor.tick()  # the crash is seen: the next try in 16 s
+    [status] = Stack(settings, [ClickHouse("clickhouse", settings)]).status()
+    assert status.restarts == 3 and not status.healthy
+    assert 14 <= status.next_restart_in_s <= 16
+    assert "restarted 3x" in status.line() and "starts it again in 1" in status.line()
