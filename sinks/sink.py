@@ -223,6 +223,10 @@ def consumer_config(settings) -> dict:
         # While ClickHouse is down the loop waits on its inserts without polling; an hour
         # keeps the group from evicting us (librdkafka's thread keeps the heartbeats going).
         "max.poll.interval.ms": 3_600_000,
+        # A crashed sink's partitions are released after this long, so the restarted one (the
+        # supervisor's, 1 s later) is assigned in about 10 s rather than librdkafka's 45 s.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
         "fetch.max.bytes": 52_428_800,
         "queued.max.messages.kbytes": 262_144,
     }
