@@ -226,3 +226,49 @@ def test_a_sighting_read_before_its_listing_still_hits_after_a_worker_restart_in
     assert len(hits) == 1, hits
     hit = next(iter(hits.values()))[0][1]
     assert hit["hit_type"] == "WANTED_PERSON" and (hit["owner_region"], hit["hit_region"]) == ("130822", "120119")
+
+
+def case_report(region, phone, *, minutes, lat, lon, located_in=None, itype="THEFT"):
+    return {"source_region": region, "source_system": "jwzh", "source_ref": ref("AJ"), "occurred_at": iso(minutes),
+            "incident_type": itype, "location": {"region": located_in or region, "address": "津冀交界", "lat": lat, "lon": lon},
+            "phones": [phone]}
+
+
+def test_one_incident_reported_by_jizhou_and_xinglong_is_one_border_duplicate_to_both(producer, codec, reader):
+    """DOMAIN.md 5 and 10: two agencies near a border reporting one incident are flagged to
+    both as a possible duplicate, never merged. Controls: the same pair of agencies 50 km
+    apart, and 3 hours apart, are case links only (which shows the jobs read them)."""
+    hits_topic, unique = reader("intel.hit"), reader("intel.incident.unique")
+    phone, far_phone, late_phone = (f"13{n}{uuid.uuid4().int % 10**8:08d}" for n in (5, 6, 7))
+    # one theft on the Tianjin-Hebei line, reported by Jizhou and, 8 minutes and 2 km off, by Xinglong
+    jizhou = case_report("120119", phone, minutes=-20, lat=40.2300, lon=117.4500)
+    xinglong = case_report("130822", f"+86 {phone[:3]} {phone[3:7]} {phone[7:]}", minutes=-12, lat=40.2480, lon=117.4500)
+    far = [case_report("120119", far_phone, minutes=-20, lat=40.0460, lon=117.4080),
+           case_report("130822", far_phone, minutes=-15, lat=40.4960, lon=117.4080)]   # 50 km apart
+    late = [case_report("120119", late_phone, minutes=-200, lat=40.2300, lon=117.4500),
+            case_report("130822", late_phone, minutes=-20, lat=40.2480, lon=117.4500)]  # 3 hours apart
+    publish_all(producer, "incident", [jizhou, xinglong, *far, *late])
+    keys = [record_key(r) for r in (jizhou, far[0], late[0])]
+
+    def arrived(got):
+        return hits_of(got, codec, keys[0]) and all(hits_of(got, codec, k) for k in keys[1:])
+    messages = hits_topic.read(until=arrived, timeout=60, settle=3)
+    ours = {k: [c for copies in hits_of(messages, codec, k).values() for c in copies] for k in keys}
+    dups = {str(h["hit_id"]): h for _, h in ours[keys[0]] if h["hit_type"] == "BORDER_DUPLICATE"}
+    assert len(dups) == 1, ours[keys[0]]
+    (dup,) = dups.values()
+    assert (dup["owner_region"], dup["hit_region"]) == ("120119", "130822")  # the two reporting agencies
+    assert dup["record_key"] == record_key(jizhou) and dup["trigger_kind"] == "INCIDENT"
+    assert '"source_ref":"%s"' % xinglong["source_ref"] in dup["trigger"]  # the hit names both reports
+    assert dup["matched_on"] == {"kind": "PHONE", "value": phone}
+    # both command centers are told, each through its own province's key, once
+    assert sorted(k for k, h in ours[keys[0]] if h["hit_type"] == "BORDER_DUPLICATE") == ["120000", "130000"]
+    assert REGIONS.may_see("120119", dup["notify_regions"]) and REGIONS.may_see("130822", dup["notify_regions"])
+    assert not REGIONS.may_see("110000", dup["notify_regions"])
+    # the controls: read and linked as cases, not flagged as duplicates
+    for k in keys[1:]:
+        assert {h["hit_type"] for _, h in ours[k]} == {"CASE_LINK"}, ours[k]
+    # never merged: both reports went on as they were
+    refs = {jizhou["source_ref"], xinglong["source_ref"]}
+    stored = unique.read(until=lambda got: refs <= {codec.decode(m.value())["source_ref"] for m in got}, timeout=30)
+    assert refs <= {codec.decode(m.value())["source_ref"] for m in stored}
