@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.hub import (ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, Buffer, Entry, TokenError, advance, complete_position,
-                         decode_token, encode_token, entry_of, rendered, resume_source, stream_partitions, visible,
-                         walk)
+                         decode_token, encode_token, entry_of, lazy_entry, rendered, resume_source, stream_partitions,
+                         visible, walk)
 
 TPS = stream_partitions(3, 6)
 H3, A0, A1 = (HIT_TOPIC, 3), (ALERT_TOPIC, 0), (ALERT_TOPIC, 1)
@@ -303,3 +303,31 @@ def test_the_streams_of_a_round_read_to_the_same_end_while_the_hub_appends():
     hub._wake()
     more, end3 = hub.read(end1)
     assert [e.offset for e in more] == [5] and end3 == 6
+
+
+def test_a_message_of_the_hub_s_start_is_decoded_only_when_a_stream_looks_at_it():
+    import json
+
+    from identity.entitlement import Entitlement
+    from schemas.regions import load_regions
+
+    class Codec:
+        decoded = 0
+
+        def decode(self, value):
+            Codec.decoded += 1
+            if value == b"junk":
+                raise ValueError("not Avro")
+            return workflow_record(["120000"])
+
+    codec = Codec()
+    tianjin = Entitlement(identity_of("120000"), load_regions())
+    ok = lazy_entry(WORKFLOW_TOPIC, 0, 5, 1000, codec, b"avro")
+    bad = lazy_entry(WORKFLOW_TOPIC, 0, 6, 1000, codec, b"junk")
+    assert lazy_entry(WORKFLOW_TOPIC, 0, 7, 1000, codec, None) is None       # a tombstone: nothing to hold
+    b = buffer_with([ok, bad])
+    assert b.start_seq({**{tp: 0 for tp in WTPS}, W0: 6}) == 1 and Codec.decoded == 0  # positions need no decoding
+    assert visible(ok, tianjin, "120000") and Codec.decoded == 1
+    assert json.loads(rendered(ok).data)["item_id"] == "R-1"
+    assert not visible(bad, tianjin, "120000") and bad.kind == "none"           # shown to no one, position moves past
+    assert visible(ok, tianjin, "120000") and Codec.decoded == 2                  # once each
