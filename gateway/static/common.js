@@ -4,7 +4,7 @@
 
 const IB = (() => {
   const LABELS = {
-    hit_type: { WANTED_PERSON: "在逃人员", WATCH_MATCH: "布控比中", CASE_LINK: "串并案线索" },
+    hit_type: { WANTED_PERSON: "在逃人员", WATCH_MATCH: "布控比中", CASE_LINK: "串并案线索", BORDER_DUPLICATE: "疑似重复报告" },
     classification: { PUBLIC: "公开", INTERNAL: "内部", SECRET: "秘密", HIGHLY_SECRET: "机密" },
     danger: { LOW: "低", MEDIUM: "中", HIGH: "高" },
     id_kind: { RESIDENT_ID: "身份证号", PLATE: "车牌", PHONE: "手机号", PASSPORT: "护照" },
