@@ -71,6 +71,10 @@ class Settings:
     partitions: int = _env("INTELBUS_PARTITIONS", "partitions of each intelbus topic", 6)
     dedupe_window_days: int = _env("INTELBUS_DEDUPE_WINDOW_DAYS", "how long an event id is remembered", 7)
     case_link_window_days: int = _env("INTELBUS_CASE_LINK_WINDOW_DAYS", "window for CASE_LINK hits", 30)
+    border_duplicate_window_min: float = _env("INTELBUS_BORDER_DUPLICATE_WINDOW_MIN", "BORDER_DUPLICATE hits: two "
+                                              "regions' case reports at most this many minutes apart", 30.0)
+    border_duplicate_km: float = _env("INTELBUS_BORDER_DUPLICATE_KM", "BORDER_DUPLICATE hits: ... and at most this many "
+                                      "km apart", 5.0)
     jobs_workers: int = _env("INTELBUS_JOBS_WORKERS", "stream-job workers started by `intelbus up`", 1)
     sink_batch_rows: int = _env("INTELBUS_SINK_BATCH_ROWS", "sink flushes at this many rows", 50_000)
     sink_batch_seconds: float = _env("INTELBUS_SINK_BATCH_SECONDS", "sink flushes after this many seconds", 1.0)

@@ -248,7 +248,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))
     match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
                        case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback,
-                       **border_duplicate_settings(os.environ))
+                       **border_duplicate_settings(settings))
     kafka_config = settings.kafka_config(JOBS)
     restorer = LookbackRestorer(lookback, lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
                                 topic=MATCH_TOPIC)
@@ -501,10 +501,10 @@ def provinces_of(notify: list[str], regions) -> list[str]:
     return sorted(codes)
 
 
-def border_duplicate_settings(environ) -> dict:
-    """The border-duplicate rule's window (minutes) and distance (km), from the environment."""
-    return {"border_window_ms": int(float(environ.get("INTELBUS_BORDER_DUPLICATE_WINDOW_MIN", "30")) * 60_000),
-            "border_km": float(environ.get("INTELBUS_BORDER_DUPLICATE_KM", "5"))}
+def border_duplicate_settings(settings: Settings) -> dict:
+    """The border-duplicate rule's window and distance (`intelbus config`: INTELBUS_BORDER_DUPLICATE_*)."""
+    return {"border_window_ms": int(settings.border_duplicate_window_min * 60_000),
+            "border_km": float(settings.border_duplicate_km)}
 
 
 def hit_record(hit: dict) -> dict:

@@ -502,10 +502,12 @@ def test_the_simulators_traffic_through_the_three_stages_gives_exactly_its_truth
 
 
 def test_the_border_duplicate_window_and_distance_are_settings():
+    from ops.settings import load_settings
     from stream_jobs.app import border_duplicate_settings
 
-    assert border_duplicate_settings({}) == {"border_window_ms": 30 * MIN, "border_km": 5.0}
-    tighter = border_duplicate_settings({"INTELBUS_BORDER_DUPLICATE_WINDOW_MIN": "10", "INTELBUS_BORDER_DUPLICATE_KM": "2.5"})
+    assert border_duplicate_settings(load_settings(environ={})) == {"border_window_ms": 30 * MIN, "border_km": 5.0}
+    tighter = border_duplicate_settings(load_settings(environ={"INTELBUS_BORDER_DUPLICATE_WINDOW_MIN": "10",
+                                                               "INTELBUS_BORDER_DUPLICATE_KM": "2.5"}))
     assert tighter == {"border_window_ms": 10 * MIN, "border_km": 2.5}
     bus = Bus()
     bus.match.border_window_ms, bus.match.border_km = tighter["border_window_ms"], tighter["border_km"]
