@@ -275,6 +275,9 @@ function onWorkflow(w) {
   if (!followups.drawing) { followups.drawing = true; setTimeout(() => { followups.drawing = false; drawFollowups(); }, 200); }
 }
 
+const FU_SENT = new Set(["SENT", "ISSUED", "RESENT", "ANSWERS_OFFERED"]);
+function tier(w) { return FU_SENT.has(w.event_type) ? 0 : 1; }
+
 function countdown(due) {
   if (!due) return ["", false, false];
   const ms = due - Date.now();
@@ -286,11 +289,15 @@ function countdown(due) {
 function drawFollowups() {
   const { el, cst, region } = IB;
   const list = document.getElementById("followups");
-  const items = [...followups.items.values()];
-  // open ones first, the nearest deadline on top; handled ones after, newest first; the oldest drop off
-  items.sort((a, b) => (a.handled - b.handled) || (a.handled ? b.at_ms - a.at_ms : (a.due || Infinity) - (b.due || Infinity)));
-  for (const gone of items.slice(FU_MAX)) followups.items.delete(gone.item_id);
-  list.replaceChildren(...items.slice(0, FU_MAX).map((w) => {
+  // requests and directives sent to this agency before the bus's own reminders and escalations (a storm of
+  // escalations must not push a new request off the panel), newest first when trimming; shown: the open
+  // ones first, requests and directives on top, the nearest deadline first; then the handled ones
+  const keep = [...followups.items.values()].sort((a, b) => (tier(a) - tier(b)) || (b.at_ms - a.at_ms));
+  for (const gone of keep.slice(FU_MAX)) followups.items.delete(gone.item_id);
+  const items = keep.slice(0, FU_MAX);
+  items.sort((a, b) => (a.handled - b.handled) || (tier(a) - tier(b)) ||
+                       (a.handled ? b.at_ms - a.at_ms : (a.due || Infinity) - (b.due || Infinity)));
+  list.replaceChildren(...items.map((w) => {
     const from = w.actor_agency || (w.party ? w.party : "");
     const li = el("li", { "data-item-id": w.item_id, "data-event-type": w.event_type, "data-due": w.due || "",
                           class: w.handled ? "handled" : (w.fresh ? "fresh" : "") },

@@ -336,7 +336,8 @@ def of_item(items, item_id) -> list[dict]:
 def published(reader, codec, item_ids, timeout=30) -> dict[str, list[str]]:
     """The event ids the workflow job put on intel.workflow for these items (a plain consumer, made
     before the items were sent: tests.integration.conftest.TopicReader)."""
-    got = reader.read(until=lambda ms: {m.key().decode() for m in ms} >= set(item_ids), timeout=timeout, settle=1)
+    got = reader.read(until=lambda ms: {m.key().decode() for m in ms if m.key()} >= set(item_ids), timeout=timeout,
+                      settle=1)
     out = {i: [] for i in item_ids}
     for m in got:
         if m.key() is not None and m.key().decode() in out:
