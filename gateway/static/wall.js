@@ -4,8 +4,6 @@
 // last item shown (no gap); a hit already on the wall is never shown twice (and is counted, should it come).
 "use strict";
 
-// a possible border duplicate: two agencies' reports of what may be one incident (both kept, flagged to both)
-IB.LABELS.hit_type.BORDER_DUPLICATE = "疑似重复报告";
 
 const PURPOSE = "指挥中心值守 live wall";
 const MAX_CARDS = 300;
