@@ -4,7 +4,6 @@
 // last item shown (no gap); a hit already on the wall is never shown twice (and is counted, should it come).
 "use strict";
 
-
 const PURPOSE = "指挥中心值守 live wall";
 const MAX_CARDS = 300;
 // how far back a wall opened now starts (the page's ?since=, e.g. 2h; the gateway caps and checks it)
