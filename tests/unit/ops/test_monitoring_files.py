@@ -151,7 +151,8 @@ def test_prometheus_config_structure():
     assert doc["global"]["scrape_interval"] == "5s"
     assert doc["rule_files"] == ["rules.yml"] and (CONFIG.parent / "rules.yml").is_file()
     targets = {job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]} for job in doc["scrape_configs"]}
-    assert set(targets) == {"jobs", "sink", "gateway", "producers"}
+    assert set(targets) == {"jobs", "workflows", "sink", "gateway", "producers"}
+    assert targets["workflows"] == {"127.0.0.1:9440"}
     assert "127.0.0.1:9401" in targets["jobs"] and targets["gateway"] == {"127.0.0.1:8080"}
     assert targets["sink"] == {"127.0.0.1:9420"}
     assert targets["producers"] == {"127.0.0.1:9430", "127.0.0.1:9431"}
