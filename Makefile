@@ -21,7 +21,7 @@ lock:  ## re-lock constraints.txt: a fresh venv from pyproject.toml's ranges, fr
 	.cache/lock-venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 	.cache/lock-venv/bin/python -m pip install -q --disable-pip-version-check '.[test,bench]'
 	{ sed -n '1,2p' constraints.txt; .cache/lock-venv/bin/python -m pip freeze --all \
-	  | grep -v -E '^(pip|setuptools|wheel|intelbus)=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	  | grep -v -E '^(pip|setuptools|wheel|intelbus)( @ |==)'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	rm -rf .cache/lock-venv
 
 stack-install: install  ## apt packages (ClickHouse), Kafka and the registry from Maven Central
