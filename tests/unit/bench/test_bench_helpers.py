@@ -133,3 +133,18 @@ def test_gc_pause_delta_per_generation_counts_the_slow_collections(monkeypatch):
     assert after["2"] == {"count": 3.0, "seconds": 1.5, "over_0.1s": 2.0}
     assert e2e._gc_delta(before, after) == {"0": {"count": 60.0, "seconds": 0.6, "over_0.1s": 2.0},
                                             "2": {"count": 1.0, "seconds": 0.5, "over_0.1s": 1.0}}
+
+
+def test_worker_threads_splits_py_spy_samples_by_thread_and_innermost_package():
+    from bench.bench_worker_threads import parse_raw
+
+    raw = "\n".join([
+        "thread (100): MainThread;run_worker (stream_jobs/worker.py:106);Agent._execute_actor (faust/agents/agent.py:698);"
+        "MatchStage._apply (stream_jobs/stages.py:381);dumps (stream_jobs/state.py:88) 7",
+        "thread (100): MainThread;run_worker (stream_jobs/worker.py:106);select (selectors.py:468) 2",
+        "thread (101): Thread-2;run (threading.py:982);_fetch (aiokafka/consumer/fetcher.py:100) 5",
+        "not a sample line",
+    ])
+    got = parse_raw(raw)
+    assert dict(got["thread (100): MainThread"]) == {"stream_jobs": 7, "selectors": 2}
+    assert dict(got["thread (101): Thread-2"]) == {"aiokafka": 5}
