@@ -36,7 +36,7 @@ def bootstrap(settings: Settings, *, out=print) -> None:
 
     executor = DriverExecutor(clickhouse_url_as(settings, "default"))  # the admin: DDL
     try:
-        applied = apply_migrations(executor)
+        applied = apply_migrations(executor, cluster=settings.clickhouse_cluster)
     finally:
         executor.close()
     out(f"migrations  {len(applied)} applied, database {executor.database} is current")

@@ -11,11 +11,20 @@ from ops.settings import load_settings
 def _stack(args=None):
     from ops.services import full_stack
 
-    return full_stack(load_settings(), include_services=not getattr(args, "infra_only", False))
+    profile = getattr(args, "profile", None)
+    settings = load_settings(**({"stack_profile": profile} if profile else {}))
+    return full_stack(settings, include_services=not getattr(args, "infra_only", False))
+
+
+def _add_profile(p):
+    p.add_argument("--profile", choices=["single", "cluster"], default=None,
+                   help="single: one broker, one ClickHouse; cluster: three brokers, ZooKeeper, two ClickHouse "
+                        "replicas (docs/deploy.md). Default: INTELBUS_STACK_PROFILE, else what the last `up` chose, else single")
 
 
 def add_up(p):
     p.add_argument("--infra-only", action="store_true", help="start only Kafka, the registry and ClickHouse (no jobs, no sink)")
+    _add_profile(p)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for each component to be healthy (default: per component, 60-120)")
     p.add_argument("--tls", action="store_true",
                    help="also serve Kafka over TLS (SASL_SSL on the Kafka port + 2) with a CA made under .stack/tls; "
@@ -34,10 +43,17 @@ def add_up(p):
             from ops.tls import ensure_tls
 
             settings = load_settings()
+            if (args.profile or settings.stack_profile) == "cluster":
+                print("intelbus up: --tls is not served by the cluster profile yet (docs/deploy.md)", file=sys.stderr)
+                return 2
             folder = ensure_tls(settings)
             print(f"tls         CA and broker certificate in {folder} (clients trust {folder / 'ca.pem'}); "
                   "a broker already running picks the listener up at its next start")
         stack = _stack(args)
+        if args.profile:  # later commands in this stack dir (status, down, the clients) follow it
+            from ops.cluster import remember_profile
+
+            remember_profile(stack.settings.stack_path, args.profile)
         statuses = stack.up(timeout=args.timeout, on_infra_ready=lambda: bootstrap(stack.settings, out=print))
         print()
         for s in statuses:
@@ -53,9 +69,10 @@ def add_up(p):
 def add_down(p):
     p.add_argument("--purge", action="store_true", help="also delete .stack/ (all topics, schemas, tables and logs)")
     p.add_argument("names", nargs="*", metavar="NAME", help="stop only these components (e.g. jobs-0 sink)")
+    _add_profile(p)
 
     def run(args):
-        stack = _stack()
+        stack = _stack(args)
         if args.names:
             if args.purge:
                 print("intelbus down: --purge stops everything; give no names with it", file=sys.stderr)
@@ -73,13 +90,14 @@ def add_down(p):
 
 def add_status(p):
     p.add_argument("--json", action="store_true", help="print the status as one JSON document")
+    _add_profile(p)
 
     def run(args):
         from ops.stack import status_json
         from ops.supervise import supervisor_line, supervisor_status
 
         settings = load_settings()
-        statuses = _stack().status()
+        statuses = _stack(args).status()
         supervisor = supervisor_status(settings)
         if args.json:
             print(status_json(statuses, supervisor))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ops import install
+from ops import cluster, install
+from ops.cluster import BrokerNode, ClickHouseReplica
 from ops.processes import port_open
 from ops.settings import REPO_ROOT, Settings
 
@@ -26,6 +27,7 @@ class Component:
     settings: Settings
     start_timeout: float = 90.0
     is_service = False  # intelbus's own process (started after the servers are ready)
+    quorum = None  # components of one quorum are started together, then waited for
 
     @property
     def stack(self) -> Path:
@@ -112,6 +114,7 @@ class Kafka(Component):
         from ops.kafka_auth import ADMIN, SERVICES
         from ops.secrets import ensure_kafka_passwords
 
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
         libs = install.fetch_kafka(Path(self.settings.dist_dir))
         self.java = install.find_java(17, "Kafka")
         self.home.mkdir(parents=True, exist_ok=True)
@@ -125,16 +128,7 @@ class Kafka(Component):
             tls_settings = ("# TLS (intelbus up --tls): the broker's key and certificate, signed by the stack's CA\n"
                             "listener.name.sasl_ssl.ssl.keystore.type=PEM\n"
                             f"listener.name.sasl_ssl.ssl.keystore.location={tls_dir(self.settings) / 'broker.pem'}\n")
-        text = (OPS / "kafka" / "server.properties.in").read_text()
-        text = (
-            text.replace("@STACK@", str(self.stack))
-            .replace("@PORT@", str(self.host_port[1]))
-            .replace("@CONTROLLER_PORT@", str(self.controller_port))
-            .replace("@TLS_LISTENER@", tls_listener)
-            .replace("@TLS_SETTINGS@", tls_settings)
-            .replace("@ADMIN_PASSWORD@", passwords[ADMIN])
-            .replace("@ADMIN@", ADMIN)
-        )
+        text = self.server_properties(passwords[ADMIN], tls_listener, tls_settings)
         # the file holds the admin's password: 0600 from its first byte
         from ops.secrets import _write_private
 
@@ -149,14 +143,14 @@ class Kafka(Component):
                 "(SASL/SCRAM): its principals have none. Start afresh with `intelbus down --purge && intelbus up` "
                 "(this deletes the local stack's data)")
         if not formatted.exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = self.cluster_id()
             # SCRAM credentials are metadata records: written at format time, so the admin can
             # connect on the first start (later principals: `acls apply`, through the Admin API)
             scram = [arg for user, pw in sorted(passwords.items())
                      for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]")]
             proc = subprocess.run(
                 [self.java.path, "-cp", self.classpath, f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-                 f"-Dkafka.logs.dir={self.stack / 'logs'}", "kafka.tools.StorageTool", "format",
+                 f"-Dkafka.logs.dir={self.logs_dir}", "kafka.tools.StorageTool", "format",
                  # "--cluster-id=": a base64 id may start with "-", which argparse would take for an option
                  f"--cluster-id={cluster_id}", "-c", str(self.home / "server.properties"), *scram],
                 capture_output=True, text=True,
@@ -168,12 +162,43 @@ class Kafka(Component):
                 raise install.Missing(f"formatting Kafka storage failed: {out[-300:]}")
             authenticated.write_text("SCRAM-SHA-512 credentials added at format time\n")
 
+    def server_properties(self, admin_password: str, tls_listener: str = "", tls_settings: str = "") -> str:
+        """ops/kafka/server.properties.in rendered for this broker."""
+        from ops.kafka_auth import ADMIN
+
+        text = (OPS / "kafka" / "server.properties.in").read_text()
+        for key, value in self.layout().items():
+            text = text.replace(f"@{key}@", value)
+        return (
+            text.replace("@STACK@", str(self.stack))
+            .replace("@PORT@", str(self.host_port[1]))
+            .replace("@CONTROLLER_PORT@", str(self.controller_port))
+            .replace("@TLS_LISTENER@", tls_listener)
+            .replace("@TLS_SETTINGS@", tls_settings)
+            .replace("@ADMIN_PASSWORD@", admin_password)
+            .replace("@ADMIN@", ADMIN)
+        )
+
+    def layout(self) -> dict[str, str]:
+        """server.properties.in's placeholders that say where this broker sits in its cluster."""
+        return {"NODE_ID": "1", "VOTERS": f"1@127.0.0.1:{self.controller_port}", "DATA": str(self.home / "data"),
+                "REPLICATION": "1", "MIN_ISR": "1"}
+
+    def cluster_id(self) -> str:
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack / "logs"
+
+    heap = "-Xmx1g"
+
     def command(self):
         argv = [
-            self.java.path, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            self.java.path, "-Xms256m", self.heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-            f"-Dkafka.logs.dir={self.stack / 'logs'}",
+            f"-Dkafka.logs.dir={self.logs_dir}",
             "-cp", self.classpath, "kafka.Kafka", str(self.home / "server.properties"),
         ]
         return argv, {}
@@ -195,6 +220,72 @@ class Kafka(Component):
             admin = AdminClient({**self.settings.kafka_config(ADMIN), "socket.timeout.ms": 2000, "log_level": 0})
             meta = admin.list_topics(timeout=3)
             return bool(meta.brokers)
+        except Exception:
+            return False
+
+
+@dataclass
+class KafkaNode(Kafka):
+    """One of the cluster profile's three brokers (each also a controller: a quorum of three)."""
+
+    node: BrokerNode | None = None
+    quorum = "kafka"  # `up` starts the three together: one alone never has a quorum to become healthy
+    heap = "-Xmx384m"
+
+    @property
+    def host_port(self):
+        return (self.node.host, self.node.port)
+
+    @property
+    def controller_port(self) -> int:
+        return self.node.controller_port
+
+    @property
+    def home(self) -> Path:
+        return self.stack / self.name
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack / "logs" / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.logs_dir / "kafka.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.stack / "logs" / f"{self.name}.out"
+
+    @property
+    def ports(self):
+        return [self.node.port, self.controller_port]
+
+    def layout(self) -> dict[str, str]:
+        nodes = cluster.brokers(self.settings)
+        return {"NODE_ID": str(self.node.node_id),
+                "VOTERS": ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes),
+                "DATA": str(self.home / "data"),
+                "REPLICATION": str(len(nodes)), "MIN_ISR": str(len(nodes) - 1)}
+
+    def cluster_id(self) -> str:
+        """One id for the three nodes, made by the first one formatted and kept beside them."""
+        path = self.stack / "kafka-cluster-id"
+        if not path.exists():
+            path.write_text(super().cluster_id())
+        return path.read_text().strip()
+
+    def healthy(self) -> bool:
+        """This broker answers and the cluster lists it (registered and unfenced)."""
+        if not port_open(*self.host_port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        from ops.kafka_auth import ADMIN
+
+        try:
+            admin = AdminClient({**self.settings.kafka_config(ADMIN), "bootstrap.servers": self.address,
+                                 "socket.timeout.ms": 2000, "log_level": 0})
+            return self.node.node_id in admin.list_topics(timeout=3).brokers
         except Exception:
             return False
 
@@ -282,21 +373,37 @@ class ClickHouse(Component):
         for sub in ("data", "tmp", "user_files", "format_schemas"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         (self.stack / "logs").mkdir(parents=True, exist_ok=True)
-        text = (OPS / "clickhouse" / "config.xml.in").read_text()
-        text = (
-            text.replace("@STACK@", str(self.stack))
-            .replace("@HTTP_PORT@", str(self.http_port))
-            .replace("@TCP_PORT@", str(self.host_port[1]))
-        )
-        (self.home / "config.xml").write_text(text)
-        # one password per user (ops/secrets.py): made when missing, kept otherwise; users.xml holds their sha256
-        from ops.secrets import ensure_clickhouse_passwords, render_users_xml
+        from ops.secrets import _write_private, ensure_clickhouse_passwords, render_users_xml
 
+        # one password per user (ops/secrets.py): made when missing, kept otherwise; users.xml holds their sha256
+        passwords = ensure_clickhouse_passwords(self.settings)
+        replica = self.cluster_config(passwords)
+        text = self.config_xml(replica)
+        if replica:  # a replica's config names the admin's password (for its queries to the other): 0600
+            _write_private(self.home / "config.xml", text)
+        else:
+            (self.home / "config.xml").write_text(text)
         users = self.home / "users.xml"
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(render_users_xml(ensure_clickhouse_passwords(self.settings)))
+            f.write(render_users_xml(passwords))
+
+    def config_xml(self, cluster_part: str = "") -> str:
+        """ops/clickhouse/config.xml.in rendered for this server."""
+        text = (OPS / "clickhouse" / "config.xml.in").read_text()
+        return (
+            text.replace("@LOG@", str(self.stack / "logs" / self.name))
+            .replace("@HOME@", str(self.home))
+            .replace("@STACK@", str(self.stack))
+            .replace("@HTTP_PORT@", str(self.http_port))
+            .replace("@TCP_PORT@", str(self.host_port[1]))
+            .replace("@CLUSTER@", cluster_part)
+        )
+
+    def cluster_config(self, passwords: dict[str, str]) -> str:
+        """config.xml's part that makes the server a replica of a cluster: none on its own."""
+        return ""
 
     def _wait_for_status_lock(self, timeout: float = 30.0) -> None:
         """Wait until no server holds data/status. ClickHouse locks it while it runs and a second
@@ -337,6 +444,128 @@ class ClickHouse(Component):
             return False
 
 
+@dataclass
+class ClickHouseReplicaServer(ClickHouse):
+    """One of the cluster profile's two ClickHouse servers: a replica of the cluster's one shard."""
+
+    replica: ClickHouseReplica | None = None
+
+    @property
+    def host_port(self):
+        return (self.replica.host, self.replica.tcp_port)
+
+    @property
+    def http_port(self) -> int:
+        return self.replica.http_port
+
+    @property
+    def ports(self):
+        return [self.replica.tcp_port, self.replica.http_port, self.replica.interserver_port]
+
+    @property
+    def home(self) -> Path:
+        return self.stack / self.name
+
+    def cluster_config(self, passwords: dict[str, str]) -> str:
+        from xml.sax.saxutils import escape
+
+        zk_host, zk_port = _host_port(self.settings.zookeeper, 2181)
+        replicas = "".join(
+            f"""
+                <replica>
+                    <host>{r.host}</host>
+                    <port>{r.tcp_port}</port>
+                    <user>default</user>
+                    <password>{escape(passwords["default"])}</password>
+                </replica>"""
+            for r in cluster.clickhouse_replicas(self.settings))
+        name = self.settings.clickhouse_cluster
+        return f"""    <!-- the cluster profile (ops/cluster.py): one shard, a replica on each server; ZooKeeper
+         holds the replication log and the ON CLUSTER DDL queue -->
+    <interserver_http_host>{self.replica.host}</interserver_http_host>
+    <interserver_http_port>{self.replica.interserver_port}</interserver_http_port>
+    <zookeeper>
+        <node>
+            <host>{zk_host}</host>
+            <port>{zk_port}</port>
+        </node>
+        <session_timeout_ms>30000</session_timeout_ms>
+    </zookeeper>
+    <macros>
+        <shard>1</shard>
+        <replica>r{self.replica.index}</replica>
+    </macros>
+    <remote_servers>
+        <{name}>
+            <shard>
+                <internal_replication>true</internal_replication>{replicas}
+            </shard>
+        </{name}>
+    </remote_servers>
+    <distributed_ddl>
+        <path>/clickhouse/task_queue/ddl</path>
+    </distributed_ddl>
+"""
+
+
+@dataclass
+class ZooKeeper(Component):
+    """ZooKeeper, standalone, for the cluster profile's ClickHouse 18.16 replicas (no ClickHouse Keeper there)."""
+
+    @property
+    def host_port(self):
+        return _host_port(self.settings.zookeeper, 2181)
+
+    @property
+    def home(self) -> Path:
+        return self.stack / "zookeeper"
+
+    @property
+    def marker(self) -> str:
+        return str(self.home / "zoo.cfg")
+
+    def prepare(self) -> None:
+        libs = install.fetch_zookeeper(Path(self.settings.dist_dir))
+        self.java = install.find_java(11, "ZooKeeper")
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        (self.stack / "logs").mkdir(parents=True, exist_ok=True)
+        text = (OPS / "zookeeper" / "zoo.cfg.in").read_text()
+        text = (text.replace("@DATA@", str(self.home / "data"))
+                .replace("@HOST@", self.host_port[0]).replace("@PORT@", str(self.host_port[1])))
+        (self.home / "zoo.cfg").write_text(text)
+        self.classpath = f"{libs}/*"
+
+    def command(self):
+        argv = [self.java.path, "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+                "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.4lw.commands.whitelist=srvr",
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                "-cp", self.classpath, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.home / "zoo.cfg")]
+        return argv, {}
+
+    def healthy(self) -> bool:
+        """`srvr` (a four-letter word on the client port) tells its mode: it serves requests.
+        (`ruok` says imok from a server that refuses every session.)"""
+        import socket
+
+        try:
+            with socket.create_connection(self.host_port, timeout=2) as conn:
+                conn.sendall(b"srvr")
+                return b"\nMode: " in conn.recv(4096)
+        except OSError:
+            return False
+
+
 def infrastructure(settings: Settings) -> list[Component]:
     """The servers, in start order (the registry keeps its own storage, so order is for readability)."""
+    if settings.stack_profile == "cluster":
+        return cluster_infrastructure(settings)
     return [Kafka("kafka", settings), Registry("registry", settings), ClickHouse("clickhouse", settings)]
+
+
+def cluster_infrastructure(settings: Settings) -> list[Component]:
+    """The cluster profile: three brokers (started together), the registry, ZooKeeper, then the
+    two ClickHouse replicas that need it. `down` stops them in reverse."""
+    brokers = [KafkaNode(f"kafka-{n.node_id}", settings, node=n, start_timeout=120.0) for n in cluster.brokers(settings)]
+    replicas = [ClickHouseReplicaServer(f"clickhouse-{r.index}", settings, replica=r)
+                for r in cluster.clickhouse_replicas(settings)]
+    return [*brokers, Registry("registry", settings), ZooKeeper("zookeeper", settings, start_timeout=60.0), *replicas]

@@ -16,6 +16,7 @@ from ops.settings import REPO_ROOT
 
 KAFKA_POM = REPO_ROOT / "ops" / "kafka" / "pom.xml"
 REGISTRY_POM = REPO_ROOT / "ops" / "registry" / "pom.xml"
+ZOOKEEPER_POM = REPO_ROOT / "ops" / "zookeeper" / "pom.xml"
 # chromium: the console's browser tests (Playwright drives it); a CJK font so it renders the Chinese labels
 APT_PACKAGES = ("clickhouse-server", "clickhouse-client", "chromium", "fonts-wqy-microhei",
                 "systemd")  # systemd-analyze and systemd-sysusers check ops/systemd/ in the suite
@@ -111,6 +112,11 @@ def fetch_maven(pom: Path, dest: Path, what: str) -> Path:
 def fetch_kafka(dist: Path) -> Path:
     """Kafka's jars (and the log binding) under dist/kafka/libs."""
     return fetch_maven(KAFKA_POM, dist / "kafka" / "libs", "Kafka")
+
+
+def fetch_zookeeper(dist: Path) -> Path:
+    """ZooKeeper's jars under dist/zookeeper/libs (the cluster profile's ClickHouse replicas)."""
+    return fetch_maven(ZOOKEEPER_POM, dist / "zookeeper" / "libs", "ZooKeeper")
 
 
 def fetch_registry(dist: Path) -> Path:
@@ -226,6 +232,8 @@ def install_all(dist: Path, *, log=print) -> None:
     fetch_kafka(dist)
     log("fetching Apicurio Registry with Maven (cached in ~/.m2) ...")
     fetch_registry(dist)
+    log("fetching ZooKeeper with Maven (the cluster profile; cached in ~/.m2) ...")
+    fetch_zookeeper(dist)
     fetch_promtool(dist, log=log)
 
 

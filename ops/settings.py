@@ -68,6 +68,21 @@ class Settings:
         "INTELBUS_DIST_DIR", "where fetched Kafka and registry builds are unpacked (kept by `down --purge`)", str(REPO_ROOT / ".cache" / "dist")
     )
     profile: str = _env("INTELBUS_PROFILE", "topic profile: local (replication 1) or production (replication 3)", "local")
+    stack_profile: str = _env(
+        "INTELBUS_STACK_PROFILE",
+        "what `intelbus up` runs: single (one broker, one ClickHouse) or cluster (three brokers, ZooKeeper, two "
+        "ClickHouse replicas; topics of the production profile; docs/deploy.md). Unset: the last `up --profile` of "
+        "this stack dir",
+        "single",
+    )
+    zookeeper: str = _env("INTELBUS_ZOOKEEPER", "cluster profile: the ZooKeeper that coordinates the ClickHouse replicas",
+                          "127.0.0.1:2181")
+    clickhouse_cluster: str = _env(
+        "INTELBUS_CLICKHOUSE_CLUSTER",
+        "the ClickHouse cluster the migrations create their tables ON (Replicated tables behind Distributed ones); "
+        "empty: plain tables on one server (the cluster profile: intelbus)",
+        "",
+    )
     partitions: int = _env("INTELBUS_PARTITIONS", "partitions of each intelbus topic", 6)
     dedupe_window_days: int = _env("INTELBUS_DEDUPE_WINDOW_DAYS", "how long an event id is remembered", 7)
     case_link_window_days: int = _env("INTELBUS_CASE_LINK_WINDOW_DAYS", "window for CASE_LINK hits", 30)
@@ -98,6 +113,11 @@ class Settings:
             object.__setattr__(self, "secrets_dir", str(Path(self.stack_dir) / "secrets"))
         if not self.signing_key_file:
             object.__setattr__(self, "signing_key_file", str(Path(self.stack_dir) / "identity" / "keys" / "local.json"))
+        if self.stack_profile == "cluster":
+            from ops.cluster import cluster_defaults
+
+            for name, value in cluster_defaults(self).items():
+                object.__setattr__(self, name, value)
 
     @property
     def stack_path(self) -> Path:
@@ -141,5 +161,12 @@ def load_settings(environ: dict | None = None, **overrides) -> Settings:
                 values[f.name] = _coerce(raw, f.default)
             except ValueError:
                 raise SystemExit(f"intelbus: {f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}")
+    if "stack_profile" not in values and "stack_profile" not in overrides:
+        # `intelbus status`, `down` and the clients see what `up --profile` chose for this stack dir
+        from ops.cluster import remembered_profile
+
+        remembered = remembered_profile(Path(overrides.get("stack_dir") or values.get("stack_dir", Settings.stack_dir)))
+        if remembered:
+            values["stack_profile"] = remembered
     values.update(overrides)
     return Settings(**values)

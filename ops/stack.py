@@ -83,11 +83,21 @@ class Stack:
         (`intelbus supervise`) then restarts whatever crashes, until `down`.
         """
         ready_called = False
+        started = set()
         for c in self.components:
+            if c.name in started:
+                continue
             if c.is_service and not ready_called and on_infra_ready:
                 on_infra_ready()
                 ready_called = True
-            self._start(c, timeout or c.start_timeout)
+            # a quorum (the cluster profile's three brokers) is launched whole before any is waited for:
+            # one broker alone has no controller majority and never becomes healthy
+            quorum = getattr(c, "quorum", None)
+            group = [m for m in self.components if quorum is not None and getattr(m, "quorum", None) == quorum] or [c]
+            launched = [(m, time.monotonic(), self.launch(m)) for m in group]
+            for m, t0, result in launched:
+                self._await(m, timeout or m.start_timeout, t0, result)
+                started.add(m.name)
         if on_infra_ready and not ready_called:
             on_infra_ready()
         if supervise:
@@ -128,9 +138,8 @@ class Stack:
             self.pids.write(record)
             return record, True
 
-    def _start(self, c: Component, timeout: float) -> None:
-        started = time.monotonic()
-        record, spawned = self.launch(c)
+    def _await(self, c: Component, timeout: float, started: float, launched) -> None:
+        record, spawned = launched
         if record is None:
             self.out(f"{c.name:<11} already answering at {c.address} (not started by intelbus up; left alone)")
             return
@@ -180,19 +189,42 @@ class Stack:
                 if record is not None and stop(record):
                     self.out(f"{name:<11} stopped (pid {record.pid}; started by an earlier `intelbus up` with other settings)")
                 self.pids.remove(name)
+        done = set()
         for c in reversed(self.components):
-            if only is not None and c.name not in only:
+            if (only is not None and c.name not in only) or c.name in done:
                 continue
-            with self.pids.lock(c.name):
-                record = self.pids.read(c.name)
-                if record is None:
-                    continue
-                if stop(record):
-                    self.out(f"{c.name:<11} stopped (pid {record.pid})")
-                self.pids.remove(c.name)
+            # a quorum stops together: the last broker of three would wait for a majority that left before it
+            quorum = getattr(c, "quorum", None)
+            group = [m for m in reversed(self.components) if quorum is not None and getattr(m, "quorum", None) == quorum
+                     and (only is None or m.name in only)] or [c]
+            done.update(m.name for m in group)
+            self._stop_together(group)
         if purge:
             shutil.rmtree(self.settings.stack_path, ignore_errors=True)
             self.out(f"removed {self.settings.stack_path}")
+
+    def _stop_together(self, group: list[Component]) -> None:
+        """SIGTERM each (under its lock), then wait for all: stop()s in threads."""
+        import contextlib
+        import threading
+
+        with contextlib.ExitStack() as locks:
+            records = []
+            for c in group:
+                locks.enter_context(self.pids.lock(c.name))
+                record = self.pids.read(c.name)
+                if record is not None:
+                    records.append((c, record))
+            stopped = {}
+            threads = [threading.Thread(target=lambda c=c, r=r: stopped.__setitem__(c.name, stop(r))) for c, r in records]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for c, record in records:
+                if stopped.get(c.name):
+                    self.out(f"{c.name:<11} stopped (pid {record.pid})")
+                self.pids.remove(c.name)
 
 
 def _restart_in(watch: dict, alive: bool) -> float | None:

@@ -48,26 +48,26 @@ def load_migrations(folder: Path = MIGRATIONS) -> list[Migration]:
     return found
 
 
-def apply_migrations(executor, *, migrations: list[Migration] | None = None, log=None) -> list[str]:
+def apply_migrations(executor, *, migrations: list[Migration] | None = None, log=None, cluster: str = "") -> list[str]:
     """Create the database if missing and apply pending migrations; returns what was applied.
 
     When every migration is applied it only reads schema_migrations, so a service user
-    with SELECT and INSERT (the sink checks at start) needs no DDL right.
+    with SELECT and INSERT (the sink checks at start) needs no DDL right. With a cluster name
+    (settings.clickhouse_cluster) every statement is rendered for it (`render_statement`).
     """
     db = executor.database
     read = f"SELECT version, name, checksum FROM {db}.schema_migrations ORDER BY version"
     try:
         _, rows = executor.query(read)
     except Exception:  # no database or no schema_migrations yet (a new server): the admin creates them
-        executor.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-        executor.execute(
-            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-            "(version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
-        )
+        for statement in bootstrap_statements(db, cluster):
+            executor.execute(statement)
         _, rows = executor.query(read)
     applied = {int(r[0]): (r[1], r[2]) for r in rows}
     done = []
-    for m in migrations if migrations is not None else load_migrations():
+    migrations = migrations if migrations is not None else load_migrations()
+    keys = sorting_keys(migrations)
+    for m in migrations:
         if m.version in applied:
             if applied[m.version][1] != m.checksum:
                 raise MigrationError(
@@ -75,7 +75,8 @@ def apply_migrations(executor, *, migrations: list[Migration] | None = None, log
                     f"(checksum {applied[m.version][1]} -> {m.checksum}): add a new migration instead")
             continue
         for statement in m.statements():
-            executor.execute(_qualify(statement, db))
+            for rendered in render_statement(statement, db, cluster, keys=keys):
+                executor.execute(rendered)
         executor.insert("schema_migrations", ("version", "name", "checksum", "applied_at"),
                         [(m.version, m.name, m.checksum, datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None))])
         done.append(f"{m.version:04d}_{m.name}")
@@ -92,6 +93,86 @@ def _qualify(statement: str, db: str) -> str:
     return _TABLE_STATEMENT.sub(lambda m: f"{m.group(1)}{db}.{m.group(2)}", statement, count=1)
 
 
+def bootstrap_statements(db: str, cluster: str = "") -> list[str]:
+    """The database and the table of applied versions (replicated on a cluster: any replica can tell)."""
+    if not cluster:
+        return [f"CREATE DATABASE IF NOT EXISTS {db}",
+                f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+                "(version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"]
+    return [f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {cluster}",
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster} "
+            "(version UInt32, name String, checksum String, applied_at DateTime) "
+            f"ENGINE = {_replicated('MergeTree', '', db, 'schema_migrations')} ORDER BY version"]
+
+
+LOCAL_SUFFIX = "_local"  # a cluster's replicated table; the migration's own name is the Distributed one over it
+_CREATE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)\s*(\(.*\))\s*ENGINE\s*=\s*(\w+)(?:\(([^)]*)\))?(.*)$",
+                     re.IGNORECASE | re.DOTALL)
+_ORDER_BY = re.compile(r"ORDER\s+BY\s+(\([^)]*\)|\w+)", re.IGNORECASE)
+_ALTER = re.compile(r"^ALTER\s+TABLE\s+(\w+)(\s.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def sorting_keys(migrations: list[Migration]) -> dict[str, str]:
+    """Each table's sorting key (what its Distributed table shards by), from the migrations that create them."""
+    keys = {}
+    for m in migrations:
+        for statement in m.statements():
+            create = _CREATE.match(statement.strip())
+            order = create and _ORDER_BY.search(create.group(5))
+            if order:
+                keys[create.group(1)] = order.group(1).strip("()")
+    return keys
+
+
+def _distributed(name: str, db: str, cluster: str, key: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} AS {db}.{name}{LOCAL_SUFFIX} "
+            f"ENGINE = Distributed({cluster}, {db}, {name}{LOCAL_SUFFIX}, cityHash64({key}))")
+
+
+def render_statement(statement: str, db: str, cluster: str = "", *, keys: dict[str, str] | None = None) -> list[str]:
+    """One migration statement as run: on one server, qualified with the database; on a cluster,
+    `CREATE TABLE t (...) ENGINE = XMergeTree(a)` becomes a ReplicatedXMergeTree `t_local` on every
+    replica plus a Distributed `t` over it (sharded by the hash of the sorting key, so the copies of a
+    row that the Replacing engine collapses always meet on one shard), and `ALTER TABLE t` alters both.
+    Readers and the sink keep using `t`."""
+    if not cluster:
+        return [_qualify(statement, db)]
+    create = _CREATE.match(statement.strip())
+    if create:
+        name, columns, engine, args, rest = create.groups()
+        if not engine.endswith("MergeTree"):
+            raise MigrationError(f"{name}: engine {engine} has no replicated form; the cluster needs a *MergeTree")
+        order = _ORDER_BY.search(rest)
+        if order is None:
+            raise MigrationError(f"{name}: no ORDER BY to shard by")
+        local = name + LOCAL_SUFFIX
+        return [
+            f"CREATE TABLE IF NOT EXISTS {db}.{local} ON CLUSTER {cluster} {columns} "
+            f"ENGINE = {_replicated(engine, args or '', db, local)}{rest}",
+            _distributed(name, db, cluster, order.group(1).strip("()")),
+        ]
+    alter = _ALTER.match(statement.strip())
+    if alter:
+        # ClickHouse 18.16 runs no ALTER ON CLUSTER of a table that is not replicated ("isn't replicated,
+        # but shard #1 is"): the Distributed table, which holds no data, is made again over the altered
+        # one (an ALTER of a Replicated table returns once every active replica has applied it)
+        name, change = alter.groups()
+        local = name + LOCAL_SUFFIX
+        key = (keys if keys is not None else sorting_keys(load_migrations())).get(name)
+        if key is None:
+            raise MigrationError(f"ALTER TABLE {name}: no migration creates it")
+        return [f"ALTER TABLE {db}.{local} ON CLUSTER {cluster}{change}",
+                f"DROP TABLE IF EXISTS {db}.{name} ON CLUSTER {cluster}",
+                _distributed(name, db, cluster, key)]
+    raise MigrationError(f"no cluster form for: {statement.strip()[:80]} (migrations may CREATE TABLE or ALTER TABLE)")
+
+
+def _replicated(engine: str, args: str, db: str, table: str) -> str:
+    # {shard} and {replica} are each server's macros (config.xml); the path is the table's in ZooKeeper
+    params = [f"'/clickhouse/tables/{{shard}}/{db}/{table}'", "'{replica}'"] + ([args.strip()] if args.strip() else [])
+    return f"Replicated{engine}({', '.join(params)})"
+
+
 def add_migrate(p):
     p.epilog = "Idempotent: applied versions are recorded in schema_migrations. `intelbus up` runs it too."
 
@@ -100,9 +181,10 @@ def add_migrate(p):
         from ops.settings import load_settings
         from sinks.engine import DriverExecutor
 
-        executor = DriverExecutor(clickhouse_url_as(load_settings(), "default"))  # the admin: DDL
+        settings = load_settings()
+        executor = DriverExecutor(clickhouse_url_as(settings, "default"))  # the admin: DDL
         try:
-            done = apply_migrations(executor, log=print)
+            done = apply_migrations(executor, log=print, cluster=settings.clickhouse_cluster)
         except MigrationError as exc:
             print(f"intelbus migrate: {exc}")
             return 1
