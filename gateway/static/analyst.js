@@ -121,23 +121,6 @@ function trailView(out) {
     el("div", { class: "panel" }, el("h2", { text: "地点 Places (按时间 in time order)" }), svg));
 }
 
-async function exportAs(format) {
-  const name = document.getElementById("query").value;
-  status("导出中 exporting…");
-  try {
-    const r = await IB.api("POST", `/api/v1/queries/${encodeURIComponent(name)}/export?format=${format}`, body(), { raw: true });
-    const blob = await r.blob();
-    const m = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
-    const a = IB.el("a", { href: URL.createObjectURL(blob), download: m ? m[1] : `intelbus-${name}.${format}` });
-    document.body.append(a);
-    a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 5000);
-    status(`已导出 exported ${a.download} · 编号 ${r.headers.get("X-Intelbus-Export-Id") || ""} · 已审计 audited`);
-  } catch (e) {
-    status(`导出被拒绝或失败 export refused or failed: ${e.detail || e.message}`, true);
-  }
-}
-
 async function main() {
   try { an.me = await IB.start(); } catch (e) { return; }
   const list = await IB.api("GET", "/api/v1/queries");
@@ -151,6 +134,8 @@ async function main() {
   select.addEventListener("change", () => { renderParams(); document.getElementById("results").replaceChildren(); });
   document.getElementById("purpose").addEventListener("input", updateButtons);
   document.getElementById("query-form").addEventListener("submit", (ev) => { ev.preventDefault(); if (!document.getElementById("run").disabled) run(0); });
+  const exportAs = (format) => IB.exportQuery(document.getElementById("query").value, format, body(),
+                                              document.getElementById("status"));
   document.getElementById("export-csv").addEventListener("click", () => exportAs("csv"));
   document.getElementById("export-json").addEventListener("click", () => exportAs("json"));
   renderParams();

@@ -54,6 +54,34 @@ const IB = (() => {
     location.assign("/login?next=" + encodeURIComponent(location.pathname));
   }
 
+  // A named query's whole result as a file, through the gateway's audited export route, saved under the
+  // name the server gives (Content-Disposition: it carries the export id that leads back to the audit row).
+  // `status`: the element that says what happened. Resolves to {file, exportId}, or null when refused.
+  async function exportQuery(name, format, body, status) {
+    const say = (text, bad = false) => {
+      if (!status) return;
+      status.textContent = text;
+      status.classList.toggle("bad", bad);
+    };
+    say("导出中 exporting…");
+    try {
+      const r = await api("POST", `/api/v1/queries/${encodeURIComponent(name)}/export?format=${encodeURIComponent(format)}`,
+                          body, { raw: true });
+      const blob = await r.blob();
+      const m = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
+      const exportId = r.headers.get("X-Intelbus-Export-Id") || "";
+      const a = el("a", { href: URL.createObjectURL(blob), download: m ? m[1] : `intelbus-${name}.${format}` });
+      document.body.append(a);
+      a.click();
+      setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 5000);
+      say(`已导出 exported ${a.download} · 编号 ${exportId} · 已审计 audited`);
+      return { file: a.download, exportId };
+    } catch (e) {
+      say(`导出被拒绝或失败 export refused or failed: ${e.detail || e.message}`, true);
+      return null;
+    }
+  }
+
   // Times: stored and carried in UTC, shown in China Standard Time.
   const CST_FMT = new Intl.DateTimeFormat("zh-CN", { timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit",
     day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
@@ -135,7 +163,7 @@ const IB = (() => {
   }
 
   return { LABELS, CLS_ORDER, label, zh, api, ApiError, cst, toDate, looksLikeTime, region, regionName, el, start,
-           setBanner, maxClassification, codes: () => codes, toLogin };
+           setBanner, maxClassification, codes: () => codes, toLogin, exportQuery };
 })();
 
 // A lat/lon plot in SVG (equirectangular, fitted to the points): places with region labels.

@@ -136,22 +136,6 @@ async function run() {
   }
 }
 
-async function exportCsv() {
-  const month = document.getElementById("month").value;
-  status("导出中 exporting…");
-  try {
-    const r = await IB.api("POST", "/api/v1/queries/scorecard/export?format=csv", body(), { raw: true });
-    const blob = await r.blob();
-    const a = IB.el("a", { href: URL.createObjectURL(blob), download: `scorecard-${month}.csv` });
-    document.body.append(a);
-    a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 5000);
-    status(`已导出 exported ${a.download} · 编号 ${r.headers.get("X-Intelbus-Export-Id") || ""} · 已审计 audited`);
-  } catch (e) {
-    status(`导出被拒绝或失败 export refused or failed: ${e.detail || e.message}`, true);
-  }
-}
-
 async function main() {
   try { sc.me = await IB.start(); } catch (e) { return; }
   const params = new URLSearchParams(location.search);
@@ -162,7 +146,8 @@ async function main() {
     ev.preventDefault();
     if (!document.getElementById("run").disabled) run();
   });
-  document.getElementById("export-csv").addEventListener("click", exportCsv);
+  document.getElementById("export-csv").addEventListener("click",
+    () => IB.exportQuery("scorecard", "csv", body(), document.getElementById("status")));
   updateButtons();
 }
 

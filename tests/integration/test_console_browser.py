@@ -295,7 +295,8 @@ def test_an_analyst_runs_a_trail_with_a_purpose_and_exports_it(browser, own_gate
 def test_the_scorecard_page_shows_an_agency_month_in_a_table_and_a_chart_and_exports_it(
         browser, own_gateway, console_people, settings):
     """A made-up branch of Jizhou (Tianjin) got two requests in October 2026 (CST): one accepted after 10 minutes,
-    one after 90 (late); Tianjin's analyst sees 50.0% accepted on time in the table and the chart, and the CSV."""
+    one after 90 (late); Tianjin's analyst sees 50.0% accepted on time in the table and the chart, and the CSV,
+    saved under the server's file name, whose export id is the audit log's export row's."""
     from ops.secrets import clickhouse_url_as
     from sinks.engine import DriverExecutor
     from sinks.rows import WORKFLOW_COLUMNS, workflow_row
@@ -342,11 +343,19 @@ def test_the_scorecard_page_shows_an_agency_month_in_a_table_and_a_chart_and_exp
     expect(page.locator("#period")).to_contain_text("2026-10-01 00:00:00 CST")
     screenshot(page, "console-scorecard.png")
 
+    since_ms = int(time.time() * 1000) - 1000
     with page.expect_download() as download:
         page.get_by_role("button", name="导出 CSV").click()
-    assert download.value.suggested_filename == "scorecard-2026-10.csv"
     text = Path(download.value.path()).read_bytes().decode("utf-8-sig")
     [line] = [x for x in text.splitlines() if x.startswith(agency)]
     assert line.split(",")[3:6] == ["2", "1", "0.5"]  # requests_received, accepted_on_time, its share
-    expect(page.locator("#status")).to_contain_text("已导出 exported")
+    # the file is named as the server names it, after the export id that leads back to the audit row
+    expect(page.locator("#status")).to_contain_text(re.compile(r"已导出 exported .* 编号 [0-9a-f-]{36} "))
+    export_id = re.search(r"编号 ([0-9a-f-]{36}) ", page.locator("#status").inner_text()).group(1)
+    assert re.fullmatch(rf"intelbus-scorecard-\d{{8}}-\d{{6}}-{export_id[:8]}\.csv", download.value.suggested_filename), \
+        download.value.suggested_filename
+    rows = admin_ch(settings, f"SELECT action, outcome, query_name, purpose FROM intelbus.audit_log "
+                              f"WHERE user = 't-web-tj-analyst' AND at_ms >= {since_ms} AND action = 'export' "
+                              f"AND position(params, '{export_id}') > 0")
+    assert [tuple(r) for r in rows] == [("export", "ok", "scorecard", "月调度 2026-10")], rows
     page.context.close()
