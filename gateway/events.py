@@ -49,6 +49,9 @@ JOURNAL_FSYNC = os.environ.get("INTELBUS_LIVE_AUDIT_FSYNC", "0") == "1"
 # for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms>`, the
 # gateway's clock when it hands the batch over, so a client can tell its own lag from the gateway's
 SEND_STAMP = os.environ.get("INTELBUS_LIVE_SEND_STAMP", "0") == "1"
+# the streams of a round write their journal lines in one write (0: a write per stream, as before; for
+# bench_fanout's same-run comparison)
+AUDIT_GROUP_WRITE = os.environ.get("INTELBUS_LIVE_AUDIT_GROUP", "1") != "0"
 
 
 class AuditJournal:
@@ -186,9 +189,17 @@ class JournalLines:
         self.middle, self.tail = ", " + dumps(row[1:i]) + ", ", ", " + dumps(row[j + 1:]) + "]}\n"
 
     def line(self, params: dict, row_count: int, now: float | None = None) -> str:
+        return self.line_of(params_text(params), row_count, now)
+
+    def line_of(self, params_json: str, row_count: int, now: float | None = None) -> str:
+        """The line, with the params already as `params_text` makes them (shared by the streams of a view)."""
         at_ms = int((time.time() if now is None else now) * 1000)
-        params_text = json.dumps(json.dumps(params, ensure_ascii=False), ensure_ascii=False)
-        return f"{self.head}{at_ms}{self.middle}{params_text}, {row_count}{self.tail}"
+        return f"{self.head}{at_ms}{self.middle}{params_json}, {row_count}{self.tail}"
+
+
+def params_text(params: dict) -> str:
+    """A batch's params as the journal line holds them: the JSON text of the params, as a JSON string."""
+    return json.dumps(json.dumps(params, ensure_ascii=False), ensure_ascii=False)
 
 
 def merge_audit_records(records: list[dict]) -> list[tuple]:
@@ -226,6 +237,9 @@ class AuditBatcher:
         self.services, self.journal = services, journal
         self.pending: list[tuple[str, AuditEntry, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
+        self.round_lines: list[str] = []
+        self.round_waiters: list[asyncio.Future] = []
+        self.writes = 0  # journal writes of stream batches (the group write's effect, for tests)
 
     @property
     def direct(self) -> bool:
@@ -241,6 +255,37 @@ class AuditBatcher:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._flush())
         await fut
+
+    async def journal_line(self, line: str) -> None:
+        """A stream's line for this round (direct mode): one journal write for every stream of the round, made
+        by a callback queued behind the streams the round woke (they all take their turn first), before any of
+        them sends; returns once written. Before: a write and flush per stream, a fifth of the event loop's
+        time with 200 clients (bench/results/fanout.md, 07:21 run)."""
+        if not AUDIT_GROUP_WRITE:
+            self.writes += 1
+            self.journal.append([line])
+            return
+        loop = asyncio.get_running_loop()
+        if not self.round_lines:
+            loop.call_soon(self._write_round)
+        fut = loop.create_future()  # one per stream: a shared one would be cancelled with the first stream that leaves
+        self.round_lines.append(line)
+        self.round_waiters.append(fut)
+        await fut
+
+    def _write_round(self) -> None:
+        lines, waiters, self.round_lines, self.round_waiters = self.round_lines, self.round_waiters, [], []
+        try:
+            self.writes += 1
+            self.journal.append(lines)
+        except Exception as exc:
+            for f in waiters:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
 
     def write_now(self, stream_id: str, entry: AuditEntry) -> None:
         """For a stream's end (it may be cancelled, so nothing is awaited): written here and now."""
@@ -394,6 +439,9 @@ def end_streams_on_exit_signal(closing: threading.Event, state: dict) -> None:
         signal.signal(sig, handler)
 
 
+_PARAMS_TEXT: dict = {}  # (a batch's last token, its length, its first entry) -> its params' text
+
+
 class LiveStream:
     """One client's stream: a cursor into the hub's buffer, or a catch-up reader until it reaches it."""
 
@@ -484,17 +532,25 @@ class LiveStream:
 
     async def _audit(self, items) -> None:
         """The batch's audit record, written before the batch is sent."""
-        params = self._audit_params(items)
         if self.batcher.direct:
             if self.lines is None:
                 self.lines = JournalLines(self.id, self._audit_template())
-            self.batcher.journal.append([self.lines.line(params, len(items))])
+            # the streams of a view in step send the same batch: its params' text is made once
+            key = (items[-1][1], len(items), id(items[0][0]))
+            text = _PARAMS_TEXT.get(key)
+            if text is None:
+                if len(_PARAMS_TEXT) > 5000:
+                    _PARAMS_TEXT.clear()
+                text = _PARAMS_TEXT[key] = params_text(self._audit_params(items))
+            await self.batcher.journal_line(self.lines.line_of(text, len(items)))
         else:
+            params = self._audit_params(items)
             await self.batcher.write(self.id, self._audit_template(params=params, row_count=len(items)))
 
     async def run(self, request: Request):
         SSE_CLIENTS.inc()
-        wake = self.hub.subscribe()
+        # rung with the streams of its view and clearance, when a round brings something they may see
+        wake = self.hub.subscribe(self.vkey, self.tps, self._may_see)
         try:
             yield "retry: 2000\n\n"
             await self._start()

@@ -49,6 +49,9 @@ AUDIT_WAIT = Histogram("intelbus_gateway_sse_audit_seconds",
                        "Live feed: a client's batch ready to its audit row written (group commit with other clients')",
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 BUFFER_ITEMS = Gauge("intelbus_gateway_hub_buffer_items", "Messages held in the live feed's in-memory buffer")
+ROUNDS = Counter("intelbus_gateway_live_rounds_total", "Live feed rounds rung (the streams woken together)")
+STREAMS_RUNG = Counter("intelbus_gateway_live_streams_rung_total",
+                       "Live feed streams woken by rounds (each a turn on the event loop)")
 CATCH_UPS = Counter("intelbus_gateway_catchup_readers_total",
                     "Catch-up readers opened (a live-feed stream resuming before the buffer)")
 
@@ -60,6 +63,13 @@ BUFFER_MAX_ITEMS = int(os.environ.get("INTELBUS_LIVE_BUFFER_ITEMS", "50000"))
 TOKEN_VERSION = "2"
 TOPICS = (HIT_TOPIC, ALERT_TOPIC, WORKFLOW_TOPIC)
 APPEND_SLICE = 200
+# rounds: the streams are rung at most once per RING_MS (leading edge: at once if the last ring is older), and
+# only the streams whose view may see something the round brought (RING_SELECT); 0 / "0": the old behaviour
+# (every append rings every stream at once), kept for bench_fanout's same-run comparison
+RING_MS = float(os.environ.get("INTELBUS_LIVE_RING_MS", "10"))
+RING_SELECT = os.environ.get("INTELBUS_LIVE_RING_SELECT", "1") != "0"
+# intel.workflow read by a consumer (and thread) of its own, so that a burst of reminders never holds the hits
+WORKFLOW_CONSUMER = os.environ.get("INTELBUS_LIVE_WORKFLOW_CONSUMER", "1") != "0"
 
 
 class TokenError(ValueError):
@@ -377,6 +387,30 @@ def resume_source(buffer: Buffer | None, position: Position) -> str:
     return "hub" if buffer is not None and buffer.covers(position) else "catch-up"
 
 
+# --- rounds: when to ring, whom to ring ---------------------------------------------------------
+
+def ring_delay(now: float, last_ring: float | None, interval: float) -> float:
+    """A leading-edge throttle of the streams' doorbells: 0 (ring now) if the last ring was `interval` or more
+    ago (or never), else how long until `last_ring + interval` (one ring then takes all that came meanwhile)."""
+    if last_ring is None or interval <= 0:
+        return 0.0
+    return max(0.0, last_ring + interval - now)
+
+
+def groups_to_ring(entries, groups: dict) -> list:
+    """The keys of the stream groups a round may show something to. `groups`: key -> (the partitions its
+    streams read, may_see(entry) for its view and clearance). A group is rung if one entry of a partition it
+    reads is visible to it; a round of another province's hits, or of workflow items for other agencies,
+    rings nobody of that group (its streams walk past those entries at their next round)."""
+    out = []
+    for key, (tps, may_see) in groups.items():
+        for e in entries:
+            if (e.topic, e.partition) in tps and may_see(e):
+                out.append(key)
+                break
+    return out
+
+
 # --- Kafka: the hub and the catch-up reader ------------------------------------------------------
 
 def _decode(codec, msg):
@@ -399,12 +433,12 @@ class Hub:
         self.error: str = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._waiters: dict[asyncio.AbstractEventLoop, set[Wake]] = {}
+        self._bells: dict[asyncio.AbstractEventLoop, Bell] = {}
         self.walks: dict = {}  # the streams' shared walks (gateway/events.py), used on the event loop only
-        # A round: the streams' reads between one wake and the next all end where the first of them ended,
-        # so the streams of a view stay in step (and share one walk) even while the hub appends during
-        # the round; what came after is the next round's, whose wake is already rung.
-        self.wakes, self.round_wake, self.round_end = 0, -1, 0
+        # A round: the streams' reads between one ring and the next all end where the ring said (the end of the
+        # buffer when the entries it announces were appended), so the streams of a view stay in step (and share
+        # one walk) even while the hub appends during the round; what came after is the next round's.
+        self.wakes, self.round_end = 0, 0
 
     # lifecycle
     def start(self) -> "Hub":
@@ -428,26 +462,52 @@ class Hub:
             return dict(self.buffer.ends) if self.buffer is not None else {}
 
     # subscribers (on an event loop)
-    def subscribe(self) -> "Wake":
+    def subscribe(self, group=None, tps=None, may_see=None) -> "Wake":
+        """A stream's doorbell. Streams of one `group` (a view and clearance) read `tps` and see what `may_see`
+        says; they are rung together, when a round brings something they may see. Without a group: every round."""
         loop = asyncio.get_running_loop()
         event = Wake()
         with self.lock:
-            self._waiters.setdefault(loop, set()).add(event)
+            bell = self._bells.get(loop)
+            if bell is None:
+                bell = self._bells[loop] = Bell(self, loop)
+        bell.add(event, group, tps, may_see)
         return event
 
     def unsubscribe(self, event: "Wake") -> None:
         with self.lock:
-            for waiters in self._waiters.values():
-                waiters.discard(event)
+            bells = list(self._bells.values())
+        for bell in bells:
+            bell.discard(event)
 
-    def _wake(self) -> None:
+    def new_round(self, end_seq: int) -> None:
+        """The next round's reads end at `end_seq` (never before the last round's end)."""
         with self.lock:
             self.wakes += 1
-            loops = [(loop, list(w)) for loop, w in self._waiters.items() if w]
-        for loop, events in loops:
+            self.round_end = max(self.round_end, end_seq)
+
+    def _announce(self, entries: list, end_seq: int) -> None:
+        """From a hub thread: these entries are in the buffer, which ends at end_seq; each loop's bell decides
+        when and whom to ring (one call_soon_threadsafe per loop and append, not per stream)."""
+        with self.lock:
+            bells = list(self._bells.items())
+        for loop, bell in bells:
             try:
-                loop.call_soon_threadsafe(_set_all, events)
+                loop.call_soon_threadsafe(bell.arrived, entries, end_seq)
             except RuntimeError:  # the loop is closed
+                pass
+
+    def _wake(self) -> None:
+        """Every stream, now (the hub caught up, the gateway closing): a round to the buffer's end."""
+        with self.lock:
+            end = self.buffer.end_seq if self.buffer is not None else 0
+            self.wakes += 1
+            self.round_end = max(self.round_end, end)
+            bells = list(self._bells.items())
+        for loop, bell in bells:
+            try:
+                loop.call_soon_threadsafe(bell.ring_all)
+            except RuntimeError:
                 pass
 
     def read(self, cursor: int, limit: int = 1000):
@@ -455,8 +515,6 @@ class Hub:
         with self.lock:
             if self.buffer is None:
                 return None
-            if self.round_wake != self.wakes:
-                self.round_wake, self.round_end = self.wakes, self.buffer.end_seq
             return self.buffer.read(cursor, limit, self.round_end)
 
     def covers(self, position: Position) -> bool:
@@ -474,13 +532,14 @@ class Hub:
                 return None
             return self.buffer.offsets_at(tps, at_ms)
 
-    # the thread
+    # the threads
     def _run(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         try:
-            consumer = Consumer({**self.kafka_config, "group.id": "intelbus-gateway-hub", "enable.auto.commit": False,
-                                 "auto.offset.reset": "latest", "enable.partition.eof": False})
+            config = {**self.kafka_config, "group.id": "intelbus-gateway-hub", "enable.auto.commit": False,
+                      "auto.offset.reset": "latest", "enable.partition.eof": False}
+            consumer = Consumer(config)
             meta = consumer.list_topics(timeout=10).topics
             # a stack without the workflows (no intel.workflow) still has its hits and alerts live
             partitions = {t: len(meta[t].partitions) for t in TOPICS if t in meta or t != WORKFLOW_TOPIC}
@@ -496,8 +555,16 @@ class Hub:
                     starts[key] = high - budget
                     trimmed.add(key)
                 highs[key] = high
-            assigned = [TopicPartition(t, p, o) for (t, p), o in starts.items()]
-            consumer.assign(assigned)
+            # hits and alerts on this thread's consumer; intel.workflow on a second one (WORKFLOW_CONSUMER): a
+            # workflow tick publishes thousands of reminders at once, and the hits must not queue behind them
+            split = WORKFLOW_CONSUMER and WORKFLOW_TOPIC in partitions
+            mine = [TopicPartition(t, p, o) for (t, p), o in starts.items() if not (split and t == WORKFLOW_TOPIC)]
+            theirs = [TopicPartition(t, p, o) for (t, p), o in starts.items() if split and t == WORKFLOW_TOPIC]
+            consumer.assign(mine)
+            second = None
+            if theirs:
+                second = Consumer({**config, "group.id": "intelbus-gateway-hub-workflow"})
+                second.assign(theirs)
             with self.lock:
                 self.buffer = Buffer(starts, start_ms, self.max_items, int(self.window_s * 1000))
                 self.partitions = partitions
@@ -509,24 +576,39 @@ class Hub:
             self.started.set()
             return
         self.started.set()
-        log.info("live feed hub reading %s", {tp: o for tp, o in starts.items()})
+        log.info("live feed hub reading %s%s", {tp: o for tp, o in starts.items()},
+                 " (intel.workflow on a consumer of its own)" if second is not None else "")
+        caught_up = [threading.Event() for _ in range(2 if second is not None else 1)]
+        if second is not None:
+            threading.Thread(target=self._poll, args=(second, theirs, starts, highs, caught_up, 1),
+                             name="live-feed-hub-workflow", daemon=True).start()
+        self._poll(consumer, mine, starts, highs, caught_up, 0)
+
+    def _poll(self, consumer, assigned, starts, highs, caught_up, mine: int) -> None:
+        """One consumer's loop: read, append, announce; the hub is ready when every consumer has read to the
+        ends seen at its start."""
         from ops.consume import consume_ready
 
         try:
             while not self._stop.is_set():
                 messages = consume_ready(consumer, 2000, 0.1)
-                # hits and alerts before the workflow items of the same poll (a workflow tick publishes
-                # thousands at once): each partition keeps its order, which is all a position needs
+                # hits and alerts before the workflow items of the same poll (one consumer for all): each
+                # partition keeps its order, which is all a position needs
                 messages.sort(key=lambda m: m.topic() == WORKFLOW_TOPIC)
                 # decoded and handed over in slices: the first hits of a burst need not wait for the last's decoding
                 for i in range(0, len(messages), APPEND_SLICE):
                     self._append(messages[i:i + APPEND_SLICE])
-                if not self.ready.is_set() and all(  # position(): past a transaction's markers too
+                if not caught_up[mine].is_set() and all(  # position(): past a transaction's markers too
                         tp.offset >= highs[(tp.topic, tp.partition)] or tp.offset < 0 and highs[(tp.topic, tp.partition)]
                         == starts[(tp.topic, tp.partition)] for tp in consumer.position(assigned)):
-                    self.ready.set()
-                    log.info("live feed hub caught up (%d items buffered)", len(self.buffer.entries))
-                    self._wake()
+                    caught_up[mine].set()
+                    with self.lock:
+                        done = all(e.is_set() for e in caught_up) and not self.ready.is_set()
+                        if done:
+                            self.ready.set()
+                    if done:
+                        log.info("live feed hub caught up (%d items buffered)", len(self.buffer.entries))
+                        self._wake()
         finally:
             consumer.close()
 
@@ -541,8 +623,11 @@ class Hub:
                     entry = lazy_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())
                 else:
+                    # decoded for its scope (whom to ring); a workflow item's feed item is made when first shown
+                    # (most reminders go to agencies with no wall open)
                     record = _decode(self.codec, msg)
-                    entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], record)
+                    entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], record,
+                                     render=msg.topic() != WORKFLOW_TOPIC)
             except Exception as exc:  # one message the gateway cannot show must not stop every feed
                 log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None
@@ -553,17 +638,90 @@ class Hub:
                     self.buffer.append(entry, tp, offset)
                 self.buffer.evict(int(time.time() * 1000))
                 BUFFER_ITEMS.set(len(self.buffer.entries))
-            self._wake()
-            if self.ready.is_set():  # the live part, not the start's backlog
+                end = self.buffer.end_seq
+            entries = [e for e, _, _ in fresh if e is not None]
+            if lazy:
+                self._wake()
+            else:
+                self._announce(entries, end)
                 now = time.time()
-                for entry, _, _ in fresh:
-                    if entry is not None:
-                        HUB_LAG.observe(max(0.0, now - entry.ts_ms / 1000))
+                for entry in entries:  # the live part, not the start's backlog
+                    HUB_LAG.observe(max(0.0, now - entry.ts_ms / 1000))
 
 
-def _set_all(events) -> None:
-    for e in events:
-        e.set()
+class Bell:
+    """The doorbells of the streams on one event loop, rung by rounds (used on that loop only).
+
+    The hub's threads announce what they appended (`arrived`); the bell rings at once if its last ring is
+    RING_MS old, else once at last ring + RING_MS for all that came meanwhile (`ring_delay`), and then only
+    the groups of streams that may see something of it (`groups_to_ring`). Before: every append rang all
+    200 streams, and intel.workflow's trickle of reminders made tens of rounds a second of 200 turns each
+    (bench/results/fanout.md, 07:21 run)."""
+
+    def __init__(self, hub: Hub, loop, interval_s: float | None = None, select: bool | None = None):
+        self.hub, self.loop = hub, loop
+        self.interval = RING_MS / 1000 if interval_s is None else interval_s
+        self.select = RING_SELECT if select is None else select
+        self.groups: dict = {}       # key -> [tps, may_see, set of Wake]
+        self.everyone: set = set()   # streams rung every round (no group)
+        self.pending: list = []
+        self.pending_end = 0
+        self.last_ring: float | None = None
+        self.timer = None
+        self.rings = self.rung = 0   # rounds rung, streams rung (for tests and metrics)
+
+    def add(self, wake: "Wake", group, tps, may_see) -> None:
+        if group is None:
+            self.everyone.add(wake)
+            return
+        g = self.groups.get(group)
+        if g is None:
+            g = self.groups[group] = [frozenset(tps), may_see, set()]
+        g[2].add(wake)
+
+    def discard(self, wake: "Wake") -> None:
+        self.everyone.discard(wake)
+        for key, g in list(self.groups.items()):
+            g[2].discard(wake)
+            if not g[2]:
+                del self.groups[key]
+
+    def arrived(self, entries: list, end_seq: int) -> None:
+        self.pending.extend(entries)
+        self.pending_end = max(self.pending_end, end_seq)
+        if self.timer is not None:
+            return  # the ring already scheduled takes these too
+        delay = ring_delay(self.loop.time(), self.last_ring, self.interval)
+        if delay <= 0:
+            self.ring()
+        else:
+            self.timer = self.loop.call_later(delay, self.ring)
+
+    def ring(self) -> None:
+        self.timer = None
+        entries, self.pending = self.pending, []
+        self.last_ring = self.loop.time()
+        self.hub.new_round(self.pending_end)
+        self.rings += 1
+        ROUNDS.inc()
+        if self.select:
+            keys = groups_to_ring(entries, {k: (g[0], g[1]) for k, g in self.groups.items()})
+        else:
+            keys = list(self.groups)
+        for key in keys:
+            self._set(self.groups[key][2])
+        self._set(self.everyone)
+
+    def ring_all(self) -> None:
+        for g in list(self.groups.values()):
+            self._set(g[2])
+        self._set(self.everyone)
+
+    def _set(self, wakes) -> None:
+        for w in list(wakes):
+            w.set()
+        self.rung += len(wakes)
+        STREAMS_RUNG.inc(len(wakes))
 
 
 class Wake:

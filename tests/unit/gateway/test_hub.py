@@ -331,3 +331,120 @@ def test_a_message_of_the_hub_s_start_is_decoded_only_when_a_stream_looks_at_it(
     assert json.loads(rendered(ok).data)["item_id"] == "R-1"
     assert not visible(bad, tianjin, "120000") and bad.kind == "none"           # shown to no one, position moves past
     assert visible(ok, tianjin, "120000") and Codec.decoded == 2                  # once each
+
+
+# --- rounds: when and whom the hub rings -----------------------------------------------------------
+
+def test_the_ring_is_throttled_on_its_leading_edge():
+    from gateway.hub import ring_delay
+
+    assert ring_delay(100.0, None, 0.01) == 0                      # never rung: at once
+    assert ring_delay(100.0, 99.5, 0.01) == 0                      # quiet for a while: at once, no added wait
+    assert ring_delay(100.004, 100.0, 0.01) == pytest.approx(0.006)  # 4 ms after a ring: at last + 10 ms
+    assert ring_delay(100.004, 100.0, 0) == 0                      # 0: every append rings (the old behaviour)
+
+
+def test_a_round_rings_only_the_groups_that_may_see_one_of_its_entries():
+    from gateway.hub import groups_to_ring
+
+    h1 = (HIT_TOPIC, 1)
+    groups = {"hebei": (frozenset(WTPS), lambda e: e.scope["visible"]),
+              "beijing": (frozenset(stream_partitions(1, 6, 6)), lambda e: e.scope["visible"]),
+              "tianjin-workflow-only": (frozenset(stream_partitions(1, 6, 6)),
+                                        lambda e: e.kind == "workflow" and e.scope["visible"])}
+    hebei_hit = entry(H3, 5)
+    assert groups_to_ring([hebei_hit], groups) == ["hebei"]                  # another province's hit rings nobody else
+    assert groups_to_ring([entry(h1, 5)], groups) == ["beijing"]
+    assert groups_to_ring([entry(W0, 1, kind="workflow", visible=False)], groups) == []  # reminders for no one here
+    assert sorted(groups_to_ring([entry(W0, 2, kind="workflow"), entry(A0, 3, visible=False)], groups)) == [
+        "beijing", "hebei", "tianjin-workflow-only"]
+    assert groups_to_ring([], groups) == []
+
+
+class FakeLoop:
+    def __init__(self):
+        self.now, self.timers = 0.0, []
+
+    def time(self):
+        return self.now
+
+    def call_later(self, delay, fn):
+        self.timers.append((self.now + delay, fn))
+        return object()
+
+    def advance(self, to):
+        self.now = to
+        due, self.timers = [t for t in self.timers if t[0] <= to], [t for t in self.timers if t[0] > to]
+        for _, fn in due:
+            fn()
+
+
+def test_a_burst_of_appends_makes_one_ring_per_interval_and_each_round_ends_where_its_entries_end():
+    from gateway.hub import Bell, Hub, Wake
+
+    hub, loop = Hub({}, None), FakeLoop()
+    hub.buffer = buffer_with([])
+    bell = Bell(hub, loop, interval_s=0.01, select=True)
+    hebei, beijing = Wake(), Wake()
+    bell.add(hebei, ("130000", "INTERNAL"), WTPS, lambda e: e.scope["visible"])
+    bell.add(beijing, ("110000", "INTERNAL"), stream_partitions(1, 6, 6), lambda e: e.scope["visible"])
+
+    def append(e):
+        hub.buffer.append(e, e.tp, e.offset)
+        bell.arrived([e], hub.buffer.end_seq)
+
+    append(entry(H3, 0))                                   # quiet before: rung at once
+    assert bell.rings == 1 and hebei.is_set() and not beijing.is_set() and hub.round_end == 1
+    hebei.clear()
+    for i in range(1, 6):                                  # five appends within the next 5 ms
+        loop.now = i / 1000
+        append(entry(H3, i))
+    assert bell.rings == 1 and not hebei.is_set() and hub.round_end == 1  # held: the streams still read to 1
+    assert [e.offset for e in hub.read(0)[0]] == [0]
+    loop.advance(0.0101)                                   # one ring for the five, at last ring + 10 ms
+    assert bell.rings == 2 and hebei.is_set() and not beijing.is_set() and hub.round_end == 6
+    assert [e.offset for e in hub.read(1)[0]] == [1, 2, 3, 4, 5]
+
+
+def test_without_throttle_and_selection_every_append_rings_every_stream():
+    from gateway.hub import Bell, Hub, Wake
+
+    hub, loop = Hub({}, None), FakeLoop()
+    hub.buffer = buffer_with([])
+    bell = Bell(hub, loop, interval_s=0, select=False)
+    wakes = [Wake(), Wake()]
+    bell.add(wakes[0], "a", WTPS, lambda e: False)
+    bell.add(wakes[1], "b", WTPS, lambda e: False)
+    for i in range(3):
+        hub.buffer.append(entry(H3, i), H3, i)
+        bell.arrived([hub.buffer.entries[-1]], hub.buffer.end_seq)
+    assert bell.rings == 3 and bell.rung == 6 and all(w.is_set() for w in wakes)
+
+
+def test_the_streams_of_a_round_write_their_audit_lines_in_one_journal_write_before_any_sends():
+    import asyncio
+
+    from gateway.events import AuditBatcher
+
+    class Journal:
+        def __init__(self):
+            self.writes = []
+
+        def append(self, lines):
+            self.writes.append(list(lines))
+
+    journal = Journal()
+    batcher = AuditBatcher(services=None, journal=journal)
+    sent = []
+
+    async def stream(name):
+        await batcher.journal_line(f"{name}\n")
+        sent.append((name, len(journal.writes)))  # what was written when this stream sends
+
+    async def main():
+        await asyncio.gather(*(stream(f"s{i}") for i in range(200)))  # woken by the same round
+        await stream("late")                                          # a later round: a write of its own
+
+    asyncio.run(main())
+    assert journal.writes[0] == [f"s{i}\n" for i in range(200)] and journal.writes[1] == ["late\n"]
+    assert all(n >= 1 for _, n in sent[:200]) and sent[-1] == ("late", 2)  # none sent before its line was written
