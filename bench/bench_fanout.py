@@ -26,6 +26,11 @@ default 0, the gateway's default), each with a fresh gateway.
 
 `--uvicorn-http h11 httptools` runs once per HTTP implementation of the gateway's uvicorn.
 `--client-procs N` spreads the clients over N processes (is one client process the bottleneck?).
+`--variant NAME:VAR=VALUE,...` (repeatable) runs the gateway once per variant with those environment variables,
+e.g. the live feed's rounds before and after issue 15's follow-up, in one run:
+
+    .venv/bin/python -m bench.bench_fanout --variant 'old:INTELBUS_LIVE_RING_MS=0,INTELBUS_LIVE_RING_SELECT=0,\
+        INTELBUS_LIVE_AUDIT_GROUP=0,INTELBUS_LIVE_WORKFLOW_CONSUMER=0' --variant 'new:'
 
 Results: bench/results/fanout.json, and a section appended to bench/results/fanout.md.
 """
@@ -88,7 +93,8 @@ def principals(settings) -> dict[str, str]:
     return out
 
 
-def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "", nice: int = 0):
+def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "", nice: int = 0,
+                  extra_env: dict | None = None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -97,6 +103,7 @@ def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "
            "INTELBUS_LIVE_SEND_STAMP": "1"}
     if http:
         env["INTELBUS_GATEWAY_HTTP"] = http
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)], env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(settings.stack_path),
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
@@ -268,14 +275,14 @@ def histogram_quantiles(metrics: dict, name: str) -> dict:
 
 
 def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: float, audit_interval: float,
-            client_procs: int = 1, http: str = "", nice: int = 0) -> dict:
+            client_procs: int = 1, http: str = "", nice: int = 0, variant: tuple[str, dict] = ("", {})) -> dict:
     import multiprocessing
     import tempfile
 
     from sinks.feed import hit_partition
 
     log_path = Path(tempfile.mkdtemp(prefix="intelbus-fanout-")) / "gateway.log"
-    proc, port, url = start_gateway(settings, audit_interval, log_path, http, nice)
+    proc, port, url = start_gateway(settings, audit_interval, log_path, http, nice, variant[1])
     ctx = multiprocessing.get_context("fork")
     children = []
     try:
@@ -329,7 +336,8 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         metrics = {**gateway_metric(url, "intelbus_gateway_fanout_lag_seconds"),
                    **gateway_metric(url, "intelbus_gateway_hub_read_lag_seconds"),
                    **gateway_metric(url, "intelbus_gateway_sse_audit_seconds"),
-                   **gateway_metric(url, "intelbus_gateway_catchup_readers_total")}
+                   **gateway_metric(url, "intelbus_gateway_catchup_readers_total"),
+                   **gateway_metric(url, "intelbus_gateway_live_")}
         go_home.set()
         received, lags, connected = [], [], 0
         for child, _, conn in children:
@@ -371,7 +379,7 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
     mean = lambda xs: round(sum(xs) / len(xs), 3) if xs else None  # noqa: E731
     return {
         "audit_interval_s": audit_interval, "uvicorn_http": http or "auto", "client_procs": client_procs,
-        "gateway_nice": nice,
+        "gateway_nice": nice, "variant": variant[0], "variant_env": variant[1],
         "clients": clients, "clients_connected": connected,
         "rate": rate, "seconds": seconds, "elapsed_s": round(elapsed, 1), "simulate_rc": sim_rc,
         "simulate_stderr_tail": sim_err if sim_rc else "",
@@ -401,12 +409,16 @@ def markdown(report: dict) -> str:
     lines = [f"## Run of {report['at']} ({report['cpus']} cores, shared; `{report['argv']}`)", "",
              "| variant | clients | hits on bus | delivered | baseline p50/p99 | **added p50/p99/max** | added: gateway part "
              "p50/p99 | added: client part p50/p99 | hub read lag p50/p99 (hist.) | client loop lag p50/p99 | "
-             "gateway CPU mean/max | clients CPU mean | machine busy / load 1m | catch-up readers |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gateway CPU mean/max | clients CPU mean | machine busy / load 1m | catch-up readers | rounds/s | "
+             "streams rung/round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         a = r["added_by_gateway_s"]
-        variant = (f"http {r['uvicorn_http']}, audit {r['audit_interval_s']} s, {r['client_procs']} client proc"
+        variant = ((f"**{r['variant']}**, " if r.get("variant") else "")
+                   + f"http {r['uvicorn_http']}, audit {r['audit_interval_s']} s, {r['client_procs']} client proc"
                    + (f", gateway nice {r['gateway_nice']}" if r.get("gateway_nice") else ""))
+        m = r["gateway_metrics"]
+        rounds, rung = m.get("intelbus_gateway_live_rounds_total"), m.get("intelbus_gateway_live_streams_rung_total")
         lines.append(
             f"| {variant} | {r['clients_connected']}/{r['clients']} | {r['hit_copies_on_bus']} | "
             f"{r['hits_delivered_to_clients']} | {pair(r['baseline_kafka_to_receipt_s'])} | "
@@ -414,12 +426,21 @@ def markdown(report: dict) -> str:
             f"{pair(r['added_client_part_s'])} | {pair(r['hub_read_lag_s'])} | {pair(r['client_loop_lag_s'])} | "
             f"{r['gateway_cpu_cores']['mean']} / {r['gateway_cpu_cores']['max']} | {r['clients_cpu_cores']['mean']} | "
             f"{r['machine_busy_share']['mean']} / {r['loadavg_1m']['mean']} | "
-            f"{r['gateway_metrics'].get('intelbus_gateway_catchup_readers_total', '-')} |")
+            f"{r['gateway_metrics'].get('intelbus_gateway_catchup_readers_total', '-')} | "
+            f"{'-' if rounds is None else round(rounds / max(1.0, r['elapsed_s']), 1)} | "
+            f"{'-' if not rounds else round(rung / rounds, 1)} |")
     lines += ["", "Milliseconds. Baseline: a plain consumer of intel.hit in the bench's main process, Kafka time to "
               "receipt. *Added*: a client's receipt minus the baseline's receipt of the same hit copy; its *gateway "
               "part* ends at the gateway's send stamp, its *client part* is receipt minus send stamp. Hub read lag: "
               "Kafka time to the gateway hub's buffer (from the gateway's histogram).", ""]
     return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'old:A=1,B=2' -> ('old', {'A': '1', 'B': '2'})."""
+    name, _, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if a.strip())
+    return name, env
 
 
 def main(argv=None) -> int:
@@ -433,6 +454,10 @@ def main(argv=None) -> int:
                         help="the gateway's uvicorn HTTP implementation (h11, httptools), one run per value")
     parser.add_argument("--client-procs", type=int, nargs="+", default=[1],
                         help="processes the clients are spread over, one run per value (default 1)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                        help="a gateway variant, one run each, in the order given (e.g. 'old:INTELBUS_LIVE_RING_MS=0,"
+                             "INTELBUS_LIVE_RING_SELECT=0,INTELBUS_LIVE_AUDIT_GROUP=0,"
+                             "INTELBUS_LIVE_WORKFLOW_CONSUMER=0' 'new:'); default: one run as configured")
     parser.add_argument("--gateway-nice", type=int, nargs="+", default=[0],
                         help="the gateway's nice value, one run per value (e.g. 0 -10: is the tail the CPU share "
                              "a busy machine leaves it?)")
@@ -447,13 +472,15 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     report = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
               "argv": " ".join(sys.argv[1:] if argv is None else argv), "runs": []}
+    variants = [parse_variant(v) for v in args.variant] or [("", {})]
     for interval in args.audit_interval:
         for http in args.uvicorn_http:
-            for procs, nice in [(p, n) for p in args.client_procs for n in args.gateway_nice]:
+            for procs, nice, variant in [(p, n, v) for p in args.client_procs for n in args.gateway_nice
+                                         for v in variants]:
                 try:
                     r = one_run(settings, codec, passwords, clients=args.clients, rate=args.rate,
                                 seconds=args.seconds, audit_interval=interval, client_procs=procs, http=http,
-                                nice=nice)
+                                nice=nice, variant=variant)
                 except Exception as exc:  # a shared machine: the stack may restart under a run; the others count
                     print(f"run (audit {interval}, http {http or 'auto'}, {procs} client procs) failed: {exc}",
                           file=sys.stderr)
