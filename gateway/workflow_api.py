@@ -398,9 +398,12 @@ def register(app, ctx) -> None:
             command = build(ent, view, actor, command_id)
         except Refused as exc:
             raise refuse(request, identity, exc.status, exc.reason, what, params) from None
-        key, value = command_record(command, int(time.time() * 1000))
         try:
-            producer().send(COMMANDS_TOPIC, key, value)
+            sender = producer()
+            # stamped just before the send: the workflow job holds a step until every command stamped
+            # before it has been read (its watermark allows only a small skew between stamp and append)
+            key, value = command_record(command, int(time.time() * 1000))
+            sender.send(COMMANDS_TOPIC, key, value)
         except Exception as exc:
             reason = f"the command could not be sent: {str(exc)[:200]}"
             raise ctx.refuse(request, 503, reason, AuditEntry(

@@ -50,6 +50,11 @@ FIRED = Counter("intelbus_workflows_fired_steps_total", "Deadline steps fired (r
                 ["kind"])
 TIMER_LAG = Histogram("intelbus_workflows_timer_lag_seconds", "How late a deadline step fired (now - its scheduled time)",
                       buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600))
+WATERMARK_LAG = Gauge("intelbus_workflows_watermark_lag_seconds", "How far the command watermark of a partition of "
+                      "APP-items is behind the wall clock (now - the earliest commands partition's read-through time)",
+                      ["partition"])
+FIRED_BY_HOLD = Counter("intelbus_workflows_fired_by_hold_total", "Deadline steps fired by the wall clock after the "
+                        "bounded hold, the command watermark stuck or missing")
 COMMANDS = Counter("intelbus_workflows_commands_total", "Workflow commands applied, by outcome (applied, no-op, refused, "
                    "undecodable)", ["outcome"])
 
@@ -69,6 +74,7 @@ def answers_topic(app_id: str = APP_ID) -> str:
 ANSWERS_KEPT = 50  # earlier answers kept per identifier (the newest)
 ITEMS_BATCH = 200  # commands applied per produce-and-await (the timers wait for the lock meanwhile)
 TIMER_ROUND = 1000  # items fired per hold of the lock (then the agents have their turn)
+PAUSE_MS = 2000  # the timer loop woke this much later than it meant to: the worker was paused or starved
 
 
 # --- pure glue: commands on the wire -------------------------------------------------------
@@ -261,11 +267,14 @@ def answers_step(identifier: str, kept: list, message: bytes, *, limit: int = AN
 
 
 class DueIndex:
-    """When each item of this worker's partitions next needs its timer (a heap with lazy deletion)."""
+    """When each item of this worker's partitions next needs its timer (a heap per partition, lazy deletion).
+
+    One heap per partition of APP-items, so that each partition can be fired up to its own cutoff
+    (the command watermark: docs/workflows.md, "Late commands and the watermark")."""
 
     def __init__(self):
         self._at: dict[str, tuple[int, int]] = {}  # item id -> (due ms, partition)
-        self._heap: list[tuple[int, str]] = []
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
 
     def set(self, item_id: str, partition: int, at: int | None) -> None:
         if at is None:
@@ -274,41 +283,203 @@ class DueIndex:
         if self._at.get(item_id) == (at, partition):
             return
         self._at[item_id] = (at, partition)
-        heapq.heappush(self._heap, (at, item_id))
+        heapq.heappush(self._heaps.setdefault(partition, []), (at, item_id))
 
-    def pop_due(self, now_ms: int, limit: int | None = None) -> list[tuple[str, int]]:
-        """(item id, partition) of the items due by now_ms, earliest first (at most `limit`), removed
-        from the index (set them again)."""
+    def _head(self, partition: int) -> int | None:
+        """The partition's earliest due time (stale heap entries are dropped on the way: O(log n) each)."""
+        heap = self._heaps.get(partition)
+        while heap:
+            at, item_id = heap[0]
+            if self._at.get(item_id) == (at, partition):
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def heads(self) -> dict[int, int]:
+        """partition -> its earliest due time, for the partitions with something pending."""
+        return {p: at for p in list(self._heaps) if (at := self._head(p)) is not None}
+
+    def pop_due(self, now_ms: int, limit: int | None = None, cutoffs: dict[int, int] | None = None) -> list[tuple[str, int]]:
+        """(item id, partition) of the items due by now_ms, and by their partition's cutoff when one is
+        given (`cutoffs[p]`), earliest first (at most `limit`), removed from the index (set them again)."""
         out = []
-        while self._heap and self._heap[0][0] <= now_ms and (limit is None or len(out) < limit):
-            at, item_id = heapq.heappop(self._heap)
-            current = self._at.get(item_id)
-            if current is not None and current[0] == at:
-                del self._at[item_id]
-                out.append((item_id, current[1]))
+        while limit is None or len(out) < limit:
+            best = None
+            for p in self._heaps:
+                at = self._head(p)
+                until = now_ms if cutoffs is None else min(now_ms, cutoffs.get(p, now_ms))
+                if at is not None and at <= until and (best is None or at < best[0]):
+                    best = (at, p)
+            if best is None:
+                break
+            _, item_id = heapq.heappop(self._heaps[best[1]])
+            del self._at[item_id]
+            out.append((item_id, best[1]))
         return out
 
     def drop_partitions(self, partitions) -> None:
         partitions = set(partitions)
         for item_id in [i for i, (_, p) in self._at.items() if p in partitions]:
             del self._at[item_id]
+        for p in partitions:
+            self._heaps.pop(p, None)
 
     def clear(self) -> None:
         self._at.clear()
-        self._heap.clear()
+        self._heaps.clear()
 
     def __len__(self) -> int:
         return len(self._at)
 
     def next_at(self) -> int | None:
-        """The earliest due time indexed (stale heap entries are dropped on the way: O(log n) each)."""
-        while self._heap:
-            at, item_id = self._heap[0]
-            current = self._at.get(item_id)
-            if current is not None and current[0] == at:
-                return at
-            heapq.heappop(self._heap)
-        return None
+        """The earliest due time indexed."""
+        return min(self.heads().values(), default=None)
+
+
+# --- pure glue: the command watermark (docs/workflows.md, "Late commands and the watermark") ---
+
+WATERMARK_HEADER = "intelbus-watermark"  # a marker on APP-items carries it; a forwarded command never does
+WATERMARK_KEY = b"__watermark__"
+
+
+def read_through(forwarded_next: int | None, committed: int | None, untouched_position: int | None,
+                 untouched_position_before: int | None) -> int | None:
+    """The offset of a commands partition below which every message has been forwarded (None: not known).
+
+    `forwarded_next`: the offset after the last message the commands agent handled since the
+    partition was assigned. Before its first message: the group's committed offset (faust's,
+    from the broker at assignment: the agent starts there); with none (a new group), the
+    consumer's position while faust has delivered nothing of the partition, seen unchanged at
+    two ticks in a row (a record the consumer has just handed out is on its way to the agent
+    for a moment, not for a whole tick).
+    """
+    if forwarded_next is not None:
+        return forwarded_next
+    if committed is not None:
+        return committed
+    if untouched_position is not None and untouched_position == untouched_position_before:
+        return untouched_position
+    return None
+
+
+def commands_watermark(through: int | None, high: int | None, asked_at_ms: int, last_time_ms: int | None,
+                       skew_ms: int) -> int | None:
+    """"Commands partition p is read through time T": every command stamped at or before T is forwarded.
+
+    `high`: the partition's high watermark, asked of the broker at `asked_at_ms`. Read up to it,
+    every record appended before the question is forwarded: T = asked_at - skew (the skew covers
+    a command stamped by the gateway a moment before the broker appended it). Behind it: the
+    time of the last command forwarded, less the same skew (a later record stamped a moment
+    earlier by another gateway). None when neither is known.
+    """
+    if through is not None and high is not None and through >= high:
+        return asked_at_ms - skew_ms
+    if last_time_ms is not None:
+        return last_time_ms - skew_ms
+    return None
+
+
+def marker_value(worker: str, partitions: int, asked_at_ms: int, watermarks: dict[int, int]) -> bytes:
+    """The marker on every partition of APP-items: the commands partitions this worker owns, each read through T."""
+    return json.dumps({"worker": worker, "partitions": partitions, "at": asked_at_ms,
+                       "wm": {str(p): int(t) for p, t in sorted(watermarks.items())}}, separators=(",", ":")).encode()
+
+
+def decode_marker(value: bytes) -> tuple[int, dict[int, int]]:
+    """(the number of commands partitions, {commands partition: T}) of a marker."""
+    doc = json.loads(value)
+    return int(doc["partitions"]), {int(p): int(t) for p, t in doc["wm"].items()}
+
+
+def is_marker(headers) -> bool:
+    """Is this message of APP-items a watermark marker (its header), not a command?"""
+    pairs = headers.items() if isinstance(headers, dict) else (headers or ())
+    return any(k == WATERMARK_HEADER for k, _ in pairs)
+
+
+def step_cutoff(now_ms: int, partitions: int | None, marks: dict[int, tuple[int, int]], waiting_since_ms: int,
+                hold_ms: int) -> tuple[int, int]:
+    """(cutoff, strict) for one partition of APP-items: its steps due at or before `cutoff` fire.
+
+    `marks`: commands partition -> (its watermark T, when T last advanced). `strict` = min(now,
+    every commands partition's T): what the commands alone allow. A commands partition whose T
+    has not advanced for `hold_ms` (nor been seen, for one never marked) since `waiting_since_ms`
+    (the items partition's assignment, or the worker's last pause) is left out of `cutoff`: its
+    owner is stuck or gone, and the steps fire by the wall clock (the bounded hold).
+    """
+    if partitions is None:  # no marker yet: nothing is known of the commands
+        held = now_ms - waiting_since_ms < hold_ms
+        return (-1 if held else now_ms), -1
+    strict = cutoff = now_ms
+    for p in range(partitions):
+        t, advanced_at = marks.get(p, (-1, waiting_since_ms))
+        strict = min(strict, t)
+        if now_ms - max(advanced_at, waiting_since_ms) < hold_ms:
+            cutoff = min(cutoff, t)
+    return cutoff, strict
+
+
+def hold_release_at(due_ms: int, partitions: int | None, marks: dict[int, tuple[int, int]], waiting_since_ms: int,
+                    hold_ms: int) -> int:
+    """When the bounded hold lets a step due at `due_ms` fire if no watermark moves (epoch ms)."""
+    if partitions is None:
+        return waiting_since_ms + hold_ms
+    return max([max(adv, waiting_since_ms) + hold_ms for p in range(partitions)
+                for t, adv in [marks.get(p, (-1, waiting_since_ms))] if t < due_ms], default=due_ms)
+
+
+class WatermarkBook:
+    """Per partition of APP-items, the latest watermark of each commands partition (the markers read there).
+
+    Not state: kept in memory, empty after a restart (the job waits for fresh markers, or the hold).
+    The newest claim per commands partition wins by value: every claim is true of what is before it
+    on the partition, so after a rebalance an earlier owner's higher claim stays true.
+    """
+
+    def __init__(self, hold_ms: int):
+        self.hold_ms = hold_ms
+        self.partitions: int | None = None  # commands partitions (from the markers)
+        self._marks: dict[int, dict[int, tuple[int, int]]] = {}
+        self._since: dict[int, int] = {}
+        self._resumed = 0
+
+    def assign(self, partition: int, now_ms: int) -> None:
+        if partition not in self._since:
+            self._since[partition] = now_ms
+            self._marks[partition] = {}
+
+    def assigned(self) -> list[int]:
+        return sorted(self._since)
+
+    def revoke(self, partition: int) -> None:
+        self._since.pop(partition, None)
+        self._marks.pop(partition, None)
+
+    def resumed(self, now_ms: int) -> None:
+        """The worker was paused (or starved): the hold counts again from now."""
+        self._resumed = now_ms
+
+    def observe(self, partition: int, partitions: int, watermarks: dict[int, int], now_ms: int) -> bool:
+        """A marker read on `partition`; True if a watermark advanced."""
+        self.assign(partition, now_ms)
+        self.partitions = partitions
+        marks, advanced = self._marks[partition], False
+        for p, t in watermarks.items():
+            if p not in marks or t > marks[p][0]:
+                marks[p] = (t, now_ms)
+                advanced = True
+        return advanced
+
+    def _since_of(self, partition: int, now_ms: int) -> int:
+        return max(self._since.get(partition, now_ms), self._resumed)
+
+    def cutoff(self, partition: int, now_ms: int) -> tuple[int, int]:
+        return step_cutoff(now_ms, self.partitions, self._marks.get(partition, {}), self._since_of(partition, now_ms),
+                           self.hold_ms)
+
+    def release_at(self, partition: int, due_ms: int, now_ms: int) -> int:
+        return hold_release_at(due_ms, self.partitions, self._marks.get(partition, {}),
+                               self._since_of(partition, now_ms), self.hold_ms)
 
 
 def refusal_dead_letter(envelope_bytes: bytes, reason: str, command=None, *, command_id: str | None = None,
@@ -398,6 +569,12 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     tick_s = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
     wake = asyncio.Event()  # set when a deadline earlier than the timer loop's wake-up time is indexed
     clock = {"wake_at": 0}  # epoch ms the timer loop sleeps until
+    # the command watermark (docs/workflows.md, "Late commands and the watermark")
+    wm_interval = float(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_S", "0.2"))
+    wm_skew_ms = int(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_SKEW_MS", "100"))
+    book = WatermarkBook(int(float(os.environ.get("INTELBUS_WORKFLOWS_HOLD_S", "30")) * 1000))
+    forwarded: dict[int, tuple[int, int | None]] = {}  # commands partition -> (next offset, the last command's time ms)
+    worker_uid = f"{worker_index}-{uuid.uuid4().hex[:8]}"
 
     async def publish(messages, table: FaustTableState | None = None):
         """Produce (topic, key, value, partition) and the table's pending writes; wait; then write the store."""
@@ -455,8 +632,96 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 key = msg.key or b""
                 if _item_matches(only, key.decode(errors="replace"), msg.value.decode(errors="replace")):
                     out.append((items_t, key or None, msg.value, None))
+                before = forwarded.get(msg.partition, (0, None))[1]
+                forwarded[msg.partition] = (msg.offset + 1, int(msg.timestamp * 1000) if msg.timestamp else before)
+            # `forwarded` is read by the markers' task: no await between here and the produce calls of
+            # publish(), so a marker produced after this line is behind these commands on APP-items
             if out:
                 await publish(out)
+
+    def consumer_offsets(partition: int) -> tuple[int | None, int | None]:
+        """(faust's committed offset, the consumer's position if faust has delivered nothing yet) of a
+        commands partition; None where not known."""
+        from faust.types import TP
+
+        tp = TP(COMMANDS_TOPIC, partition)
+        consumer = app.consumer
+        committed = consumer._committed_offset.get(tp)
+        untouched = None
+        if consumer._read_offset.get(tp) is None:
+            try:
+                from aiokafka import TopicPartition as AioTP
+
+                state = consumer._thread._ensure_consumer()._subscription.subscription.assignment.state_value(
+                    AioTP(COMMANDS_TOPIC, partition))
+                untouched = state.position if state is not None and state.has_valid_position else None
+            except Exception:  # not assigned any more, or the consumer is restarting
+                untouched = None
+        return committed, untouched
+
+    @app.task
+    async def _watermarks():
+        """Every wm_interval: one marker per partition of APP-items, "commands partition p is read through T"
+        for each commands partition this worker owns, produced behind the commands it forwarded."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        admin = AdminClient(settings.kafka_config(JOBS))
+        counts = {}
+        for topic in (COMMANDS_TOPIC, items_t):
+            md = await asyncio.to_thread(admin.list_topics, topic, timeout=15)
+            counts[topic] = len(md.topics[topic].partitions)
+        n_commands, n_items = counts[COMMANDS_TOPIC], counts[items_t]
+        untouched_before: dict[int, int | None] = {}
+        failing = False
+
+        def delivered(err, _msg):
+            if err is not None:
+                log.warning("a watermark marker was not delivered: %s", err)
+
+        while True:
+            await asyncio.sleep(wm_interval)
+            try:
+                owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == COMMANDS_TOPIC)
+            except Exception:
+                continue
+            if not owned or not_ready_because(app) is not None:
+                continue
+            asked_at = int(time.time() * 1000)
+            highs = {}
+            try:
+                futures = admin.list_offsets({TopicPartition(COMMANDS_TOPIC, p): OffsetSpec.latest() for p in owned},
+                                             request_timeout=5)
+                for tp, fut in futures.items():
+                    highs[tp.partition] = (await asyncio.wrap_future(fut)).offset
+                if failing:
+                    log.info("the commands' high watermarks are read again")
+                failing = False
+            except Exception as e:  # the watermark stays at the last command read: steps wait (at most the hold)
+                if not failing:
+                    log.warning("cannot read the high watermarks of %s: %s", COMMANDS_TOPIC, e)
+                failing = True
+            # from here to the produce calls no await: `forwarded` is what has been produced
+            marks = {}
+            for p in owned:
+                next_offset, last_time = forwarded.get(p, (None, None))
+                committed, untouched = consumer_offsets(p)
+                through = read_through(next_offset, committed, untouched, untouched_before.get(p))
+                untouched_before[p] = untouched
+                t = commands_watermark(through, highs.get(p), asked_at, last_time, wm_skew_ms)
+                if t is not None:
+                    marks[p] = t
+            if not marks:
+                continue
+            value = marker_value(worker_uid, n_commands, asked_at, marks)
+            for q in range(n_items):
+                while True:
+                    try:
+                        producer.produce(items_t, key=WATERMARK_KEY, value=value, partition=q,
+                                         headers=[(WATERMARK_HEADER, b"1")], on_delivery=delivered)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
 
     # APP-answers: the earlier-answers index, and the requests' lookups in it
     async def answers_agent(stream):
@@ -512,11 +777,26 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     out = []
                     for event in batch:
                         msg = event.message
+                        if is_marker(msg.headers):  # not a command: no table, no dead letter
+                            observe_marker(msg.partition, msg.value)
+                            continue
                         out += handle_command(msg.partition, msg.key.decode() if msg.key else "", msg.value)
                     await publish(out, items_table)
                 except BaseException:
                     items_table.drain()  # nothing half-written is kept (the worker exits and reads again)
                     raise
+
+    def observe_marker(partition: int, value: bytes) -> None:
+        try:
+            n, marks = decode_marker(value)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s[%d]: a watermark marker that cannot be read: %s", items_t, partition, e)
+            return
+        now_ms = int(time.time() * 1000)
+        if book.observe(partition, n, marks, now_ms):
+            head = index.heads().get(partition)
+            if head is not None and head <= now_ms:
+                wake.set()  # a step held for the commands may be free now
 
     def step(state, key: str, value: bytes) -> tuple[object, list]:
         """One command on the item's state: (state after, messages to publish). Refusals are dead letters."""
@@ -576,12 +856,21 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs):
+        now_ms = int(time.time() * 1000)
+        for tp in assigned:
+            if tp.topic == items_t:
+                book.assign(tp.partition, now_ms)  # no markers read here yet: its steps wait for them (or the hold)
         state["rebuild"] = True
         wake.set()
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender, revoked, **kwargs):
         index.drop_partitions(tp.partition for tp in revoked if tp.topic == items_t)
+        for tp in revoked:
+            if tp.topic == items_t:
+                book.revoke(tp.partition)
+            elif tp.topic == COMMANDS_TOPIC:
+                forwarded.pop(tp.partition, None)
         state["rebuild"] = True
 
     def rebuild() -> None:
@@ -591,6 +880,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         index.clear()
         n = 0
         for p in partitions:
+            book.assign(p, int(time.time() * 1000))
             if hasattr(store, "_db_for_partition"):
                 pairs = store._visible_items(store._db_for_partition(p))
             else:
@@ -613,11 +903,25 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     state["rebuild"] = False
                     rebuild()
                 now_ms = int(time.time() * 1000)
+                # each partition fires up to its command watermark (a command stamped before a step and
+                # not read yet must find it unsent), or by the wall clock after the bounded hold
+                heads = index.heads()
+                cutoffs = {p: book.cutoff(p, now_ms) for p in set(heads) | set(book.assigned())}
+                for p, (_, strict) in cutoffs.items():
+                    WATERMARK_LAG.labels(str(p)).set(max(0.0, (now_ms - strict) / 1000) if strict >= 0 else float("nan"))
                 messages, fired = [], []
                 # bounded work per round: after a downtime thousands are overdue at once; the lock is
                 # released between rounds so that commands are not held up behind all of them
-                for item_id, partition in index.pop_due(now_ms, limit=TIMER_ROUND):
-                    msgs, events = fire_item(item_id, partition, now_ms)
+                for item_id, partition in index.pop_due(now_ms, limit=TIMER_ROUND,
+                                                         cutoffs={p: c for p, (c, _) in cutoffs.items()}):
+                    cutoff, strict = cutoffs[partition]
+                    msgs, events = fire_item(item_id, partition, now_ms, cutoff)
+                    held = [e for e in events if (e.scheduled_at or 0) > strict]
+                    if held:
+                        FIRED_BY_HOLD.inc(len(held))
+                        log.warning("%s on %s fired by the wall clock after the hold: the command watermark of "
+                                    "partition %d is stuck or missing (%s)", ", ".join(e.event_type for e in held),
+                                    item_id, partition, "none yet" if strict < 0 else f"{(now_ms - strict) / 1000:.1f} s behind")
                     messages += msgs
                     fired += events
                     if len(messages) >= 250:  # one produce-and-await per 250 events (not per item; the first go out soon)
@@ -636,7 +940,22 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 return None
             finally:
                 OPEN_ITEMS.set(len(index))
-            return index.next_at()
+            return next_wake(int(time.time() * 1000))
+
+    def next_wake(now_ms: int) -> int | None:
+        """When the timers have something to do: a partition's earliest due time, or for one held for
+        the commands, its hold's end (a marker that frees it wakes the loop sooner)."""
+        wake_at = None
+        for p, head in index.heads().items():
+            cutoff, _ = book.cutoff(p, now_ms)
+            if head > now_ms:
+                at = head
+            elif head <= cutoff:
+                at = now_ms  # due still (a round's limit)
+            else:
+                at = max(now_ms + 1, book.release_at(p, head, now_ms))
+            wake_at = at if wake_at is None else min(wake_at, at)
+        return wake_at
 
     @app.task
     async def _timers():
@@ -663,6 +982,13 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                         pass
                 else:
                     await asyncio.sleep(0)  # due already (it came during the publish): let the agents have a turn
+                overslept = time.time() * 1000 - clock["wake_at"]
+                if overslept > PAUSE_MS:
+                    # the worker was stopped or starved: no marker could be read meanwhile, so the hold
+                    # counts again from now (fresh markers come within a tick or two)
+                    book.resumed(int(time.time() * 1000))
+                    log.info("the timers woke %.1f s late (the worker was paused or starved): the command "
+                             "watermark's hold counts again from now", overslept / 1000)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -670,10 +996,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             logging.shutdown()
             os._exit(70)
 
-    def fire_item(item_id: str, partition: int, now_ms: int) -> tuple[list, list]:
-        """Fire the item's due steps: (messages, events); the new state is put in the table's pending writes."""
+    def fire_item(item_id: str, partition: int, now_ms: int, until_ms: int) -> tuple[list, list]:
+        """Fire the item's steps due by until_ms: (messages, events); the new state is put in the table's pending writes."""
         item = load(partition, item_id)
-        after, events, _ = fire_due(item, now_ms, policy, regions)
+        after, events, _ = fire_due(item, now_ms, policy, regions, until_ms=until_ms)
         if after is None:
             return [], []
         if not events:

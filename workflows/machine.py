@@ -614,13 +614,17 @@ def fire(state, deadline: Deadline, now_ms: int, policy: Policy, regions: Region
     return _finish(state, after, [draft], [], now_ms, f"deadline:{current.key}", mark_applied=False)
 
 
-def fire_due(state, now_ms: int, policy: Policy, regions: RegionTable | None = None):
-    """Fire every step due by now_ms, each once, in time order (a worker back after downtime)."""
+def fire_due(state, now_ms: int, policy: Policy, regions: RegionTable | None = None, *, until_ms: int | None = None):
+    """Fire every step due by now_ms, each once, in time order (a worker back after downtime).
+
+    `until_ms` (at most now_ms): fire only the steps due by then (the stream job's command
+    watermark: a later step waits until every command stamped before it has been applied)."""
     regions = regions or load_regions()
     events: list = []
     effects: list = []
+    until = now_ms if until_ms is None else min(now_ms, until_ms)
     for d in due(state, policy, regions):
-        if d.at > now_ms:
+        if d.at > until:
             break
         state, ev, ef = fire(state, d, now_ms, policy, regions)
         events += ev

@@ -1,0 +1,165 @@
+"""The workflow job's command watermark: a late command must never find its reminder already sent.
+
+Pure decisions with an injected clock (epoch ms as plain ints): what a commands partition is read
+through, what a partition of APP-items may fire up to, and the bounded hold.
+"""
+from __future__ import annotations
+
+from stream_jobs.workflow_job import (
+    DueIndex, WatermarkBook, commands_watermark, decode_marker, hold_release_at, is_marker, marker_value, read_through,
+    step_cutoff,
+)
+from workflows import model as m
+from workflows.machine import apply, fire_due, next_due
+from workflows.policy import Policy
+from workflows.testing import T0, person
+
+SKEW = 100
+HOLD = 30_000
+
+
+# --- what a commands partition is read through ------------------------------------------------
+
+def test_a_caught_up_partition_is_read_through_the_time_of_the_question_less_the_skew():
+    assert commands_watermark(through=42, high=42, asked_at_ms=T0, last_time_ms=T0 - 60_000, skew_ms=SKEW) == T0 - SKEW
+
+
+def test_a_partition_behind_its_high_watermark_is_read_through_its_last_command_only():
+    # the broker has a record the agent has not forwarded: the clock says nothing about it
+    assert commands_watermark(through=41, high=42, asked_at_ms=T0, last_time_ms=T0 - 7000, skew_ms=SKEW) == T0 - 7100
+
+
+def test_without_a_high_watermark_or_a_command_nothing_is_claimed():
+    assert commands_watermark(through=10, high=None, asked_at_ms=T0, last_time_ms=None, skew_ms=SKEW) is None
+    assert commands_watermark(through=None, high=10, asked_at_ms=T0, last_time_ms=None, skew_ms=SKEW) is None
+    # no high watermark (the broker did not answer): the last command's time, not the clock
+    assert commands_watermark(through=10, high=None, asked_at_ms=T0, last_time_ms=T0 - 500, skew_ms=SKEW) == T0 - 600
+
+
+def test_read_through_prefers_what_the_agent_forwarded_then_the_committed_offset():
+    assert read_through(forwarded_next=17, committed=12, untouched_position=None, untouched_position_before=None) == 17
+    assert read_through(forwarded_next=None, committed=12, untouched_position=30, untouched_position_before=30) == 12
+
+
+def test_a_partition_never_read_by_a_new_group_needs_its_position_unchanged_at_two_ticks():
+    # a record just handed out by the consumer is on its way to the agent: one sight is not enough
+    assert read_through(None, None, untouched_position=88, untouched_position_before=None) is None
+    assert read_through(None, None, untouched_position=89, untouched_position_before=88) is None
+    assert read_through(None, None, untouched_position=89, untouched_position_before=89) == 89
+    assert read_through(None, None, untouched_position=None, untouched_position_before=None) is None
+
+
+# --- the marker on the wire ---------------------------------------------------------------------
+
+def test_a_marker_carries_every_owned_partition_and_is_told_from_a_command_by_its_header():
+    value = marker_value("0-ab", 6, T0, {0: T0 - 100, 3: T0 - 7000})
+    assert decode_marker(value) == (6, {0: T0 - 100, 3: T0 - 7000})
+    assert is_marker([("intelbus-watermark", b"1")]) and is_marker({"intelbus-watermark": b"1"})
+    assert not is_marker(None) and not is_marker([]) and not is_marker([("other", b"x")])
+
+
+# --- what a partition of APP-items may fire up to ---------------------------------------------
+
+def test_a_step_fires_only_up_to_the_slowest_commands_partition():
+    marks = {0: (T0 - 200, T0), 1: (T0 - 5000, T0), 2: (T0 - 150, T0)}
+    cutoff, strict = step_cutoff(T0, 3, marks, waiting_since_ms=T0 - 1000, hold_ms=HOLD)
+    assert cutoff == strict == T0 - 5000
+
+
+def test_the_wall_clock_bounds_the_cutoff_even_with_watermarks_ahead_of_it():
+    marks = {0: (T0 + 500, T0), 1: (T0 + 900, T0)}
+    assert step_cutoff(T0, 2, marks, T0 - 1000, HOLD) == (T0, T0)
+
+
+def test_a_commands_partition_without_a_marker_holds_every_step():
+    marks = {0: (T0 - 100, T0)}  # partition 1 never marked: a new worker, its owner not started
+    assert step_cutoff(T0, 2, marks, waiting_since_ms=T0 - 1000, hold_ms=HOLD) == (-1, -1)
+
+
+def test_a_new_worker_with_no_marker_holds_until_the_hold_limit_then_fires_by_the_clock():
+    since = T0
+    assert step_cutoff(T0 + 29_999, None, {}, since, HOLD) == (-1, -1)
+    cutoff, strict = step_cutoff(T0 + 30_000, None, {}, since, HOLD)
+    assert cutoff == T0 + 30_000 and strict == -1  # fired by the hold: counted (due > strict)
+    assert hold_release_at(T0 + 5000, None, {}, since, HOLD) == T0 + 30_000
+
+
+def test_a_stuck_commands_partition_is_left_out_after_the_hold_the_others_still_bound():
+    marks = {0: (T0 - 40_000, T0 - 31_000), 1: (T0 - 300, T0 - 100)}  # 0 has not advanced for 31 s
+    cutoff, strict = step_cutoff(T0, 2, marks, waiting_since_ms=T0 - 60_000, hold_ms=HOLD)
+    assert cutoff == T0 - 300 and strict == T0 - 40_000
+    # a step at T0 - 10 s waits for partition 0, which the hold lets go 30 s after it last moved
+    assert hold_release_at(T0 - 10_000, 2, marks, T0 - 60_000, HOLD) == T0 - 1000
+
+
+# --- the book: markers, rebalances, restarts, pauses --------------------------------------------
+
+def test_a_marker_past_the_deadline_frees_the_step_and_an_older_claim_never_takes_it_back():
+    book = WatermarkBook(HOLD)
+    book.assign(4, T0)
+    deadline = T0 + 12_000
+    assert book.observe(4, 2, {0: T0 + 11_000, 1: T0 + 11_500}, T0 + 11_600)
+    assert book.cutoff(4, T0 + 12_500)[0] < deadline  # the commands are read through 11 s only: held
+    assert book.observe(4, 2, {0: T0 + 12_400}, T0 + 12_500)
+    assert book.cutoff(4, T0 + 12_500)[0] < deadline  # partition 1 still at 11.5 s
+    assert book.observe(4, 2, {1: T0 + 12_400}, T0 + 12_500)
+    assert book.cutoff(4, T0 + 12_500) == (T0 + 12_400, T0 + 12_400)
+    # a new owner of partition 1, behind the old one after a rebalance: its lower claim is true but
+    # the old one was true too (everything it covered is before it on this partition)
+    assert not book.observe(4, 2, {1: T0 + 9000}, T0 + 12_600)
+    assert book.cutoff(4, T0 + 12_600)[1] == T0 + 12_400
+
+
+def test_markers_are_per_partition_of_items_and_a_revoked_one_waits_again_when_it_comes_back():
+    book = WatermarkBook(HOLD)
+    book.assign(0, T0)
+    book.assign(1, T0)
+    book.observe(0, 1, {0: T0 + 900}, T0 + 1000)
+    assert book.cutoff(0, T0 + 1000)[0] == T0 + 900
+    assert book.cutoff(1, T0 + 1000)[0] == -1  # no marker read on partition 1 yet
+    book.revoke(0)
+    book.assign(0, T0 + 2000)
+    assert book.cutoff(0, T0 + 2000) == (-1, -1)  # markers are not state: fresh ones are needed
+    assert book.cutoff(0, T0 + 2000 + HOLD)[0] == T0 + 2000 + HOLD  # or the hold
+
+
+def test_a_paused_worker_does_not_fire_by_the_hold_when_it_resumes():
+    book = WatermarkBook(HOLD)
+    book.assign(0, T0)
+    book.observe(0, 1, {0: T0 - 100}, T0)
+    later = T0 + 45_000  # SIGSTOPped for 45 s: nothing advanced, and nothing could
+    assert book.cutoff(0, later)[0] == later  # without knowing of the pause, the hold would let it fire
+    book.resumed(later)
+    assert book.cutoff(0, later) == (T0 - 100, T0 - 100)
+    assert book.release_at(0, T0 + 1000, later) == later + HOLD
+
+
+# --- the due index fires each partition up to its own cutoff ------------------------------------
+
+def test_the_due_index_fires_each_partition_up_to_its_cutoff_in_time_order():
+    ix = DueIndex()
+    ix.set("a", 0, 100)
+    ix.set("b", 1, 150)
+    ix.set("c", 0, 200)
+    ix.set("d", 1, 250)
+    assert ix.pop_due(1000, cutoffs={0: 120, 1: 1000}) == [("a", 0), ("b", 1), ("d", 1)]
+    assert ix.heads() == {0: 200} and ix.next_at() == 200
+    assert ix.pop_due(1000, cutoffs={0: 199}) == []
+    assert ix.pop_due(1000, cutoffs={0: 200}) == [("c", 0)] and len(ix) == 0
+
+
+# --- the machine fires only up to the cutoff ----------------------------------------------------
+
+def test_fire_due_until_fires_the_reminder_and_leaves_the_escalation_for_later():
+    policy = Policy().with_seconds(request_ROUTINE_accept_s=10, request_ROUTINE_answer_s=600,
+                                   request_ROUTINE_act_s=1200, escalation_step_s=5)
+    send = m.SendRequest("c1", "R-1", person("120000"), ("130822/CRIMINAL_INVESTIGATION",), "ROUTINE", (), "where?")
+    item, _, _ = apply(None, send, T0, policy)
+    reminder_at = next_due(item, policy)
+    now = reminder_at + 7000  # the reminder and the first escalation are both past
+    after, events, _ = fire_due(item, now, policy, until_ms=reminder_at + 4000)
+    assert [e.event_type for e in events] == ["REMINDED"]
+    assert all(e.at == now for e in events)  # fired now, scheduled at its own time
+    assert next_due(after, policy) == reminder_at + 5000
+    _, events, _ = fire_due(after, now, policy)
+    assert [e.event_type for e in events] == ["ESCALATED"]
