@@ -103,12 +103,29 @@ def _check_regions(regions) -> list[str]:
 
 
 class KeyStore(ChangeLog):
-    """Create, rotate, revoke and list signing keys; the verifier's keyring."""
+    """Create, rotate, revoke and list signing keys; the verifier's keyring.
+
+    `read_only=True` (verifying, reading) opens an existing file with SQLite's `mode=ro` and touches
+    neither the file nor its directory, so a read-only mount or a file the process may only read
+    serves; a change through such a store is refused (KeyStoreError).
+    """
 
     SUBJECT = "key_id"
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise KeyStoreError(f"no key store at {self.path} (`intelbus keys create` makes it)")
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10,
+                                      check_same_thread=False)
+            if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'signing_keys'").fetchone():
+                # a file `intelbus keys` has just made and not yet given its tables: no keys yet
+                self.db.close()
+                self.db = sqlite3.connect(":memory:", check_same_thread=False)
+                self.db.executescript(_SCHEMA)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
         new = not self.path.exists()
@@ -157,6 +174,7 @@ class KeyStore(ChangeLog):
 
     def create(self, system: str, regions, *, actor: str | None = None) -> SigningKey:
         """The first key of a system, allowed to publish for `regions` ('*': every region)."""
+        self._writable("create")
         _check_system(system)
         regions = _check_regions(regions)
         if self.active(system):
@@ -165,6 +183,7 @@ class KeyStore(ChangeLog):
 
     def rotate(self, system: str, *, actor: str | None = None) -> SigningKey:
         """A new key for the system with its newest key's regions; the old keys stay active (revoke them later)."""
+        self._writable("rotate")
         row = self.db.execute("SELECT regions FROM signing_keys WHERE system = ? ORDER BY created_ms DESC, key_id DESC "
                               "LIMIT 1", (system,)).fetchone()
         if row is None:
@@ -172,6 +191,7 @@ class KeyStore(ChangeLog):
         return self._insert(system, json.loads(row[0]), actor=actor, action="rotate")
 
     def revoke(self, key_id: str, *, actor: str | None = None) -> SigningKey:
+        self._writable("revoke")
         key = self.get(key_id)
         if key.state == REVOKED:
             raise KeyStoreError(f"key {key_id} is revoked already")
@@ -180,6 +200,15 @@ class KeyStore(ChangeLog):
         self._record(actor, "revoke", key_id, {"system": key.system, "still_active": [k.key_id for k in self.active(key.system)
                                                                                     if k.key_id != key_id]})
         return self.get(key_id)
+
+    def mark_sent(self, seqs) -> None:
+        self._writable("mark changes sent")
+        super().mark_sent(seqs)
+
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise KeyStoreError(f"cannot {action}: the key store {self.path} is open read-only (for verifying); "
+                                "`intelbus keys` changes it where it is writable")
 
     def _insert(self, system: str, regions: list[str], *, actor: str | None, action: str) -> SigningKey:
         n = 1 + max((_serial(k, system) for (k,) in

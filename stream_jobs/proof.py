@@ -42,7 +42,7 @@ class KeyringSource:
     def _load(self) -> Keyring:
         from identity.keys import KeyStore
 
-        with KeyStore(self.path) as store:
+        with KeyStore(self.path, read_only=True) as store:  # a read-only mount serves
             return store.keyring()
 
 

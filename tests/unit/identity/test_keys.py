@@ -145,3 +145,72 @@ def test_the_cli_never_prints_a_secret(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.splitlines() == ["intelbus keys revoke: key xl-ztry-1 is revoked already",
                                 "intelbus keys export: key xl-ztry-1 is revoked: a revoked key is not handed out"]
+
+
+def _without_write_access(fn) -> str:
+    """repr(fn()) or the exception it raised, computed where the files' modes bind: as root (which writes
+    whatever the modes say) in a forked child that became `nobody`; as anyone else in this process."""
+    if os.geteuid() != 0:
+        try:
+            return repr(fn())
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no imports from here on (nobody may not read the interpreter's files)
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = repr(fn())
+        except BaseException as exc:
+            out = f"{type(exc).__name__}: {exc}"
+        os.write(write, out.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_verifying_opens_the_store_read_only_so_a_read_only_file_and_directory_serve():
+    import shutil
+    import sqlite3
+    import tempfile
+
+    from stream_jobs.proof import KeyringSource
+
+    top = tempfile.mkdtemp(prefix="intelbus-ro-keys-")  # not tmp_path: `nobody` must reach it
+    folder = os.path.join(top, "identity")
+    path = os.path.join(folder, "keys.db")
+    try:
+        with KeyStore(path) as s:
+            key = s.create("xl-ztry", ["130822"], actor="op")
+        os.chmod(top, 0o755)
+        os.chmod(path, 0o444)
+        os.chmod(folder, 0o555)
+        value = b"\x00\x00\x00\x00\x01avro"
+
+        def check():
+            return verify(value, sign_headers(value, key), KeyringSource(path).current(), "130822", IS_WITHIN)
+
+        assert _without_write_access(check) == repr(key.key_id)
+        assert (mode(path), mode(folder)) == (0o444, 0o555)  # nothing made writable to read it
+
+        with KeyStore(path, read_only=True) as ro:
+            with pytest.raises(KeyStoreError, match=r"cannot revoke: the key store .* is open read-only"):
+                ro.revoke(key.key_id)
+            with pytest.raises(KeyStoreError, match="read-only"):
+                ro.rotate("xl-ztry")
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):  # SQLite refuses too, even root
+                ro.db.execute("UPDATE signing_keys SET state = 'revoked'")
+            assert [k.key_id for k in ro.active("xl-ztry")] == [key.key_id]
+        with pytest.raises(KeyStoreError, match="no key store at"):
+            KeyStore(os.path.join(folder, "missing.db"), read_only=True)
+    finally:
+        for p in (folder, path):
+            if os.path.exists(p):
+                os.chmod(p, 0o700)
+        shutil.rmtree(top)
