@@ -260,3 +260,16 @@ def own_gateway(stack, settings, tmp_path_factory):
     gw = GatewayProcess(settings, port, tmp_path_factory.mktemp("gateway") / "gateway.log").start()
     yield gw
     gw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, one per test module (tests/integration/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.browser import launch
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

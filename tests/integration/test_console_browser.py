@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
+from tests.integration.browser import add_console_people, log_in, open_console
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("INTELBUS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SCREENSHOTS = os.environ.get("INTELBUS_SCREENSHOTS") == "1"
 CST = timezone(timedelta(hours=8))
@@ -52,17 +51,6 @@ def admin_ch(settings, sql):
 def screenshot(page, name):
     if SCREENSHOTS:
         page.screenshot(path=str(DOCS / name))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM}: `apt-get install chromium` (`intelbus install` does it)")
-    with sync_playwright() as p:
-        # the system's browser: Playwright's own download is not needed (nor possible offline)
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
-        yield b
-        b.close()
 
 
 class Story:
@@ -115,44 +103,8 @@ CONSOLE_PEOPLE = [  # (name, region, branch, roles): this module's own, so no ot
 
 @pytest.fixture(scope="module")
 def console_people(stack, settings):
-    """The console's test principals in the stack's store, with fresh passwords (`console_people.passwords[name]`)."""
-    import secrets
-    from types import SimpleNamespace
-
-    from identity.store import PrincipalStore, store_path
-
-    store = PrincipalStore(store_path(settings))
-    passwords = {}
-    try:
-        for name, region, branch, roles in CONSOLE_PEOPLE:
-            passwords[name] = secrets.token_urlsafe(16)
-            if store.find(name) is None:
-                store.add(actor="pytest", name=name, kind="person", region=region, branch=branch, roles=roles,
-                          clearance="INTERNAL", password=passwords[name])
-            else:
-                store.set_disabled(actor="pytest", name=name, disabled=False)
-                store.reset_password(actor="pytest", name=name, password=passwords[name])
-    finally:
-        store.close()
-    return SimpleNamespace(passwords=passwords)
-
-
-def open_console(browser, gateway, console_people, name, path="/"):
-    """A browser of its own (a context) for `name`, logged in through the login page, on `path`."""
-    # the browser's clock in UTC: the console shows China Standard Time whatever the machine's zone
-    context = browser.new_context(viewport={"width": 1500, "height": 1000}, locale="zh-CN", timezone_id="UTC",
-                                  accept_downloads=True)
-    page = context.new_page()
-    page.on("console", lambda m: print(f"[{name} console] {m.type}: {m.text}"))
-    page.on("pageerror", lambda e: print(f"[{name} page error] {e}"))
-    page.goto(gateway.url + path)
-    expect(page).to_have_url(re.compile(r"/login\?next="))
-    page.get_by_label("用户名 Name").fill(name)
-    page.get_by_label("密码 Password").fill(console_people.passwords[name])
-    page.get_by_role("button", name="登录 Log in").click()
-    expect(page).to_have_url(gateway.url + path)
-    expect(page.locator("#me-name")).to_contain_text(name)
-    return page
+    """The console's test principals in the stack's store, with fresh passwords ({name: password})."""
+    return add_console_people(settings, CONSOLE_PEOPLE)
 
 
 def card(page, ref):
@@ -168,14 +120,11 @@ def test_a_browser_without_a_session_is_sent_to_the_login_page(browser, own_gate
             expect(page).to_have_url(f"{own_gateway.url}/login?next={path}")
             expect(page.get_by_role("button", name="登录 Log in")).to_be_visible()
         # attempt: a wrong password stays on the login page, saying so in Chinese and English
-        page.get_by_label("用户名 Name").fill("t-web-tj-cc")
-        page.get_by_label("密码 Password").fill("not the password at all")
-        page.get_by_role("button", name="登录 Log in").click()
+        log_in(page, "t-web-tj-cc", "not the password at all")
         expect(page.locator("#login-error")).to_have_text("用户名或密码错误 · Wrong name or password")
         expect(page).to_have_url(re.compile(r"/login"))
         # control: the right one opens the page it was sent from; logging out sends it back to the login page
-        page.get_by_label("密码 Password").fill(console_people.passwords["t-web-tj-cc"])
-        page.get_by_role("button", name="登录 Log in").click()
+        log_in(page, "t-web-tj-cc", console_people["t-web-tj-cc"])
         expect(page).to_have_url(f"{own_gateway.url}/analyst")
         page.get_by_role("button", name="退出 Log out").click()
         expect(page).to_have_url(re.compile(r"/login"))

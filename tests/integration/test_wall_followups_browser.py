@@ -11,42 +11,25 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.integration.test_console_browser import browser, open_console  # noqa: F401 (fixture)
+from tests.integration.browser import add_console_people, open_console
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PEOPLE = [("t-fu-tj-cc", "120000"), ("t-fu-js-cc", "320000"), ("t-fu-hb-cc", "130000")]
+PEOPLE = [(name, region, "COMMAND_CENTER", ["command_center"])  # this module's own (browser.add_console_people)
+          for name, region in [("t-fu-tj-cc", "120000"), ("t-fu-js-cc", "320000"), ("t-fu-hb-cc", "130000")]]
 
 
 @pytest.fixture(scope="module")
-def people(stack, settings):
-    import secrets
-    from types import SimpleNamespace
-
-    from identity.store import PrincipalStore, store_path
-
-    store = PrincipalStore(store_path(settings))
-    passwords = {}
-    try:
-        for name, region in PEOPLE:
-            passwords[name] = secrets.token_urlsafe(16)
-            if store.find(name) is None:
-                store.add(actor="pytest", name=name, kind="person", region=region, branch="COMMAND_CENTER",
-                          roles=["command_center"], clearance="INTERNAL", password=passwords[name])
-            else:
-                store.set_disabled(actor="pytest", name=name, disabled=False)
-                store.reset_password(actor="pytest", name=name, password=passwords[name])
-    finally:
-        store.close()
-    return SimpleNamespace(passwords=passwords)
+def console_people(stack, settings):
+    return add_console_people(settings, PEOPLE)
 
 
 def test_a_request_to_tianjin_shows_in_its_wall_s_follow_ups_with_a_countdown_and_not_on_jiangsu_s(
-        browser, own_gateway, people, settings):  # noqa: F811
+        browser, own_gateway, console_people, settings):
     from tests.integration.conftest import TopicReader
 
-    tianjin = open_console(browser, own_gateway, people, "t-fu-tj-cc")
-    jiangsu = open_console(browser, own_gateway, people, "t-fu-js-cc")
+    tianjin = open_console(browser, own_gateway, console_people, "t-fu-tj-cc")
+    jiangsu = open_console(browser, own_gateway, console_people, "t-fu-js-cc")
     bus = TopicReader(settings, "intel.workflow")
     try:
         for page in (tianjin, jiangsu):
@@ -54,7 +37,7 @@ def test_a_request_to_tianjin_shows_in_its_wall_s_follow_ups_with_a_countdown_an
             # streaming (a heartbeat: the gateway's hub has its buffer and the wall has caught up)
             expect(page.locator("#conn")).to_have_attribute("data-heartbeats", re.compile(r"\d"), timeout=60_000)
         login = httpx.post(f"{own_gateway.url}/api/v1/login", timeout=30,
-                           json={"name": "t-fu-hb-cc", "password": people.passwords["t-fu-hb-cc"]})
+                           json={"name": "t-fu-hb-cc", "password": console_people["t-fu-hb-cc"]})
         question = f"请核查该人员是否在津 {uuid.uuid4().hex[:6]}"
         r = httpx.post(f"{own_gateway.url}/api/v1/requests", timeout=30,
                        headers={"Authorization": f"Bearer {login.json()['token']}"},
