@@ -207,13 +207,16 @@ class WorkflowVerdict:
     lost: list[dict] = field(default_factory=list)             # a person's action the history does not hold
     scorecard_rows: int = 0                                    # agencies in the truth's scorecard
     scorecard_diffs: list[dict] = field(default_factory=list)  # an agency's column that differs
+    scorecard_sql: str = ""                                    # where the named query ran, over what
+    scorecard_sql_rows: int = 0                                # agencies in its result
+    scorecard_sql_error: str = ""                              # why it could not run
     tolerance_s: float = 0.0                                   # for the response times (the plan's margin)
     max_displacement_ms: int = 0                               # the largest |stored - planned| of an action
 
     @property
     def exact(self) -> bool:
         return not (self.unplayed or self.unseen or self.missing or self.extra or self.wrong or self.twice
-                    or self.off_plan or self.lost or self.scorecard_diffs)
+                    or self.off_plan or self.lost or self.scorecard_diffs or self.scorecard_sql_error)
 
     def summary(self) -> dict:
         return {"mode": "workflow", "items": self.items, "expected_steps": self.expected_steps,
@@ -222,6 +225,9 @@ class WorkflowVerdict:
                 "unseen": len(self.unseen), "off_plan": len(self.off_plan), "lost": len(self.lost),
                 "times": "exact (relative to the item's SENT/ISSUED event)",
                 "scorecard_rows": self.scorecard_rows, "scorecard_diffs": len(self.scorecard_diffs),
+                "scorecard_sql": self.scorecard_sql_error and f"not run: {self.scorecard_sql_error}" or self.scorecard_sql,
+                "scorecard_sql_rows": self.scorecard_sql_rows,
+                "scorecard_sql_diffs": sum(d.get("source") == "named query" for d in self.scorecard_diffs),
                 "scorecard": f"counts and shares exact; response median and p90 within {self.tolerance_s:g} s "
                              f"(the larger of the plan's margin and the largest distance of a stored action from "
                              f"its plan, {self.max_displacement_ms / 1000:g} s here: an order statistic moves no "
@@ -231,6 +237,8 @@ class WorkflowVerdict:
     def lines(self) -> list[str]:
         """What differs, one line each, by item."""
         out = [f"unplayed: {r}" for r in self.unplayed] + [f"not in the history: {i}" for i in self.unseen]
+        if self.scorecard_sql_error:
+            out.append(f"scorecard (named query): could not run: {self.scorecard_sql_error}")
         for label, rows in (("missing", self.missing), ("extra", self.extra), ("wrong", self.wrong),
                             ("twice", self.twice), ("action off its plan (the truth does not hold for it)", self.off_plan),
                             ("action not in the history", self.lost), ("scorecard", self.scorecard_diffs)):
@@ -257,18 +265,22 @@ def compare_workflow(items: list[dict], steps: list[dict], rows: list[dict]) -> 
     v.unplayed = sorted(ref for ref, iid in ids.items() if not iid)
     anchor: dict[str, int] = {}
     for r in rows:
-        if r["event_type"] in ("SENT", "ISSUED"):
+        if r["event_type"] in ("SENT", "ISSUED", "OPENED"):
             anchor[r["item_id"]] = int(r["at_ms"])
     v.unseen = sorted(iid for iid in ids.values() if iid and iid not in anchor)
     ref_of = {iid: ref for ref, iid in ids.items() if iid}
     expected = {}
     for s in steps:
         iid = s.get("item_id") or ids.get(s["ref"])
-        expected[(iid, s["deadline"], int(s["level"]))] = {**s, "item_id": iid}
+        expected[(iid, s["deadline"], int(s["level"]), int(s.get("occurrence") or 0))] = {**s, "item_id": iid}
     found: dict[tuple, list[dict]] = {}
+    occurrence = _occurrences(rows)
     for r in rows:
         if r["event_type"] in STEP_EVENTS and r["item_id"] in ref_of:
-            found.setdefault((r["item_id"], r["deadline"], int(r["level"])), []).append(r)
+            found.setdefault((r["item_id"], r["deadline"], int(r["level"]), occurrence[id(r)]), []).append(r)
+    by_item: dict[str, list[dict]] = {}
+    for r in rows:
+        by_item.setdefault(r["item_id"], []).append(r)
     v.found_steps = sum(len(x) for x in found.values())
     for key, want in expected.items():
         got = found.get(key)
@@ -296,6 +308,13 @@ def compare_workflow(items: list[dict], steps: list[dict], rows: list[dict]) -> 
             if want.get("due_at_ms") is not None:
                 if int(g["due_ms"]) != int(want["due_at_ms"]):
                     problems.append(f"due at {g['due_ms']}, not {want['due_at_ms']}")
+            elif want.get("set_by") not in (None, "OPENED"):
+                setter = set_at(by_item.get(key[0], []), want["set_by"], int(g["due_ms"]))
+                if setter is None:
+                    problems.append(f"no stored {want['set_by']} that set its deadline")
+                elif int(g["due_ms"]) - setter != int(want["window_ms"]):
+                    problems.append(f"due {int(g['due_ms']) - setter} ms after its {want['set_by']}, "
+                                    f"not {want['window_ms']}")
             elif base is not None and int(g["due_ms"]) - base != int(want["due_after_ms"]):
                 problems.append(f"due {int(g['due_ms']) - base} ms after sending, not {want['due_after_ms']}")
         if problems:
@@ -306,11 +325,49 @@ def compare_workflow(items: list[dict], steps: list[dict], rows: list[dict]) -> 
             g = got[0]
             extra = {"item_id": key[0], "ref": ref_of.get(key[0]), "deadline": key[1], "level": key[2],
                      "event_type": g["event_type"], "to": list(g["to"]), "event_ids": [x["event_id"] for x in got]}
+            if key[3]:
+                extra["occurrence"] = key[3]
             late = _applied_after(g, [r for r in rows if r["item_id"] == key[0]])
             if late:
                 extra["why"] = late
             v.extra.append(extra)
     return v
+
+
+MOVABLE = ("confirm",)  # the only deadline whose due time moves (DETAINED, NEED_TIME); others keep theirs
+
+
+def _occurrences(rows: list[dict]) -> dict[int, int]:
+    """id(row) -> which due time of its deadline a step row belongs to (0, 1, ... by due time): a hit's
+    confirmation deadline moved by DETAINED or NEED_TIME fires the steps of each due time under one name.
+    The steps of an earlier due time fire before what moved it, and the later one lies after that, so
+    the due times of fired steps are in the order they were set."""
+    dues: dict[tuple, set] = {}
+    for r in rows:
+        if r["event_type"] in STEP_EVENTS and r.get("due_ms") is not None and r["deadline"] in MOVABLE:
+            dues.setdefault((r["item_id"], r["deadline"]), set()).add(int(r["due_ms"]))
+    rank = {k: {d: n for n, d in enumerate(sorted(v))} for k, v in dues.items()}
+    return {id(r): rank.get((r["item_id"], r["deadline"]), {}).get(int(r["due_ms"]) if r.get("due_ms") is not None
+                                                                     else -1, 0) for r in rows}
+
+
+def set_at(item_rows: list[dict], set_by: str, due_ms: int | None = None) -> int | None:
+    """When what set a hit's deadline was stored: a DETAINED report or a NEED_TIME carrying that due time
+    (their events carry it), or for the stale-listing reminder the later of the first CONFIRMED and the
+    first DETAINED report."""
+    def first(pred):
+        return min((int(r["at_ms"]) for r in item_rows if pred(r)), default=None)
+
+    if set_by == "STALE":
+        confirmed = first(lambda r: r["event_type"] == "CONFIRMED")
+        detained = first(lambda r: r["event_type"] == "ACTION_REPORTED" and r.get("code") == "DETAINED")
+        return None if confirmed is None or detained is None else max(confirmed, detained)
+    if set_by == "DETAINED":
+        return first(lambda r: r["event_type"] == "ACTION_REPORTED" and r.get("code") == "DETAINED"
+                     and (due_ms is None or r.get("due_ms") == due_ms))
+    if set_by == "NEED_TIME":
+        return first(lambda r: r["event_type"] == "NEED_TIME" and (due_ms is None or r.get("due_ms") == due_ms))
+    return first(lambda r: r["event_type"] in ("SENT", "ISSUED", "OPENED"))
 
 
 def _applied_after(step: dict, item_rows: list[dict]) -> str | None:
@@ -332,7 +389,9 @@ _ENDING = ("ACCEPTED", "ANSWERED", "REFUSED", "CLOSED", "ACKNOWLEDGED", "DONE", 
 
 
 ACTION_EVENTS = {"accept": ("ACCEPTED",), "answer": ("ANSWERED",), "refuse": ("REFUSED",), "close": ("CLOSED",),
-                 "ack": ("ACKNOWLEDGED",), "report": ("DONE", "CANNOT")}
+                 "act": ("ACTED",), "ack": ("ACKNOWLEDGED",), "report": ("DONE", "CANNOT")}
+HIT_ACTION_EVENTS = {"report": ("ACTION_REPORTED",), "need_time": ("NEED_TIME",), "confirm": ("CONFIRMED", "NOT_VALID"),
+                     "arrest": ("LISTING_CLOSED",)}
 
 
 def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], anchor: dict[str, int]) -> None:
@@ -348,11 +407,14 @@ def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], ancho
         if not iid or iid not in anchor:
             continue
         evs = by_item.get(iid, [])
-        issued = next((r for r in evs if r["event_type"] in ("SENT", "ISSUED")), None)
+        issued = next((r for r in evs if r["event_type"] in ("SENT", "ISSUED", "OPENED")), None)
+        kinds = HIT_ACTION_EVENTS if it["item_kind"] == "HIT_FOLLOW_UP" else ACTION_EVENTS
         for a in it.get("actions", []):
+            if a["verb"] not in kinds:
+                continue  # a hit's sighting: its follow-up's opening is the anchor
             region = a["agency"].split("/", 1)[0]
             party = a["agency"] if it["item_kind"] == "ASSISTANCE_REQUEST" else region
-            got = [r for r in evs if r["event_type"] in ACTION_EVENTS[a["verb"]]
+            got = [r for r in evs if r["event_type"] in kinds[a["verb"]]
                    and (a["verb"] == "close" or (r.get("party") or "") == party)]
             if not got:
                 v.lost.append({"item_id": iid, "ref": it["ref"], "verb": a["verb"], "agency": a["agency"]})
@@ -364,6 +426,11 @@ def check_actions(v: WorkflowVerdict, items: list[dict], rows: list[dict], ancho
                 due_actual = d["due_after_ms"]
                 if d["name"].startswith("due:") and issued is not None and issued.get("due_ms") is not None:
                     due_actual = int(issued["due_ms"]) - anchor[iid]
+                elif d.get("set_by") not in (None, "OPENED"):
+                    setter = set_at(evs, d["set_by"])
+                    if setter is None:
+                        continue  # what set it is not stored: listed as lost, or the step as wrong
+                    due_actual = setter - anchor[iid] + int(d["window_ms"])
                 for k in range(d["levels"] + 1):
                     b_plan, b_real = d["due_after_ms"] + k * d["step_ms"], due_actual + k * d["step_ms"]
                     if (planned < b_plan) != (actual < b_real):
@@ -382,12 +449,27 @@ def compare_scorecard(v: WorkflowVerdict, expected: list[dict], rows: list[dict]
     v.scorecard_rows, v.tolerance_s = len(expected), tolerance_s
     if not expected:
         return
-    got = {r["agency"]: r for r in scorecard(rows, start_ms=int(period[0]), end_ms=int(period[1]))}
+    _compare_rows(v, expected, scorecard(rows, start_ms=int(period[0]), end_ms=int(period[1])), tolerance_s,
+                  "workflows.scorecard")
+
+
+def compare_sql_scorecard(v: WorkflowVerdict, expected: list[dict], sql_rows: list[dict], tolerance_s: float,
+                          where: str) -> None:
+    """The named query's rows (sinks/queries/scorecard.sql, run over the run's events) against the truth's,
+    row by row and column by column as compare_scorecard does; a difference names the agency, the column
+    and `"source": "named query"`."""
+    v.scorecard_sql, v.scorecard_sql_rows = where, len(sql_rows)
+    _compare_rows(v, expected, sql_rows, tolerance_s, "named query")
+
+
+def _compare_rows(v: WorkflowVerdict, expected: list[dict], got_rows: list[dict], tolerance_s: float, source: str):
+    got = {r["agency"]: r for r in got_rows}
     want = {r["agency"]: r for r in expected}
     for agency in sorted(set(got) | set(want)):
         g, w = got.get(agency), want.get(agency)
         if g is None or w is None:
-            v.scorecard_diffs.append({"agency": agency, "problem": "not in the bus's scorecard" if g is None
+            v.scorecard_diffs.append({"agency": agency, "source": source,
+                                      "problem": "not in the bus's scorecard" if g is None
                                       else "not in the truth's scorecard"})
             continue
         for col, expected_value in w.items():
@@ -395,12 +477,54 @@ def compare_scorecard(v: WorkflowVerdict, expected: list[dict], rows: list[dict]
             if col in APPROXIMATE and value is not None and expected_value is not None:
                 if abs(float(value) - float(expected_value)) <= tolerance_s:
                     continue
-            elif isinstance(expected_value, float) and isinstance(value, float):
+            elif isinstance(expected_value, float) and isinstance(value, (int, float)) and value is not None:
                 if abs(value - expected_value) < 1e-9:
                     continue
             elif value == expected_value:
                 continue
-            v.scorecard_diffs.append({"agency": agency, "column": col, "truth": expected_value, "bus": value})
+            v.scorecard_diffs.append({"agency": agency, "column": col, "truth": expected_value, "bus": value,
+                                      "source": source})
+
+
+def named_scorecard(ex, database: str, period, item_ids: list[str], *, events: list[dict] | None = None) -> list[dict]:
+    """sinks/queries/scorecard.sql (as the gateway runs it, unscoped, by agency) over exactly the run's
+    events, on the server `ex` talks to: they are copied into a scratch database of their own (from
+    `database`.workflow_events, or `events`, decoded intel.workflow records, when a workflow job wrote
+    them to a topic the sink does not read), the query runs there, and the database is dropped. The
+    stack's history holds everyone's items in the same period; the scratch copy holds the run's alone.
+    ClickHouse 18.16 and chDB."""
+    from datetime import datetime, timezone
+
+    from gateway.history import UNSCOPED, in_database
+    from sinks.engine import sql_literal
+    from sinks.queries import load_queries
+    from sinks.rows import WORKFLOW_COLUMNS as SINK_COLUMNS, workflow_row
+    from workflows.scorecard import COLUMNS
+
+    def utc(ms):
+        return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+    scratch = f"verify_{uuid.uuid4().hex[:12]}"
+    ex.execute(f"CREATE DATABASE {scratch}")
+    try:
+        ex.execute(f"CREATE TABLE {scratch}.workflow_events AS {database}.workflow_events")
+        if events is not None:
+            rows = [workflow_row(e, topic="verify", partition=0, offset=n, ingested_ms=0) for n, e in enumerate(events)]
+            saved, ex.database = ex.database, scratch
+            try:
+                for n in range(0, len(rows), 1000):
+                    ex.insert("workflow_events", SINK_COLUMNS, rows[n:n + 1000])
+            finally:
+                ex.database = saved
+        elif item_ids:
+            ex.execute(f"INSERT INTO {scratch}.workflow_events SELECT * FROM {database}.workflow_events "
+                       f"WHERE item_id IN ({', '.join(sql_literal(i) for i in item_ids)})")
+        sql = load_queries()["scorecard"].render({"from": utc(period[0]), "to": utc(period[1]), "by": "region,branch"},
+                                                 UNSCOPED)
+        _cols, raw = ex.query(in_database(sql, scratch))
+        return [dict(zip(COLUMNS, r)) for r in raw]
+    finally:
+        ex.execute(f"DROP DATABASE IF EXISTS {scratch}")
 
 
 def workflow_rows_sql(database: str, item_ids: list[str]) -> str:
@@ -454,8 +578,10 @@ def avro_row(e: dict) -> dict:
             "code": e.get("code") or ""}
 
 
-def topic_workflow_rows(settings, topic: str, item_ids: list[str], *, idle_seconds: float = 3.0) -> list[dict]:
-    """The events of these items on a workflow topic (intel.workflow's Avro), one per event id."""
+def topic_workflow_rows(settings, topic: str, item_ids: list[str], *, idle_seconds: float = 3.0,
+                        decoded: list | None = None) -> list[dict]:
+    """The events of these items on a workflow topic (intel.workflow's Avro), one per event id
+    (`decoded`, when given, receives each decoded record too)."""
     from schemas.wire import SchemaCodec
 
     codec = SchemaCodec(url=settings.registry_url)
@@ -463,10 +589,13 @@ def topic_workflow_rows(settings, topic: str, item_ids: list[str], *, idle_secon
     for msg in read_topic(settings, [topic], idle_seconds=idle_seconds):
         if (msg.key() or b"").decode(errors="replace") not in wanted:
             continue
-        row = avro_row(codec.decode(msg.value()))
+        event = codec.decode(msg.value())
+        row = avro_row(event)
         if row["item_id"] in wanted and row["event_id"] not in seen:
             seen.add(row["event_id"])
             rows.append(row)
+            if decoded is not None:
+                decoded.append(event)
     return rows
 
 
@@ -474,13 +603,41 @@ def verify_workflow(settings, truth_path: str, *, idle_seconds: float = 3.0, top
     """The truth against the stored history (workflow_events), or against the events on `topic`."""
     summary, items, steps = load_workflow_truth(truth_path)
     ids = [i["item_id"] for i in items if i.get("item_id")]
-    rows = topic_workflow_rows(settings, topic, ids, idle_seconds=idle_seconds) if topic else \
+    decoded: list = []
+    rows = topic_workflow_rows(settings, topic, ids, idle_seconds=idle_seconds, decoded=decoded) if topic else \
         workflow_rows(settings, ids, idle_seconds=idle_seconds)
     verdict = compare_workflow(items, steps, rows)
     if summary.get("scorecard_period"):
-        compare_scorecard(verdict, load_workflow_scorecard(truth_path), rows, summary["scorecard_period"],
-                          max(summary.get("margin_ms", 0), verdict.max_displacement_ms) / 1000)
+        expected = load_workflow_scorecard(truth_path)
+        tolerance = max(summary.get("margin_ms", 0), verdict.max_displacement_ms) / 1000
+        compare_scorecard(verdict, expected, rows, summary["scorecard_period"], tolerance)
+        sql_scorecard(verdict, settings, expected, summary["scorecard_period"], ids, tolerance,
+                      events=decoded if topic else None, topic=topic)
     return verdict
+
+
+def sql_scorecard(v: WorkflowVerdict, settings, expected: list[dict], period, item_ids: list[str], tolerance: float,
+                  *, events=None, topic: str | None = None) -> None:
+    """Run the named query on the stack's ClickHouse over the run's events and compare it with the truth."""
+    from ops.secrets import clickhouse_url_as
+    from sinks.engine import DriverExecutor, database_of
+
+    database = database_of(settings.clickhouse_url)
+    try:
+        ex = DriverExecutor(clickhouse_url_as(settings, "default"))
+        try:
+            version = ex.query("SELECT version()")[1][0][0]
+            rows = named_scorecard(ex, database, period, item_ids, events=events)
+        finally:
+            ex.close()
+    except Exception as exc:  # noqa: BLE001 - the verdict says why, and is not exact
+        v.scorecard_sql_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return
+    source = (f"the {len(events)} events of topic {topic} (the sink does not read it)" if events is not None
+              else f"{database}.workflow_events (as the sink stored them)")
+    compare_sql_scorecard(v, expected, rows, tolerance,
+                          f"sinks/queries/scorecard.sql on ClickHouse {version}, over {source} copied into a "
+                          f"scratch database")
 
 
 def add_verify(p):

@@ -74,6 +74,12 @@ def add_simulate(p):
     w.add_argument("--workflow-policy", metavar="FILE",
                    help="the deadlines the bus's workflow job runs with (default INTELBUS_WORKFLOWS_FILE, else "
                         "ops/workflows.yaml)")
+    w.add_argument("--workflow-hits", type=int, default=6,
+                   help="wanted-person and watch hits in the day (default 6): real listings and sightings are "
+                        "published (signed as --key-file), the stack's jobs make the hits, the two regions follow "
+                        "them up (source_refs start with --ref-prefix, default a random WF<hex>-)")
+    w.add_argument("--workflow-joint-share", type=float, default=0.3,
+                   help="share of the requests that ask for joint action (default 0.3)")
     w.add_argument("--workflow-prefix", default="wfsim", help="name prefix of the simulated principals (default wfsim)")
     w.add_argument("--workflow-plan", action="store_true", help="print the plan (no gateway, nothing sent)")
     p.epilog = EPILOG
@@ -217,7 +223,8 @@ def workflow_config(args, policy):
     scale = args.workflow_scale if args.workflow_scale else scale_of(policy)
     return WorkflowSimConfig(seed=args.seed, scale=scale, day_hours=args.workflow_day,
                              requests=args.workflow_requests, directives=args.workflow_directives,
-                             margin=args.workflow_margin, min_gap_s=args.workflow_min_gap)
+                             margin=args.workflow_margin, min_gap_s=args.workflow_min_gap, hits=args.workflow_hits,
+                             joint_share=args.workflow_joint_share)
 
 
 def workflow_command(args) -> int:
@@ -242,11 +249,31 @@ def workflow_command(args) -> int:
             ws.write_truth(args.truth, plan, steps, policy)
         print(json.dumps(ws.workflow_summary(plan, steps, policy), ensure_ascii=False))
         return 0
+    import secrets
+
     from gateway.client import ClientError
     from ops.settings import load_settings
 
     settings = load_settings()
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    ref_prefix = args.ref_prefix or f"WF{secrets.token_hex(3).upper()}-"
+    records = ws.attach_records(plan, ref_prefix)
+    producer = None
+    if records:
+        from producers.regional import RegionalProducer, resolve_signer
+        from schemas.proof import KeyFileError
+
+        try:
+            signer = resolve_signer(getattr(args, "key_file", None), settings)
+        except KeyFileError as exc:
+            print(f"intelbus simulate: {exc}", file=sys.stderr)
+            return 2
+        producer = RegionalProducer(settings=settings, signer=signer if signer is not None else False)
+
+    def publisher(kind, record, now_ms):
+        producer.publish(kind, record, now_ms=now_ms)
+        producer.flush(10)  # the sighting's time is the play's anchor: out now, not after a linger
+
     pool = ws.PrincipalPool(settings, settings.gateway_url, prefix=args.workflow_prefix)
     try:
         pool.ensure(plan.agencies())
@@ -255,11 +282,16 @@ def workflow_command(args) -> int:
         return 2
     try:
         if log:
-            log(f"simulate --workflow: {len(plan.items)} items, {len(ws.actions(plan))} actions over "
-                f"{plan.end_ms / 1000:.0f}s; {len(steps)} reminders/escalations expected")
-        played = ws.play(plan, pool, log=log)
+            log(f"simulate --workflow: {len(plan.items)} items ({len(records)} hits, records {ref_prefix}*), "
+                f"{len(ws.actions(plan))} actions over {plan.end_ms / 1000:.0f}s; "
+                f"{len(steps)} reminders/escalations expected")
+        played = ws.play(plan, pool, log=log, records=records, publisher=publisher)
     finally:
         pool.close()
+        if producer is not None:
+            producer.flush(30)
+            producer.close()
+    played["ref_prefix"] = ref_prefix
     # the truth of what was sent: refused actions are actions never taken
     plan = ws.as_played(plan, played)
     steps = ws.expected_steps(plan, policy, regions)

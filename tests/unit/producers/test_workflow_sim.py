@@ -13,19 +13,22 @@ from schemas.regions import load_regions
 from workflows.policy import policy_from_document
 from workflows.testing import T0
 
-# the policy of the integration test: an hour of the default policy is 8 s (accept); step 4 s
+# a policy in seconds like the integration test's: an hour of the default policy is 8 s (accept); step 4 s;
+# joint action in 40 s; a hit confirmed in 8 s (urgent) or 24 s; a stale listing after 16 s
 POLICY = policy_from_document({
-    "assistance_request": {"deadlines": {p: {"accept": 8, "answer": 32, "act": 600}
+    "assistance_request": {"deadlines": {p: {"accept": 8, "answer": 32, "act": 40}
                                          for p in ("ROUTINE", "URGENT", "CRITICAL")}},
     "directive": {"acknowledge": 8},
     "escalation": {"step": 4},
+    "hit_follow_up": {"confirm_urgent": 8, "confirm_routine": 24, "stale_listing_after": 16},
 })
 REGIONS = load_regions()
 
 
 def plan_of(seed=5, **kw):
     cfg = ws.WorkflowSimConfig(seed=seed, scale=ws.scale_of(POLICY), day_hours=kw.pop("day_hours", 6),
-                               requests=kw.pop("requests", 14), directives=kw.pop("directives", 4), **kw)
+                               requests=kw.pop("requests", 14), directives=kw.pop("directives", 4),
+                               hits=kw.pop("hits", 8), **kw)
     return ws.make_plan(cfg, POLICY, REGIONS)
 
 
@@ -47,7 +50,7 @@ def test_the_truth_is_what_the_workflow_core_sends_for_the_plan(seed):
     plan = plan_of(seed)
     steps = ws.expected_steps(plan, POLICY, REGIONS)
     events = ws.machine_events(plan, POLICY, REGIONS, T0)
-    sent = {e.item_id: e.at for e in events if e.event_type in ("SENT", "ISSUED")}
+    sent = {e.item_id: e.at for e in events if e.event_type in ("SENT", "ISSUED", "OPENED")}
     core = sorted((e.item_id, e.deadline, e.level, e.event_type, e.party, tuple(e.to), e.scheduled_at - sent[e.item_id],
                    e.due_at - sent[e.item_id]) for e in events if e.event_type in ws.STEP_EVENTS)
     truth = sorted((s.ref, s.deadline, s.level, s.event_type, s.party, s.to, s.at_ms, s.due_ms) for s in steps)
@@ -175,16 +178,33 @@ class FakeClock:
 
 
 class FakeGateway:
-    """Answers like the workflow API; `lag` calls of 409 before an answer (the history behind)."""
+    """Answers like the workflow API; `lag` calls of 409 before an answer (the history behind). Also the
+    bus behind it for hits: a published sighting opens its follow-up `detect` seconds later."""
 
-    def __init__(self, clock, latency=0.05, lag=0):
+    def __init__(self, clock, latency=0.05, lag=0, records=None, detect=0.3):
         self.clock, self.latency, self.lag, self.calls, self.n = clock, latency, lag, [], 0
         self.refused: dict[str, int] = {}
+        self.by_sighting = {r.sighting["source_ref"]: r.hit_id for r in (records or {}).values()}
+        self.detect, self.opened, self.published = detect, {}, []
+
+    def publish(self, kind, record, now_ms):
+        self.published.append((now_ms, kind, record))
+        if record["source_ref"] in self.by_sighting:
+            self.opened[self.by_sighting[record["source_ref"]]] = now_ms + int(self.detect * 1000)
 
     def client(self, agency):
         gw = self
 
         class C:
+            def get(self, path):
+                from gateway.client import ClientError
+
+                gw.clock.now += gw.latency
+                at = gw.opened.get(path.rsplit("/", 1)[1])
+                if at is None or gw.clock.now * 1000 < at:
+                    raise ClientError("no such item yet", 404)
+                return {"events": [{"event_type": "OPENED", "at_ms": at}]}
+
             def post(self, path, body):
                 from gateway.client import ClientError
 
@@ -200,11 +220,18 @@ class FakeGateway:
         return C()
 
 
-def test_play_sends_each_action_at_its_time_as_its_agency():
-    plan = plan_of(5)
+def played_fake(plan, **kw):
     clock = FakeClock()
-    gw = FakeGateway(clock)
-    out = ws.play(plan, gw, lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0)
+    records = ws.attach_records(plan, "WFT1-")
+    gw = FakeGateway(clock, records=records, **kw)
+    out = ws.play(plan, gw, lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0, records=records,
+                  publisher=gw.publish)
+    return out, gw, records
+
+
+def test_play_sends_each_action_at_its_time_as_its_agency():
+    plan = plan_of(5, hits=0)
+    out, gw, _ = played_fake(plan)
     assert not out["failed"] and not out["slips"] and out["actions"] == len(ws.actions(plan))
     t0 = out["started_ms"] / 1000
     assert len(gw.calls) == len(ws.actions(plan))
@@ -213,6 +240,8 @@ def test_play_sends_each_action_at_its_time_as_its_agency():
         assert abs(at - (t0 + a.at_ms / 1000)) < 0.1 + 0.05 * len(gw.calls)  # sequential, 50 ms each
         if a.verb == "refuse":
             assert body["reason_code"] in ws.REFUSAL_REASONS
+        if a.verb == "act":
+            assert path.endswith("/joint")
     sends = [c for c in gw.calls if c[2] == "/api/v1/requests"]
     assert all(len(b["to"]) >= 1 and b["subjects"][0].startswith("PHONE:") for _t, _a, _p, b in sends)
     issued = [c for c in gw.calls if c[2] == "/api/v1/directives"]
@@ -220,8 +249,41 @@ def test_play_sends_each_action_at_its_time_as_its_agency():
     assert set(out["item_ids"]) == {it.ref for it in plan.items}
 
 
+def test_play_publishes_the_listings_first_and_acts_on_a_hit_at_its_offsets_from_its_opening():
+    plan = plan_of(5, requests=0, directives=0)
+    out, gw, records = played_fake(plan, detect=0.4)  # one at a time: a long wait for an opening holds up the rest
+    assert not out["failed"] and not out["slips"], out
+    listings = [r["source_ref"] for _t, _k, r in gw.published[:len(records)]]
+    assert listings == [r.listing["source_ref"] for r in records.values()]
+    assert set(out["item_ids"]) == set(records) and set(out["anchors"]) == set(records)
+    by_hit = {r.hit_id: ref for ref, r in records.items()}
+    acted = 0
+    for at, agency, path, body in gw.calls:
+        ref = by_hit[path.split("/")[4]]
+        h = next(it for it in plan.items if it.ref == ref).hit
+        planned = h.action_ms if path.endswith("/report") else h.need_ms if body["answer"] == "NEED_TIME" \
+            else h.answer_ms
+        if path.endswith("/report"):
+            assert agency == f"{h.sighted_in}/COMMAND_CENTER" and body["action"] == h.action
+        else:
+            assert agency == f"{h.owner}/COMMAND_CENTER" and body["answer"] in ("CONFIRMED", "NOT_VALID", "NEED_TIME")
+        # at its offset from the opening, never before (one at a time here: up to a few calls after it)
+        assert 0 <= at * 1000 - (out["anchors"][ref] + planned) < plan.margin_ms, (ref, path)
+        acted += 1
+    assert acted == sum(x is not None for it in plan.items for x in (it.hit.action_ms, it.hit.need_ms, it.hit.answer_ms))
+    arrests = [(t, r) for t, k, r in gw.published if k == "wanted" and r["action"] == "ARRESTED"]
+    assert len(arrests) == sum(it.hit.arrest_ms is not None for it in plan.items) > 0
+    for t, r in arrests:
+        ref = next(ref for ref, x in records.items() if x.record_key.endswith("/" + r["source_ref"]))
+        it = next(it for it in plan.items if it.ref == ref)
+        assert r["occurred_at"] == t and t - out["anchors"][ref] == it.hit.arrest_ms  # stamped at its plan
+    # the truth of the play counts from the openings as they happened
+    played = ws.as_played(plan, out)
+    assert all(it.anchor_ms == out["anchors"][it.ref] - out["started_ms"] for it in played.items)
+
+
 def test_play_waits_for_the_history_within_the_margin_and_reports_what_it_could_not_place():
-    plan = plan_of(5)
+    plan = plan_of(5, hits=0)
     clock = FakeClock()
     out = ws.play(plan, FakeGateway(clock, lag=2), lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0)
     assert not out["failed"] and not out["slips"]  # two 409s (0.3 s) stay within the 1 s margin
@@ -350,7 +412,7 @@ def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
     """The SQL of verify's stored-history path on chDB (the stack's ClickHouse 18.16 runs it in the
     integration tests), over workflow_events rows as the sink writes them, some delivered twice."""
     pytest.importorskip("chdb")
-    from ops.verify import compare_scorecard, workflow_rows
+    from ops.verify import compare_scorecard, compare_sql_scorecard, named_scorecard, workflow_rows
     from sinks.engine import ChdbExecutor
     from sinks.migrate import apply_migrations
     from sinks.rows import WORKFLOW_COLUMNS, workflow_row
@@ -366,7 +428,19 @@ def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
                 for i, e in enumerate(events)]
         ex.insert("workflow_events", WORKFLOW_COLUMNS, rows)
         ex.insert("workflow_events", WORKFLOW_COLUMNS, rows[::4])  # redelivered: one row per event id
+        # someone else's item in the same period: the stack's history is shared, the named query's copy is not
+        other = ws.machine_events(plan_of(6), POLICY, REGIONS, T0)
+        ex.insert("workflow_events", WORKFLOW_COLUMNS, [workflow_row(e.to_avro(), topic="intel.workflow", partition=0,
+                                                                      offset=i, ingested_ms=T0)
+                                                         for i, e in enumerate(other)])
         stored = workflow_rows(None, list(ids.values()), idle_seconds=0.5, timeout=10, executor=ex)
+        card, period = ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at), ws.scorecard_period(plan, T0)
+        from_history = named_scorecard(ex, "intelbus", period, list(ids.values()))
+        avro = [e.to_avro() for e in events]
+        from_topic = named_scorecard(ex, "intelbus", period, list(ids.values()), events=avro)
+        refused = next(e for e in avro if e["event_type"] == "REFUSED")
+        short = named_scorecard(ex, "intelbus", period, list(ids.values()), events=[e for e in avro if e is not refused])
+        left = ex.query("SHOW DATABASES")[1]
     finally:
         ex.close()
     assert len(stored) == len(events)
@@ -374,9 +448,19 @@ def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
     records = ws.truth_records(plan, steps, POLICY, ids, {"due_at": due_at})
     items = [r for r in records if r["type"] == "workflow_item"]
     v = compare_workflow(items, [r for r in records if r["type"] == "workflow_step"], stored)
-    compare_scorecard(v, ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at), stored,
-                      ws.scorecard_period(plan, T0), 1.0)
-    assert v.exact and v.found_steps == len(steps) and v.scorecard_rows > 5, v.lines()
+    compare_scorecard(v, card, stored, period, 1.0)
+    compare_sql_scorecard(v, card, from_history, 1.0, "chDB, from the history")
+    compare_sql_scorecard(v, card, from_topic, 1.0, "chDB, from the events")
+    assert v.exact and v.found_steps == len(steps) and v.scorecard_rows == v.scorecard_sql_rows > 5, v.lines()
+    assert sum(r["hits_owed"] for r in from_topic) == sum(it.kind == "HIT_FOLLOW_UP" for it in plan.items) > 0
+    assert not [d for (d,) in left if d.startswith("verify_")]  # the scratch databases are dropped
+    # a refusal missing from the events: the named query's row of that agency differs, by column
+    compare_sql_scorecard(v, card, short, 1.0, "chDB, one refusal short")
+    diffs = {(d["agency"], d["column"], d["source"]) for d in v.scorecard_diffs}
+    assert {(refused["party"], "refusals", "named query"),
+            (refused["party"], f"refused_{refused['code'].lower()}", "named query")} <= diffs
+    assert {(a, s) for a, _c, s in diffs} == {(refused["party"], "named query")}  # that agency's row only
+    assert not v.exact
 
 
 def test_the_delays_are_lognormal_with_the_documented_median_and_spread():
@@ -390,3 +474,98 @@ def test_the_delays_are_lognormal_with_the_documented_median_and_spread():
     assert 0.95 * 35 < statistics.median(draws) < 1.05 * 35  # minutes
     assert 0.85 * 0.9 < statistics.pstdev(math.log(x) for x in draws) < 1.15 * 0.9
     assert cfg.to_ms(60) == 1000 * 3600 / cfg.scale  # an hour of the day, compressed 3600 times: 1 s
+
+
+# --- hit follow-ups and joint action ------------------------------------------------------------
+
+
+def test_a_day_has_hits_answered_in_time_late_never_with_need_time_and_joint_action_in_time_late_never():
+    plan = plan_of(5, requests=40, directives=4, hits=40, day_hours=24)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    hits = [it for it in plan.items if it.kind == "HIT_FOLLOW_UP"]
+    fates = collections.Counter(it.parties[0].fate for it in hits)
+    assert {"hit: CONFIRMED", "hit: NOT_VALID", "hit: never answers", "hit: NEED_TIME, then CONFIRMED"} <= set(fates)
+    reminded = {s.ref for s in steps if s.deadline == "confirm"}
+    answered = {it.ref for it in hits if it.hit.answer is not None}
+    assert answered - reminded and answered & reminded  # in time, and late (after a reminder)
+    # both deadline classes: the urgent window (danger HIGH, alert URGENT/CRITICAL) and the routine one
+    first_due = {s.ref: s.due_ms for s in steps if s.deadline == "confirm" and s.set_by == "OPENED"}
+    assert {8000, 24000} <= set(first_due.values()), first_due
+    by = collections.Counter(s.set_by for s in steps if s.deadline == "confirm")
+    assert by["NEED_TIME"] and by["DETAINED"] and by["OPENED"], by  # moved by a NEED_TIME and by a detention
+    assert any(s.event_type == "STALE_LISTING" for s in steps)
+    arrested_in_time = [it for it in hits if it.hit.answer == "CONFIRMED" and it.hit.action == "DETAINED"
+                        and it.ref not in {s.ref for s in steps if s.deadline == "stale"}]
+    assert arrested_in_time  # a confirmed detention whose ARRESTED revision came before the stale listing
+    # joint action: acted within its deadline, acted after its reminder, never
+    joint = [(it, p) for it in plan.items if it.joint for p in it.parties if p.answer_ms is not None]
+    act_steps = {(s.ref, s.party) for s in steps if s.deadline.startswith("act:")}
+    acted = [(it.ref, p.who) for it, p in joint if p.act_ms is not None]
+    assert set(acted) - act_steps and set(acted) & act_steps
+    never = [(it.ref, p.who) for it in plan.items if it.joint for p in it.parties if p.act_ms is None]
+    assert set(never) & act_steps  # reminded and escalated for a joint action never reported
+
+
+def test_a_hits_escalations_climb_the_owners_ladder_and_a_need_time_gets_its_own_reminder():
+    plan = plan_of(5, requests=0, directives=0, hits=30, day_hours=24)
+    steps = ws.expected_steps(plan, POLICY, REGIONS)
+    for it in plan.items:
+        mine = [s for s in steps if s.ref == it.ref and s.deadline == "confirm"]
+        for s in mine:
+            assert s.to == ((it.hit.owner,), *ws.ladder(it.hit.owner, REGIONS))[s.level] and s.party == it.hit.owner
+        if it.hit.need_ms is not None and it.hit.answer is None:
+            late = [s for s in mine if s.set_by == "NEED_TIME"]
+            assert late[0].level == 0 and late[0].due_ms == it.hit.need_ms + it.hit.need_minutes * 60_000
+
+
+@pytest.mark.parametrize("seed", range(1, 21))
+def test_every_hit_action_keeps_the_margin_from_every_step_of_every_due_time(seed):
+    plan = plan_of(seed, requests=0, directives=0, hits=12)
+    for it in plan.items:
+        h = it.hit
+        steps = [d.due + k * d.step for d in ws.hit_deadlines(h, POLICY, REGIONS) for k in range(len(d.levels) + 1)]
+        times = [t for t in (h.action_ms, h.need_ms, h.answer_ms, h.arrest_ms) if t is not None]
+        assert times == sorted(times) and (not times or times[0] >= 4000), (it.ref, h)
+        assert all(b - a >= 3000 for a, b in zip(times, times[1:])), (it.ref, h)
+        assert all(abs(t - f) >= plan.margin_ms for t in times for f in steps), (it.ref, h)
+        if h.hit_type == "WANTED_PERSON":
+            assert h.arrest_ms is not None  # every listing is closed: the other jobs' clocks stop too
+
+
+def test_the_days_records_make_exactly_its_hits_through_the_matching_stages():
+    """The listings and sightings, validated as publishing validates them, through the three stages in
+    memory: every planned hit, with the id, type and regions the play expects, and no other."""
+    from schemas.records import validate_record
+    from tests.unit.stream_jobs.test_stages import Bus
+
+    plan = plan_of(5, requests=0, directives=0, hits=12)
+    records = ws.attach_records(plan, "WFT2-")
+    bus = Bus()
+    now = T0
+    for r in records.values():
+        bus.publish(r.listing_kind, validate_record(r.listing_kind, {**r.listing, "occurred_at": now}, now_ms=now), now=now)
+    for r in records.values():
+        now += 1000
+        bus.publish("incident", validate_record("incident", {**r.sighting, "occurred_at": now}, now_ms=now), now=now)
+    got = bus.distinct_hits()
+    want = {r.hit_id: it for it in plan.items for ref, r in records.items() if ref == it.ref}
+    assert set(got) == set(want)
+    for hid, it in want.items():
+        assert (got[hid]["hit_type"], got[hid]["owner_region"], got[hid]["hit_region"]) == (
+            it.hit.hit_type, it.hit.owner, it.hit.sighted_in)
+        assert got[hid]["record_key"] == it.hit.record_key
+    # another run's records share nothing with these: its hits are its own
+    other = ws.attach_records(plan_of(5, requests=0, directives=0, hits=12), "WFT3-")
+    assert not {r.matched for r in other.values()} & {r.matched for r in records.values()}
+
+
+def test_verify_checks_a_moved_hit_deadline_against_what_moved_it():
+    items, steps, rows = truth_and_rows()
+    moved = [s for s in steps if s.get("set_by") == "NEED_TIME"]
+    assert moved
+    iid = moved[0]["item_id"]
+    # the NEED_TIME stored a second later than the bus's deadline says: the due time is off by that second
+    rows = [({**r, "at_ms": r["at_ms"] + 1000} if r["item_id"] == iid and r["event_type"] == "NEED_TIME" else r)
+            for r in rows]
+    v = compare_workflow(items, steps, rows)
+    assert any(w["item_id"] == iid and "after its NEED_TIME, not" in w["problems"][0] for w in v.wrong), v.wrong
