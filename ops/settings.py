@@ -101,6 +101,9 @@ class Settings:
     oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")
     metrics_port_base: int = _env("INTELBUS_METRICS_PORT_BASE", "first Prometheus metrics port", 9400)
+    metrics_bind: str = _env("INTELBUS_METRICS_BIND", "the address the jobs, workflow job and sink serve /metrics on "
+                             "(0.0.0.0: reachable from other hosts and pods, for a Prometheus that is not local)",
+                             "127.0.0.1")
     verify_records: bool = _env("INTELBUS_VERIFY_RECORDS", "jobs: check every input record's proof of publisher "
                                 "(docs/integrators.md) and refuse those without a valid one (0 only to measure its cost)",
                                 True)

@@ -305,7 +305,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
                 dead_letter=dead_letter)
     signal.signal(signal.SIGTERM, sink.stop)
     signal.signal(signal.SIGINT, sink.stop)
-    start_http_server(settings.metrics_port_base + 20, addr="127.0.0.1")
+    start_http_server(settings.metrics_port_base + 20, addr=settings.metrics_bind)
     from ops.metrics import tune_gc, watch_gc
 
     watch_gc()
