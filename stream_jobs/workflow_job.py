@@ -15,6 +15,11 @@ machine's idempotence by command id and by deadline-step key makes it exactly-on
 The two internal topics are written by our own producer (murmur2, Java-compatible), so an
 item's commands, OpenHit, revisions and timers all live in one partition of APP-items,
 whatever partitioner the gateway's producer uses.
+
+The timers fire a partition's steps only up to its command watermark: markers the commands
+agent produces behind the commands it forwarded ("commands partition p is read through T"),
+so a command stamped before a step but read late still finds the step unsent (docs/workflows.md,
+"Late commands and the watermark"; a bounded hold when a watermark is stuck).
 """
 from __future__ import annotations
 
@@ -667,11 +672,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
         admin = AdminClient(settings.kafka_config(JOBS))
-        counts = {}
-        for topic in (COMMANDS_TOPIC, items_t):
-            md = await asyncio.to_thread(admin.list_topics, topic, timeout=15)
-            counts[topic] = len(md.topics[topic].partitions)
-        n_commands, n_items = counts[COMMANDS_TOPIC], counts[items_t]
+        n_commands = n_items = 0
         untouched_before: dict[int, int | None] = {}
         failing = False
 
@@ -679,14 +680,21 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             if err is not None:
                 log.warning("a watermark marker was not delivered: %s", err)
 
-        while True:
-            await asyncio.sleep(wm_interval)
+        async def send_markers(n_commands: int, n_items: int) -> tuple[int, int]:
+            nonlocal failing
             try:
                 owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == COMMANDS_TOPIC)
             except Exception:
-                continue
+                return n_commands, n_items
             if not owned or not_ready_because(app) is not None:
-                continue
+                return n_commands, n_items
+            if not n_items:
+                try:
+                    md = await asyncio.to_thread(admin.list_topics, timeout=15)
+                    n_commands, n_items = len(md.topics[COMMANDS_TOPIC].partitions), len(md.topics[items_t].partitions)
+                except Exception as e:  # the broker away: try again next tick (the steps wait, at most the hold)
+                    log.warning("cannot read the partitions of %s and %s: %s", COMMANDS_TOPIC, items_t, e)
+                    return n_commands, n_items
             asked_at = int(time.time() * 1000)
             highs = {}
             try:
@@ -712,7 +720,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 if t is not None:
                     marks[p] = t
             if not marks:
-                continue
+                return n_commands, n_items
             value = marker_value(worker_uid, n_commands, asked_at, marks)
             for q in range(n_items):
                 while True:
@@ -722,6 +730,18 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                         break
                     except BufferError:
                         producer.poll(0.05)
+            return n_commands, n_items
+
+        broken = False
+        while True:
+            await asyncio.sleep(wm_interval)
+            try:
+                n_commands, n_items = await send_markers(n_commands, n_items)
+                broken = False
+            except Exception:  # never silently: without markers every step would wait for the hold
+                if not broken:
+                    log.warning("the watermark markers could not be sent; trying again every tick", exc_info=True)
+                broken = True
 
     # APP-answers: the earlier-answers index, and the requests' lookups in it
     async def answers_agent(stream):
@@ -869,6 +889,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         for tp in revoked:
             if tp.topic == items_t:
                 book.revoke(tp.partition)
+                try:
+                    WATERMARK_LAG.remove(str(tp.partition))
+                except KeyError:
+                    pass
             elif tp.topic == COMMANDS_TOPIC:
                 forwarded.pop(tp.partition, None)
         state["rebuild"] = True
@@ -909,19 +933,14 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 cutoffs = {p: book.cutoff(p, now_ms) for p in set(heads) | set(book.assigned())}
                 for p, (_, strict) in cutoffs.items():
                     WATERMARK_LAG.labels(str(p)).set(max(0.0, (now_ms - strict) / 1000) if strict >= 0 else float("nan"))
-                messages, fired = [], []
+                messages, fired, by_hold = [], [], []
                 # bounded work per round: after a downtime thousands are overdue at once; the lock is
                 # released between rounds so that commands are not held up behind all of them
                 for item_id, partition in index.pop_due(now_ms, limit=TIMER_ROUND,
                                                          cutoffs={p: c for p, (c, _) in cutoffs.items()}):
                     cutoff, strict = cutoffs[partition]
                     msgs, events = fire_item(item_id, partition, now_ms, cutoff)
-                    held = [e for e in events if (e.scheduled_at or 0) > strict]
-                    if held:
-                        FIRED_BY_HOLD.inc(len(held))
-                        log.warning("%s on %s fired by the wall clock after the hold: the command watermark of "
-                                    "partition %d is stuck or missing (%s)", ", ".join(e.event_type for e in held),
-                                    item_id, partition, "none yet" if strict < 0 else f"{(now_ms - strict) / 1000:.1f} s behind")
+                    by_hold += [(e, partition, strict) for e in events if (e.scheduled_at or 0) > strict]
                     messages += msgs
                     fired += events
                     if len(messages) >= 250:  # one produce-and-await per 250 events (not per item; the first go out soon)
@@ -931,6 +950,14 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 if messages:
                     await publish(messages, items_table)
                     observe_fired(fired, now_ms)
+                if by_hold:
+                    FIRED_BY_HOLD.inc(len(by_hold))
+                    lags = {p: "no marker yet" if strict < 0 else f"{(now_ms - strict) / 1000:.1f} s behind"
+                            for _, p, strict in by_hold}
+                    log.warning("%d deadline steps fired by the wall clock after the hold (%s): the command watermark "
+                                "is stuck or missing on partitions %s", len(by_hold),
+                                ", ".join(f"{e.event_type} {e.item_id}" for e, _, _ in by_hold[:3]),
+                                ", ".join(f"{p} ({lag})" for p, lag in sorted(lags.items())))
             except Exception:
                 # Kafka or the registry away: what was not saved fires at a later tick (same event ids)
                 log.warning("could not fire the due deadlines; the index is rebuilt and they fire at a later tick",
@@ -1112,7 +1139,7 @@ def run_worker(settings, args) -> int:
 
     port = args.metrics_port or metrics_port(settings, args.worker_index)
     app = create_app(settings, worker_index=args.worker_index, app_id=args.app_id, datadir=args.datadir)
-    start_http_server(port, addr="127.0.0.1")
+    start_http_server(port, addr=settings.metrics_bind)
     log.info("workflows worker %d: app=%s kafka=%s metrics=:%d policy=%s", args.worker_index, args.app_id, settings.kafka,
              port, os.environ.get("INTELBUS_WORKFLOWS_FILE") or "ops/workflows.yaml")
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
