@@ -34,6 +34,7 @@ log = logging.getLogger("intelbus.jobs")
 INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
 DLQ_TOPIC = "intel.dlq"
 APP_ID = "intelbus-jobs"  # faust's group and table prefix; also the jobs' Kafka principal
+CONSUMER_LOOPS = ("faust", "batch", "direct")
 
 
 def rocksdb_available() -> bool:
@@ -186,12 +187,16 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from schemas.wire import RawDecoder
     from stream_jobs import faust_patches
 
-    # INTELBUS_JOBS_CONSUMER_LOOP=direct: the patched consumer loop (stream_jobs/faust_patches.py).
-    # Off by default: in one killed-and-restarted run with it, 714 consecutive messages of an
-    # input partition were committed without being processed (docs/architecture.md). The
-    # partition whose commit stops after a rebalance, first seen with it, happens with faust's
-    # own loop too; stream_jobs/watchdog.py repairs that with either loop.
-    patched = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust") == "direct" and faust_patches.install()
+    # INTELBUS_JOBS_CONSUMER_LOOP (stream_jobs/faust_patches.py, docs/architecture.md):
+    # faust: faust's own loop, a stage's batch from `take_events`;
+    # batch: each stage gets a fetch's records of its topics as one batch, acknowledged in bulk;
+    # direct: faust's loop without `wait_first` where it cannot wait (off: a killed-and-restarted
+    # run with it committed 714 messages never processed).
+    consumer_loop = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust")
+    if consumer_loop not in CONSUMER_LOOPS:
+        raise ValueError(f"INTELBUS_JOBS_CONSUMER_LOOP={consumer_loop!r}: one of {', '.join(CONSUMER_LOOPS)}")
+    if consumer_loop == "direct":
+        faust_patches.install()
     faust_patches.guard_commits(on_hole=_report_commit_hold, on_gap=_report_gap_left_open)
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
@@ -266,9 +271,16 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"], None),
     ]
     waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
+    handlers, stage_of_topic = {}, {}
     for name, topic, stage, st, before in wiring:
         runner = BatchRunner(producer, encode_dead_letter, name=name, waiter=waiter)
+        # The agents subscribe faust's consumer to the topics in every loop; with the batch loop
+        # their streams receive nothing (the loop hands the records to `handlers` instead).
         app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within, before))
+        handlers[name] = _batch_handler(runner, stage, st, before)
+        stage_of_topic.update(dict.fromkeys(topic.topics, name))
+    if consumer_loop == "batch":
+        faust_patches.install_batch_loop(faust_patches.StageBatches(handlers, stage_of_topic))
 
     @app.timer(interval=1.0)
     async def _serve_producer_callbacks():
@@ -322,7 +334,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
             await asyncio.sleep(0.25)
 
     app.intelbus_producer = producer
-    app.intelbus_consumer_loop_patched = patched
+    app.intelbus_consumer_loop = consumer_loop
     return app
 
 
@@ -489,6 +501,25 @@ def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float, be
 
     agent.__name__ = f"{runner.name}_agent"
     return agent
+
+
+def _batch_handler(runner: BatchRunner, stage, state, before=None):
+    """The batch loop's handler of one stage: a fetch's records of its topics, processed and
+    delivered before it returns (the loop then acknowledges them)."""
+    async def handle(records) -> None:
+        batch = [Incoming(r.topic, r.partition, r.offset, r.key, r.value, header_pairs(r.headers)) for r in records]
+        try:
+            if before is not None:
+                await before(batch)
+            await runner.run(stage, state, batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("stage %s failed; the worker exits so that it is restarted", runner.name, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    return handle
 
 
 def provinces_of(notify: list[str], regions) -> list[str]:

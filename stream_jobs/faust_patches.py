@@ -259,3 +259,346 @@ def install() -> bool:
         Consumer._drain_messages = _drain_messages
         _installed = True
     return True
+
+
+# ## The batch loop (INTELBUS_JOBS_CONSUMER_LOOP=batch)
+#
+# faust hands each fetched message to its conductor: a ConsumerMessage, the conductor's lock
+# and queue, the stream iterator, `wait_first`'s four tasks, and an acknowledgement per
+# message. The batch loop hands each stage the records of one fetch (every partition of its
+# topics, as one batch) and acknowledges them in bulk once the stage's outputs are delivered.
+# faust still owns the group, the assignment, the commits and the tables: the loop fetches
+# through faust's own consumer (`_wait_next_records`), keeps faust's read offsets, gaps and
+# acknowledgement bookkeeping as faust's loop would, and routes the records of any other
+# topic (the tables' changelogs while they recover) through faust's own path, unchanged.
+# What is checked once per message in faust's loop is checked once per batch here, right
+# before the batch starts: the flow, flow control, the generation, the partition still
+# active, and no seek since the fetch (a seek sets the read offsets back: records fetched
+# before it are stale). A stage runs one batch at a time, in fetch order, so a partition's
+# batches run in order; the three stages' batches overlap (one waits for Kafka while
+# another computes). On a revoke, the batches in flight are awaited, so a partition moves
+# to another worker only when nothing of it is half done here.
+
+
+class SeekMarks:
+    """When faust last seeked each partition (or all), on a counter; a fetch remembers the
+    counter when it starts, and its records of a partition seeked since are stale."""
+
+    def __init__(self):
+        self.clock = 0
+        self.all = 0
+        self.by_tp: dict = {}
+
+    def now(self) -> int:
+        return self.clock
+
+    def mark(self, tp=None) -> None:
+        self.clock += 1
+        if tp is None:
+            self.all = self.clock
+        else:
+            self.by_tp[tp] = self.clock
+
+    def seeked_since(self, tp, then: int) -> bool:
+        return max(self.all, self.by_tp.get(tp, 0)) > then
+
+
+def fresh_records(records, read_offset: int | None):
+    """faust's per-message read-offset checks (`Consumer._drain_messages`) over one partition's
+    records of a fetch: (the records faust would deliver, the gaps it would record before them
+    as (from, to) in `_add_gap`'s terms, the read offset after them)."""
+    kept, gaps, r = [], [], read_offset
+    for rec in records:
+        offset = rec.offset
+        if r is None or offset >= r:
+            if r and offset - r > 1:
+                gaps.append((r + 1, offset))
+            kept.append(rec)
+            r = offset
+    return kept, gaps, r
+
+
+def ack_offsets(consumer: Any, tp: Any, offsets) -> int:
+    """faust's `Consumer.ack` for a partition's processed offsets at once: each offset at or past
+    the committed one and not acknowledged before joins `_acked`; returns how many did."""
+    committed = consumer._committed_offset[tp]
+    index = consumer._acked_index[tp]
+    new = [o for o in dict.fromkeys(offsets) if (committed is None or o >= committed) and o not in index]
+    if new:
+        index.update(new)
+        consumer._acked[tp].extend(new)
+        consumer._n_acked += len(new)
+    return len(new)
+
+
+def why_not_start(*, stopping: bool, flow_active: bool, flow_control_active: bool) -> str | None:
+    """Why a fetched batch must not start now (None: it may). Its records are then dropped
+    unacknowledged; whoever stopped the flow (a rebalance, the watchdog) seeks the partitions
+    back to their committed offsets, as with faust's own loop."""
+    if stopping:
+        return "stopping"
+    if not flow_active or not flow_control_active:
+        return "flow stopped"
+    return None
+
+
+def stale(first_offset: int, read_offset: int | None, *, seeked: bool, rebalanced: bool) -> bool:
+    """Whether a partition's records of a fetch, beginning at `first_offset`, may come from before
+    a seek or a rebalance that happened while the fetch was under way: then they are dropped, and
+    read again from where the seek put the partition.
+
+    Records that begin exactly at the read offset the seek set (faust sets it to the committed
+    offset, the next to read) are what a fetch after the seek returns: kept, since the fetch
+    position is already past them and dropping them would leave a hole (seen: a joining worker
+    dropped the first fetch after its recovery's seek and left holes of 50-700 messages on seven
+    partitions). A rebalance without a seek since (faust seeks once it has recovered the tables)
+    leaves nothing to compare with: dropped. A partition without a read offset is judged as faust
+    judges it, not at all."""
+    if not seeked:
+        return rebalanced
+    return read_offset is not None and first_offset != read_offset
+
+
+class StageBatches:
+    """The stage handlers, which topics feed which, and each stage's batch in flight.
+
+    handlers: stage name -> async handler(records) that makes the batch's effects durable (or
+    raises); topics: topic -> stage name."""
+
+    def __init__(self, handlers: dict, topics: dict[str, str]):
+        self.handlers = handlers
+        self.stage_of = topics
+        self.in_flight: dict[str, asyncio.Task] = {}
+        self.marks = SeekMarks()
+        self.dropped = 0  # records fetched but not started (flow stopped, rebalance, seek)
+
+    def split(self, records: dict) -> tuple[dict, dict]:
+        """A fetch's records: {stage: {tp: records}} for the stages' topics, {tp: records} for others."""
+        by_stage: dict = {}
+        other: dict = {}
+        stage_of = self.stage_of.get
+        for tp, recs in records.items():
+            stage = stage_of(tp.topic)
+            if stage is None:
+                other[tp] = recs
+            else:
+                by_stage.setdefault(stage, {})[tp] = recs
+        return by_stage, other
+
+    def busy(self) -> bool:
+        return any(not t.done() for t in self.in_flight.values())
+
+    async def wait_in_flight(self, timeout: float | None = None) -> bool:
+        """Wait for the batches in flight (never cancels them); False if some outlived `timeout`."""
+        pending = [t for t in self.in_flight.values() if not t.done()]
+        if not pending:
+            return True
+        done, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
+
+    async def submit(self, consumer: Any, stage: str, parts: dict, generation: int, then: int, active) -> int:
+        """Start the stage's batch of one fetch once its previous one is done; returns its size."""
+        previous = self.in_flight.get(stage)
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # not `await previous`: a cancelled loop must not cancel it
+        app = consumer.app
+        reason = why_not_start(stopping=consumer.should_stop, flow_active=consumer.flow_active,
+                               flow_control_active=app.flow_control.is_active())
+        if reason is not None:
+            self.dropped += sum(map(len, parts.values()))
+            return 0
+        # From here to the task's creation nothing awaits: the checks above still hold.
+        read_offset = consumer._read_offset
+        buffered = consumer._buffered_partitions
+        monitor = app.monitor
+        now = _monotonic()
+        batch: list = []
+        offsets: dict = {}
+        gaps: list = []
+        rebalanced = generation != app.consumer_generation_id
+        for tp, recs in parts.items():
+            if not recs:
+                continue
+            r = read_offset[tp]
+            if ((active is not None and tp not in active and tp not in buffered)
+                    or stale(recs[0].offset, r, seeked=self.marks.seeked_since(tp, then), rebalanced=rebalanced)):
+                self.dropped += len(recs)
+                continue
+            kept, tp_gaps, last = fresh_records(recs, r)
+            if not kept:
+                continue
+            read_offset[tp] = last
+            offsets[tp] = [r.offset for r in kept]
+            batch.extend(kept)
+            gaps.extend((tp, a, b) for a, b in tp_gaps)
+            if monitor is not None:
+                monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+                monitor.stream_inbound_time[tp] = now  # faust's livelock detector: this partition is processed
+        if batch:
+            self.in_flight[stage] = asyncio.get_running_loop().create_task(
+                self._run(consumer, stage, batch, offsets), name=f"intelbus-batch-{stage}")
+        for tp, a, b in gaps:
+            if app.topics.acks_enabled_for(tp.topic):
+                await consumer._add_gap(tp, a, b)
+        return len(batch)
+
+    async def _run(self, consumer: Any, stage: str, batch: list, offsets: dict) -> None:
+        from faust.types.tuples import ack_lock
+        from mode.utils.futures import notify
+
+        await self.handlers[stage](batch)
+        with ack_lock:
+            for tp, offs in offsets.items():
+                ack_offsets(consumer, tp, offs)
+            notify(consumer._waiting_for_ack)
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+_batches: StageBatches | None = None
+
+
+async def _drain_batches(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
+    """faust 0.15.3's `Consumer._drain_messages` and `getmany` in one, handing stage batches to `_batches`."""
+    from faust.transport.consumer import CONSUMER_FETCHING
+
+    batches = _batches
+    app = self.app
+    callback = self.callback
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = app.topics.acks_enabled_for
+    to_message = self._to_message
+    marks = batches.marks
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(CONSUMER_FETCHING)
+            generation = app.consumer_generation_id
+            then = marks.now()
+            records, active = await self._wait_next_records(1.0)
+            await self.sleep(0)
+            if records is None or self.should_stop:
+                continue
+            if not self.flow_active:
+                # as faust's getmany: fetched while the flow stopped, read again from the committed offsets
+                batches.dropped += sum(map(len, records.values()))
+                try:
+                    await self.perform_seek()
+                except Exception as ex:
+                    log.warning("exception performing seek when flow not active %r", ex)
+                continue
+            by_stage, other = batches.split(records)
+            for tp, recs in other.items():  # faust's own path, message by message (changelogs in recovery)
+                if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    continue
+                app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                for record in recs:
+                    if not self.flow_active or app.consumer_generation_id != generation:
+                        break
+                    message = to_message(tp, record)
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+            for stage, parts in by_stage.items():
+                await batches.submit(self, stage, parts, generation, then, active)
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(CONSUMER_FETCHING)
+
+
+def _marking_seeks(perform_seek, seek):
+    async def _perform_seek(self):
+        marks = _batches.marks if _batches is not None else None
+        if marks is not None:
+            marks.mark()
+        try:
+            return await perform_seek(self)
+        finally:
+            if marks is not None:
+                marks.mark()  # and after: a fetch that started during the seek may hold records from before it
+
+    async def _seek(self, partition, offset):
+        marks = _batches.marks if _batches is not None else None
+        if marks is not None:
+            marks.mark(partition)
+        try:
+            return await seek(self, partition, offset)
+        finally:
+            if marks is not None:
+                marks.mark(partition)
+
+    return _perform_seek, _seek
+
+
+def _finishing_batches(on_partitions_revoked, on_stop):
+    async def _on_partitions_revoked(self, revoked):
+        batches = _batches
+        if batches is not None and batches.busy():
+            # No batch starts from here (faust stops the flow too, right after); the ones in
+            # flight finish while this worker still owns their partitions, so their state and
+            # outputs are in Kafka before another worker reads the partitions. Not committed
+            # here: a commit from inside aiokafka's revoke callback hung the rebalance for good
+            # (seen once); the new owner reads the uncommitted rest again, a replay.
+            self.stop_flow()
+            timeout = self.app.conf.broker_session_timeout * 0.5
+            if not await batches.wait_in_flight(timeout):
+                log.warning("batches still in flight %.0f s into a rebalance: their partitions move on without "
+                            "them (the new owner reads them again)", timeout)
+        return await on_partitions_revoked(self, revoked)
+
+    async def _on_stop(self):
+        batches = _batches
+        if batches is not None and batches.busy():
+            self.stop_flow()
+            await batches.wait_in_flight(30.0)  # then faust commits what they acknowledged
+        return await on_stop(self)
+
+    return _on_partitions_revoked, _on_stop
+
+
+_batch_installed = False
+
+
+def install_batch_loop(batches: StageBatches) -> bool:
+    """Replace faust's consumer loop with the batch loop (see above) for `batches`' topics."""
+    global _batches, _batch_installed
+    from faust.transport.consumer import Consumer
+
+    require_pinned()
+    _batches = batches
+    if not _batch_installed:
+        Consumer._drain_messages = _drain_batches
+        Consumer.perform_seek, Consumer.seek = _marking_seeks(Consumer.perform_seek, Consumer.seek)
+        Consumer.on_partitions_revoked, Consumer.on_stop = _finishing_batches(Consumer.on_partitions_revoked,
+                                                                              Consumer.on_stop)
+        _batch_installed = True
+    return True

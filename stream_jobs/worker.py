@@ -101,7 +101,7 @@ def run_worker(settings, index: int, args) -> int:
              "consumer_loop=%s metrics=:%d",
              index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,
              "rocksdb" if rocksdb_available() else "memory", args.batch, args.within,
-             "direct" if app.intelbus_consumer_loop_patched else "faust", port)
+             app.intelbus_consumer_loop, port)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -1,0 +1,283 @@
+"""The batch consumer loop's decisions (stream_jobs/faust_patches.py, INTELBUS_JOBS_CONSUMER_LOOP=batch).
+
+Where the loop replaces a per-message step of faust 0.15.3 (the read-offset checks, the
+acknowledgement), faust's own code runs beside it on the same input and the bookkeeping
+must come out the same."""
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+
+from stream_jobs import faust_patches
+from stream_jobs.faust_patches import SeekMarks, StageBatches, ack_offsets, fresh_records, why_not_start
+
+from faust.types import TP as FaustTP
+
+TP = FaustTP("intel.incident", 2)
+TP_M = FaustTP("intel.match.requests", 2)
+
+
+def recs(*offsets, topic="intel.incident"):
+    return [SimpleNamespace(offset=o, topic=topic, partition=2) for o in offsets]
+
+
+def faust_drain_checks(offsets, read_offset):
+    """faust's `_drain_messages`, message by message: delivered offsets, gaps, read offset after."""
+    delivered, gaps, r = [], [], read_offset
+    for offset in offsets:
+        if r is None or offset >= r:
+            gap = offset - (r or 0)
+            if gap > 1 and r:
+                gaps.append((r + 1, offset))
+            delivered.append(offset)
+            r = offset
+    return delivered, gaps, r
+
+
+@pytest.mark.parametrize("offsets, read_offset", [
+    ([5, 6, 7], None),
+    ([5, 6, 7], 4),
+    ([5, 6, 7], 5),         # after a seek to the committed offset 5: 5 is delivered again
+    ([5, 6, 7], 6),         # fetched before the read offset moved on: 5 dropped
+    ([5, 9, 10, 14], 4),    # offsets without messages inside the fetch
+    ([12, 13], 7),          # a gap before the fetch
+    ([3, 4], 0),            # faust records no gap after a read offset of 0
+    ([], 3),
+])
+def test_fresh_records_decide_as_faust_does_message_by_message(offsets, read_offset):
+    kept, gaps, last = fresh_records(recs(*offsets), read_offset)
+    assert ([r.offset for r in kept], gaps, last) == faust_drain_checks(offsets, read_offset)
+
+
+def bookkeeping(committed=None):
+    return SimpleNamespace(_committed_offset=defaultdict(lambda: None, {TP: committed}),
+                           _acked=defaultdict(list), _acked_index=defaultdict(set), _n_acked=0,
+                           _unacked_messages=set(), _waiting_for_ack=None,
+                           app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)))
+
+
+class Message:  # what faust's `Consumer.ack` reads of a ConsumerMessage (hashable, as faust keeps it in a set)
+    def __init__(self, tp, offset):
+        self.acked, self.tp, self.offset, self.topic = False, tp, offset, tp.topic
+
+
+@pytest.mark.parametrize("committed, offsets", [(None, [4, 5, 6]), (5, [3, 4, 5, 6, 7]), (5, [5, 5, 6]), (0, [0, 1])])
+def test_bulk_acknowledgement_leaves_faust_the_bookkeeping_its_own_acks_leave(committed, offsets):
+    from faust.transport.consumer import Consumer
+
+    ours, theirs = bookkeeping(committed), bookkeeping(committed)
+    n = ack_offsets(ours, TP, offsets)
+    for o in offsets:
+        Consumer.ack(theirs, Message(TP, o))
+    assert n == theirs._n_acked
+    assert (ours._acked[TP], ours._acked_index[TP], ours._n_acked) == (theirs._acked[TP], theirs._acked_index[TP],
+                                                                        theirs._n_acked)
+
+
+def test_faust_commits_past_a_bulk_acknowledged_batch():
+    from faust.transport.consumer import Consumer
+
+    from intervaltree import IntervalTree
+
+    c = bookkeeping(committed=100)
+    c._gap = defaultdict(IntervalTree)
+    ack_offsets(c, TP, range(100, 150))
+    assert Consumer._new_offset(c, TP) == 150
+
+
+@pytest.mark.parametrize("kw, reason", [
+    ({}, None),
+    ({"stopping": True}, "stopping"),
+    ({"flow_active": False}, "flow stopped"),
+    ({"flow_control_active": False}, "flow stopped"),
+])
+def test_a_batch_starts_only_while_the_flow_runs(kw, reason):
+    args = dict(stopping=False, flow_active=True, flow_control_active=True)
+    assert why_not_start(**{**args, **kw}) == reason
+
+
+@pytest.mark.parametrize("first, read_offset, seeked, rebalanced, dropped", [
+    (120, 119, False, False, False),  # nothing moved: faust's read-offset checks decide
+    (200, 100, True, False, True),    # fetched before the seek to 100: read again from 100
+    (100, 100, True, False, False),   # fetched after the seek: the fetch position is past them, keep
+    (100, 100, True, True, False),    # rebalanced, then the recovery's seek: as above
+    (100, 100, False, True, True),    # rebalanced, no seek yet (it comes once the tables are recovered)
+    (5, None, True, False, False),    # never committed: nothing to judge by, as faust
+])
+def test_records_that_may_predate_a_seek_or_rebalance_are_stale_unless_they_begin_where_it_put_the_partition(
+        first, read_offset, seeked, rebalanced, dropped):
+    assert faust_patches.stale(first, read_offset, seeked=seeked, rebalanced=rebalanced) is dropped
+
+
+def test_a_seek_makes_what_was_fetched_before_it_stale_for_its_partitions_only():
+    marks = SeekMarks()
+    then = marks.now()
+    assert not marks.seeked_since(TP, then)
+    marks.mark(TP_M)
+    assert marks.seeked_since(TP_M, then) and not marks.seeked_since(TP, then)
+    later = marks.now()
+    assert not marks.seeked_since(TP_M, later)
+    marks.mark()  # perform_seek: every partition
+    assert marks.seeked_since(TP, later) and marks.seeked_since(TP_M, later)
+
+
+def test_a_fetch_splits_into_one_batch_per_stage_and_the_rest():
+    other = FaustTP("intelbus-jobs-records-changelog", 2)
+    alert = FaustTP("intel.alert", 0)
+    batches = StageBatches({}, {"intel.incident": "dedupe", "intel.alert": "dedupe", "intel.match.requests": "match"})
+    by_stage, rest = batches.split({TP: [1], alert: [2], TP_M: [3], other: [4]})
+    assert by_stage == {"dedupe": {TP: [1], alert: [2]}, "match": {TP_M: [3]}}
+    assert rest == {other: [4]}
+
+
+class FakeConsumer:
+    """What the batch loop reads of faust's consumer, with faust's own `_add_gap` and `ack`."""
+
+    def __init__(self, committed=None):
+        self.should_stop = False
+        self.flow_active = True
+        self.generation = 7
+        self.flow_control_active = True
+        self._read_offset = defaultdict(lambda: None)
+        self._committed_offset = defaultdict(lambda: None, {TP: committed, TP_M: committed})
+        self._acked, self._acked_index, self._n_acked = defaultdict(list), defaultdict(set), 0
+        self._buffered_partitions = set()
+        self._waiting_for_ack = None
+        self.gaps = []
+        outer = self
+        self.app = SimpleNamespace(
+            flow_control=SimpleNamespace(is_active=lambda: outer.flow_control_active),
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, hw: None, stream_inbound_time={}))
+
+    def highwater(self, tp):
+        return 1000
+
+    async def _add_gap(self, tp, a, b):
+        self.gaps.append((tp, a, b))
+
+
+def with_generation(consumer):
+    consumer.app.consumer_generation_id = consumer.generation
+    return consumer
+
+
+def test_a_batch_is_acknowledged_in_bulk_only_after_its_handler_returned():
+    async def main():
+        release = asyncio.Event()
+        seen = []
+
+        async def dedupe(records):
+            seen.append([r.offset for r in records])
+            await release.wait()
+
+        c = with_generation(FakeConsumer(committed=10))
+        c._read_offset[TP] = 9
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe"})
+        n = await batches.submit(c, "dedupe", {TP: recs(8, 10, 11, 14)}, 7, batches.marks.now(), {TP})
+        assert n == 3 and c._read_offset[TP] == 14 and c.gaps == [(TP, 12, 14)]
+        await asyncio.sleep(0)
+        assert seen == [[10, 11, 14]] and c._acked[TP] == [] and batches.busy()
+        release.set()
+        assert await batches.wait_in_flight(1)
+        assert c._acked[TP] == [10, 11, 14] and c._n_acked == 3
+
+    asyncio.run(main())
+
+
+def test_a_stage_runs_its_batches_one_after_the_other_in_fetch_order():
+    async def main():
+        order = []
+
+        async def match(records):
+            order.append(("start", records[0].offset))
+            await asyncio.sleep(0.01)
+            order.append(("end", records[0].offset))
+
+        c = with_generation(FakeConsumer())
+        batches = StageBatches({"match": match}, {"intel.match.requests": "match"})
+        await batches.submit(c, "match", {TP_M: recs(1, 2, topic=TP_M.topic)}, 7, 0, None)
+        await batches.submit(c, "match", {TP_M: recs(3, topic=TP_M.topic)}, 7, 0, None)
+        await batches.wait_in_flight(1)
+        assert order == [("start", 1), ("end", 1), ("start", 3), ("end", 3)]
+
+    asyncio.run(main())
+
+
+def test_the_first_fetch_after_a_seek_is_processed_when_it_begins_at_the_new_read_offset():
+    async def main():
+        handled = []
+
+        async def dedupe(records):
+            handled.extend(r.offset for r in records)
+
+        c = with_generation(FakeConsumer(committed=100))
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe"})
+        then = batches.marks.now()
+        batches.marks.mark()  # perform_seek while the fetch was under way: read offsets back to 100
+        c._read_offset[TP] = 100
+        await batches.submit(c, "dedupe", {TP: recs(100, 101)}, 7, then, {TP})
+        await batches.wait_in_flight(1)
+        assert handled == [100, 101] and c._acked[TP] == [100, 101]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("change", ["flow", "generation", "seek", "paused"])
+def test_records_fetched_before_a_flow_stop_rebalance_or_seek_are_dropped_unacknowledged(change):
+    async def main():
+        handled = []
+
+        async def dedupe(records):
+            handled.extend(records)
+
+        c = with_generation(FakeConsumer())
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe"})
+        then, active = batches.marks.now(), {TP}
+        if change == "flow":
+            c.flow_active = False
+        elif change == "generation":
+            c.app.consumer_generation_id = 8
+        elif change == "seek":
+            batches.marks.mark()  # to the committed offset 0, from before which the fetch came
+            c._read_offset[TP] = 0
+        else:
+            active = set()
+        n = await batches.submit(c, "dedupe", {TP: recs(1, 2, 3)}, 7, then, active)
+        await batches.wait_in_flight(1)
+        assert n == 0 and handled == [] and c._acked[TP] == [] and c._read_offset[TP] == (0 if change == "seek" else None)
+        assert batches.dropped == 3
+
+    asyncio.run(main())
+
+
+def test_a_revoke_waits_for_the_batches_in_flight_before_faust_goes_on(monkeypatch):
+    async def main():
+        events = []
+
+        async def hits(records):
+            await asyncio.sleep(0.02)
+            events.append("batch done")
+
+        c = with_generation(FakeConsumer())
+        c.app.conf = SimpleNamespace(broker_session_timeout=10.0)
+        c.stop_flow = lambda: events.append("flow stopped")
+
+        async def faust_revoke(self, revoked):
+            events.append(("faust revokes, acknowledged:", list(c._acked[TP])))
+            self._acked.clear()
+
+        async def faust_stop(self):
+            events.append("faust stops")
+
+        batches = StageBatches({"hits": hits}, {"intel.incident": "hits"})
+        monkeypatch.setattr(faust_patches, "_batches", batches)
+        revoke, _ = faust_patches._finishing_batches(faust_revoke, faust_stop)
+        await batches.submit(c, "hits", {TP: recs(4, 5)}, 7, 0, None)
+        await revoke(c, {TP})
+        assert events == ["flow stopped", "batch done", ("faust revokes, acknowledged:", [4, 5])]
+
+    asyncio.run(main())
