@@ -78,6 +78,13 @@ def add_simulate(p):
                    help="wanted-person and watch hits in the day (default 6): real listings and sightings are "
                         "published (signed as --key-file), the stack's jobs make the hits, the two regions follow "
                         "them up (source_refs start with --ref-prefix, default a random WF<hex>-)")
+    w.add_argument("--workflow-topic", metavar="TOPIC",
+                   help="read when each hit's follow-up opened from this topic (the workflow job's own output, "
+                        "INTELBUS_WORKFLOWS_OUTPUT_TOPIC, as `verify --workflow-topic`) instead of the gateway's "
+                        "history: the job whose events are checked has then opened it before anyone acts on it")
+    w.add_argument("--workflow-open-timeout", type=float, default=60.0,
+                   help="seconds a sighting may take to open its follow-up (default 60); then the hit is reported "
+                        "as not sent and left out of the truth")
     w.add_argument("--workflow-joint-share", type=float, default=0.3,
                    help="share of the requests that ask for joint action (default 0.3)")
     w.add_argument("--workflow-prefix", default="wfsim", help="name prefix of the simulated principals (default wfsim)")
@@ -274,6 +281,7 @@ def workflow_command(args) -> int:
         producer.publish(kind, record, now_ms=now_ms)
         producer.flush(10)  # the sighting's time is the play's anchor: out now, not after a linger
 
+    openings = TopicOpenings(settings, args.workflow_topic) if records and args.workflow_topic else None
     pool = ws.PrincipalPool(settings, settings.gateway_url, prefix=args.workflow_prefix)
     try:
         pool.ensure(plan.agencies())
@@ -285,9 +293,12 @@ def workflow_command(args) -> int:
             log(f"simulate --workflow: {len(plan.items)} items ({len(records)} hits, records {ref_prefix}*), "
                 f"{len(ws.actions(plan))} actions over {plan.end_ms / 1000:.0f}s; "
                 f"{len(steps)} reminders/escalations expected")
-        played = ws.play(plan, pool, log=log, records=records, publisher=publisher)
+        played = ws.play(plan, pool, log=log, records=records, publisher=publisher, opened=openings,
+                         open_timeout_s=args.workflow_open_timeout)
     finally:
         pool.close()
+        if openings is not None:
+            openings.close()
         if producer is not None:
             producer.flush(30)
             producer.close()
@@ -309,3 +320,60 @@ def workflow_command(args) -> int:
               f"{json.dumps(f, ensure_ascii=False)}", file=sys.stderr)
     unsent = [f for f in played["failed"] if not 400 <= int(f.get("status") or 0) < 500]
     return 0 if not unsent else 1
+
+
+class TopicOpenings:
+    """When each hit follow-up opened, from a workflow job's output topic (intel.workflow's Avro), read
+    from the topic's end as it stands when made: `openings(hit_id, timeout_s)` -> the OPENED event's
+    time (UTC ms) or None. One consumer in a thread of its own (the broker's admin credentials, as
+    `intelbus verify --workflow-topic` reads)."""
+
+    def __init__(self, settings, topic: str):
+        import threading
+        import uuid
+
+        from confluent_kafka import Consumer, TopicPartition
+
+        from ops.kafka_auth import ADMIN
+        from schemas.wire import SchemaCodec
+
+        self.codec = SchemaCodec(url=settings.registry_url)
+        self.consumer = Consumer({**settings.kafka_config(ADMIN), "group.id": f"wfsim-openings-{uuid.uuid4().hex}",
+                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = []
+        for p in meta.partitions:
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, high))
+        self.consumer.assign(parts)
+        self.opened: dict[str, int] = {}
+        self.seen = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._read, name="wfsim-openings", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stopping:
+            for msg in self.consumer.consume(500, 0.2):
+                if msg.error():
+                    continue
+                try:
+                    event = self.codec.decode(msg.value())
+                except Exception:  # noqa: BLE001 - not an event of this schema: not an opening
+                    continue
+                if event.get("event_type") == "OPENED":
+                    at = event["at"]
+                    with self.seen:
+                        self.opened.setdefault(event["item_id"], int(at.timestamp() * 1000) if hasattr(at, "timestamp")
+                                               else int(at))
+                        self.seen.notify_all()
+
+    def __call__(self, hit_id: str, timeout_s: float) -> int | None:
+        with self.seen:
+            self.seen.wait_for(lambda: hit_id in self.opened, timeout=timeout_s)
+            return self.opened.get(hit_id)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(10)
+        self.consumer.close()

@@ -569,3 +569,25 @@ def test_verify_checks_a_moved_hit_deadline_against_what_moved_it():
             for r in rows]
     v = compare_workflow(items, steps, rows)
     assert any(w["item_id"] == iid and "after its NEED_TIME, not" in w["problems"][0] for w in v.wrong), v.wrong
+
+
+def test_a_hit_that_never_opens_is_reported_and_left_out_of_the_truth():
+    plan = plan_of(5, requests=0, directives=0, hits=4)
+    clock = FakeClock()
+    records = ws.attach_records(plan, "WFT4-")
+    gw = FakeGateway(clock, records=records)
+    lost = next(iter(records.values())).hit_id
+    seen = []
+
+    def opened(hit_id, timeout_s):  # the job's own output topic: one follow-up never shows up there
+        seen.append(hit_id)
+        clock.sleep(0.3)
+        return None if hit_id == lost else int(clock() * 1000) - 100
+
+    out = ws.play(plan, gw, lead_s=1.0, clock=clock, sleep=clock.sleep, workers=0, records=records,
+                  publisher=gw.publish, opened=opened)
+    assert sorted(seen) == sorted(r.hit_id for r in records.values())  # asked the injected reader, not the gateway
+    ref = next(ref for ref, r in records.items() if r.hit_id == lost)
+    assert [(f["ref"], f["verb"]) for f in out["failed"] if f["verb"] == "sight"] == [(ref, "sight")]
+    assert all(f["ref"] == ref for f in out["failed"])  # its actions were not sent; the others' were
+    assert ref not in [it.ref for it in ws.as_played(plan, out).items]
