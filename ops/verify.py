@@ -509,7 +509,10 @@ def named_scorecard(ex, database: str, period, item_ids: list[str], *, events: l
     try:
         ex.execute(f"CREATE TABLE {scratch}.workflow_events AS {database}.workflow_events")
         if events is not None:
-            rows = [workflow_row(e, topic="verify", partition=0, offset=n, ingested_ms=0) for n, e in enumerate(events)]
+            # a decoded record's times may be datetimes (timestamp-millis): the sink's row wants UTC ms
+            rows = [workflow_row({**e, "at": _ms(e["at"]), "due_at": _ms(e.get("due_at")),
+                                  "scheduled_at": _ms(e.get("scheduled_at"))},
+                                 topic="verify", partition=0, offset=n, ingested_ms=0) for n, e in enumerate(events)]
             saved, ex.database = ex.database, scratch
             try:
                 for n in range(0, len(rows), 1000):

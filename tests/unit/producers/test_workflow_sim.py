@@ -437,7 +437,14 @@ def test_verify_reads_the_stored_history_on_chdb_and_finds_it_exact(tmp_path):
         card, period = ws.expected_scorecard(plan, POLICY, REGIONS, T0, ids, due_at), ws.scorecard_period(plan, T0)
         from_history = named_scorecard(ex, "intelbus", period, list(ids.values()))
         avro = [e.to_avro() for e in events]
-        from_topic = named_scorecard(ex, "intelbus", period, list(ids.values()), events=avro)
+        # as a consumer decodes them: timestamp-millis as datetimes
+        from datetime import datetime, timezone
+
+        def as_decoded(e):
+            return {**e, **{k: datetime.fromtimestamp(e[k] / 1000, timezone.utc) for k in ("at", "due_at", "scheduled_at")
+                            if e.get(k) is not None}}
+
+        from_topic = named_scorecard(ex, "intelbus", period, list(ids.values()), events=[as_decoded(e) for e in avro])
         refused = next(e for e in avro if e["event_type"] == "REFUSED")
         short = named_scorecard(ex, "intelbus", period, list(ids.values()), events=[e for e in avro if e is not refused])
         left = ex.query("SHOW DATABASES")[1]
