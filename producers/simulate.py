@@ -82,6 +82,10 @@ def add_simulate(p):
                    help="read when each hit's follow-up opened from this topic (the workflow job's own output, "
                         "INTELBUS_WORKFLOWS_OUTPUT_TOPIC, as `verify --workflow-topic`) instead of the gateway's "
                         "history: the job whose events are checked has then opened it before anyone acts on it")
+    w.add_argument("--workflow-sighting", choices=("incident", "alert"), default="incident",
+                   help="what sights a hit's person or plate: an identity check or traffic stop (incident, default) "
+                        "or the sighting region's WARNING alert (alert: intel.alert, for a bus whose jobs carry an "
+                        "incident backlog)")
     w.add_argument("--workflow-open-timeout", type=float, default=60.0,
                    help="seconds a sighting may take to open its follow-up (default 60); then the hit is reported "
                         "as not sent and left out of the truth")
@@ -264,7 +268,7 @@ def workflow_command(args) -> int:
     settings = load_settings()
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     ref_prefix = args.ref_prefix or f"WF{secrets.token_hex(3).upper()}-"
-    records = ws.attach_records(plan, ref_prefix)
+    records = ws.attach_records(plan, ref_prefix, args.workflow_sighting)
     producer = None
     if records:
         from producers.regional import RegionalProducer, resolve_signer

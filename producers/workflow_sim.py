@@ -780,13 +780,18 @@ class HitRecords:
     record_key: str
     matched: str            # KIND:value
     hit_id: str
+    sighting_kind: str = "incident"
 
 
-def attach_records(plan: Plan, ref_prefix: str) -> dict[str, HitRecords]:
+def attach_records(plan: Plan, ref_prefix: str, sighting_kind: str = "incident") -> dict[str, HitRecords]:
     """The records of every planned hit, by ref, with identifiers of this run's own (drawn from the
     prefix, so two runs on one bus never share a person or a plate: each run's hits are its own); sets
     each HitPlan's record_key and matched. The hit id is the matching jobs' (schemas.ids.hit_id of the
-    record key, the sighting's event id and the hit type): the play knows it before the hit exists."""
+    record key, the sighting's event id and the hit type): the play knows it before the hit exists.
+
+    sighting_kind: `incident` (an identity check or a traffic stop, most of the bus's traffic) or `alert`
+    (the sighting region's WARNING naming the person or the plate, on intel.alert: lighter traffic,
+    for a bus whose jobs carry an incident backlog)."""
     from schemas.ids import derive_event_id, hit_id
     from schemas.normalise import resident_id_check_digit
 
@@ -822,11 +827,17 @@ def attach_records(plan: Plan, ref_prefix: str) -> dict[str, HitRecords]:
                         "location": {"region": h.sighted_in, "address": f"{h.sighted_in} 检查站"},
                         "vehicles": [{"plate": plate}]}
             matched, kind, arrest = f"PLATE:{plate}", "alert", None
+        if sighting_kind == "alert":
+            sighting = {**base, "source_region": h.sighted_in, "source_system": "xczx",
+                        "source_ref": f"{ref_prefix}YJ{n:04d}", "alert_type": "WARNING", "title": "卡口预警",
+                        "priority": "ROUTINE", "status": "OPEN",
+                        **({"persons": [{**sighting["persons"][0], "role": "SUSPECT"}]} if "persons" in sighting
+                           else {"vehicles": sighting["vehicles"]})}
         key = f"{listing['source_region']}/{listing['source_system']}/{listing['source_ref']}"
         trigger = derive_event_id(sighting["source_region"], sighting["source_system"], sighting["source_ref"], 1)
         h.record_key, h.matched = key, matched
         out[it.ref] = HitRecords(kind, listing, sighting, arrest if h.arrest_ms is not None else None, key, matched,
-                                 hit_id(key, trigger, h.hit_type))
+                                 hit_id(key, trigger, h.hit_type), "alert" if "alert_type" in sighting else "incident")
     return out
 
 
@@ -1162,7 +1173,7 @@ def play(plan: Plan, pool, *, lead_s: float = 2.0, clock=time.time, sleep=time.s
                 return
         if a.verb == "sight":
             rec = records[a.ref]
-            sighted = publish("incident", rec.sighting)
+            sighted = publish(rec.sighting_kind, rec.sighting)
             at = opened(rec.hit_id, open_timeout_s) if opened is not None else \
                 opened_at(pool.client(a.agency), rec.hit_id, timeout_s=open_timeout_s, clock=clock, sleep=sleep)
             if at is None:

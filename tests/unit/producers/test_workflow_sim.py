@@ -539,21 +539,24 @@ def test_every_hit_action_keeps_the_margin_from_every_step_of_every_due_time(see
             assert h.arrest_ms is not None  # every listing is closed: the other jobs' clocks stop too
 
 
-def test_the_days_records_make_exactly_its_hits_through_the_matching_stages():
-    """The listings and sightings, validated as publishing validates them, through the three stages in
-    memory: every planned hit, with the id, type and regions the play expects, and no other."""
+@pytest.mark.parametrize("sighting", ["incident", "alert"])
+def test_the_days_records_make_exactly_its_hits_through_the_matching_stages(sighting):
+    """The listings and sightings (identity checks and traffic stops, or the sighting regions' warnings),
+    validated as publishing validates them, through the three stages in memory: every planned hit, with
+    the id, type and regions the play expects, and no other."""
     from schemas.records import validate_record
     from tests.unit.stream_jobs.test_stages import Bus
 
     plan = plan_of(5, requests=0, directives=0, hits=12)
-    records = ws.attach_records(plan, "WFT2-")
+    records = ws.attach_records(plan, "WFT2-", sighting)
     bus = Bus()
     now = T0
     for r in records.values():
         bus.publish(r.listing_kind, validate_record(r.listing_kind, {**r.listing, "occurred_at": now}, now_ms=now), now=now)
     for r in records.values():
         now += 1000
-        bus.publish("incident", validate_record("incident", {**r.sighting, "occurred_at": now}, now_ms=now), now=now)
+        assert r.sighting_kind == sighting
+        bus.publish(sighting, validate_record(sighting, {**r.sighting, "occurred_at": now}, now_ms=now), now=now)
     got = bus.distinct_hits()
     want = {r.hit_id: it for it in plan.items for ref, r in records.items() if ref == it.ref}
     assert set(got) == set(want)
