@@ -86,8 +86,11 @@ class AuditJournal:
         self._thread = threading.Thread(target=self._run, name="live-feed-audit", daemon=True)
         self._thread.start()
 
-    def append(self, lines: list[str]) -> None:
-        """Durable before it returns (fsync); AuditUnavailable if ClickHouse has taken nothing for too long."""
+    def append(self, lines: list[str], records: list[dict] | None = None) -> None:
+        """Durable before it returns (fsync); AuditUnavailable if ClickHouse has taken nothing for too long.
+        `records`: the lines as the shipper reads them (`JournalLines.record_of`), so that it need not parse
+        its own lines back (json.loads of every line was most of its thread's time: a GIL share taken from
+        the streams' event loop)."""
         from gateway.app import AuditUnavailable
 
         if self.failing_since is not None and time.monotonic() - self.failing_since > self.max_unshipped_s:
@@ -99,7 +102,7 @@ class AuditJournal:
             self.file.flush()  # in the OS's hands: kept if the gateway dies
             if JOURNAL_FSYNC:  # kept if the machine dies too, at the price of the disk's flush (seconds, when busy)
                 os.fsync(self.file.fileno())
-            self.pending.extend(lines)
+            self.pending.extend(lines if records is None else records)
 
     def _run(self) -> None:
         self._ship_orphans()
@@ -112,7 +115,7 @@ class AuditJournal:
         if not batch:
             return
         try:
-            self._insert(merge_audit_records([json.loads(line) for line in batch]))
+            self._insert(merge_audit_records([json.loads(x) if isinstance(x, str) else x for x in batch]))
         except Exception as exc:
             with self.lock:
                 self.pending[:0] = batch
@@ -186,6 +189,7 @@ class JournalLines:
         assert AUDIT_COLUMNS.index("at_ms") == 1 and j == i + 1
         dumps = lambda v: json.dumps(v, ensure_ascii=False, default=str)[1:-1]  # noqa: E731
         self.head = f'{{"stream": "{stream_id}", "row": ['
+        self.stream_id, self.row, self.params_i, self.count_i = stream_id, row, i, j
         self.middle, self.tail = ", " + dumps(row[1:i]) + ", ", ", " + dumps(row[j + 1:]) + "]}\n"
 
     def line(self, params: dict, row_count: int, now: float | None = None) -> str:
@@ -195,6 +199,14 @@ class JournalLines:
         """The line, with the params already as `params_text` makes them (shared by the streams of a view)."""
         at_ms = int((time.time() if now is None else now) * 1000)
         return f"{self.head}{at_ms}{self.middle}{params_json}, {row_count}{self.tail}"
+
+
+    def record_of(self, params: dict, row_count: int, at_ms: int) -> dict:
+        """The line's record as the shipper reads it (what json.loads of the line gives, its params not re-encoded);
+        `params` may be shared: the merge copies it."""
+        row = list(self.row)
+        row[0], row[self.params_i], row[self.count_i] = at_ms, params, row_count
+        return {"stream": self.stream_id, "row": row}
 
 
 def params_text(params: dict) -> str:
@@ -216,17 +228,25 @@ def merge_audit_records(records: list[dict]) -> list[tuple]:
         if have is None:
             merged[rec["stream"]] = row
             continue
-        a, b = json.loads(have[params_i]), json.loads(row[params_i])
+        a, b = _params(have[params_i]), _params(row[params_i])
         for key in ("hit_ids", "alert_event_ids", "workflow_event_ids"):
             if key in b:
                 a[key] = (a.get(key, []) + b[key])[:100]
         a["through"] = b.get("through", a.get("through"))
         a["batches"] = a.get("batches", 1) + b.get("batches", 1)
         a["last_at_ms"] = row[0]
-        have[params_i] = json.dumps(a, ensure_ascii=False)
+        have[params_i] = a
         have[count_i] += row[count_i]
+    for r in merged.values():
+        if not isinstance(r[params_i], str):
+            r[params_i] = json.dumps(r[params_i], ensure_ascii=False, default=str)
     return [(datetime.fromtimestamp(int(r[0] / 1000), tz=timezone.utc).replace(tzinfo=None), *r)
             for r in merged.values()]
+
+
+def _params(p) -> dict:
+    """A record's params as a dict of its own (a journal line's are text; an in-memory record's may be shared)."""
+    return json.loads(p) if isinstance(p, str) else dict(p)
 
 
 class AuditBatcher:
@@ -238,6 +258,7 @@ class AuditBatcher:
         self.pending: list[tuple[str, AuditEntry, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
         self.round_lines: list[str] = []
+        self.round_records: list = []
         self.round_waiters: list[asyncio.Future] = []
         self.writes = 0  # journal writes of stream batches (the group write's effect, for tests)
 
@@ -256,28 +277,30 @@ class AuditBatcher:
             self.task = asyncio.create_task(self._flush())
         await fut
 
-    async def journal_line(self, line: str) -> None:
+    async def journal_line(self, line: str, record: dict | None = None) -> None:
         """A stream's line for this round (direct mode): one journal write for every stream of the round, made
         by a callback queued behind the streams the round woke (they all take their turn first), before any of
         them sends; returns once written. Before: a write and flush per stream, a fifth of the event loop's
         time with 200 clients (bench/results/fanout.md, 07:21 run)."""
         if not AUDIT_GROUP_WRITE:
             self.writes += 1
-            self.journal.append([line])
+            self.journal.append([line], None if record is None else [record])
             return
         loop = asyncio.get_running_loop()
         if not self.round_lines:
             loop.call_soon(self._write_round)
         fut = loop.create_future()  # one per stream: a shared one would be cancelled with the first stream that leaves
         self.round_lines.append(line)
+        self.round_records.append(record)
         self.round_waiters.append(fut)
         await fut
 
     def _write_round(self) -> None:
-        lines, waiters, self.round_lines, self.round_waiters = self.round_lines, self.round_waiters, [], []
+        lines, records, waiters = self.round_lines, self.round_records, self.round_waiters
+        self.round_lines, self.round_records, self.round_waiters = [], [], []
         try:
             self.writes += 1
-            self.journal.append(lines)
+            self.journal.append(lines, None if any(r is None for r in records) else records)
         except Exception as exc:
             for f in waiters:
                 if not f.done():
@@ -439,7 +462,7 @@ def end_streams_on_exit_signal(closing: threading.Event, state: dict) -> None:
         signal.signal(sig, handler)
 
 
-_PARAMS_TEXT: dict = {}  # (a batch's last token, its length, its first entry) -> its params' text
+_PARAMS_TEXT: dict = {}  # (a batch's last token, its length, its first entry) -> its params' text and dict
 
 
 class LiveStream:
@@ -537,12 +560,15 @@ class LiveStream:
                 self.lines = JournalLines(self.id, self._audit_template())
             # the streams of a view in step send the same batch: its params' text is made once
             key = (items[-1][1], len(items), id(items[0][0]))
-            text = _PARAMS_TEXT.get(key)
-            if text is None:
+            made = _PARAMS_TEXT.get(key)
+            if made is None:
                 if len(_PARAMS_TEXT) > 5000:
                     _PARAMS_TEXT.clear()
-                text = _PARAMS_TEXT[key] = params_text(self._audit_params(items))
-            await self.batcher.journal_line(self.lines.line_of(text, len(items)))
+                params = self._audit_params(items)
+                made = _PARAMS_TEXT[key] = (params_text(params), params)
+            now = time.time()
+            await self.batcher.journal_line(self.lines.line_of(made[0], len(items), now),
+                                            self.lines.record_of(made[1], len(items), int(now * 1000)))
         else:
             params = self._audit_params(items)
             await self.batcher.write(self.id, self._audit_template(params=params, row_count=len(items)))

@@ -430,7 +430,7 @@ def test_the_streams_of_a_round_write_their_audit_lines_in_one_journal_write_bef
         def __init__(self):
             self.writes = []
 
-        def append(self, lines):
+        def append(self, lines, records=None):
             self.writes.append(list(lines))
 
     journal = Journal()
@@ -448,3 +448,22 @@ def test_the_streams_of_a_round_write_their_audit_lines_in_one_journal_write_bef
     asyncio.run(main())
     assert journal.writes[0] == [f"s{i}\n" for i in range(200)] and journal.writes[1] == ["late\n"]
     assert all(n >= 1 for _, n in sent[:200]) and sent[-1] == ("late", 2)  # none sent before its line was written
+
+
+def test_the_shipper_s_in_memory_records_merge_to_the_rows_its_journal_lines_give():
+    import json
+
+    from gateway.audit import AuditEntry
+    from gateway.events import JournalLines, merge_audit_records
+
+    template = AuditEntry(action="feed", identity=identity_of("130000"), region="130822", purpose="live wall",
+                          query_name="events", query_text="live feed of 130822 (SSE)")
+    shared = {"hit_ids": ["h1"], "alert_event_ids": [], "workflow_event_ids": [], "through": "t1"}
+    batches = [("s1", shared, 1, 1_800_000_000_000), ("s2", shared, 1, 1_800_000_000_100),
+               ("s1", {**shared, "hit_ids": ["h2", "h3"], "through": "t2"}, 2, 1_800_000_000_900)]
+    makers = {s: JournalLines(s, template) for s in ("s1", "s2")}
+    from_lines = merge_audit_records([json.loads(makers[s].line(p, n, now=at / 1000)) for s, p, n, at in batches])
+    from_records = merge_audit_records([makers[s].record_of(p, n, at) for s, p, n, at in batches])
+    assert from_records == from_lines and len(from_lines) == 2
+    assert json.loads(from_records[0][8])["hit_ids"] == ["h1", "h2", "h3"] and from_records[0][9] == 3
+    assert shared["hit_ids"] == ["h1"]  # the streams' shared params are not changed by the merge
