@@ -181,3 +181,6 @@ def test_a_paused_worker_with_no_command_sends_the_reminder_once_when_it_resumes
     assert fired_by_hold(worker) == 0
     text = metrics(worker)
     assert "intelbus_workflows_watermark_lag_seconds{" in text
+    # thousands of markers went through the items agent: none taken for a command (it would be undecodable)
+    assert 'intelbus_workflows_commands_total{outcome="undecodable"}' not in text
+    assert 'intelbus_workflows_commands_total{outcome="applied"}' in text

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from stream_jobs.workflow_job import (
     DueIndex, WatermarkBook, commands_watermark, decode_marker, hold_release_at, is_marker, marker_value, read_through,
-    step_cutoff,
+    step_cutoff, step_fire_at,
 )
 from workflows import model as m
 from workflows.machine import apply, fire_due, next_due
@@ -90,6 +90,18 @@ def test_a_stuck_commands_partition_is_left_out_after_the_hold_the_others_still_
     assert cutoff == T0 - 300 and strict == T0 - 40_000
     # a step at T0 - 10 s waits for partition 0, which the hold lets go 30 s after it last moved
     assert hold_release_at(T0 - 10_000, 2, marks, T0 - 60_000, HOLD) == T0 - 1000
+
+
+def test_the_timers_sleep_past_a_due_time_the_commands_have_not_reached_until_a_marker_or_the_hold():
+    marks = {0: (T0 - 300, T0 - 100), 1: (T0 - 250, T0 - 100)}
+    # the commands are read through T0 - 300: a step due at T0 + 50 cannot fire at its time
+    assert step_fire_at(T0 + 50, T0, 2, marks, T0 - 5000, HOLD) == T0 - 100 + HOLD
+    # one they have passed fires now (or at its time)
+    assert step_fire_at(T0 - 400, T0, 2, marks, T0 - 5000, HOLD) == T0
+    # a stuck partition's hold is over: the step fires by the clock, at its time
+    stuck = {0: (T0 - 60_000, T0 - 40_000), 1: (T0 + 900, T0)}
+    assert step_fire_at(T0 + 50, T0, 2, stuck, T0 - 90_000, HOLD) == T0 + 50
+    assert step_fire_at(T0 + 50, T0, None, {}, T0 - 1000, HOLD) == T0 - 1000 + HOLD
 
 
 # --- the book: markers, rebalances, restarts, pauses --------------------------------------------
