@@ -421,10 +421,13 @@ def test_without_throttle_and_selection_every_append_rings_every_stream():
     assert bell.rings == 3 and bell.rung == 6 and all(w.is_set() for w in wakes)
 
 
-def test_the_streams_of_a_round_write_their_audit_lines_in_one_journal_write_before_any_sends():
+def test_the_streams_of_a_round_write_their_audit_lines_in_one_journal_write_before_any_sends(monkeypatch):
     import asyncio
 
+    from gateway import events
     from gateway.events import AuditBatcher
+
+    monkeypatch.setattr(events, "AUDIT_GROUP_WRITE", True)  # INTELBUS_LIVE_AUDIT_GROUP=1 (not the default)
 
     class Journal:
         def __init__(self):
