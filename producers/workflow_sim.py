@@ -960,7 +960,7 @@ def workflow_summary(plan: Plan, steps: list[Step], policy, played: dict | None 
             "joint_requests": sum(it.joint for it in plan.items), "steps": len(steps),
             "steps_by_type": dict(Counter(s.event_type for s in steps)), "fates": dict(fates),
             "unplaced": plan.unplaced, "policy": policy_summary(policy),
-            "played": {k: v for k, v in (played or {}).items() if k not in ("due_at", "item_ids")}}
+            "played": {k: v for k, v in (played or {}).items() if k not in ("due_at", "item_ids", "anchors")}}
 
 
 def policy_summary(policy) -> dict:
@@ -1235,7 +1235,11 @@ def play(plan: Plan, pool, *, lead_s: float = 2.0, clock=time.time, sleep=time.s
         return a.at_ms - HIT_LAG_MS if by_ref[a.ref].kind == "HIT_FOLLOW_UP" and a.verb != "sight" else a.at_ms
 
     acts = sorted(actions(plan), key=lambda a: (submit_at(a), a.ref, a.verb))
-    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool_x:
+    n_hit = sum(by_ref[a.ref].kind == "HIT_FOLLOW_UP" for a in acts)
+    # a hit's actions wait (for the opening, then for their offset) on threads of their own: on the
+    # shared ones they would hold up the requests' and directives' actions behind them
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool_x, \
+            ThreadPoolExecutor(max_workers=max(n_hit, 1)) as hits_x:
         for n, a in enumerate(acts):
             wait = t0 + submit_at(a) / MS - clock()
             if wait > 0:
@@ -1243,7 +1247,7 @@ def play(plan: Plan, pool, *, lead_s: float = 2.0, clock=time.time, sleep=time.s
             if workers == 0:  # one at a time, in this thread (tests with an injected clock)
                 do(a)
                 continue
-            fut = pool_x.submit(do, a)
+            fut = (hits_x if by_ref[a.ref].kind == "HIT_FOLLOW_UP" else pool_x).submit(do, a)
             if a.verb in ("send", "issue", "sight"):
                 futures[(a.ref, "origin")] = fut
             if log and n and n % 25 == 0:

@@ -91,7 +91,7 @@ def test_a_simulated_day_of_workflow_traffic_with_its_truth(worker, own_gateway,
                    # the sightings are the sighting regions' WARNING alerts: the shared stack's intel.incident carries
                    # its simulator's traffic and, on 2026-11-30, a backlog of 2.4 million the jobs drain for minutes
                    # (the records make the same hits either way: tests/unit/producers/test_workflow_sim.py)
-                   "--workflow-sighting", "alert",
+                   "--workflow-sighting", "alert", "--workflow-open-timeout", "150",
                    "--workflow-margin", "0.35", "--workflow-prefix", PREFIX, "--truth", str(truth), "--quiet")
     assert sim.returncode == 0, sim.stderr[-3000:]
     report = json.loads(sim.stdout.strip().splitlines()[-1])
