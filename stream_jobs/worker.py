@@ -86,7 +86,7 @@ def run_worker(settings, index: int, args) -> int:
 
     port = metrics_port(settings, index)
     app = create_app(settings, worker_index=index, batch_size=args.batch, batch_within=args.within)
-    start_http_server(port, addr="127.0.0.1")
+    start_http_server(port, addr=settings.metrics_bind)
     from ops.metrics import tune_gc, watch_gc
 
     watch_gc()
