@@ -244,3 +244,68 @@ def border_duplicate_notify(first_source: str, second_source: str, places=(), fi
     """Both reporting agencies' regions first (the two who must know), then the regions the
     incidents are located in and both share scopes, once each."""
     return notify_regions(first_source, second_source, [*places, *(first_scope or ())], second_scope)
+
+
+# --- expiry: what state is past its window ------------------------------------------------
+# Each stage sweeps its table a slice at a time (stream_jobs.state.Sweeper) and asks these
+# whether an entry is still needed, by a clock on the entries' own time base: the batch's
+# newest publish time for the index (its entries carry event times), the batch's newest
+# detection time for hit ids, the worker's clock for dedupe entries (stamped with it when
+# first seen). An entry is forgotten only when nothing the stage decides could still read it.
+
+CLOSED_RECORD_RETENTION_MS = 365 * DAY_MS
+
+
+def dedupe_entry_expired(entry: dict, clock_ms: int, window_ms: int,
+                         closed_retention_ms: int = CLOSED_RECORD_RETENTION_MS) -> bool:
+    """May the dedupe entry of a record key go?
+
+    Every revision it saw is past the dedupe window (`SeenRevisions.classify` ignores those),
+    and the record is not an open wanted record or watch: their state is what turns a later
+    closing revision into index removals, so it stays while they are open. A closed record
+    (or a watch past its valid_until) is remembered `closed_retention_ms` longer, so that a
+    late older revision does not reopen it."""
+    times = [v[1] for v in (entry.get("seen") or {}).values()]
+    newest = max(times) if times else None
+    if newest is not None and newest >= clock_ms - window_ms:
+        return False
+    state = entry.get("state")
+    if not state:
+        return True
+    if state.get("open") and state.get("until") is None:
+        return False
+    ends = [newest] if newest is not None else []
+    if state.get("open"):
+        ends.append(state["until"])  # a watch past its valid_until: closed in effect since then
+    return max(ends, default=0) < clock_ms - closed_retention_ms
+
+
+def prune_index_entry(entry: dict, clock_ms: int, *, closed_keep_ms: int, case_keep_ms: int,
+                      reports_keep_ms: int) -> bool:
+    """Drop from an identifier's index entry, in place, what is past its window; True if anything went.
+
+    - records closed (or watches past valid_until) more than `closed_keep_ms` ago (as
+      `MatchStage._purge_closed` does on a removal); open records stay;
+    - case incidents (`recent`) that happened more than `case_keep_ms` ago;
+    - border-duplicate reports that happened more than `reports_keep_ms` ago.
+    The entry is empty (to be deleted) when all three are."""
+    changed = False
+    records = entry.get("records") or {}
+    keep = {}
+    for key, rec in records.items():
+        end = rec.get("closed") if rec.get("closed") is not None else rec.get("until")
+        if end is None or end >= clock_ms - closed_keep_ms:
+            keep[key] = rec
+    if len(keep) != len(records):
+        entry["records"], changed = keep, True
+    for name, keep_ms in (("recent", case_keep_ms), ("reports", reports_keep_ms)):
+        items = entry.get(name)
+        if items:
+            kept = [r for r in items if r["occurred"] >= clock_ms - keep_ms]
+            if len(kept) != len(items):
+                entry[name], changed = kept, True
+    return changed
+
+
+def index_entry_is_empty(entry: dict) -> bool:
+    return not (entry.get("records") or entry.get("recent") or entry.get("reports"))

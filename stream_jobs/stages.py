@@ -24,13 +24,16 @@ from datetime import date, datetime, timedelta, timezone
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
 from stream_jobs.lookback import Lookback
-from stream_jobs.state import PartitionedState, dumps, loads
+from stream_jobs.state import KEEP, PartitionedState, Sweeper, dumps, loads
 
 MATCH_TOPIC = "intel.match.requests"
 CANDIDATE_TOPIC = "intel.hit.candidates"
 DUPLICATES_TOPIC = "intel.duplicates"
 HIT_TOPIC = "intel.hit"
 KIND_OF_TOPIC = {"intel.alert": "alert", "intel.wanted": "wanted", "intel.incident": "incident"}
+# the faust tables behind the stages (stream_jobs.app), as the metrics name them
+RECORDS_TABLE, INDEX_TABLE, HITS_TABLE = "records", "index", "hits-seen"
+HIT_RETENTION_MS = 30 * rules.DAY_MS
 
 
 def unique_topic(kind: str) -> str:
@@ -85,6 +88,25 @@ def internal_error(stage: str, msg: Incoming, exc: Exception, detail: str = "") 
     return DeadLetter(stage, msg.source, f"internal error, {what}{type(exc).__name__}: {exc}", msg.value or b"")
 
 
+def sweep_partitions(sweeper: Sweeper | None, state: PartitionedState, table: str, messages: dict[int, int],
+                     clock_ms: int, result: StageResult) -> None:
+    """A slice of each partition of the batch swept for entries past their windows (see
+    `stream_jobs.state.Sweeper`); nothing without a clock (a batch of dead letters only)."""
+    if sweeper is None or clock_ms <= 0:
+        return
+    for partition in sorted(messages):
+        examined, deleted = sweeper.sweep(state, partition, messages[partition], clock_ms)
+        result.counts[("swept", table)] += examined
+        if deleted:
+            result.counts[("expired", table)] += deleted
+
+
+def keep_all(value: bytes, clock_ms: int):
+    """The sweep's decision with expiry off: keep everything (the sweep still walks, and counts
+    a table from before counting)."""
+    return KEEP
+
+
 def partition_for(key: str, partitions: int) -> int:
     """Partition of an identifier or hit id in the jobs' internal topics (CRC-32, stable)."""
     return zlib.crc32(key.encode()) % partitions
@@ -133,7 +155,8 @@ def event_region(kind: str, record: dict) -> str:
 class DedupeStage:
     """Drops events seen within the window; forwards the rest and the index operations they imply."""
 
-    def __init__(self, *, decode, normalise, state: PartitionedState, partitions: int, window_ms: int, verify=None):
+    def __init__(self, *, decode, normalise, state: PartitionedState, partitions: int, window_ms: int, verify=None,
+                 expire: bool = True, closed_retention_ms: int = rules.CLOSED_RECORD_RETENTION_MS):
         self.decode = decode  # bytes -> dict (timestamps as epoch ms); ValueError on bad input
         # (value, headers, source_region) -> None if the publisher's proof holds, else (code, reason)
         self.verify = verify
@@ -141,6 +164,13 @@ class DedupeStage:
         self.state = state
         self.partitions = partitions
         self.window_ms = window_ms
+        # Entries past the window go (rules.dedupe_entry_expired); a closed wanted record or
+        # watch is remembered closed_retention_ms longer, so a late older revision cannot reopen it.
+        self.closed_retention_ms = closed_retention_ms
+        self.sweeper = Sweeper(self._expired if expire else keep_all)
+
+    def _expired(self, value: bytes, clock_ms: int):
+        return None if rules.dedupe_entry_expired(loads(value), clock_ms, self.window_ms, self.closed_retention_ms) else KEEP
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
@@ -160,6 +190,13 @@ class DedupeStage:
                 result.dead_letters.append(internal_error("DEDUPE", msg, exc))
         for partition, req in requests.items():
             result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
+        # The dedupe entries are stamped with the worker's clock when first seen (the window is
+        # how long the bus remembers an event id), so they are judged by it too: a clock of
+        # publish times would keep every entry as much longer as the worker lags behind
+        # (measured: 5 times the window's entries after a backlog). What goes is only what
+        # `SeenRevisions.classify` ignores from now on, so a replay that deletes more decides no
+        # differently.
+        sweep_partitions(self.sweeper, self.state, RECORDS_TABLE, Counter(m.partition for m in batch), now_ms, result)
         return result
 
     def _one(self, msg: Incoming, now_ms: int, result: StageResult, requests: dict) -> None:
@@ -321,7 +358,7 @@ class MatchStage:
     def __init__(self, *, state: PartitionedState, partitions: int, is_within, case_window_ms: int, decode,
                  recent_per_identifier: int = 8, closed_retention_ms: int = 2 * 86_400_000,
                  lookback: Lookback | None = None, border_window_ms: int = rules.BORDER_DUPLICATE_WINDOW_MS,
-                 border_km: float = rules.BORDER_DUPLICATE_KM, reports_per_identifier: int = 64):
+                 border_km: float = rules.BORDER_DUPLICATE_KM, reports_per_identifier: int = 64, expire: bool = True):
         self.decode = decode  # wire bytes -> record dict (epoch ms), to put records into hits
         # Lookups of the last minutes: a record indexed *after* a sighting of it was looked
         # up (topics are not read in publication order) still hits it (stream_jobs/lookback.py).
@@ -337,10 +374,22 @@ class MatchStage:
         self.border_window_ms = border_window_ms
         self.border_km = border_km
         self.reports_per_identifier = reports_per_identifier
+        # Entries past their windows go, or shrink (rules.prune_index_entry): case incidents and
+        # border reports are kept twice their window behind the batch's time, so one reported up
+        # to a window late still meets them; closed records as long as _purge_closed keeps them.
+        self.sweeper = Sweeper(self._pruned if expire else keep_all)
+
+    def _pruned(self, value: bytes, clock_ms: int):
+        entry = loads(value)
+        if not rules.prune_index_entry(entry, clock_ms, closed_keep_ms=self.closed_retention_ms,
+                                       case_keep_ms=2 * self.case_window_ms, reports_keep_ms=2 * self.border_window_ms):
+            return KEEP
+        return None if rules.index_entry_is_empty(entry) else dumps(entry)
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
         requests = []
+        clock, ops_by_partition = 0, Counter()  # the sweep's clock: the newest publish time of the batch's events
         for msg in batch:
             try:
                 doc = loads(msg.value)
@@ -351,6 +400,12 @@ class MatchStage:
                 result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable match request: {exc}", msg.value or b""))
                 continue
             requests.append((msg, events, ops))
+            ops_by_partition[msg.partition] += len(ops)
+            if isinstance(events, dict):
+                for ev in events.values():
+                    reported = ev.get("reported") if type(ev) is dict else None
+                    if type(reported) is int and reported > clock:
+                        clock = reported
             # every identifier of the batch read in one go (a malformed op fails on its own below)
             self.state.prefetch(msg.partition, [op["id"].encode() for op in ops
                                                 if type(op) is dict and type(op.get("id")) is str])
@@ -370,6 +425,7 @@ class MatchStage:
                         what = op.get("op") if type(op) is dict else type(op).__name__
                         where = op.get("id") if type(op) is dict else None
                         result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {what} on {where}"))
+        sweep_partitions(self.sweeper, self.state, INDEX_TABLE, ops_by_partition, min(clock, now_ms), result)
         return result
 
     def _apply(self, op: dict, events: dict, partition: int, now_ms: int, result: StageResult) -> None:
@@ -547,13 +603,23 @@ class HitStage:
     """Emits each hit once, one copy per notified province (the key), so a command center
     reads only its province's partition."""
 
-    def __init__(self, *, state: PartitionedState, encode_hit, provinces_of):
+    def __init__(self, *, state: PartitionedState, encode_hit, provinces_of, retention_ms: int = HIT_RETENTION_MS,
+                 expire: bool = True):
         self.state = state
         self.encode_hit = encode_hit      # dict -> Confluent wire bytes
         self.provinces_of = provinces_of  # notify_regions -> sorted province codes
+        # A hit id is remembered this long after its hit: longer than any resend of its trigger
+        # that the dedupe window lets through would come, in practice (hits are a few per cent
+        # of events, so the table stays small).
+        self.retention_ms = retention_ms
+        self.sweeper = Sweeper(self._expired if expire else keep_all)
+
+    def _expired(self, value: bytes, clock_ms: int):
+        return None if int(value) < clock_ms - self.retention_ms else KEEP
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
+        clock = 0  # the sweep's clock: the newest detection time of the batch's candidates
         for msg in batch:
             try:
                 hit = loads(msg.value)
@@ -561,6 +627,9 @@ class HitStage:
             except (ValueError, TypeError, KeyError) as exc:
                 result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable hit candidate: {exc}", msg.value or b""))
                 continue
+            detected = hit.get("detected_at")
+            if type(detected) is int and detected > clock:
+                clock = detected
             key = hid.encode()
             if self.state.get(msg.partition, key) is not None:
                 result.counts[("duplicate_hit", hit["hit_type"])] += 1
@@ -575,4 +644,6 @@ class HitStage:
                 result.outputs.append(Outgoing(HIT_TOPIC, province.encode(), value))
             result.counts[("hit", hit["hit_type"], hit["owner_region"], hit["hit_region"])] += 1
             result.hit_delays_ms.append(now_ms - hit["trigger_reported_at"])
+        sweep_partitions(self.sweeper, self.state, HITS_TABLE, Counter(m.partition for m in batch), min(clock, now_ms),
+                         result)
         return result

@@ -230,7 +230,7 @@ def test_bad_bytes_and_bad_identifiers_go_to_the_dead_letters():
 def test_state_is_partitioned_by_the_message_partition():
     bus = Bus()
     bus.publish("incident", incident("120119", "C1"))
-    assert sum(len(v) for v in bus.records.data.values()) == 1
+    assert bus.records.entries() == 1
 
 
 def test_sighting_before_the_arrest_still_hits_when_the_arrest_is_read_first():
