@@ -10,6 +10,7 @@ three minutes next to the shared stack); run it as
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -212,3 +213,39 @@ def test_one_clickhouse_replica_down_queries_answer_and_the_sink_loses_nothing(c
     while _replica_rows(settings, 59310, prefix) != sim.truth.events:
         assert time.monotonic() < deadline, "clickhouse-1 did not fetch what it missed within 60 s"
         time.sleep(1)
+
+
+def test_the_supervisor_brings_back_a_killed_clickhouse_replica_and_zookeeper(cluster_env):
+    stack = _stack(cluster_env)
+    by_name = {c.name: c for c in stack.components}
+    back = {}
+    for name in ("zookeeper", "clickhouse-2"):  # one at a time, as crashes come
+        record = stack.pids.read(name)
+        assert record is not None and record.alive(), name
+        os.kill(record.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 120:
+            now = stack.pids.read(name)
+            if now is not None and now.pid != record.pid and now.alive() and by_name[name].healthy():
+                back[name] = round(time.monotonic() - killed, 1)
+                break
+            time.sleep(0.5)
+        assert name in back, f"{name} did not come back within 120 s"
+    print("seconds from SIGKILL to healthy:", back)
+    # the replica takes part again: a row written through clickhouse-1 reaches it
+    settings = _settings(cluster_env)
+    from clickhouse_driver import Client
+
+    from ops.secrets import clickhouse_password
+
+    tag = uuid.uuid4().hex[:8]
+    first = Client("127.0.0.1", port=59310, user="default", password=clickhouse_password(settings, "default"))
+    first.execute("INSERT INTO intelbus.dead_letters (dlq_id, stage, failed_at, failed_ms, ingested_ms) VALUES",
+                  [(f"sup-{tag}", "TEST", datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), 0, 0)])
+    first.disconnect()
+    second = Client("127.0.0.1", port=59311, user="default", password=clickhouse_password(settings, "default"))
+    deadline = time.monotonic() + 60
+    while second.execute(f"SELECT count() FROM intelbus.dead_letters_local WHERE dlq_id = 'sup-{tag}'") != [(1,)]:
+        assert time.monotonic() < deadline, "clickhouse-2 did not fetch a new part within 60 s of its restart"
+        time.sleep(1)
+    second.disconnect()
