@@ -45,7 +45,11 @@ def quantile_from_buckets(buckets: list[tuple[float, float]], q: float) -> float
     return None
 
 
-def throughput(settings, n: int, workers: int = 1) -> dict:
+def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> dict:
+    """One load of `n` simulated records, drained by `workers` fresh workers; `loop` sets their
+    INTELBUS_JOBS_CONSUMER_LOOP (None: as the environment says). With the input offsets before
+    the load, so a baseline can read the same messages (`decode_baseline`)."""
+    import os
     from dataclasses import replace
 
     from ops.lag import JOBS_TOPICS, wait_for_zero_lag
@@ -61,6 +65,8 @@ def throughput(settings, n: int, workers: int = 1) -> dict:
     # history (faust reads them record by record). Each worker runs alone once, so that its
     # store is current for every partition, whichever it gets below; measured apart.
     warmup = {}
+    if loop is not None:
+        os.environ["INTELBUS_JOBS_CONSUMER_LOOP"] = loop  # the workers started below inherit it
     for i in range(workers):
         full_stack(scaled, out=lambda m: None).down(only=names)
         w = _start_together(full_stack(scaled, out=lambda m: None), [i], [])
@@ -68,6 +74,7 @@ def throughput(settings, n: int, workers: int = 1) -> dict:
     full_stack(scaled, out=lambda m: None).down(only=names)
     seed = uuid.uuid4().int % 10**6
     sim = Simulation(SimConfig(seed=seed, count=n, ref_prefix=f"J{seed}-"))
+    starts = end_offsets(settings, INPUT_TOPICS)
     load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
     events = load["published"]
     run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
@@ -81,7 +88,8 @@ def throughput(settings, n: int, workers: int = 1) -> dict:
     cpu = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports) - cpu0
     full_stack(scaled, out=lambda m: None).down(only=names - {"jobs-0"})
     first = run["first_event"] or run["ready"]
-    return {"workers": workers, "events": events, "processed_by_workers": processed,
+    return {"workers": workers, "consumer_loop": os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust"),
+            "events": events, "processed_by_workers": processed, "input_offsets_before": starts,
             "seconds_first_event_to_drained": round(done - first, 2), "events_per_s": round(events / (done - first), 1),
             "seconds_to_first_event": round(first - run["started"], 2),
             "seconds_to_all_ready": round(run["ready"] - run["started"], 2),
@@ -131,3 +139,121 @@ def latency(settings, rate: float, seconds: float) -> dict:
     delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)] if before else after
     return {"rate": rate, "achieved_publish_rate": report["rate"], "hits": delta[-1][1] if delta else 0,
             "p50_s_at_most": quantile_from_buckets(delta, 0.5), "p99_s_at_most": quantile_from_buckets(delta, 0.99)}
+
+
+INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
+
+
+def end_offsets(settings, topics) -> dict[str, list[int]]:
+    """topic -> each partition's end offset now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        out = {}
+        for topic in topics:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            out[topic] = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in sorted(parts)]
+        return out
+    finally:
+        c.close()
+
+
+def decode_baseline(settings, starts: dict[str, list[int]]) -> dict:
+    """The floor of any worker: plain confluent-kafka `consume(1000)` and a fastavro decode of each
+    input message from `starts` to the end (no state, no output), in this process."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.wire import RawDecoder
+
+    ends = end_offsets(settings, starts)
+    want = sum(e - s for topic in starts for s, e in zip(starts[topic], ends[topic]))
+    decode = RawDecoder.for_registry(settings.registry_url)
+    c = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(t, p, o) for t, offs in starts.items() for p, o in enumerate(offs)])
+    got, errors, first, cpu0 = 0, 0, None, time.process_time()
+    deadline = time.monotonic() + 600
+    while got < want and time.monotonic() < deadline:
+        for msg in c.consume(1000, 1.0):
+            if msg.error():
+                continue
+            if first is None:
+                first = time.monotonic()
+            try:
+                decode(msg.value())
+            except Exception:
+                errors += 1
+            got += 1
+    seconds = time.monotonic() - (first or time.monotonic())
+    cpu = time.process_time() - cpu0
+    c.close()
+    return {"messages": got, "undecodable": errors, "seconds": round(seconds, 2),
+            "events_per_s": round(got / seconds, 1) if seconds > 0 else None,
+            "events_per_cpu_second": round(got / cpu, 1) if cpu > 0 else None}
+
+
+def e2e_latency(settings, loop: str, rate: float, seconds: float) -> dict:
+    """jobs-0 restarted with INTELBUS_JOBS_CONSUMER_LOOP=`loop`, then one fixed-rate run of bench_e2e."""
+    import os
+
+    from bench import bench_e2e
+    from ops.services import full_stack
+
+    os.environ["INTELBUS_JOBS_CONSUMER_LOOP"] = loop
+    full_stack(settings, out=lambda m: None).down(only={"jobs-0"})
+    _start_together(full_stack(settings, out=lambda m: None), [0], [settings.metrics_port_base + 1])
+    time.sleep(5)  # past the look-back restore of the first batch
+    result = bench_e2e.fixed_rate(settings, rate, seconds)
+    keep = ("published", "achieved_publish_rate", "jobs_events_per_s_steady", "drained", "hits", "produce_to_hit_s",
+            "cpu_cores_used")
+    return {"consumer_loop": loop, **{k: result[k] for k in keep}}
+
+
+def main() -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        description="One jobs worker (or more) draining a simulated backlog, once per consumer loop, in one run; "
+                    "each next to the raw confluent-kafka + fastavro decode of the same messages.")
+    parser.add_argument("--events", type=int, default=60_000, help="records loaded per run (default 60,000)")
+    parser.add_argument("--loops", default="faust,batch", help="INTELBUS_JOBS_CONSUMER_LOOP values, in order "
+                        "(default faust,batch; direct too if wanted)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the list of loops this many times")
+    parser.add_argument("--out", default="", help="also write the results as JSON here")
+    parser.add_argument("--e2e", default="", metavar="RATE:SECONDS",
+                        help="instead of the backlog: per loop, jobs-0 restarted with it, then produce-to-hit latency "
+                             "at RATE events/s for SECONDS (bench_e2e.fixed_rate: each hit's arrival minus its "
+                             "trigger's reported_at)")
+    args = parser.parse_args()
+    from ops.settings import load_settings
+
+    settings = load_settings()
+    loops = [l for l in args.loops.split(",") if l]
+    runs = []
+    for r in range(args.rounds):
+        for loop in loops:
+            if args.e2e:
+                rate, seconds = (float(x) for x in args.e2e.split(":"))
+                run = e2e_latency(settings, loop, rate, seconds)
+                run["round"] = r + 1
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+                continue
+            run = throughput(settings, args.events, workers=args.workers, loop=loop)
+            run["baseline_decode"] = decode_baseline(settings, run.pop("input_offsets_before"))
+            base = run["baseline_decode"]["events_per_s"]
+            run["ratio_to_baseline"] = round(run["events_per_s"] / base, 3) if base else None
+            run["round"] = r + 1
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
