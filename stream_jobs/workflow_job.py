@@ -347,6 +347,25 @@ WATERMARK_HEADER = "intelbus-watermark"  # a marker on APP-items carries it; a f
 WATERMARK_KEY = b"__watermark__"
 
 
+def marker_wanted_at(due_ms: int, last_asked_ms: int, skew_ms: int) -> int | None:
+    """When a marker could free a step due at due_ms (a marker asked at A says "read through A - skew"), or
+    None if the last one was asked late enough already (a later one frees it only once the commands move,
+    which the regular tick covers)."""
+    at = due_ms + skew_ms
+    return None if last_asked_ms >= at else at
+
+
+def marker_delay(now_ms: float, last_tried_ms: int, wanted_at: int | None, interval_s: float,
+                 min_gap_ms: int = 20) -> float:
+    """Seconds until the next marker: the tick after the last try, or sooner when a held step wants one
+    (never closer than min_gap_ms to the last try: a burst of wishes is one marker, and a try that sent
+    nothing, the worker not ready, does not make the loop spin)."""
+    at = last_tried_ms + interval_s * 1000
+    if wanted_at is not None:
+        at = min(at, max(wanted_at, last_tried_ms + min_gap_ms))
+    return max(0.0, (at - now_ms) / 1000)
+
+
 def read_through(forwarded_next: int | None, committed: int | None, untouched_position: int | None,
                  untouched_position_before: int | None) -> int | None:
     """The offset of a commands partition below which every message has been forwarded (None: not known).
@@ -592,6 +611,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     tick_s = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
     wake = asyncio.Event()  # set when a deadline earlier than the timer loop's wake-up time is indexed
     clock = {"wake_at": 0}  # epoch ms the timer loop sleeps until
+    # a marker on demand: the timers ask for one as soon as a held step's due time is past the skew, instead of
+    # waiting for the next tick (a step held only for want of a fresh marker waited up to a tick and a half)
+    marker_wake = asyncio.Event()
+    markers = {"asked_at": 0, "tried_at": 0, "wanted_at": None}
     # the command watermark (docs/workflows.md, "Late commands and the watermark")
     wm_interval = float(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_S", "0.2"))
     wm_skew_ms = int(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_SKEW_MS", "100"))
@@ -714,6 +737,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     log.warning("cannot read the partitions of %s and %s: %s", COMMANDS_TOPIC, items_t, e)
                     return n_commands, n_items
             asked_at = int(time.time() * 1000)
+            markers["asked_at"] = asked_at
             highs = {}
             try:
                 futures = admin.list_offsets({TopicPartition(COMMANDS_TOPIC, p): OffsetSpec.latest() for p in owned},
@@ -752,7 +776,19 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
         broken = False
         while True:
-            await asyncio.sleep(wm_interval)
+            marker_wake.clear()
+            # from the last attempt, sent or not (not ready, nothing owned): at least the minimum gap between two
+            delay = marker_delay(time.time() * 1000, markers["tried_at"], markers["wanted_at"], wm_interval)
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(marker_wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = marker_delay(time.time() * 1000, markers["tried_at"], markers["wanted_at"], wm_interval)
+                if delay > 0:  # woken for a wish further off than this: sleep again
+                    continue
+            markers["wanted_at"] = None
+            markers["tried_at"] = int(time.time() * 1000)
             try:
                 n_commands, n_items = await send_markers(n_commands, n_items)
                 broken = False
@@ -1002,7 +1038,16 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             cutoff, _ = book.cutoff(p, now_ms)
             at = now_ms if head <= cutoff else max(now_ms + 1, book.fire_at(p, head, now_ms))
             wake_at = at if wake_at is None else min(wake_at, at)
+            if head > cutoff:
+                want_marker(head)
         return wake_at
+
+    def want_marker(due_ms: int) -> None:
+        """A step due at due_ms is held for the commands: ask for a marker that can free it."""
+        at = marker_wanted_at(due_ms, markers["asked_at"], wm_skew_ms)
+        if at is not None and (markers["wanted_at"] is None or at < markers["wanted_at"]):
+            markers["wanted_at"] = at
+            marker_wake.set()
 
     @app.task
     async def _timers():

@@ -5,6 +5,8 @@ through, what a partition of APP-items may fire up to, and the bounded hold.
 """
 from __future__ import annotations
 
+import pytest
+
 from stream_jobs.workflow_job import (
     DueIndex, WatermarkBook, commands_watermark, decode_marker, hold_release_at, is_marker, marker_value, read_through,
     step_cutoff, step_fire_at,
@@ -175,3 +177,30 @@ def test_fire_due_until_fires_the_reminder_and_leaves_the_escalation_for_later()
     assert next_due(after, policy) == reminder_at + 5000
     _, events, _ = fire_due(after, now, policy)
     assert [e.event_type for e in events] == ["ESCALATED"]
+
+
+# --- markers on demand -----------------------------------------------------------------------------
+
+def test_a_held_step_asks_for_a_marker_at_its_due_time_plus_the_skew_unless_one_was_asked_that_late():
+    from stream_jobs.workflow_job import marker_wanted_at
+
+    assert marker_wanted_at(10_000, last_asked_ms=9_950, skew_ms=100) == 10_100
+    # the last marker was asked after due + skew: it already said "read through >= due"; only the commands
+    # moving can free the step now, and the regular tick carries that
+    assert marker_wanted_at(10_000, last_asked_ms=10_100, skew_ms=100) is None
+
+
+def test_the_next_marker_comes_at_the_tick_or_sooner_for_a_wish_but_never_within_the_minimum_gap():
+    from stream_jobs.workflow_job import marker_delay
+
+    # no wish: the tick after the last try
+    assert marker_delay(1_000, last_tried_ms=900, wanted_at=None, interval_s=0.2) == pytest.approx(0.1)
+    # a wish before the tick: then
+    assert marker_delay(1_000, last_tried_ms=900, wanted_at=1_030, interval_s=0.2) == pytest.approx(0.03)
+    # a wish already past: at once, but not within 20 ms of the last try
+    assert marker_delay(1_000, last_tried_ms=995, wanted_at=900, interval_s=0.2) == pytest.approx(0.015)
+    assert marker_delay(1_000, last_tried_ms=900, wanted_at=900, interval_s=0.2) == 0.0
+    # a wish after the tick changes nothing
+    assert marker_delay(1_000, last_tried_ms=900, wanted_at=5_000, interval_s=0.2) == pytest.approx(0.1)
+    # right after a try that sent nothing (not ready), a wish in the past still waits the gap: no busy loop
+    assert marker_delay(1_000, last_tried_ms=1_000, wanted_at=0, interval_s=0.2) == pytest.approx(0.02)
