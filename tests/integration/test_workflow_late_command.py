@@ -46,10 +46,6 @@ def worker(stack, settings, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTELBUS_WORKFLOWS_OUTPUT_TOPIC", w.out_topic)
         mp.setenv("INTELBUS_WORKFLOWS_HOLD_S", str(HOLD_S))
-        # a pause (a long GC, a starved machine) shorter than the group session: the worker keeps its partitions.
-        # With the default 10 s the ~12-s stop expired the session and the rejoin on a loaded machine
-        # sometimes outlasted the test's 40-s wait (10:32 and 10:34 runs); a rebalance is not what this tests
-        mp.setenv("INTELBUS_WORKFLOWS_SESSION_S", "30")
         w.start()
     yield w
     if w.proc is not None and w.proc.poll() is None:
