@@ -3,9 +3,10 @@
 faust owns what it is good at: the consumer group, partition assignment (every topic has
 the same partition count, so a worker gets partition p of every topic and of every
 table's changelog), offset commits and table recovery. The per-event hot path is ours:
-a batch from `take_events` goes through a stage, its outputs and state writes are
-produced with one librdkafka producer, and the batch is acknowledged only after every
-message of it was delivered (at-least-once; the stages make a replay a no-op).
+a batch (from `take_events`, or with INTELBUS_JOBS_CONSUMER_LOOP=batch a fetch's records
+of the stage's topics) goes through a stage, its outputs and state writes are produced
+with one librdkafka producer, and the batch is acknowledged only after every message of
+it was delivered (at-least-once; the stages make a replay a no-op).
 """
 from __future__ import annotations
 
@@ -188,8 +189,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from stream_jobs import faust_patches
 
     # INTELBUS_JOBS_CONSUMER_LOOP (stream_jobs/faust_patches.py, docs/architecture.md):
-    # faust: faust's own loop, a stage's batch from `take_events`;
-    # batch: each stage gets a fetch's records of its topics as one batch, acknowledged in bulk;
+    # faust (default): faust's own loop, a stage's batch from `take_events`;
+    # batch: each stage gets a fetch's records of its topics as one batch, acknowledged in bulk
+    # (off: two of four join-and-leave runs hung in the rebalance, cause not found);
     # direct: faust's loop without `wait_first` where it cannot wait (off: a killed-and-restarted
     # run with it committed 714 messages never processed).
     consumer_loop = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust")

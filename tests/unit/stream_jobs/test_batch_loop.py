@@ -281,3 +281,15 @@ def test_a_revoke_waits_for_the_batches_in_flight_before_faust_goes_on(monkeypat
         assert events == ["flow stopped", "batch done", ("faust revokes, acknowledged:", [4, 5])]
 
     asyncio.run(main())
+
+
+def test_the_partitions_just_served_go_to_the_back_of_aiokafkas_queue_so_partitions_take_turns():
+    from collections import OrderedDict
+
+    big, small, other = FaustTP("intel.incident", 0), FaustTP("intel.match.requests", 3), FaustTP("intel.alert", 1)
+    queued = OrderedDict([(big, "37,000 records left"), (small, "11 records"), (other, "5 records")])
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(_fetcher=SimpleNamespace(_records=queued))))
+    faust_patches._rotate(consumer, {big: recs(1, 2)})  # served from, not emptied
+    assert list(queued) == [small, other, big]
+    faust_patches._rotate(consumer, {FaustTP("intel.wanted", 2): recs(7)})  # emptied (no longer queued): nothing moves
+    assert list(queued) == [small, other, big]

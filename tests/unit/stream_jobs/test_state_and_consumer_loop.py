@@ -92,6 +92,26 @@ def test_the_patch_refuses_a_faust_version_it_was_not_written_for(monkeypatch):
     assert faust_patches.install() is True and Consumer._drain_messages is faust_patches._drain_messages
 
 
+def test_the_batch_loop_refuses_a_faust_version_it_was_not_written_for(monkeypatch):
+    from faust.transport.consumer import Consumer
+
+    patched = ("_drain_messages", "perform_seek", "seek", "on_partitions_revoked", "on_stop")
+    originals = {name: getattr(Consumer, name) for name in patched}
+    for name, value in originals.items():
+        monkeypatch.setattr(Consumer, name, value)  # restored after the test, whatever it installs
+    monkeypatch.setattr(faust_patches, "_batch_installed", False)
+    monkeypatch.setattr(faust_patches, "_batches", None)
+    batches = faust_patches.StageBatches({}, {})
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED, **{"faust-streaming": "0.99.0"}).get)
+    with pytest.raises(faust_patches.UnsupportedFramework, match="faust-streaming 0.99.0 is not 0.15.3"):
+        faust_patches.install_batch_loop(batches)
+    assert {name: getattr(Consumer, name) for name in patched} == originals
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED).get)
+    assert faust_patches.install_batch_loop(batches) is True
+    assert Consumer._drain_messages is faust_patches._drain_batches and faust_patches._batches is batches
+    assert all(getattr(Consumer, name) is not originals[name] for name in patched)
+
+
 def test_batches_wait_for_their_own_delivery_reports_without_blocking_the_loop():
     from stream_jobs.app import DeliveryWaiter
 
