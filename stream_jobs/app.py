@@ -430,10 +430,14 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
         stuck = [tp for tp in stuck if not await _hole_without_messages(consumer, tp, probe)]
     for tp in stuck:
         view = views[tp]
-        log.warning("%s[%d]: committed offset %s has not moved for %.0fs with %d acknowledged messages past it%s "
-                    "(end offset %s): reading the worker's partitions again from their committed offsets "
-                    "(what was processed is a replay)", tp.topic, tp.partition, view.committed,
-                    watchdog.delay(view), view.acked_pending, " and not itself" if view.hole else "", view.highwater)
+        again = watchdog.delay(view, tp)  # this report counted: a partition with nothing acknowledged backs off
+        log.warning("%s[%d]: committed offset %s has not moved for %.0fs or more with %d acknowledged messages past "
+                    "it%s (end offset %s): reading the worker's partitions again from their committed offsets "
+                    "(what was processed is a replay)%s", tp.topic, tp.partition, view.committed,
+                    min(watchdog.stuck_after, watchdog.delay(view)), view.acked_pending,
+                    " and not itself" if view.hole else "", view.highwater,
+                    f"; if it has not moved in {again:.0f}s, again (a saturated worker's fetcher may just not be "
+                    "serving it)" if again > watchdog.stuck_after else "")
         metrics.PARTITION_REPAIRS.labels(tp.topic).inc()
     if stuck:
         # What faust itself does around a rebalance. Stop the flow, so that its fetch loop

@@ -23,6 +23,15 @@ were: within a partition a stage acknowledges in order, so it was dropped, not s
 judged after `hole_after` seconds (5), not 30: one message dropped by a rebalance held a
 two-worker benchmark run for 30 s. Holes right after a rebalance, of messages fetched
 before it and still on their way, fill within a second.
+
+A partition with nothing acknowledged past its commit is also what a saturated worker's
+fetcher does to a partition it does not serve for a while (aiokafka keeps serving one it could
+not empty): reading the partitions again then helps nothing and, every partition doing it in
+turn, kept a worker with a 2.9M backlog seeking back every few seconds (the dev stack, 2026-11-30
+10:42, offsets of three partitions unmoved across four repairs). So a repair of such a partition
+that did not move its commit doubles its next delay (30, 60, 120 ... at most `stuck_after` x 16);
+a partition whose commit moves starts again at `stuck_after`. Holes and commits held behind
+acknowledged messages are never backed off: those are messages lost, not slow.
 """
 from __future__ import annotations
 
@@ -54,18 +63,29 @@ class CommitWatchdog:
     again only after another delay (`stuck_after`, or `hole_after` for a hole) without progress.
     """
 
+    MAX_BACKOFF = 16  # times stuck_after, for a partition with nothing acknowledged whose repairs did not help
+
     def __init__(self, stuck_after: float = 30.0, clock=time.monotonic, hole_after: float | None = None):
         self.stuck_after = stuck_after
         self.hole_after = stuck_after if hole_after is None else min(hole_after, stuck_after)
         self.clock = clock
         self._since: dict[Hashable, tuple[int | None, float]] = {}
+        self._strikes: dict[Hashable, tuple[int | None, int]] = {}  # tp -> (committed at the last report, repairs since)
 
-    def delay(self, view: PartitionView) -> float:
-        return self.hole_after if view.hole else self.stuck_after
+    def delay(self, view: PartitionView, tp: Hashable = None) -> float:
+        if view.hole:
+            return self.hole_after
+        if view.acked_pending:
+            return self.stuck_after
+        at, strikes = self._strikes.get(tp, (None, 0))
+        if at != view.committed:
+            strikes = 0
+        return self.stuck_after * min(2 ** strikes, self.MAX_BACKOFF)
 
     def reset(self) -> None:
         """Forget every partition (a rebalance or recovery is under way: nothing can be judged)."""
         self._since.clear()
+        self._strikes.clear()
 
     def check(self, partitions: dict[Hashable, PartitionView]) -> list[Hashable]:
         now = self.clock()
@@ -73,14 +93,18 @@ class CommitWatchdog:
         for tp in list(self._since):
             if tp not in partitions:
                 del self._since[tp]  # no longer assigned
+                self._strikes.pop(tp, None)
         for tp, view in partitions.items():
             if not view.has_work:
                 self._since.pop(tp, None)
+                self._strikes.pop(tp, None)
                 continue
             seen = self._since.get(tp)
             if seen is None or seen[0] != view.committed:
                 self._since[tp] = (view.committed, now)  # progress (or first sight): the clock starts
-            elif now - seen[1] >= self.delay(view):
+            elif now - seen[1] >= self.delay(view, tp):
                 stuck.append(tp)
                 self._since[tp] = (view.committed, now)
+                at, strikes = self._strikes.get(tp, (None, 0))
+                self._strikes[tp] = (view.committed, strikes + 1 if at == view.committed else 1)
         return stuck

@@ -211,3 +211,35 @@ def test_a_hole_is_read_again_after_the_hole_delay():
     clock.now += 1
     assert run() == [app.consumer.tp]
     assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"]
+
+
+def test_a_partition_with_nothing_acknowledged_whose_repairs_do_not_help_is_looked_at_less_and_less_often():
+    # a saturated worker's fetcher not serving a partition looks like this: seeking back every 30 s helped
+    # nothing and, every partition in turn, kept the worker seeking (dev stack, 2.9M backlog)
+    dog, clock = watchdog()
+    starved = {"p0": PartitionView(committed=1516234, acked_pending=0, highwater=1968097)}
+    reports = []
+    dog.check(starved)
+    for second in range(1, 500):
+        clock.now += 1
+        if dog.check(starved):
+            reports.append(second)
+    assert reports == [30, 90, 210, 450]  # after 30, then 60, 120, 240 s
+    # the commit moves: back to the plain delay
+    moved = {"p0": PartitionView(committed=1516300, acked_pending=0, highwater=1968097)}
+    dog.check(moved)
+    clock.now += 30
+    assert dog.check(moved) == ["p0"]
+
+
+def test_a_commit_held_behind_acknowledged_messages_or_a_hole_is_never_backed_off():
+    dog, clock = watchdog(hole_after=5)
+    held = {"p3": PartitionView(committed=566797, acked_pending=2600, highwater=569417),
+            "p5": PartitionView(committed=10, acked_pending=4, highwater=90, hole=True)}
+    reports = []
+    dog.check(held)
+    for second in range(1, 121):
+        clock.now += 1
+        reports += [(second, tp) for tp in dog.check(held)]
+    assert [s for s, tp in reports if tp == "p3"] == [30, 60, 90, 120]
+    assert [s for s, tp in reports if tp == "p5"] == list(range(5, 121, 5))
