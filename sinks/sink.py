@@ -282,7 +282,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
 
     url = clickhouse_url_as(settings, "intelbus_sink")
     executor = DriverExecutor(url)
-    apply_migrations(executor, log=log.info)
+    apply_migrations(executor, log=log.info, cluster=settings.clickhouse_cluster)  # Replicated + Distributed on a cluster
     executor.close()
     codec = SchemaCodec(url=settings.registry_url)
     dlq_producer = Producer({**settings.kafka_config(SINK_PRINCIPAL), "acks": "all", "enable.idempotence": True})
