@@ -200,11 +200,37 @@ class Sink:
 
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
         if offsets:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            commit_with_retries(self.consumer, offsets, self.backoff, stopping=lambda: self.stopping)
         metrics.LAG_SECONDS.set(max(0.0, time.monotonic() - batch.started))
 
     def stop(self, *_args) -> None:
         self.stopping = True
+
+
+COMMIT_ATTEMPTS = 8  # with the backoff: a minute or so of a broker (the coordinator) away
+
+
+def commit_with_retries(consumer, offsets, backoff, *, stopping=lambda: False, sleep=time.sleep) -> None:
+    """Commit synchronously; a retriable error (the group coordinator's broker killed: REQUEST_TIMED_OUT,
+    NOT_COORDINATOR, ...) is tried again with the backoff instead of ending the sink (it did, in the cluster
+    profile's broker SIGKILL test: the supervisor brought it back in 14 s). Anything else (the partitions
+    were taken away: ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID), or retries run out, is raised: the sink restarts
+    from its committed offsets and ClickHouse's replacing tables fold the replayed rows."""
+    from confluent_kafka import KafkaException
+
+    attempt = 0
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            attempt += 1
+            if not (hasattr(err, "retriable") and err.retriable()) or attempt >= COMMIT_ATTEMPTS or stopping():
+                raise
+            delay = backoff.delay(attempt)
+            log.warning("commit of %d partitions failed (%s); retry %d in %.1fs", len(offsets), err, attempt, delay)
+            sleep(delay)
 
 
 def future_wait(future: Future, timeout: float) -> None:

@@ -64,3 +64,44 @@ def test_a_record_refused_for_its_proof_is_stored_as_a_dead_letter_and_an_audit_
         "(publisher) kakou", "verify", "refused", "110105")
     assert audit["reason"].startswith("UNSIGNED") and len(rows[1][1]) == len(COLUMNS["audit_log"])
     assert [t for t, _ in RowBuilder(decode)(Msg("DECODE"))] == ["dead_letters"]  # other refusals: no audit row
+
+
+class _Consumer:
+    """A consumer whose synchronous commit fails with the given errors first."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = list(errors), 0
+
+    def commit(self, offsets, asynchronous):
+        from confluent_kafka import KafkaException
+
+        assert asynchronous is False
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+
+
+def test_a_commit_that_times_out_while_the_coordinator_s_broker_is_away_is_tried_again_not_the_end_of_the_sink():
+    from confluent_kafka import KafkaError
+
+    from sinks.sink import commit_with_retries
+
+    timed_out = KafkaError(KafkaError.REQUEST_TIMED_OUT, "Broker: Request timed out", retriable=True)
+    consumer, slept = _Consumer([timed_out, timed_out]), []
+    commit_with_retries(consumer, ["tp"], Backoff(), sleep=slept.append)
+    assert consumer.calls == 3 and slept == [0.5, 1.0]
+
+
+def test_a_commit_refused_because_the_partitions_moved_or_after_the_retries_is_raised():
+    from confluent_kafka import KafkaError, KafkaException
+
+    from sinks.sink import COMMIT_ATTEMPTS, commit_with_retries
+
+    moved = KafkaError(KafkaError.ILLEGAL_GENERATION, "Broker: Specified group generation id is not valid")
+    with pytest.raises(KafkaException, match="generation"):
+        commit_with_retries(_Consumer([moved]), ["tp"], Backoff(), sleep=lambda s: None)
+    timed_out = KafkaError(KafkaError.REQUEST_TIMED_OUT, "Broker: Request timed out", retriable=True)
+    consumer = _Consumer([timed_out] * 20)
+    with pytest.raises(KafkaException, match="timed out"):
+        commit_with_retries(consumer, ["tp"], Backoff(), sleep=lambda s: None)
+    assert consumer.calls == COMMIT_ATTEMPTS
