@@ -82,7 +82,12 @@ class FaustTableState(BatchOverlay):
     def entries(self) -> int:
         """Entries in the partitions this worker holds, by each partition's count (COUNT_KEY).
         A partition not counted yet (before the expiry sweep's first pass over a table from
-        before counting) gives RocksDB's estimate, which overwrites and deletions make loose."""
+        before counting) gives RocksDB's estimate, which overwrites and deletions make loose.
+        Called by Prometheus's scrape thread: a table whose store is not made yet counts 0. Making
+        it there tied the table to a new event loop of that thread, which never runs: the table's
+        tasks were started on it, and the worker's stop waited for them forever (SIGKILLed)."""
+        if getattr(self.table, "_data", None) is None:
+            return 0
         store = self._store
         if not self._is_rocksdb():
             return sum(1 for k in list(store.data) if k[:1] != RESERVED)

@@ -44,3 +44,30 @@ def test_a_sweep_over_rocksdb_deletes_counts_and_resumes_from_its_cursor(tmp_pat
     state.apply(state.drain(), {})
     assert state._read(3, COUNT_KEY) == b"10"
     assert state._read(3, b"k20") is None and state._read(3, b"new") == b"1"
+
+
+def test_a_scrape_before_the_worker_starts_leaves_the_table_to_the_workers_event_loop(tmp_path):
+    """/metrics is served (and scraped: readiness polls, Prometheus) before faust starts the tables.
+    A scrape that made the store from its own thread tied the table to a new event loop of that
+    thread, which never runs: the worker's stop then waited for the table's tasks forever."""
+    import asyncio
+    import threading
+
+    state = table_state(tmp_path)
+    counted = []
+    scrape = threading.Thread(target=lambda: counted.append(state.entries()))
+    scrape.start()
+    scrape.join(10)
+    assert counted == [0]  # nothing held yet
+
+    async def started_by_the_worker():
+        return state.table.loop is asyncio.get_running_loop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(started_by_the_worker())
+    finally:
+        loop.close()
+    state.put(1, b"k", b"v")
+    state.apply(state.drain(), {})
+    assert state.entries() == 1
