@@ -279,7 +279,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         # The agents subscribe faust's consumer to the topics in every loop; with the batch loop
         # their streams receive nothing (the loop hands the records to `handlers` instead).
         app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within, before))
-        handlers[name] = _batch_handler(runner, stage, st, before)
+        handlers[name] = _batch_handler(runner, stage, st, batch_size, before)
         stage_of_topic.update(dict.fromkeys(topic.topics, name))
     if consumer_loop == "batch":
         faust_patches.install_batch_loop(faust_patches.StageBatches(handlers, stage_of_topic))
@@ -409,7 +409,8 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
     (topic, partition, first, last) -> bool | None, blocking) is not read again: the hole is
     recorded as a gap, and faust commits over it."""
     consumer = app.consumer
-    if app.rebalancing or app.in_recovery or not consumer.flow_active:
+    looked_at = app.rebalancing_count
+    if rebalance_since(app, looked_at) or not consumer.flow_active:
         watchdog.reset()
         return []
     from stream_jobs.faust_patches import hole_at_commit_point
@@ -428,6 +429,9 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
     stuck = watchdog.check(views)
     if stuck and probe is not None:
         stuck = [tp for tp in stuck if not await _hole_without_messages(consumer, tp, probe)]
+        if rebalance_since(app, looked_at):  # the probes took seconds: the partitions may have moved
+            watchdog.reset()
+            return []
     for tp in stuck:
         view = views[tp]
         again = watchdog.delay(view, tp)  # this report counted: a partition with nothing acknowledged backs off
@@ -446,13 +450,33 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
         # included; resume. Setting one read offset back while messages fetched before are
         # still being handed out can make faust take the offsets in between for a gap
         # (`Consumer._add_gap`), that is, as done, and commit them unprocessed.
+        #
+        # The flow is faust's during a rebalance: its revoke stops it, its recovery resumes it
+        # once the tables have read their changelogs to the end. A rebalance that begins while
+        # the repair waits (the settle, the seek) owns it from then on: the repair neither seeks
+        # nor resumes. (Before, a repair that had looked before a rebalance stopped the flow in
+        # the middle of the recovery: the changelog records just fetched were dropped, and since
+        # nothing seeks a changelog back outside a rebalance, the recovery never reached its
+        # highwater and the worker stayed "rebalancing" for good, the group STABLE.)
         consumer.stop_flow()
         try:
             await asyncio.sleep(settle)
-            await consumer.perform_seek()
+            if not rebalance_since(app, looked_at):
+                await consumer.perform_seek()
         finally:
-            consumer.resume_flow()
+            if rebalance_since(app, looked_at):
+                log.info("a rebalance began during the partitions' repair: the repair leaves the flow to faust, "
+                         "which resumes it once it has recovered the tables")
+            else:
+                consumer.resume_flow()
     return stuck
+
+
+def rebalance_since(app, looked_at: int) -> bool:
+    """Whether faust is in a rebalance or a table recovery, or began one since the caller read
+    `app.rebalancing_count` as `looked_at`: then the consumer's flow, seeks and read offsets
+    are faust's until its recovery ends, and a repair that looked before must leave them alone."""
+    return app.rebalancing or app.in_recovery or app.rebalancing_count != looked_at
 
 
 async def _hole_without_messages(consumer, tp, probe) -> bool:
@@ -482,48 +506,58 @@ def _raw_table(app, name: str, partitions: int):
     return table
 
 
+async def _run_or_exit(name: str, work) -> None:
+    """Await a stage's work (a coroutine), or end the worker if it fails.
+
+    faust would leave a crashed agent dead inside a live worker (and the batch loop a stage
+    whose handler raised): its partitions would stall unseen. The worker exits instead,
+    without committing; `intelbus up` (or any supervisor) restarts it and the batch is read
+    again."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        log.critical("stage %s failed; the worker exits so that it is restarted", name, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
+
+async def _process(runner: BatchRunner, stage, state, batch: list, before=None) -> None:
+    if before is not None:
+        await before(batch)
+    await runner.run(stage, state, batch)
+
+
 def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float, before=None):
-    """The agent of one stage; `before(batch)`, when given, is awaited ahead of each batch."""
+    """The agent of one stage (faust's loop); `before(batch)`, when given, is awaited ahead of each batch."""
+    async def batches(stream):
+        async for events in stream.take_events(batch_size, within=within):
+            batch = [
+                Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                         header_pairs(e.message.headers))
+                for e in events
+            ]
+            await _process(runner, stage, state, batch, before)
+
     async def agent(stream):
-        try:
-            async for events in stream.take_events(batch_size, within=within):
-                batch = [
-                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                             header_pairs(e.message.headers))
-                    for e in events
-                ]
-                if before is not None:
-                    await before(batch)
-                await runner.run(stage, state, batch)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            # faust would leave a crashed agent dead inside a live worker: its partitions would
-            # stall unseen. Exit instead, without committing; `intelbus up` (or any supervisor)
-            # restarts the worker and the batch is read again.
-            log.critical("stage %s failed; the worker exits so that it is restarted", runner.name, exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+        await _run_or_exit(runner.name, batches(stream))
 
     agent.__name__ = f"{runner.name}_agent"
     return agent
 
 
-def _batch_handler(runner: BatchRunner, stage, state, before=None):
+def _batch_handler(runner: BatchRunner, stage, state, batch_size: int, before=None):
     """The batch loop's handler of one stage: a fetch's records of its topics, processed and
-    delivered before it returns (the loop then acknowledges them)."""
+    delivered before it returns (the loop then acknowledges them), at most `batch_size` at a
+    time as in faust's loop (a fetch holds up to `broker_max_poll_records`, 5,000: the dedupe
+    stage's match requests of 5,000 events, one message a partition, outgrew the broker's
+    1 MB message limit and the worker exited with MSG_SIZE_TOO_LARGE)."""
     async def handle(records) -> None:
-        batch = [Incoming(r.topic, r.partition, r.offset, r.key, r.value, header_pairs(r.headers)) for r in records]
-        try:
-            if before is not None:
-                await before(batch)
-            await runner.run(stage, state, batch)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            log.critical("stage %s failed; the worker exits so that it is restarted", runner.name, exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+        for start in range(0, len(records), batch_size):
+            batch = [Incoming(r.topic, r.partition, r.offset, r.key, r.value, header_pairs(r.headers))
+                     for r in records[start:start + batch_size]]
+            await _run_or_exit(runner.name, _process(runner, stage, state, batch, before))
 
     return handle
 

@@ -191,8 +191,37 @@ def _delivers_without_waiting(consumer: Any, tp: Any) -> bool:
     return True
 
 
-async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
-    """faust 0.15.3's `Consumer._drain_messages`, with the direct path for a callback that cannot wait."""
+def _ended_as_faust_ends(drain):
+    """A drain loop (`drain(consumer, fetcher)`) with faust 0.15.3's `Consumer._drain_messages`
+    endings: a consumer stopped by the broker or a cancel while the app stops ends it quietly,
+    anything else is logged and raised, and the FETCHING flag is cleared in every case."""
+    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
+        from faust.transport.consumer import CONSUMER_FETCHING
+
+        try:
+            await drain(self, fetcher)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    _drain_messages.__wrapped__ = drain
+    return _drain_messages
+
+
+async def _drain_direct(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
+    """faust 0.15.3's `Consumer._drain_messages` loop, with the direct path for a callback that cannot wait."""
     from faust.transport.consumer import CONSUMER_FETCHING
 
     callback = self.callback
@@ -207,47 +236,34 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
     direct = _delivers_without_waiting
     yield_every, num_since_yield = 100, 0
     sleep = asyncio.sleep
-    try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            set_flag(CONSUMER_FETCHING)
-            ait = getmany(timeout=1.0)
-            await self.sleep(0)
-            if not self.should_stop:
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > yield_every:
-                        await sleep(0)
-                        num_since_yield = 0
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None and self._n_acked >= commit_every:
-                            self._n_acked = 0
-                            await self.commit()
-                        if direct(self, tp):
-                            await callback(message)
-                        else:
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
-                unset_flag(CONSUMER_FETCHING)
-    except self.consumer_stopped_errors:
-        if self.transport.app.should_stop:
-            self.log.info("Broker stopped consumer, shutting down...")
-            return
-        raise
-    except asyncio.CancelledError:
-        if self.transport.app.should_stop:
-            self.log.info("Consumer shutting down for user cancel.")
-            return
-        raise
-    except Exception as exc:
-        self.log.exception("Drain messages raised: %r", exc)
-        raise
-    finally:
-        unset_flag(CONSUMER_FETCHING)
+    while not (consumer_should_stop() or fetcher_should_stop()):
+        set_flag(CONSUMER_FETCHING)
+        ait = getmany(timeout=1.0)
+        await self.sleep(0)
+        if not self.should_stop:
+            async for tp, message in ait:
+                num_since_yield += 1
+                if num_since_yield > yield_every:
+                    await sleep(0)
+                    num_since_yield = 0
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if direct(self, tp):
+                        await callback(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+            unset_flag(CONSUMER_FETCHING)
+
+
+_drain_messages = _ended_as_faust_ends(_drain_direct)
 
 
 def install() -> bool:
@@ -477,8 +493,8 @@ def _monotonic() -> float:
 _batches: StageBatches | None = None
 
 
-async def _drain_batches(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
-    """faust 0.15.3's `Consumer._drain_messages` and `getmany` in one, handing stage batches to `_batches`."""
+async def _drain_batch_loop(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
+    """faust 0.15.3's `Consumer._drain_messages` and `getmany` loops in one, handing stage batches to `_batches`."""
     from faust.transport.consumer import CONSUMER_FETCHING
 
     batches = _batches
@@ -493,63 +509,50 @@ async def _drain_batches(self, fetcher) -> None:  # pragma: no cover - exercised
     acks_enabled_for = app.topics.acks_enabled_for
     to_message = self._to_message
     marks = batches.marks
-    try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            set_flag(CONSUMER_FETCHING)
-            generation = app.consumer_generation_id
-            then = marks.now()
-            records, active = await self._wait_next_records(1.0)
-            await self.sleep(0)
-            if records is None or self.should_stop:
+    while not (consumer_should_stop() or fetcher_should_stop()):
+        set_flag(CONSUMER_FETCHING)
+        generation = app.consumer_generation_id
+        then = marks.now()
+        records, active = await self._wait_next_records(1.0)
+        await self.sleep(0)
+        if records is None or self.should_stop:
+            continue
+        if not self.flow_active:
+            # as faust's getmany: fetched while the flow stopped, read again from the committed offsets
+            batches.dropped += sum(map(len, records.values()))
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                log.warning("exception performing seek when flow not active %r", ex)
+            continue
+        if records:
+            _rotate(self, records)
+        by_stage, other = batches.split(records)
+        for tp, recs in other.items():  # faust's own path, message by message (changelogs in recovery)
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
                 continue
-            if not self.flow_active:
-                # as faust's getmany: fetched while the flow stopped, read again from the committed offsets
-                batches.dropped += sum(map(len, records.values()))
-                try:
-                    await self.perform_seek()
-                except Exception as ex:
-                    log.warning("exception performing seek when flow not active %r", ex)
-                continue
-            if records:
-                _rotate(self, records)
-            by_stage, other = batches.split(records)
-            for tp, recs in other.items():  # faust's own path, message by message (changelogs in recovery)
-                if active is not None and tp not in active and tp not in self._buffered_partitions:
-                    continue
-                app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                for record in recs:
-                    if not self.flow_active or app.consumer_generation_id != generation:
-                        break
-                    message = to_message(tp, record)
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
-            for stage, parts in by_stage.items():
-                await batches.submit(self, stage, parts, generation, then, active)
-            if commit_every is not None and self._n_acked >= commit_every:
-                self._n_acked = 0
-                await self.commit()
-            unset_flag(CONSUMER_FETCHING)
-    except self.consumer_stopped_errors:
-        if self.transport.app.should_stop:
-            self.log.info("Broker stopped consumer, shutting down...")
-            return
-        raise
-    except asyncio.CancelledError:
-        if self.transport.app.should_stop:
-            self.log.info("Consumer shutting down for user cancel.")
-            return
-        raise
-    except Exception as exc:
-        self.log.exception("Drain messages raised: %r", exc)
-        raise
-    finally:
+            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            for record in recs:
+                if not self.flow_active or app.consumer_generation_id != generation:
+                    break
+                message = to_message(tp, record)
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+        for stage, parts in by_stage.items():
+            await batches.submit(self, stage, parts, generation, then, active)
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
         unset_flag(CONSUMER_FETCHING)
+
+
+_drain_batches = _ended_as_faust_ends(_drain_batch_loop)
 
 
 def _rotate(consumer: Any, records: dict) -> None:

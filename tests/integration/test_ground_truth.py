@@ -21,6 +21,26 @@ from producers.simulator import SimConfig, Simulation
 COUNT = int(os.environ.get("INTELBUS_TEST_SIM_COUNT", "100000"))
 
 
+@pytest.fixture(autouse=True)
+def jobs_loop_as_asked(stack, settings):
+    """With INTELBUS_JOBS_CONSUMER_LOOP set, the stack's jobs-0 runs that loop too (restarted if
+    it runs another): the workers a test starts inherit the variable, jobs-0 may predate it."""
+    from ops.services import full_stack
+
+    wanted = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP")
+    record = stack.pids.read("jobs-0")
+    if wanted is None or record is None or not record.alive():
+        return
+    try:
+        with open(f"/proc/{record.pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    except OSError:
+        return
+    if env.get(b"INTELBUS_JOBS_CONSUMER_LOOP", b"").decode() != wanted:
+        full_stack(settings, out=lambda m: None).down(only={"jobs-0"})
+        full_stack(settings, out=lambda m: None).up()
+
+
 def duplicates_dropped(settings) -> float:
     import urllib.request
 

@@ -293,3 +293,23 @@ def test_the_partitions_just_served_go_to_the_back_of_aiokafkas_queue_so_partiti
     assert list(queued) == [small, other, big]
     faust_patches._rotate(consumer, {FaustTP("intel.wanted", 2): recs(7)})  # emptied (no longer queued): nothing moves
     assert list(queued) == [small, other, big]
+
+
+def test_a_fetch_larger_than_the_batch_size_reaches_the_stage_in_batches_of_at_most_that_size():
+    # a fetch holds up to broker_max_poll_records (5,000): in one batch, the dedupe stage's match
+    # request of one partition outgrew the broker's 1 MB limit and the worker exited
+    from stream_jobs.app import _batch_handler
+
+    seen = []
+
+    class Runner:
+        name = "dedupe"
+
+        async def run(self, stage, state, batch):
+            seen.append([m.offset for m in batch])
+
+    records = [SimpleNamespace(topic="intel.incident", partition=2, offset=o, key=b"k", value=b"v", headers=None)
+               for o in range(4500)]
+    asyncio.run(_batch_handler(Runner(), None, None, 2000)(records))
+    assert [len(b) for b in seen] == [2000, 2000, 500]
+    assert [o for b in seen for o in b] == list(range(4500))  # in fetch order, each once

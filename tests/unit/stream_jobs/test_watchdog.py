@@ -115,6 +115,13 @@ class FakeApp:
         self.consumer = FakeConsumer()
         self.rebalancing = False
         self.in_recovery = False
+        self.rebalancing_count = 0
+
+    def begin_rebalance(self):
+        """What faust's rebalance listener does first (`App.on_rebalance_start`), then its revoke."""
+        self.rebalancing = True
+        self.rebalancing_count += 1
+        self.consumer.stop_flow()
 
 
 def test_a_stuck_partition_is_sought_back_to_its_committed_offset_and_read_again():
@@ -243,3 +250,66 @@ def test_a_commit_held_behind_acknowledged_messages_or_a_hole_is_never_backed_of
         reports += [(second, tp) for tp in dog.check(held)]
     assert [s for s, tp in reports if tp == "p3"] == [30, 60, 90, 120]
     assert [s for s, tp in reports if tp == "p5"] == list(range(5, 121, 5))
+
+
+def test_the_repair_yields_to_a_rebalance_judged_on_what_faust_records():
+    from types import SimpleNamespace
+
+    from stream_jobs.app import rebalance_since
+
+    def app(rebalancing=False, in_recovery=False, count=7):
+        return SimpleNamespace(rebalancing=rebalancing, in_recovery=in_recovery, rebalancing_count=count)
+
+    assert not rebalance_since(app(), 7)
+    assert rebalance_since(app(rebalancing=True), 7)
+    assert rebalance_since(app(in_recovery=True), 7)
+    assert rebalance_since(app(count=8), 7)  # one began and ended meanwhile: its recovery resumed the flow
+
+
+def test_a_rebalance_that_begins_while_the_repair_probes_a_hole_keeps_the_flow_and_the_seeks_to_faust():
+    # The join-and-leave hang of the batch loop: a repair looked (no rebalance), probed a hole in a
+    # thread for seconds, and meanwhile the second worker left. Stopping the flow then, in the middle
+    # of faust's table recovery, dropped the changelog records just fetched, which nothing seeks back:
+    # the recovery never reached its highwater and the worker stayed "rebalancing".
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    dog, clock = watchdog(hole_after=5)
+    app = FakeApp()
+
+    def probe(*where):
+        app.begin_rebalance()  # while the probe runs
+        app.rebalancing, app.in_recovery = False, True  # faust's recovery reading the changelogs
+        app.consumer.resume_flow()
+        app.consumer.calls.clear()
+        return True  # the hole holds messages: it would be read again
+
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0, probe=probe))
+    run()
+    clock.now += 5
+    assert run() == []
+    assert app.consumer.calls == [] and app.consumer.flow_active  # the recovery's flow, untouched
+
+
+def test_a_rebalance_that_begins_while_the_repair_settles_is_left_to_resume_the_flow_itself(monkeypatch):
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    dog, clock = watchdog(hole_after=5)
+    app = FakeApp()
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0.2))
+    run()
+    clock.now += 5
+    real_sleep = asyncio.sleep
+
+    async def settle(seconds):
+        if seconds == 0.2:
+            app.begin_rebalance()  # during the repair's settle
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", settle)
+    assert run() == [app.consumer.tp]
+    # stopped before the rebalance began; neither sought nor resumed after: faust's recovery resumes it
+    assert app.consumer.calls == ["stop_flow", "stop_flow"] and not app.consumer.flow_active
