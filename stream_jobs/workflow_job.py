@@ -16,9 +16,10 @@ The two internal topics are written by our own producer (murmur2, Java-compatibl
 item's commands, OpenHit, revisions and timers all live in one partition of APP-items,
 whatever partitioner the gateway's producer uses.
 
-The timers fire a partition's steps only up to its command watermark: markers the commands
-agent produces behind the commands it forwarded ("commands partition p is read through T"),
-so a command stamped before a step but read late still finds the step unsent (docs/workflows.md,
+The timers fire a partition's steps only up to its command watermark ("commands partition p is
+read through T"): markers the commands agent produces behind the commands it forwarded, for the
+partitions of APP-items other workers own, and local claims for its own (LocalClaims), so a
+command stamped before a step but read late still finds the step unsent (docs/workflows.md,
 "Late commands and the watermark"; a bounded hold when a watermark is stuck).
 """
 from __future__ import annotations
@@ -524,6 +525,55 @@ class WatermarkBook:
                                self._since_of(partition, now_ms), self.hold_ms)
 
 
+def items_position(applied_next: int | None, committed: int | None) -> int | None:
+    """The offset of an APP-items partition below which the items agent has applied every message
+    (None: not known): what it applied since the assignment, else the group's committed offset
+    (faust commits only what the agent finished)."""
+    known = [o for o in (applied_next, committed) if o is not None]
+    return max(known) if known else None
+
+
+class LocalClaims:
+    """The command watermark without the round trip through Kafka, for the partitions of APP-items
+    this worker owns itself (docs/workflows.md, "Late commands and the watermark").
+
+    A claim "commands partition p is read through T" is made for items partition q once every
+    command of p stamped at or before T has been delivered to APP-items (by this worker, or by an
+    earlier owner of p before it committed), with `high`, q's high watermark asked after that: the
+    claim holds on q once the items agent has applied q up to `high`. A marker through Kafka says
+    the same by its place on q; here the worker's own bookkeeping says it, a round trip sooner.
+    Claims wait in order of `high`; at most `limit` per partition (the oldest go first: a newer
+    claim says more, only later).
+    """
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self._pending: dict[int, list[tuple[int, int, dict[int, int]]]] = {}
+
+    def add(self, partition: int, high: int, partitions: int, marks: dict[int, int]) -> None:
+        pending = self._pending.setdefault(partition, [])
+        pending.append((high, partitions, dict(marks)))
+        pending.sort(key=lambda c: c[0])
+        del pending[:-self.limit]
+
+    def release(self, partition: int, position: int | None) -> list[tuple[int, dict[int, int]]]:
+        """(commands partitions, {p: T}) of the claims on `partition` that hold once it is applied up to
+        `position`, oldest first; they are removed."""
+        pending = self._pending.get(partition)
+        if not pending:
+            return []
+        ready = [c for c in pending if c[0] <= 0 or (position is not None and c[0] <= position)]
+        if ready:
+            self._pending[partition] = pending[len(ready):]
+        return [(n, marks) for _, n, marks in ready]
+
+    def revoke(self, partition: int) -> None:
+        self._pending.pop(partition, None)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+
 def refusal_dead_letter(envelope_bytes: bytes, reason: str, command=None, *, command_id: str | None = None,
                         at: int | None = None) -> dict:
     """The intel.dlq record of a refused (or undecodable) command: stage WORKFLOW; the same id on a replay."""
@@ -620,6 +670,11 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     wm_skew_ms = int(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_SKEW_MS", "100"))
     book = WatermarkBook(int(float(os.environ.get("INTELBUS_WORKFLOWS_HOLD_S", "30")) * 1000))
     forwarded: dict[int, tuple[int, int | None]] = {}  # commands partition -> (next offset, the last command's time ms)
+    # the local watermark (LocalClaims): the items agent's applied offsets, the commands agent's publishes
+    claims = LocalClaims()
+    applied: dict[int, int] = {}  # APP-items partition -> the offset after the last message the items agent applied
+    forwards = {"started": 0, "done": 0, "event": asyncio.Event()}
+    assignments = [0]  # counts rebalances: a claim made across one is dropped
     worker_uid = f"{worker_index}-{uuid.uuid4().hex[:8]}"
 
     async def publish(messages, table: FaustTableState | None = None):
@@ -683,7 +738,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             # `forwarded` is read by the markers' task: no await between here and the produce calls of
             # publish(), so a marker produced after this line is behind these commands on APP-items
             if out:
+                forwards["started"] += 1
                 await publish(out)
+                forwards["done"] += 1
+                forwards["event"].set()
 
     def consumer_offsets(partition: int) -> tuple[int | None, int | None]:
         """(faust's committed offset, the consumer's position if faust has delivered nothing yet) of a
@@ -705,14 +763,53 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 untouched = None
         return committed, untouched
 
+    def release_claims(partition: int) -> None:
+        """The local claims on an APP-items partition that its applied offset now bears out, into the book."""
+        from faust.types import TP
+
+        done = applied.get(partition)
+        committed = app.consumer._committed_offset.get(TP(items_t, partition)) if done is None else None
+        now_ms = int(time.time() * 1000)
+        for n, marks in claims.release(partition, items_position(done, committed)):
+            observe_marks(partition, n, marks, now_ms)
+
+    async def claim_locally(mine: list[int], n_commands: int, marks: dict[int, int]) -> None:
+        """The marks for this worker's own partitions of APP-items, without markers: once the commands
+        forwarded so far are delivered, each partition's high watermark is what its items agent must
+        have applied for the marks to hold there (LocalClaims)."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        generation, started = assignments[0], forwards["started"]
+        deadline = time.monotonic() + 5.0
+        while forwards["done"] < started:  # the publishes that `marks` counted as forwarded: delivered first
+            forwards["event"].clear()
+            try:
+                await asyncio.wait_for(forwards["event"].wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return  # the commands agent is stuck: no claim (the steps wait, at most the hold)
+        futures = admin.list_offsets({TopicPartition(items_t, q): OffsetSpec.latest() for q in mine},
+                                     request_timeout=5)
+        highs = {tp.partition: (await asyncio.wrap_future(fut)).offset for tp, fut in futures.items()}
+        if assignments[0] != generation:
+            return  # a rebalance meanwhile: what was forwarded may be another worker's now
+        for q in mine:
+            if q in highs:
+                claims.add(q, highs[q], n_commands, marks)
+                release_claims(q)
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_config(JOBS))
+
     @app.task
     async def _watermarks():
-        """Every wm_interval: one marker per partition of APP-items, "commands partition p is read through T"
-        for each commands partition this worker owns, produced behind the commands it forwarded."""
+        """Every wm_interval (or sooner, for a held step): "commands partition p is read through T" for each
+        commands partition this worker owns, as a marker produced behind the commands it forwarded on each
+        partition of APP-items another worker owns, and as a local claim on the partitions it owns itself."""
         from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
+        from confluent_kafka.admin import OffsetSpec
 
-        admin = AdminClient(settings.kafka_config(JOBS))
         n_commands = n_items = 0
         untouched_before: dict[int, int | None] = {}
         failing = False
@@ -724,7 +821,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         async def send_markers(n_commands: int, n_items: int) -> tuple[int, int]:
             nonlocal failing
             try:
-                owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == COMMANDS_TOPIC)
+                assignment = app.consumer.assignment()
+                owned = sorted(tp.partition for tp in assignment if tp.topic == COMMANDS_TOPIC)
+                mine = sorted(tp.partition for tp in assignment if tp.topic == items_t)
             except Exception:
                 return n_commands, n_items
             if not owned or not_ready_because(app) is not None:
@@ -764,7 +863,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             if not marks:
                 return n_commands, n_items
             value = marker_value(worker_uid, n_commands, asked_at, marks)
-            for q in range(n_items):
+            for q in sorted(set(range(n_items)) - set(mine)):
                 while True:
                     try:
                         producer.produce(items_t, key=WATERMARK_KEY, value=value, partition=q,
@@ -772,6 +871,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                         break
                     except BufferError:
                         producer.poll(0.05)
+            if mine:
+                await claim_locally(mine, n_commands, marks)
             return n_commands, n_items
 
         broken = False
@@ -851,6 +952,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 # not wait for the timers' lock (held across a whole round's publish)
                 for event in batch:
                     observe_marker(event.message.partition, event.message.value)
+                applied_through(batch)
                 continue
             async with lock:
                 try:
@@ -865,6 +967,16 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 except BaseException:
                     items_table.drain()  # nothing half-written is kept (the worker exits and reads again)
                     raise
+                applied_through(batch)
+
+    def applied_through(batch) -> None:
+        """The batch is applied (its writes delivered): the local claims its offsets bear out hold now."""
+        last: dict[int, int] = {}
+        for event in batch:
+            last[event.message.partition] = max(last.get(event.message.partition, -1), event.message.offset + 1)
+        for q, position in last.items():
+            applied[q] = max(applied.get(q, 0), position)
+            release_claims(q)
 
     def observe_marker(partition: int, value: bytes) -> None:
         try:
@@ -872,7 +984,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         except (ValueError, KeyError, TypeError) as e:
             log.warning("%s[%d]: a watermark marker that cannot be read: %s", items_t, partition, e)
             return
-        now_ms = int(time.time() * 1000)
+        observe_marks(partition, n, marks, int(time.time() * 1000))
+
+    def observe_marks(partition: int, n: int, marks: dict[int, int], now_ms: int) -> None:
         if book.observe(partition, n, marks, now_ms):
             head = index.heads().get(partition)
             if head is not None and head <= book.cutoff(partition, now_ms)[0]:
@@ -936,6 +1050,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs):
+        assignments[0] += 1
         now_ms = int(time.time() * 1000)
         for tp in assigned:
             if tp.topic == items_t:
@@ -945,10 +1060,13 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender, revoked, **kwargs):
+        assignments[0] += 1
         index.drop_partitions(tp.partition for tp in revoked if tp.topic == items_t)
         for tp in revoked:
             if tp.topic == items_t:
                 book.revoke(tp.partition)
+                claims.revoke(tp.partition)
+                applied.pop(tp.partition, None)
                 try:
                     WATERMARK_LAG.remove(str(tp.partition))
                 except KeyError:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from stream_jobs.workflow_job import (
-    DueIndex, WatermarkBook, commands_watermark, decode_marker, hold_release_at, is_marker, marker_value, read_through,
-    step_cutoff, step_fire_at,
+    DueIndex, LocalClaims, WatermarkBook, commands_watermark, decode_marker, hold_release_at, is_marker, items_position,
+    marker_value, read_through, step_cutoff, step_fire_at,
 )
 from workflows import model as m
 from workflows.machine import apply, fire_due, next_due
@@ -204,3 +204,57 @@ def test_the_next_marker_comes_at_the_tick_or_sooner_for_a_wish_but_never_within
     assert marker_delay(1_000, last_tried_ms=900, wanted_at=5_000, interval_s=0.2) == pytest.approx(0.1)
     # right after a try that sent nothing (not ready), a wish in the past still waits the gap: no busy loop
     assert marker_delay(1_000, last_tried_ms=1_000, wanted_at=0, interval_s=0.2) == pytest.approx(0.02)
+
+
+# --- the local watermark: claims for the worker's own partitions of APP-items ----------------------
+
+def test_a_local_claim_holds_only_once_the_items_agent_has_applied_its_partition_up_to_the_high_watermark():
+    claims = LocalClaims()
+    # commands 0 and 1 read through T0+5 s; the forwarded accept sits at offset 41 of items partition 3
+    claims.add(3, 42, 2, {0: T0 + 5000, 1: T0 + 5000})
+    assert claims.release(3, 41) == []  # the accept not applied yet: the reminder stays held
+    assert claims.release(2, 99) == []  # another partition's progress frees nothing here
+    assert claims.release(3, 42) == [(2, {0: T0 + 5000, 1: T0 + 5000})]
+    assert claims.release(3, 42) == []  # released once
+    assert len(claims) == 0
+
+
+def test_local_claims_are_released_in_order_and_an_empty_partition_holds_at_once():
+    claims = LocalClaims()
+    claims.add(0, 10, 1, {0: T0 + 1000})
+    claims.add(0, 12, 1, {0: T0 + 1200})
+    claims.add(0, 15, 1, {0: T0 + 1500})
+    assert claims.release(0, 12) == [(1, {0: T0 + 1000}), (1, {0: T0 + 1200})]
+    assert claims.release(0, None) == []  # position not known: nothing
+    claims.add(5, 0, 1, {0: T0 + 2000})  # nothing was ever written to partition 5
+    assert claims.release(5, None) == [(1, {0: T0 + 2000})]
+
+
+def test_claims_waiting_on_a_stuck_items_agent_are_bounded_and_a_revoke_drops_them():
+    claims = LocalClaims(limit=3)
+    for i in range(10):
+        claims.add(1, 100 + i, 1, {0: T0 + i})
+    assert len(claims) == 3
+    assert claims.release(1, 200) == [(1, {0: T0 + 7}), (1, {0: T0 + 8}), (1, {0: T0 + 9})]  # the newest kept
+    claims.add(1, 300, 1, {0: T0 + 50})
+    claims.revoke(1)
+    assert claims.release(1, 1000) == []
+
+
+def test_the_items_position_is_what_the_agent_applied_else_the_committed_offset():
+    assert items_position(57, 40) == 57
+    assert items_position(None, 40) == 40
+    assert items_position(None, None) is None
+
+
+def test_a_local_claim_frees_the_held_reminder_like_a_marker_would():
+    book, claims = WatermarkBook(HOLD), LocalClaims()
+    book.assign(3, T0)
+    due = T0 + 10_000
+    claims.add(3, 42, 1, {0: due + 50})
+    for n, marks in claims.release(3, 40):
+        book.observe(3, n, marks, due + 150)
+    assert book.cutoff(3, due + 150)[0] < due  # held: the agent is two messages short
+    for n, marks in claims.release(3, 42):
+        book.observe(3, n, marks, due + 160)
+    assert book.cutoff(3, due + 160)[0] >= due
