@@ -42,7 +42,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -146,30 +145,16 @@ class Worker:
         return sum(float(l.rsplit(" ", 1)[1]) for l in self.metrics().splitlines()
                    if l.startswith(name + "{") or l.startswith(name + " "))
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def stop(self):
+        """SIGTERM; how long it took to be out (ops/private_app.py)."""
+        from ops.private_app import stop_worker
+
+        return stop_worker(self.proc)
 
     def delete_topics(self) -> None:
-        from confluent_kafka.admin import AdminClient
+        from ops.private_app import delete_private_app
 
-        admin = AdminClient(self.settings.kafka_config("intelbus-admin"))
-        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.app_id + "-")]
-        for fut in (admin.delete_topics(mine, operation_timeout=30).values() if mine else []):
-            try:
-                fut.result()
-            except Exception:
-                pass
-        try:
-            for fut in admin.delete_consumer_groups([self.app_id], request_timeout=15).values():
-                fut.result()
-        except Exception:
-            pass
+        delete_private_app(self.settings, self.app_id)
 
 
 class Events(threading.Thread):
@@ -411,7 +396,9 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
                 sim.wait(20)
             except subprocess.TimeoutExpired:
                 sim.kill()
-        worker.stop()
+        stopped = worker.stop()
+        if stopped is not None:
+            print(f"worker out {stopped.seconds:.1f} s after SIGTERM{' (SIGKILLed)' if stopped.killed else ''}", file=sys.stderr)
         if not keep:
             worker.delete_topics()
             shutil.rmtree(workdir, ignore_errors=True)

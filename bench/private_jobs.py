@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -112,33 +111,18 @@ class PrivateJobs:
             total, found = total + float(value), True
         return total if found else None
 
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+    def stop(self, *, kill: bool = False):
+        """SIGTERM (out in a second or two, its offsets committed) or SIGKILL; how long it took (ops/private_app.py)."""
+        from ops.private_app import stop_worker
+
+        stopped, self.proc = stop_worker(self.proc, kill=kill), None
+        return stopped
 
     def delete_topics(self, *, inputs_too: bool = True) -> None:
         """Its topics, changelogs and consumer group (and the inputs' topics)."""
-        from confluent_kafka.admin import AdminClient
+        from ops.private_app import delete_private_app
 
-        admin = AdminClient(self.settings.kafka_config("intelbus-admin"))
-        prefixes = (self.app_id + "-", self.app_id + ".") + ((self.inputs + ".",) if inputs_too else ())
-        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
-        for fut in (admin.delete_topics(mine, operation_timeout=30).values() if mine else ()):
-            try:
-                fut.result()
-            except Exception:
-                pass
-        try:
-            for fut in admin.delete_consumer_groups([self.app_id], request_timeout=15).values():
-                fut.result()
-        except Exception:
-            pass
+        delete_private_app(self.settings, self.app_id, inputs=(self.inputs,) if inputs_too else ())
 
 
 # --- inside the worker's process ----------------------------------------------------------

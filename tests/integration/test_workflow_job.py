@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.private_app import delete_private_app, stop_worker
 from tests.integration.conftest import TopicReader
 from workflows import model as m
 
@@ -86,36 +86,14 @@ class WorkerProcess:
             time.sleep(0.3)
         raise RuntimeError(f"workflow worker not ready within {timeout:.0f}s: see {self.log_path}")
 
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.send_signal(signal.SIGKILL)
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+    def stop(self, *, kill: bool = False):
+        """SIGTERM (or SIGKILL); how long it took to be out (ops/private_app.py)."""
+        stopped, self.proc = stop_worker(self.proc, kill=kill), None
+        return stopped
 
     def delete_topics(self) -> None:
         """Its internal topics, changelogs and consumer group."""
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient(self.settings.kafka_config("intelbus-admin"))
-        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.app_id + "-")]
-        if mine:
-            for fut in admin.delete_topics(mine, operation_timeout=15).values():
-                try:
-                    fut.result()
-                except Exception:
-                    pass
-        try:
-            for fut in admin.delete_consumer_groups([self.app_id], request_timeout=15).values():
-                fut.result()
-        except Exception:
-            pass
+        delete_private_app(self.settings, self.app_id)
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +112,15 @@ def commands(stack, settings):
 
     p = Producer({**settings.kafka_config("intelbus-admin"), "enable.idempotence": True, "acks": "all"})
 
-    def send(command) -> None:
+    def send(command) -> tuple[int, int]:
+        """Produce the command as the gateway does; its (partition, offset)."""
         value = {"command": m.to_json(command), "command_id": command.command_id,
                  "issued_at": int(time.time() * 1000), "via": "gateway"}
-        p.produce("intel.workflow.commands", key=command.item_id.encode(), value=json.dumps(value).encode())
-        assert p.flush(15) == 0
+        delivered = []
+        p.produce("intel.workflow.commands", key=command.item_id.encode(), value=json.dumps(value).encode(),
+                  on_delivery=lambda err, msg: delivered.append((err, msg)))
+        assert p.flush(15) == 0 and delivered and delivered[0][0] is None, delivered
+        return delivered[0][1].partition(), delivered[0][1].offset()
 
     yield send
     p.flush(15)
@@ -330,3 +312,39 @@ def test_a_later_request_about_the_same_identifier_is_offered_the_earlier_answer
     assert "lives in Xinglong" not in json.dumps([str(v) for v in offered[0].values()])  # findings stay off the topic
     # the accept and the answer, sent right behind the request, waited for its look-up, in order
     assert [e["event_type"] for e in of(evs, first)] == ["SENT", "ACCEPTED", "ANSWERED"]
+
+
+def test_a_worker_stops_within_seconds_of_sigterm_with_what_it_processed_committed(stack, settings, commands, events,
+                                                                                   tmp_path):
+    """A worker of its own (scraped for readiness from its start, as Prometheus would): SIGTERM
+    stops it in seconds, not by the SIGKILL after the grace, and the command it applied is
+    committed (a restart would not apply it again). Then its topics and group are deleted."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    w = WorkerProcess(settings, tmp_path, uuid.uuid4().hex[:10])
+    try:
+        w.start()
+        item = f"R-{w.tag}-{uuid.uuid4().hex[:6]}"
+        partition, offset = commands(m.SendRequest(
+            command_id=cid(w), item_id=item, actor=cc("120000"), addressees=("130822/CRIMINAL_INVESTIGATION",),
+            priority="ROUTINE", subjects=(m.Identifier("PHONE", "13800138000"),), question="locate the subject"))
+        events.read(until=lambda evs: of(evs, item, "SENT"), settle=0.2)
+
+        stopped = w.stop()
+        assert not stopped.killed and stopped.returncode == 0, (stopped, w.log_path.read_text(errors="replace")[-2000:])
+        assert stopped.seconds < 10, stopped
+
+        probe = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": w.app_id, "enable.auto.commit": False})
+        try:
+            committed = probe.committed([TopicPartition("intel.workflow.commands", partition)], timeout=10)[0].offset
+        finally:
+            probe.close()
+        assert committed > offset, (committed, offset)
+    finally:
+        w.stop()
+        w.delete_topics()
+    admin = AdminClient(settings.kafka_config("intelbus-admin"))
+    assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(w.app_id)]
+    groups = admin.list_consumer_groups(request_timeout=10).result().valid
+    assert w.app_id not in {g.group_id for g in groups}
