@@ -81,6 +81,10 @@ class PrivateJobs:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.private_jobs", str(path)], cwd=str(REPO),
                                      env={**os.environ, "INTELBUS_SECRETS_DIR": self.settings.secrets_dir},
                                      stdout=log, stderr=subprocess.STDOUT)
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 120.0) -> "PrivateJobs":
+        """Until the started process serves intelbus_service_ready 1 (or exits: RuntimeError)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
