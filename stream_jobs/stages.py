@@ -27,6 +27,10 @@ from stream_jobs.lookback import Lookback
 from stream_jobs.state import KEEP, PartitionedState, Sweeper, dumps, loads
 
 MATCH_TOPIC = "intel.match.requests"
+# A partition's match requests of one batch go as several messages of at most about this many
+# bytes: one message of a 2,000-event batch of incidents (each with its record, base64) outgrew the
+# topic's 1 MB limit, and the worker exited with MSG_SIZE_TOO_LARGE at every restart.
+REQUEST_BYTES = 256 * 1024
 CANDIDATE_TOPIC = "intel.hit.candidates"
 DUPLICATES_TOPIC = "intel.duplicates"
 HIT_TOPIC = "intel.hit"
@@ -188,8 +192,10 @@ class DedupeStage:
                 self._one(msg, now_ms, result, requests)
             except Exception as exc:  # a bug or a record we did not foresee: never stall the partition
                 result.dead_letters.append(internal_error("DEDUPE", msg, exc))
-        for partition, req in requests.items():
-            result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
+        for partition, reqs in requests.items():
+            for req in reqs:  # in order: the matcher applies a partition's ops as they were made
+                req.pop("_bytes", None)
+                result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
         # The dedupe entries are stamped with the worker's clock when first seen (the window is
         # how long the bus remembers an event id), so they are judged by it too: a clock of
         # publish times would keep every entry as much longer as the worker lags behind
@@ -237,7 +243,8 @@ class DedupeStage:
         if ops:
             summary = event_summary(kind, record, rkey, msg.value)
             for op in ops:
-                req = requests.setdefault(partition_for(op["id"], self.partitions), {"events": {}, "ops": []})
+                req = request_for(requests.setdefault(partition_for(op["id"], self.partitions), []), event_id,
+                                  len(summary["avro"]))
                 req["events"][event_id] = summary
                 req["ops"].append(op)
         self.state.put(msg.partition, skey, dumps(entry))
@@ -311,6 +318,18 @@ class DedupeStage:
             for op in ops:  # every identifier of a case report with a place (only those carry the flag)
                 op["dup"] = True
         return ops
+
+
+def request_for(reqs: list[dict], event_id: str, size: int, limit: int | None = None) -> dict:
+    """The match request (of one partition's, in order) an op of the event goes into: the last one,
+    or a new one when the last is full (about `limit` bytes of records, REQUEST_BYTES) and lacks the event."""
+    limit = REQUEST_BYTES if limit is None else limit
+    if not reqs or (event_id not in reqs[-1]["events"] and reqs[-1]["_bytes"] + size > limit and reqs[-1]["events"]):
+        reqs.append({"events": {}, "ops": [], "_bytes": 0})
+    req = reqs[-1]
+    if event_id not in req["events"]:
+        req["_bytes"] += size + 300  # the summary's other fields, about
+    return req
 
 
 def event_summary(kind: str, record: dict, rkey: str, value: bytes) -> dict:

@@ -515,3 +515,53 @@ def test_the_border_duplicate_window_and_distance_are_settings():
     bus.publish("incident", report("130822", "XL1", minutes=8, km_north=3))  # 3 km: beyond 2.5
     bus.publish("incident", report("130822", "XL2", minutes=12, km_north=1))  # 12 min: beyond 10
     assert of_type(bus, "BORDER_DUPLICATE") == []
+
+
+def test_a_batch_of_large_records_splits_its_match_requests_and_every_sighting_still_hits(monkeypatch):
+    # A 2,000-event backlog batch of incidents made one match request per partition of several MB:
+    # over the topic's 1 MB limit, MSG_SIZE_TOO_LARGE, and the worker exited at every restart.
+    import stream_jobs.stages as stages
+
+    monkeypatch.setattr(stages, "REQUEST_BYTES", 8 * 1024)
+    bus = Bus()
+    sent = []
+    original = bus._run
+
+    def run(stage, state, batch, now):
+        result = original(stage, state, batch, now)
+        sent.extend(o for o in result.outputs if o.topic == MATCH_TOPIC)
+        return result
+
+    bus._run = run
+    notes = "x" * 1500  # a long free-text field: every record about 2 KB
+    checks = [("incident", {**incident("120119", f"C{i}", persons=[person(ID18)], t=T0 + 1000 * (i + 1)),
+                            "description": notes}) for i in range(40)]
+    bus.publish_batch(checks[:20] + [("wanted", wanted("130822", "W1", t=T0))] + checks[20:])
+    by_partition = {}
+    for out in sent:
+        by_partition.setdefault(out.partition, []).append(len(out.value))
+    assert max(len(v) for v in by_partition.values()) > 1, by_partition  # split
+    assert max(max(v) for v in by_partition.values()) < 8 * 1024 + 4 * 1500 * 2, by_partition  # each about the limit
+    assert sorted(json.loads(h["trigger"])["source_ref"] for h in bus.distinct_hits().values()) == \
+        sorted(f"C{i}" for i in range(40))
+
+
+def test_split_match_requests_read_in_separate_batches_still_hit_every_sighting(monkeypatch):
+    import stream_jobs.stages as stages
+
+    monkeypatch.setattr(stages, "REQUEST_BYTES", 4 * 1024)
+    bus = Bus()
+    original = bus._run
+
+    def run(stage, state, batch, now):  # the matcher reads each request message in a batch of its own
+        if stage is bus.match and len(batch) > 1:
+            for one in batch:
+                original(stage, state, [one], now)
+            return None
+        return original(stage, state, batch, now)
+
+    bus._run = run
+    checks = [("incident", {**incident("120119", f"C{i}", persons=[person(ID18)], t=T0 + 1000 * (i + 1)),
+                            "description": "y" * 1500}) for i in range(30)]
+    bus.publish_batch(checks[:15] + [("wanted", wanted("130822", "W1", t=T0))] + checks[15:])
+    assert len(bus.distinct_hits()) == 30
