@@ -10,7 +10,9 @@ restart with RocksDB recovers only what is newer than the store.
 """
 from __future__ import annotations
 
+import functools
 import heapq
+import os
 
 from faust.types import TP
 
@@ -25,12 +27,94 @@ from stream_jobs.state import COUNT_KEY, RESERVED, BatchOverlay
 # the OS's page cache; what is hot fits these.
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 
+# ... and for the worker as a whole. Per store, the options above still let 18 stores hold
+# 18 x (2 x 8 + 16) = 576 MiB, filled slowly (each store gets a sixth of a table's writes):
+# the state soak's resident memory grew 83-94 MiB per 100,000 events with expiry on and off
+# alike while the tables stayed flat (bench/results/state.md). So every store of the worker
+# shares one block cache and one memtable budget (RocksDB's WriteBufferManager: a store past
+# its share is flushed early), and index and filter blocks are kept in that cache rather than
+# beside it, so that what RocksDB holds is bounded by these two figures however many stores,
+# partitions and files there are.
+# INTELBUS_JOBS_ROCKSDB_CACHE_MIB / _MEMTABLES_MIB change the two; INTELBUS_JOBS_ROCKSDB_SHARED=0
+# goes back to the per-store options alone (the state soak's baseline).
+ROCKSDB_WORKER_CACHE_MIB = 32
+ROCKSDB_WORKER_MEMTABLES_MIB = 48
+_shared: dict = {}
+
+
+def worker_budget_mib() -> tuple[int, int] | None:
+    """(block cache, memtables) in MiB for the worker's stores together; None: per store."""
+    if os.environ.get("INTELBUS_JOBS_ROCKSDB_SHARED", "1") == "0":
+        return None
+    return (int(os.environ.get("INTELBUS_JOBS_ROCKSDB_CACHE_MIB", ROCKSDB_WORKER_CACHE_MIB)),
+            int(os.environ.get("INTELBUS_JOBS_ROCKSDB_MEMTABLES_MIB", ROCKSDB_WORKER_MEMTABLES_MIB)))
+
+
+def worker_rocksdb_budget() -> tuple:
+    """The worker's one block cache and one write buffer manager (made on first use)."""
+    if not _shared:
+        import rocksdict
+
+        cache_mib, memtables_mib = worker_budget_mib() or (ROCKSDB_WORKER_CACHE_MIB, ROCKSDB_WORKER_MEMTABLES_MIB)
+        _shared["cache"] = rocksdict.Cache(cache_mib * 2**20)
+        _shared["memtables"] = rocksdict.WriteBufferManager(memtables_mib * 2**20, False)
+    return _shared["cache"], _shared["memtables"]
+
+
+@functools.cache
+def _budgeted_options_class():
+    from faust.stores.rocksdb import RocksDBOptions
+
+    class BudgetedRocksDBOptions(RocksDBOptions):
+        """faust's options for a store, with the worker's shared cache and memtable budget."""
+
+        def as_options(self):
+            options = super().as_options()
+            if not self.use_rocksdict:  # python-rocksdb: faust's own options (not what we install)
+                return options
+            import rocksdict
+
+            cache, memtables = worker_rocksdb_budget()
+            table = rocksdict.BlockBasedOptions()
+            table.set_bloom_filter(self.bloom_filter_size, True)
+            table.set_block_cache(cache)
+            table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+            table.set_cache_index_and_filter_blocks(True)
+            table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+            options.set_block_based_table_factory(table)
+            options.set_write_buffer_manager(memtables)
+            return options
+
+    return BudgetedRocksDBOptions
+
+
+def budget_store(store) -> bool:
+    """Give a faust RocksDB store (no partition opened yet) the worker's shared budget; False
+    for a store that is not RocksDB's (memory://) or that has opened partitions already."""
+    options = getattr(store, "rocksdb_options", None)
+    if options is None or getattr(store, "_dbs", None) or worker_budget_mib() is None:
+        return False
+    cls = _budgeted_options_class()
+    if not isinstance(options, cls):
+        budgeted = cls.__new__(cls)
+        budgeted.__dict__.update(options.__dict__)
+        store.rocksdb_options = budgeted
+    return True
+
 
 class FaustTableState(BatchOverlay):
     def __init__(self, table):
         self.table = table
         if getattr(table, "_data", None) is None:  # the store is made on first use, with the table's options
             table.options = {**ROCKSDB_OPTIONS, **(table.options or {})}
+            make_store = table._new_store
+
+            def _new_store():  # faust makes the store on first use, on its own loop: budgeted then
+                store = make_store()
+                budget_store(store)
+                return store
+
+            table._new_store = _new_store
         super().__init__(self._read, self._read_many, self._scan_store)
         metrics.STATE_SIZES.watch(table.name, self)
 
