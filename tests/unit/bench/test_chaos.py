@@ -1,0 +1,63 @@
+"""bench/chaos.py's pure parts: the kill plan, reading the workers' metrics, CPU and memory from the
+samples, and the SVG plot."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from bench.chaos import BROKERS, DEFAULT_COMPONENTS, kill_plan, metric_values, process_usage, svg_plot
+
+
+def test_the_plan_kills_each_component_once_brokers_in_turn_inside_the_traffic():
+    plan = kill_plan(list(DEFAULT_COMPONENTS), seed=7, traffic_s=1800)
+    names = [c for c, _ in plan]
+    assert sorted(names) == sorted(DEFAULT_COMPONENTS)
+    assert [c for c in names if c in BROKERS] == list(BROKERS)
+    times = [t for _, t in plan]
+    assert times == sorted(times) and 0.08 * 1800 < times[0] and times[-1] < 0.85 * 1800
+    # one per slot: at least some spacing between consecutive kills
+    assert min(b - a for a, b in zip(times, times[1:])) > 0
+
+
+def test_the_plan_is_the_seeds():
+    assert kill_plan(list(DEFAULT_COMPONENTS), 3, 600) == kill_plan(list(DEFAULT_COMPONENTS), 3, 600)
+    assert kill_plan(list(DEFAULT_COMPONENTS), 3, 600) != kill_plan(list(DEFAULT_COMPONENTS), 4, 600)
+
+
+def test_state_entries_are_read_per_table_and_other_metrics_left_out():
+    text = "\n".join([
+        "# HELP intelbus_jobs_state_entries entries",
+        'intelbus_jobs_state_entries{table="records"} 1200.0',
+        'intelbus_jobs_state_entries{table="index"} 30.0',
+        'intelbus_jobs_state_entries_swept_total{table="records"} 99.0',
+        "intelbus_service_ready 1.0",
+    ])
+    assert metric_values(text, "intelbus_jobs_state_entries") == {"records": 1200.0, "index": 30.0}
+    assert metric_values(text, "intelbus_service_ready") == {"": 1.0}
+
+
+def test_cpu_per_record_leaves_out_the_interval_of_a_restart():
+    samples = [
+        {"t": 0.0, "sent": 0, "rss": {"jobs-0": 100 * 2**20}, "cpu": {"jobs-0": 0.0}},
+        {"t": 10.0, "sent": 10_000, "rss": {"jobs-0": 200 * 2**20}, "cpu": {"jobs-0": 5.0}},
+        {"t": 20.0, "sent": 20_000, "rss": {"jobs-0": 50 * 2**20}, "cpu": {"jobs-0": 1.0}},  # restarted: counter reset
+        {"t": 30.0, "sent": 20_000, "rss": {"jobs-0": 60 * 2**20}, "cpu": {"jobs-0": 3.0}},
+    ]
+    per, total = process_usage(samples, (0.0, 20.0))
+    assert per["jobs-0"]["cores"] == 0.5            # 5 CPU s over the 10 s that can be counted in the traffic
+    assert per["jobs-0"]["cpu_s_per_1000_records"] == 0.35  # (5 + 2) CPU s over 20,000 records
+    assert per["jobs-0"]["rss_mb_max"] == 200.0 and per["jobs-0"]["rss_mb_median"] == 100.0
+    assert total["records"] == 20_000
+
+
+def test_the_plot_is_svg_with_a_line_per_series_and_the_kills_marked():
+    samples = [{"t": t, "sent": 0, "rss": {"kafka-1": 3e8, "sink": 1e8}, "cpu": {}, "state": {"records": t},
+                "lag": {"intelbus-jobs": 5}} for t in (0.0, 10.0, 20.0)]
+    results = {"rate": 500.0, "minutes": 1, "seed": 1, "samples": samples, "traffic": {"ended_s": 15.0},
+               "kills": [{"component": "kafka-1", "killed_s": 12.0}, {"component": "sink", "killed_s": None}]}
+    root = ET.fromstring(svg_plot(results))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 4  # kafka-1, sink, records, intelbus-jobs
+    labels = [t.text for t in root.iter(f"{ns}text")]
+    assert "kafka-1" in labels and "sink" in labels and "traffic ends" in labels
+    dashed = [l for l in root.iter(f"{ns}line") if l.get("stroke-dasharray")]
+    assert len(dashed) == 3  # one kill (the other never happened) in each of the three panels
