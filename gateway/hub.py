@@ -52,6 +52,24 @@ BUFFER_ITEMS = Gauge("intelbus_gateway_hub_buffer_items", "Messages held in the 
 ROUNDS = Counter("intelbus_gateway_live_rounds_total", "Live feed rounds rung (the streams woken together)")
 STREAMS_RUNG = Counter("intelbus_gateway_live_streams_rung_total",
                        "Live feed streams woken by rounds (each a turn on the event loop)")
+# the hub's read lag split (issue 15 follow-up, "where does the hub's time go"): Kafka time to the message handed to
+# Python by the poll (librdkafka, the broker, the thread's wake-up and its GIL), and the hub thread's own work after
+# the poll (decode, append, announce) in wall time and in the thread's CPU time: wall minus CPU is time waiting (for
+# the GIL held by the event loop, or for a core of the machine)
+HUB_FETCH_LAG = Histogram("intelbus_gateway_hub_fetch_lag_seconds",
+                          "Kafka message timestamp to the hub's poll handing it to Python", buckets=LAG_BUCKETS)
+HUB_WORK = Counter("intelbus_gateway_hub_work_seconds",
+                   "The hub threads' work after each poll (decode, append, announce): wall time and thread CPU time",
+                   ["clock"])
+HUB_SLICE = Histogram("intelbus_gateway_hub_slice_seconds",
+                      "One poll's messages from the poll's return to their announce (wall time)", buckets=LAG_BUCKETS)
+GC_PAUSE = Histogram("intelbus_gateway_gc_pause_seconds", "The gateway process's garbage collections (every thread "
+                     "stops for them)", ["generation"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                             0.5, 1, 2.5))
+GC_PAUSE_MAX = Gauge("intelbus_gateway_gc_pause_max_seconds", "The longest garbage collection of the process so far",
+                     ["generation"])
+GC_CPU = Counter("intelbus_gateway_gc_cpu_seconds", "CPU time of the process's garbage collections (their wall time "
+                 "in intelbus_gateway_gc_pause_seconds: the rest is the machine's other work)", ["generation"])
 CATCH_UPS = Counter("intelbus_gateway_catchup_readers_total",
                     "Catch-up readers opened (a live-feed stream resuming before the buffer)")
 
@@ -70,6 +88,19 @@ RING_MS = float(os.environ.get("INTELBUS_LIVE_RING_MS", "10"))
 RING_SELECT = os.environ.get("INTELBUS_LIVE_RING_SELECT", "1") != "0"
 # intel.workflow read by a consumer (and thread) of its own, so that a burst of reminders never holds the hits
 WORKFLOW_CONSUMER = os.environ.get("INTELBUS_LIVE_WORKFLOW_CONSUMER", "1") != "0"
+# a heap the garbage collector walks quickly (bench/results/fanout.md, 12:31 run: the hub thread's work took 3.5 s
+# of wall time for 0.5 s of its CPU, and the 3 s between were the process's full collections, 5 in 70 s, up to
+# 0.9 s each, every thread stopped): the streams' shared walks are dropped a few rounds old (`RecentWalks`) instead of
+# piling up to 5,000 and reaching the oldest generation; entries hold few objects the collector must visit (scope
+# in tuples, a workflow item's bytes instead of its decoded record); the heap of the gateway's start (its modules,
+# the app, the start's backlog) is frozen out of every later collection once the hub has caught up (`freeze_heap`).
+# "0": as before, for bench_fanout's same-run comparison
+GC_LIGHT = os.environ.get("INTELBUS_LIVE_GC_LIGHT", "1") != "0"
+# the collector's thresholds once the hub has caught up (`freeze_heap`): the third (full collections after that many
+# of the second generation's, default 10) at 100, so a full collection comes every few minutes rather than every
+# 15-20 s (bench_fanout, 12:38 run: 4 in 70 s, 1-2 s each on the loaded machine); cycles left as garbage wait that long
+GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("INTELBUS_LIVE_GC_THRESHOLDS", "700,10,100").split(","))
+WALKS_KEPT = 256  # about a second of rounds for 15 view groups: the streams of a round share their walks within it
 
 
 class TokenError(ValueError):
@@ -173,6 +204,7 @@ class Entry:
     seen: dict = field(default_factory=dict)  # (view, clearance) -> visible, computed once per view kind
     record: dict | None = None  # the decoded record until the item is rendered
     raw: tuple | None = None    # (codec, bytes) of a message read at the hub's start, decoded when first looked at
+    payload: tuple | None = None  # (codec, bytes) of an item whose scope is known, decoded again when first shown
 
     @property
     def tp(self) -> TP:
@@ -186,14 +218,17 @@ def entry_of(topic: str, partition: int, offset: int, ts_ms: int, record: dict |
     if record is None:
         return None
     kind = {HIT_TOPIC: "hit", ALERT_TOPIC: "alert", WORKFLOW_TOPIC: "workflow"}[topic]
-    if kind == "hit":
-        scope = {"classification": record.get("classification"), "notify_regions": record.get("notify_regions") or []}
-    elif kind == "workflow":
-        scope = {"classification": record.get("classification"), "notify": record.get("notify") or []}
-    else:
-        scope = {"classification": record.get("classification"), "share_scope": record.get("share_scope") or []}
-    entry = Entry(topic, partition, offset, ts_ms, kind, scope, "", "", record=record)
+    entry = Entry(topic, partition, offset, ts_ms, kind, scope_of(kind, record), "", "", record=record)
     return rendered(entry) if render else entry
+
+
+def scope_of(kind: str, record: dict) -> dict:
+    """What the entitlement needs of a record. Its region lists as tuples: a dict of strings and tuples of strings
+    is soon untracked by the garbage collector (a list never is), so a buffer of 50,000 entries is not 100,000
+    more objects for every full collection to visit."""
+    field = {"hit": "notify_regions", "workflow": "notify", "alert": "share_scope"}[kind]
+    regions = record.get(field) or ()
+    return {"classification": record.get("classification"), field: tuple(regions) if GC_LIGHT else list(regions)}
 
 
 def lazy_entry(topic: str, partition: int, offset: int, ts_ms: int, codec, value: bytes | None) -> Entry | None:
@@ -204,6 +239,20 @@ def lazy_entry(topic: str, partition: int, offset: int, ts_ms: int, codec, value
         return None
     kind = {HIT_TOPIC: "hit", ALERT_TOPIC: "alert", WORKFLOW_TOPIC: "workflow"}[topic]
     return Entry(topic, partition, offset, ts_ms, kind, {}, "", raw=(codec, value))
+
+
+def live_entry(topic: str, partition: int, offset: int, ts_ms: int, codec, value: bytes | None) -> Entry | None:
+    """A message the caught-up hub reads, decoded for its scope (whom to ring; None for a tombstone). A hit or an
+    alert is rendered at once (most are shown); a workflow item when first shown (most reminders go to agencies
+    with no wall open), from its bytes (GC_LIGHT): its decoded record is tens of objects the garbage collector
+    would visit for the hour the item is buffered."""
+    if value is None:
+        return None
+    workflow = topic == WORKFLOW_TOPIC
+    entry = entry_of(topic, partition, offset, ts_ms, codec.decode(value), render=not workflow)
+    if workflow and GC_LIGHT:
+        entry.record, entry.payload = None, (codec, value)
+    return entry
 
 
 def decoded(entry: Entry) -> Entry:
@@ -225,6 +274,14 @@ def decoded(entry: Entry) -> Entry:
 
 def rendered(entry: Entry) -> Entry:
     """The entry with its feed item as one line of JSON (the NDJSON feed's item) and its id."""
+    if entry.record is None and entry.payload is not None:
+        codec, value = entry.payload
+        entry.payload = None
+        try:
+            entry.record = codec.decode(value)
+        except Exception as exc:  # it decoded once, for its scope: not expected
+            log.warning("live feed: %s[%d]@%d not shown: %s", entry.topic, entry.partition, entry.offset, exc)
+            entry.data, entry.ident = "{}", ""
     if entry.record is not None:
         record, entry.record = entry.record, None
         if entry.kind == "hit":
@@ -418,6 +475,69 @@ def _decode(codec, msg):
     return None if value is None else codec.decode(value)
 
 
+class RecentWalks(dict):
+    """The streams' shared walks, the `keep` most recently made (a dict in insertion order). A walk is shared by
+    the streams of one view within a round; kept until 5,000 piled up (then all dropped), they lived long enough
+    to reach the collector's oldest generation, and made most of what its full collections visited."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.keep:
+            del self[next(iter(self))]
+
+
+def freeze_heap() -> None:
+    """Once, when the hub has caught up: collect, then move every object alive (modules, the app, the start's
+    backlog) out of the collector's view (`gc.freeze`), so later full collections visit only what came since;
+    and full collections made rarer (GC_THRESHOLDS).
+    What it freezes is still freed when its last reference goes; only a cycle among frozen objects is never
+    collected, and the start's objects are the process's own for its life."""
+    import gc
+
+    if _frozen:
+        return
+    _frozen.append("freezing")
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    _frozen[0] = "frozen"
+    log.info("live feed hub: %d objects of the gateway's start frozen out of the garbage collector's view; "
+             "collection thresholds %s", gc.get_freeze_count(), GC_THRESHOLDS)
+
+
+_frozen: list = []
+_gc_started: list = []
+_gc_max: dict = {}
+
+
+def watch_gc() -> None:
+    """Time the process's garbage collections (GC_PAUSE), once per process."""
+    import gc
+
+    if _gc_started:
+        return
+    _gc_started.append(None)
+
+    def callback(phase, info):
+        if phase == "start":
+            _gc_started[0] = (time.perf_counter(), time.thread_time())  # it runs in the thread that triggered it
+        elif _gc_started[0] is not None:
+            took, gen = time.perf_counter() - _gc_started[0][0], str(info.get("generation"))
+            if _frozen and _frozen[0] == "freezing":
+                gen = "freeze"  # freeze_heap's own collection, once at the start
+            GC_PAUSE.labels(gen).observe(took)
+            GC_CPU.labels(gen).inc(time.thread_time() - _gc_started[0][1])
+            if took > _gc_max.get(gen, 0.0):
+                _gc_max[gen] = took
+                GC_PAUSE_MAX.labels(gen).set(took)
+
+    gc.callbacks.append(callback)
+
+
 class Hub:
     """One consumer for the process; `start()` once (a thread), `stop()` on shutdown."""
 
@@ -434,7 +554,8 @@ class Hub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bells: dict[asyncio.AbstractEventLoop, Bell] = {}
-        self.walks: dict = {}  # the streams' shared walks (gateway/events.py), used on the event loop only
+        # the streams' shared walks (gateway/events.py), used on the event loop only
+        self.walks: dict = RecentWalks(WALKS_KEPT) if GC_LIGHT else {}
         # A round: the streams' reads between one ring and the next all end where the ring said (the end of the
         # buffer when the entries it announces were appended), so the streams of a view stay in step (and share
         # one walk) even while the hub appends during the round; what came after is the next round's.
@@ -442,6 +563,7 @@ class Hub:
 
     # lifecycle
     def start(self) -> "Hub":
+        watch_gc()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="live-feed-hub", daemon=True)
             self._thread.start()
@@ -592,12 +714,21 @@ class Hub:
         try:
             while not self._stop.is_set():
                 messages = consume_ready(consumer, 2000, 0.1)
+                wall0, cpu0 = time.time(), time.thread_time()
+                if messages and self.ready.is_set():
+                    for msg in messages:
+                        HUB_FETCH_LAG.observe(max(0.0, wall0 - msg.timestamp()[1] / 1000))
                 # hits and alerts before the workflow items of the same poll (one consumer for all): each
                 # partition keeps its order, which is all a position needs
                 messages.sort(key=lambda m: m.topic() == WORKFLOW_TOPIC)
                 # decoded and handed over in slices: the first hits of a burst need not wait for the last's decoding
                 for i in range(0, len(messages), APPEND_SLICE):
                     self._append(messages[i:i + APPEND_SLICE])
+                if messages and self.ready.is_set():
+                    wall = time.time() - wall0
+                    HUB_WORK.labels("wall").inc(wall)
+                    HUB_WORK.labels("cpu").inc(time.thread_time() - cpu0)
+                    HUB_SLICE.observe(wall)
                 if not caught_up[mine].is_set() and all(  # position(): past a transaction's markers too
                         tp.offset >= highs[(tp.topic, tp.partition)] or tp.offset < 0 and highs[(tp.topic, tp.partition)]
                         == starts[(tp.topic, tp.partition)] for tp in consumer.position(assigned)):
@@ -608,6 +739,8 @@ class Hub:
                             self.ready.set()
                     if done:
                         log.info("live feed hub caught up (%d items buffered)", len(self.buffer.entries))
+                        if GC_LIGHT:
+                            freeze_heap()
                         self._wake()
         finally:
             consumer.close()
@@ -623,11 +756,8 @@ class Hub:
                     entry = lazy_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())
                 else:
-                    # decoded for its scope (whom to ring); a workflow item's feed item is made when first shown
-                    # (most reminders go to agencies with no wall open)
-                    record = _decode(self.codec, msg)
-                    entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], record,
-                                     render=msg.topic() != WORKFLOW_TOPIC)
+                    entry = live_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
+                                       msg.value())
             except Exception as exc:  # one message the gateway cannot show must not stop every feed
                 log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None
