@@ -29,8 +29,8 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 8 * 2**20, "max_write_buffer_number": 2,
 
 # ... and for the worker as a whole. Per store, the options above still let 18 stores hold
 # 18 x (2 x 8 + 16) = 576 MiB, filled slowly (each store gets a sixth of a table's writes):
-# the state soak's resident memory grew 83-94 MiB per 100,000 events with expiry on and off
-# alike while the tables stayed flat (bench/results/state.md). So every store of the worker
+# 23 MiB more per 100,000 events after the first 100,000 with the tables flat (the stages
+# over RocksDB without Kafka, `bench.bench_state --offline`; bench/results/state.md). So every store of the worker
 # shares one block cache and one memtable budget (RocksDB's WriteBufferManager: a store past
 # its share is flushed early), and index and filter blocks are kept in that cache rather than
 # beside it, so that what RocksDB holds is bounded by these two figures however many stores,
