@@ -32,6 +32,11 @@ e.g. the live feed's rounds before and after issue 15's follow-up, in one run:
     .venv/bin/python -m bench.bench_fanout --variant 'old:INTELBUS_LIVE_RING_MS=0,INTELBUS_LIVE_RING_SELECT=0,\
         INTELBUS_LIVE_AUDIT_GROUP=0,INTELBUS_LIVE_WORKFLOW_CONSUMER=0' --variant 'new:'
 
+The hub's heap before and after the garbage-collector work (INTELBUS_LIVE_GC_LIGHT), with py-spy on the gateway
+(`--profile 15`: 15 s of every thread's samples, then 15 s of those holding the GIL, from 15 s into each run):
+
+    .venv/bin/python -m bench.bench_fanout --profile 15 --variant 'new:' --variant 'old:INTELBUS_LIVE_GC_LIGHT=0'
+
 Results: bench/results/fanout.json, and a section appended to bench/results/fanout.md.
 """
 from __future__ import annotations
@@ -199,6 +204,84 @@ def machine_busy() -> tuple[float, float]:
     return sum(v) - v[3] - v[4], sum(v)
 
 
+# where a sample of a gateway thread is, by its innermost frame that matches (first rule that matches wins)
+WHERE = [("consume.py", "Kafka poll (GIL released)"), ("schemas/wire.py", "Avro decode"), ("fastavro", "Avro decode"),
+         ("_decode (hub.py", "Avro decode"), ("for_display", "render (display dict)"), ("json/", "render (JSON)"),
+         ("rendered (hub.py", "render (JSON)"), ("entry_of (hub.py", "entry (scope)"),
+         ("_announce (hub.py", "announce to the loop"), ("prometheus_client", "metrics"),
+         ("_append (hub.py", "append (lock, buffer)"), ("_poll (hub.py", "poll loop"),
+         ("events.py", "streams (events.py)"), ("hub.py", "bells, walks, reads (hub.py)"),
+         ("h11", "HTTP send (h11/uvicorn/starlette)"), ("uvicorn/", "HTTP send (h11/uvicorn/starlette)"),
+         ("starlette/", "HTTP send (h11/uvicorn/starlette)"), ("anyio/", "HTTP send (h11/uvicorn/starlette)"),
+         ("asyncio/", "asyncio"), ("selectors.py", "asyncio"), ("threading.py", "thread wait"),
+         ("clickhouse", "audit shipper (ClickHouse)")]
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """tid -> CPU seconds so far (the kernel's account, C threads included)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def where(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for needle, label in WHERE:
+            if needle in frame:
+                return label
+    return "other"
+
+
+def profile_gateway(pid: int, seconds: float, out: dict) -> None:
+    """py-spy on the gateway, two windows one after the other: every sample of every thread (`--idle`: where
+    each thread's wall time goes), then only the samples holding the GIL (`--gil`: who holds it); with the
+    kernel's CPU per thread over the first window. `out` gets {thread name: {...}}."""
+    import collections
+    import tempfile
+
+    spy = str(Path(sys.executable).parent / "py-spy")
+    for mode in ("idle", "gil"):
+        raw = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
+        before, t0 = thread_cpu(pid), time.monotonic()
+        r = subprocess.run([spy, "record", "--pid", str(pid), "--threads", f"--{mode}", "--nonblocking", "--format",
+                            "raw", "--rate", "100", "--duration", str(int(seconds)), "--output", raw],
+                           capture_output=True, text=True)
+        after, elapsed = thread_cpu(pid), time.monotonic() - t0
+        if r.returncode != 0:
+            out["error"] = r.stderr[-300:]
+            return
+        threads: dict = collections.defaultdict(lambda: {"samples": 0, "where": collections.Counter(), "tids": set()})
+        for line in Path(raw).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit() or not stack.startswith("thread ("):
+                continue
+            frames = stack.split(";")
+            tid_text, _, name = frames[0].partition("): ")
+            name = re.sub(r"-\d+$", "", name) or "?"
+            if name.startswith(("AnyIO worker", "ThreadPoolExecutor", "asyncio_")):
+                name = "worker threads"
+            t = threads[name]
+            t["samples"] += int(count)
+            t["where"][where(frames[1:])] += int(count)
+            t["tids"].add(int(tid_text[len("thread ("):]))
+        os.unlink(raw)
+        total = sum(t["samples"] for t in threads.values())
+        for name, t in threads.items():
+            o = out.setdefault(name, {})
+            o[f"{mode}_samples"] = t["samples"]
+            o[f"{mode}_where"] = {k: round(v / t["samples"], 3) for k, v in t["where"].most_common()}
+            if mode == "idle":
+                o["cpu_cores"] = round(sum(after.get(i, 0) - before.get(i, 0) for i in t["tids"]) / elapsed, 3)
+            else:
+                o["gil_share_of_all_gil_samples"] = round(t["samples"] / max(1, total), 3)
+        out[f"{mode}_window_s"] = round(elapsed, 1)
+
+
 def gateway_metric(url: str, prefix: str) -> dict:
     """The gateway's metrics of that prefix ({} if it does not answer within a minute: a busy machine)."""
     for _ in range(2):
@@ -275,7 +358,8 @@ def histogram_quantiles(metrics: dict, name: str) -> dict:
 
 
 def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: float, audit_interval: float,
-            client_procs: int = 1, http: str = "", nice: int = 0, variant: tuple[str, dict] = ("", {})) -> dict:
+            client_procs: int = 1, http: str = "", nice: int = 0, variant: tuple[str, dict] = ("", {}),
+            profile_s: float = 0) -> dict:
     import multiprocessing
     import tempfile
 
@@ -314,6 +398,12 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
                                 str(seconds), "--seed", str(int(time.time())), "--ref-prefix", prefix,
                                 "--phase-pause", "0", "--quiet", "--metrics-port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        load_before = os.getloadavg()
+        profile: dict = {}
+        if profile_s:  # from 15 s into the simulator's run, when the hits flow
+            spy = threading.Timer(15, profile_gateway, args=(proc.pid, profile_s, profile))
+            spy.daemon = True
+            spy.start()
         pids = [c.pid for c, _, _ in children]
         last_cpu, last_busy = cpu_seconds(proc.pid), machine_busy()
         last_clients = sum(cpu_seconds(pid) for pid in pids)
@@ -332,9 +422,13 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
             sim.kill()
         sim_rc, sim_err = sim.wait(), (sim.stderr.read() or "")[-500:]
         elapsed = time.monotonic() - started
+        load_after = os.getloadavg()
         time.sleep(5)  # the last hits through the jobs and the gateway
+        if profile_s:
+            spy.join(2 * profile_s + 60)
         metrics = {**gateway_metric(url, "intelbus_gateway_fanout_lag_seconds"),
-                   **gateway_metric(url, "intelbus_gateway_hub_read_lag_seconds"),
+                   **gateway_metric(url, "intelbus_gateway_hub_"),
+                   **gateway_metric(url, "intelbus_gateway_gc_"),  # pauses, their CPU, the longest
                    **gateway_metric(url, "intelbus_gateway_sse_audit_seconds"),
                    **gateway_metric(url, "intelbus_gateway_catchup_readers_total"),
                    **gateway_metric(url, "intelbus_gateway_live_")}
@@ -391,6 +485,17 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         "added_gateway_part_s": dist(gateway_part),
         "added_client_part_s": dist(client_part),
         "hub_read_lag_s": histogram_quantiles(metrics, "intelbus_gateway_hub_read_lag_seconds"),
+        "hub_fetch_lag_s": histogram_quantiles(metrics, "intelbus_gateway_hub_fetch_lag_seconds"),
+        "hub_slice_s": histogram_quantiles(metrics, "intelbus_gateway_hub_slice_seconds"),
+        "hub_work": {"wall_s": metrics.get('intelbus_gateway_hub_work_seconds_total{clock="wall"}'),
+                     "cpu_s": metrics.get('intelbus_gateway_hub_work_seconds_total{clock="cpu"}')},
+        "gc_pauses": {g: {"n": int(metrics.get(f'intelbus_gateway_gc_pause_seconds_count{{generation="{g}"}}', 0)),
+                          "sum_s": round(metrics.get(f'intelbus_gateway_gc_pause_seconds_sum{{generation="{g}"}}', 0), 3),
+                          "max_s": round(metrics.get(f'intelbus_gateway_gc_pause_max_seconds{{generation="{g}"}}', 0), 3),
+                          "cpu_s": round(metrics.get(f'intelbus_gateway_gc_cpu_seconds_total{{generation="{g}"}}', 0), 3)}
+                      for g in ("0", "1", "2", "freeze")},
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
+        "profile": profile,
         "gateway_write_lag_s": histogram_quantiles(metrics, "intelbus_gateway_fanout_lag_seconds"),
         "client_loop_lag_s": dist(lags),
         "audit_rows": audit_rows,
@@ -403,6 +508,18 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
     }
 
 
+def _work(w) -> str:
+    if not w or w.get("wall_s") is None:
+        return "-"
+    return f"{w['wall_s']:.2f} / {w['cpu_s']:.2f}"
+
+
+def _gc(g) -> str:
+    if not g:
+        return "-"
+    return f"{g['n']} / {g['max_s'] * 1000:.0f} / {g.get('cpu_s', 0):.2f}"
+
+
 def markdown(report: dict) -> str:
     ms = lambda x: "-" if x is None else f"{x * 1000:.0f}"  # noqa: E731
     pair = lambda d: f"{ms(d['p50'])} / {ms(d['p99'])}"  # noqa: E731
@@ -410,8 +527,9 @@ def markdown(report: dict) -> str:
              "| variant | clients | hits on bus | delivered | baseline p50/p99 | **added p50/p99/max** | added: gateway part "
              "p50/p99 | added: client part p50/p99 | hub read lag p50/p99 (hist.) | client loop lag p50/p99 | "
              "gateway CPU mean/max | clients CPU mean | machine busy / load 1m | catch-up readers | rounds/s | "
-             "streams rung/round |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "streams rung/round | hub fetch lag p50/p99 | hub work wall/CPU (s) | full GCs n / max ms / CPU s | "
+             "load 1m before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         a = r["added_by_gateway_s"]
         variant = ((f"**{r['variant']}**, " if r.get("variant") else "")
@@ -428,11 +546,15 @@ def markdown(report: dict) -> str:
             f"{r['machine_busy_share']['mean']} / {r['loadavg_1m']['mean']} | "
             f"{r['gateway_metrics'].get('intelbus_gateway_catchup_readers_total', '-')} | "
             f"{'-' if rounds is None else round(rounds / max(1.0, r['elapsed_s']), 1)} | "
-            f"{'-' if not rounds else round(rung / rounds, 1)} |")
+            f"{'-' if not rounds else round(rung / rounds, 1)} | {pair(r['hub_fetch_lag_s']) if 'hub_fetch_lag_s' in r else '-'} | "
+            f"{_work(r.get('hub_work'))} | {_gc(r.get('gc_pauses', {}).get('2'))} | "
+            f"{(r.get('loadavg_before') or ['-'])[0]} / {(r.get('loadavg_after') or ['-'])[0]} |")
     lines += ["", "Milliseconds. Baseline: a plain consumer of intel.hit in the bench's main process, Kafka time to "
               "receipt. *Added*: a client's receipt minus the baseline's receipt of the same hit copy; its *gateway "
               "part* ends at the gateway's send stamp, its *client part* is receipt minus send stamp. Hub read lag: "
-              "Kafka time to the gateway hub's buffer (from the gateway's histogram).", ""]
+              "Kafka time to the gateway hub's buffer (from the gateway's histogram); hub fetch lag: Kafka time to the hub's "
+              "poll handing the message to Python; hub work: the hub threads' time after their polls, wall and CPU; "
+              "full GCs: the gateway's generation-2 collections (every thread stops), count, longest, CPU.", ""]
     return "\n".join(lines)
 
 
@@ -461,6 +583,9 @@ def main(argv=None) -> int:
     parser.add_argument("--gateway-nice", type=int, nargs="+", default=[0],
                         help="the gateway's nice value, one run per value (e.g. 0 -10: is the tail the CPU share "
                              "a busy machine leaves it?)")
+    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                        help="py-spy the gateway from 15 s into each run: SECONDS of every thread's samples, then "
+                             "SECONDS of the samples holding the GIL (results in fanout.json, 'profile')")
     args = parser.parse_args(argv)
 
     from ops.settings import load_settings
@@ -480,7 +605,7 @@ def main(argv=None) -> int:
                 try:
                     r = one_run(settings, codec, passwords, clients=args.clients, rate=args.rate,
                                 seconds=args.seconds, audit_interval=interval, client_procs=procs, http=http,
-                                nice=nice, variant=variant)
+                                nice=nice, variant=variant, profile_s=args.profile)
                 except Exception as exc:  # a shared machine: the stack may restart under a run; the others count
                     print(f"run (audit {interval}, http {http or 'auto'}, {procs} client procs) failed: {exc}",
                           file=sys.stderr)
