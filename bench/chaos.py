@@ -445,7 +445,8 @@ def sizing(settings, stack, samples: list[dict], traffic: tuple[float, float], r
     for c in stack.components:
         if c.name in BROKERS:
             data = Path(c.home) / "data"
-            kafka[c.name] = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) if data.exists() else None
+            # blocks on disk, not st_size: each partition's index files are preallocated (10 MiB, sparse)
+            kafka[c.name] = sum(f.stat().st_blocks * 512 for f in data.rglob("*") if f.is_file()) if data.exists() else None
     out["kafka_log_bytes"] = kafka
     return out
 
