@@ -540,10 +540,13 @@ class _Table:
         self.name, self.options, self._data = name, None, None
         self.path = path
 
+    def _new_store(self):
+        return _Store(self.path / self.name, self)
+
     @property
     def data(self):
         if self._data is None:
-            self._data = _Store(self.path / self.name, self)
+            self._data = self._new_store()
         return self._data
 
 
