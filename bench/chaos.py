@@ -163,8 +163,10 @@ def port_holders(ports) -> str:
     except Exception as exc:
         return f"ss failed: {exc}"
     wanted = {f":{p}" for p in ports}
+    # closing connections of the killed process (TIME-WAIT, FIN-WAIT) do not keep a restart from binding
     return "\n".join(" ".join(line.split()) for line in out.splitlines()
-                     if len(line.split()) > 3 and any(line.split()[3].endswith(w) for w in wanted))[:2000]
+                     if len(line.split()) > 3 and any(line.split()[3].endswith(w) for w in wanted)
+                     and not line.startswith(("TIME-WAIT", "FIN-WAIT")))[:2000]
 
 
 def loadavg() -> str:
