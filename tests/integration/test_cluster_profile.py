@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 
+from bench.chaos import chaos_env
 from ops.settings import load_settings
 
 pytestmark = [
@@ -30,24 +31,15 @@ pytestmark = [
                        reason="the cluster profile takes 1-3 min to start on 2 cores and 2.4 GB: INTELBUS_TEST_CLUSTER=1 runs it"),
 ]
 
+PORT_BASE = 64000
 COUNT = int(os.environ.get("INTELBUS_TEST_CLUSTER_SIM_COUNT", "20000"))
 
 
 @pytest.fixture(scope="module")
 def cluster_env(tmp_path_factory):
-    stack_dir = tmp_path_factory.mktemp("cluster")
-    env = {
-        **os.environ,
-        "INTELBUS_STACK_DIR": str(stack_dir),
-        "INTELBUS_KAFKA": "127.0.0.1:59302",            # brokers 59302-59304, controllers 59402-59404
-        "INTELBUS_REGISTRY_URL": "http://127.0.0.1:58181/apis/ccompat/v7",
-        "INTELBUS_CLICKHOUSE_URL": "clickhouse://127.0.0.1:59310/intelbus",  # replica 2 on 59311
-        "INTELBUS_CLICKHOUSE_HTTP": "http://127.0.0.1:59323",             # 59324; replication 59325-59326
-        "INTELBUS_ZOOKEEPER": "127.0.0.1:52182",
-        "INTELBUS_GATEWAY_URL": "http://127.0.0.1:58180",
-        "INTELBUS_METRICS_PORT_BASE": "59600",
-    }
-    env.pop("INTELBUS_STACK_PROFILE", None)
+    # ports 64xxx, above the kernel's ephemeral range (bench/chaos.py chaos_env: on 5xxxx a killed
+    # broker's port was taken by a client's self-connect and its restart could not bind for minutes)
+    env = chaos_env(str(tmp_path_factory.mktemp("cluster")), port_base=PORT_BASE)
     started = time.monotonic()
     up = intelbus(env, "up", "--profile", "cluster", timeout=900)
     assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-3000:]
@@ -205,12 +197,12 @@ def test_one_clickhouse_replica_down_queries_answer_and_the_sink_loses_nothing(c
         settle(settings, "intelbus-jobs", JOBS_TOPICS)
         settle(settings, "intelbus-sink", SINK_TOPICS)
         assert _count_events(settings, prefix) == sim.truth.events  # answered by clickhouse-2 alone
-        assert _replica_rows(settings, 59311, prefix) == sim.truth.events
+        assert _replica_rows(settings, PORT_BASE + 311, prefix) == sim.truth.events
     finally:
         up = intelbus(cluster_env, "up", timeout=600)
         assert up.returncode == 0, up.stderr[-2000:] + up.stdout[-2000:]
     deadline = time.monotonic() + 60
-    while _replica_rows(settings, 59310, prefix) != sim.truth.events:
+    while _replica_rows(settings, PORT_BASE + 310, prefix) != sim.truth.events:
         assert time.monotonic() < deadline, "clickhouse-1 did not fetch what it missed within 60 s"
         time.sleep(1)
 
@@ -239,11 +231,11 @@ def test_the_supervisor_brings_back_a_killed_clickhouse_replica_and_zookeeper(cl
     from ops.secrets import clickhouse_password
 
     tag = uuid.uuid4().hex[:8]
-    first = Client("127.0.0.1", port=59310, user="default", password=clickhouse_password(settings, "default"))
+    first = Client("127.0.0.1", port=PORT_BASE + 310, user="default", password=clickhouse_password(settings, "default"))
     first.execute("INSERT INTO intelbus.dead_letters (dlq_id, stage, failed_at, failed_ms, ingested_ms) VALUES",
                   [(f"sup-{tag}", "TEST", datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), 0, 0)])
     first.disconnect()
-    second = Client("127.0.0.1", port=59311, user="default", password=clickhouse_password(settings, "default"))
+    second = Client("127.0.0.1", port=PORT_BASE + 311, user="default", password=clickhouse_password(settings, "default"))
     deadline = time.monotonic() + 60
     while second.execute(f"SELECT count() FROM intelbus.dead_letters_local WHERE dlq_id = 'sup-{tag}'") != [(1,)]:
         assert time.monotonic() < deadline, "clickhouse-2 did not fetch a new part within 60 s of its restart"
