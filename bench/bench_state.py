@@ -351,14 +351,7 @@ class ProbedJobs(PrivateJobs):
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.bench_state", "--worker", str(path)],
                                      cwd=str(Path(__file__).resolve().parents[1]), env=env,
                                      stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"private worker {self.tag} exited with {self.proc.returncode}: see {self.log_path}")
-            if self.metric("intelbus_service_ready") == 1.0:
-                return self
-            time.sleep(0.3)
-        raise RuntimeError(f"private worker {self.tag} not ready within {timeout:.0f}s")
+        return self.wait_ready(timeout)
 
 
 def mallinfo() -> dict:

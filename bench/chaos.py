@@ -38,6 +38,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -88,6 +89,20 @@ def chaos_env(stack_dir: str, port_base: int = 62000) -> dict:
 def intelbus(env: dict, *args, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
+
+
+@contextlib.contextmanager
+def cluster_up(env: dict, *, log=print):
+    """`intelbus up --profile cluster` on env's isolated stack, `down --purge` after (the tests' fixtures)."""
+    started = time.monotonic()
+    up = intelbus(env, "up", "--profile", "cluster", timeout=900)
+    assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-3000:]
+    log(f"\ncluster profile up in {time.monotonic() - started:.0f}s")
+    try:
+        yield env
+    finally:
+        down = intelbus(env, "down", "--purge", timeout=300)
+        log(down.stdout[-2000:])
 
 
 def settings_of(env: dict):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from bench.chaos import chaos_env, intelbus, run_chaos, write_results
+from bench.chaos import chaos_env, cluster_up, run_chaos, write_results
 
 pytestmark = [
     pytest.mark.integration, pytest.mark.slow,
@@ -35,13 +35,8 @@ VICTIMS = ["kafka-2", "jobs-0", "sink", "clickhouse-2", "registry"]
 def chaos_stack(tmp_path_factory):
     # ports 63xxx: above the ephemeral range (bench/chaos.py chaos_env), not bench.chaos's default 62xxx
     env = chaos_env(str(tmp_path_factory.mktemp("chaos")), port_base=63000)
-    started = time.monotonic()
-    up = intelbus(env, "up", "--profile", "cluster", timeout=900)
-    assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-3000:]
-    print(f"\ncluster profile up in {time.monotonic() - started:.0f}s")
-    yield env
-    down = intelbus(env, "down", "--purge", timeout=300)
-    print(down.stdout[-1000:])
+    with cluster_up(env):
+        yield env
 
 
 def test_every_component_killed_once_comes_back_and_the_ground_truth_is_exact(chaos_stack, tmp_path):

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from bench.chaos import chaos_env
+from bench.chaos import chaos_env, cluster_up
 from ops.settings import load_settings
 
 pytestmark = [
@@ -40,13 +40,8 @@ def cluster_env(tmp_path_factory):
     # ports 64xxx, above the kernel's ephemeral range (bench/chaos.py chaos_env: on 5xxxx a killed
     # broker's port was taken by a client's self-connect and its restart could not bind for minutes)
     env = chaos_env(str(tmp_path_factory.mktemp("cluster")), port_base=PORT_BASE)
-    started = time.monotonic()
-    up = intelbus(env, "up", "--profile", "cluster", timeout=900)
-    assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-3000:]
-    print(f"\ncluster profile up in {time.monotonic() - started:.0f}s")
-    yield env
-    down = intelbus(env, "down", "--purge", timeout=300)
-    print(down.stdout[-2000:])
+    with cluster_up(env):
+        yield env
 
 
 def settle(settings, group: str, topics: list[str], timeout: float = 300.0) -> None:
