@@ -67,7 +67,7 @@ class WorkerProcess:
 
         env = {**os.environ, "INTELBUS_WORKFLOWS_FILE": str(self.workdir / "policy.yaml"),
                "INTELBUS_WORKFLOWS_ONLY": self.tag, "INTELBUS_WORKFLOWS_OFFSET_RESET": "latest",
-               "INTELBUS_WORKFLOWS_SESSION_S": "6"}
+               "INTELBUS_WORKFLOWS_SESSION_S": os.environ.get("INTELBUS_WORKFLOWS_SESSION_S", "6")}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream_jobs.workflow_job", "--app-id", self.app_id, "--datadir",

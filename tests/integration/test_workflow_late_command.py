@@ -46,6 +46,11 @@ def worker(stack, settings, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTELBUS_WORKFLOWS_OUTPUT_TOPIC", w.out_topic)
         mp.setenv("INTELBUS_WORKFLOWS_HOLD_S", str(HOLD_S))
+        # a session longer than the pauses: the worker stays in its group across a SIGSTOP, so what is
+        # tested is the watermark, not how soon a consumer put out of its group is let back in (with a
+        # 6-s session, a clean-clone run waited over 20 s for the rejoin: nothing could be read, and the
+        # steps went by the 20-s hold)
+        mp.setenv("INTELBUS_WORKFLOWS_SESSION_S", "30")
         w.start()
     yield w
     w.stop()  # continued if a test left it SIGSTOPped (ops/private_app.py)
