@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Callable, Iterable
 
+from stream_jobs.internal import InternalFormatError, LookupOp, decode_match_request
 from stream_jobs.state import dumps, loads
 
 log = logging.getLogger("intelbus.jobs")
@@ -150,14 +151,13 @@ class Lookback:
             if at < horizon:
                 continue
             try:
-                doc = loads(value)
-                events = doc["events"]
-                for op in doc["ops"]:
-                    if op.get("op") == "lookup":
-                        self.remember(partition, op["id"], events[op["event"]], at)
-                        n += 1
-            except (ValueError, TypeError, KeyError, AttributeError):
+                req = decode_match_request(value)
+            except InternalFormatError:
                 continue
+            for op in req.ops:
+                if type(op) is LookupOp:
+                    self.remember(partition, op.id, req.events[op.event], at)
+                    n += 1
         return n
 
 

@@ -23,6 +23,10 @@ from datetime import date, datetime, timedelta, timezone
 
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
+from stream_jobs.internal import (
+    AddOp, InternalFormatError, LookupOp, MatchRequest, Op, RemoveOp, decode_hit_candidate, decode_match_request,
+    encode_hit_candidate, encode_match_request,
+)
 from stream_jobs.lookback import Lookback
 from stream_jobs.state import KEEP, PartitionedState, Sweeper, dumps, loads
 
@@ -178,7 +182,7 @@ class DedupeStage:
 
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
-        requests: dict[int, dict] = {}
+        requests: dict[int, list[MatchRequest]] = {}
         # the state key is the record key, which producers also put in the message key:
         # read those in one go (a message keyed otherwise is read on its own)
         keys_by_partition: dict[int, list[bytes]] = {}
@@ -194,8 +198,7 @@ class DedupeStage:
                 result.dead_letters.append(internal_error("DEDUPE", msg, exc))
         for partition, reqs in requests.items():
             for req in reqs:  # in order: the matcher applies a partition's ops as they were made
-                req.pop("_bytes", None)
-                result.outputs.append(Outgoing(MATCH_TOPIC, None, dumps(req), partition))
+                result.outputs.append(Outgoing(MATCH_TOPIC, None, encode_match_request(req), partition))
         # The dedupe entries are stamped with the worker's clock when first seen (the window is
         # how long the bus remembers an event id), so they are judged by it too: a clock of
         # publish times would keep every entry as much longer as the worker lags behind
@@ -243,10 +246,10 @@ class DedupeStage:
         if ops:
             summary = event_summary(kind, record, rkey, msg.value)
             for op in ops:
-                req = request_for(requests.setdefault(partition_for(op["id"], self.partitions), []), event_id,
+                req = request_for(requests.setdefault(partition_for(op.id, self.partitions), []), event_id,
                                   len(summary["avro"]))
-                req["events"][event_id] = summary
-                req["ops"].append(op)
+                req.events[event_id] = summary
+                req.ops.append(op)
         self.state.put(msg.partition, skey, dumps(entry))
 
     def _decode(self, kind: str, msg: Incoming, result: StageResult) -> dict | None:
@@ -277,7 +280,7 @@ class DedupeStage:
             return None
         return record
 
-    def _index_ops(self, kind: str, record: dict, rkey: str, entry: dict, now_ms: int) -> list[dict]:
+    def _index_ops(self, kind: str, record: dict, rkey: str, entry: dict, now_ms: int) -> list[Op]:
         if not rules.is_watchable(kind, record):
             return []
         prev = entry.get("state")
@@ -290,45 +293,38 @@ class DedupeStage:
             return []
         s = transition.state
         entry["state"] = {"rev": s.revision, "open": s.open, "ids": list(s.identifiers), "until": s.valid_until}
-        ops = [{"op": "add", "id": i, "event": record["event_id"]} for i in transition.index_add]
-        ops += [{"op": "remove", "id": i, "record_key": rkey, "rev": s.revision, "at": record["occurred_at"]}
-                for i in transition.index_remove]
+        ops: list[Op] = [AddOp(i, record["event_id"]) for i in transition.index_add]
+        ops += [RemoveOp(i, rkey, s.revision, record["occurred_at"]) for i in transition.index_remove]
         return ops
 
-    def _replayed_index_ops(self, kind: str, record: dict, rkey: str, entry: dict) -> list[dict]:
+    def _replayed_index_ops(self, kind: str, record: dict, rkey: str, entry: dict) -> list[Op]:
         """The index operations of a revision already applied to the record state (the
         matcher ignores what it already has)."""
         state = entry.get("state")
         if not rules.is_watchable(kind, record) or not state or state["rev"] != record["revision"]:
             return []
         if state["open"]:
-            return [{"op": "add", "id": i, "event": record["event_id"]} for i in state["ids"]]
-        return [{"op": "remove", "id": i, "record_key": rkey, "rev": state["rev"], "at": record["occurred_at"]}
-                for i in rules.identifiers_of(kind, record)]
+            return [AddOp(i, record["event_id"]) for i in state["ids"]]
+        return [RemoveOp(i, rkey, state["rev"], record["occurred_at"]) for i in rules.identifiers_of(kind, record)]
 
-    def _lookup_ops(self, kind: str, record: dict) -> list[dict]:
+    def _lookup_ops(self, kind: str, record: dict) -> list[Op]:
         if kind == "wanted":
             return []
         case_ids = rules.case_link_identifiers(record) if kind == "incident" else ()
-        ops = [
-            {"op": "lookup", "id": i, "event": record["event_id"], "case": i in case_ids}
-            for i in rules.identifiers_of(kind, record)
-        ]
-        if kind == "incident" and rules.border_duplicate_identifiers(record):
-            for op in ops:  # every identifier of a case report with a place (only those carry the flag)
-                op["dup"] = True
-        return ops
+        # every identifier of a case report with a place is flagged for border duplicates (only those)
+        dup = kind == "incident" and bool(rules.border_duplicate_identifiers(record))
+        return [LookupOp(i, record["event_id"], i in case_ids, dup) for i in rules.identifiers_of(kind, record)]
 
 
-def request_for(reqs: list[dict], event_id: str, size: int, limit: int | None = None) -> dict:
+def request_for(reqs: list[MatchRequest], event_id: str, size: int, limit: int | None = None) -> MatchRequest:
     """The match request (of one partition's, in order) an op of the event goes into: the last one,
     or a new one when the last is full (about `limit` bytes of records, REQUEST_BYTES) and lacks the event."""
     limit = REQUEST_BYTES if limit is None else limit
-    if not reqs or (event_id not in reqs[-1]["events"] and reqs[-1]["_bytes"] + size > limit and reqs[-1]["events"]):
-        reqs.append({"events": {}, "ops": [], "_bytes": 0})
+    if not reqs or (event_id not in reqs[-1].events and reqs[-1].size + size > limit and reqs[-1].events):
+        reqs.append(MatchRequest())
     req = reqs[-1]
-    if event_id not in req["events"]:
-        req["_bytes"] += size + 300  # the summary's other fields, about
+    if event_id not in req.events:
+        req.size += size + 300  # the summary's other fields, about
     return req
 
 
@@ -371,6 +367,8 @@ def source_region_of(summary: dict) -> str:
 
 # --- stage 2: match -----------------------------------------------------------------------
 
+_OP_NAMES = {AddOp: "add", RemoveOp: "remove", LookupOp: "lookup"}
+
 class MatchStage:
     """Keeps the identifier index (open records, recent case incidents) and finds hits."""
 
@@ -411,23 +409,20 @@ class MatchStage:
         clock, ops_by_partition = 0, Counter()  # the sweep's clock: the newest publish time of the batch's events
         for msg in batch:
             try:
-                doc = loads(msg.value)
-                events, ops = doc["events"], doc["ops"]
-                if not isinstance(ops, list):
-                    raise TypeError(f"ops is {type(ops).__name__}, not a list")
-            except (ValueError, TypeError, KeyError) as exc:
-                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable match request: {exc}", msg.value or b""))
+                req = decode_match_request(msg.value)
+            except InternalFormatError as exc:
+                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable {exc}", msg.value or b"",
+                                                      field=exc.field))
                 continue
+            events, ops = req.events, req.ops
             requests.append((msg, events, ops))
             ops_by_partition[msg.partition] += len(ops)
-            if isinstance(events, dict):
-                for ev in events.values():
-                    reported = ev.get("reported") if type(ev) is dict else None
-                    if type(reported) is int and reported > clock:
-                        clock = reported
-            # every identifier of the batch read in one go (a malformed op fails on its own below)
-            self.state.prefetch(msg.partition, [op["id"].encode() for op in ops
-                                                if type(op) is dict and type(op.get("id")) is str])
+            for ev in events.values():
+                reported = ev.get("reported")
+                if type(reported) is int and reported > clock:
+                    clock = reported
+            # every identifier of the batch read in one go
+            self.state.prefetch(msg.partition, [op.id.encode() for op in ops])
         # The batch's index operations first, then its lookups. Matching is by event time, so
         # the order the matcher reads them in must not decide a hit: a lookup applied before the
         # listing it sights is caught only by the look-back (bounded by time, and by a guard of
@@ -436,29 +431,33 @@ class MatchStage:
         for lookups in (False, True):
             for msg, events, ops in requests:
                 for op in ops:
-                    if (type(op) is dict and op.get("op") == "lookup") is not lookups:
+                    if (type(op) is LookupOp) is not lookups:
                         continue
                     try:
                         self._apply(op, events, msg.partition, now_ms, result)
                     except Exception as exc:  # never stall the partition on one bad operation
-                        what = op.get("op") if type(op) is dict else type(op).__name__
-                        where = op.get("id") if type(op) is dict else None
-                        result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {what} on {where}"))
+                        what = _OP_NAMES[type(op)]
+                        result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {what} on {op.id}"))
         sweep_partitions(self.sweeper, self.state, INDEX_TABLE, ops_by_partition, min(clock, now_ms), result)
         return result
 
-    def _apply(self, op: dict, events: dict, partition: int, now_ms: int, result: StageResult) -> None:
-        key = op["id"].encode()
+    def _apply(self, op: Op, events: dict, partition: int, now_ms: int, result: StageResult) -> None:
+        key = op.id.encode()
         entry = loads(self.state.get(partition, key)) or {"records": {}, "recent": []}
-        changed = getattr(self, f"_{op['op']}")(op, events, entry, partition, now_ms, result)
+        if type(op) is LookupOp:
+            changed = self._lookup(op, events, entry, partition, now_ms, result)
+        elif type(op) is AddOp:
+            changed = self._add(op, events, entry, partition, now_ms, result)
+        else:
+            changed = self._remove(op, events, entry, partition, now_ms, result)
         if changed:
             if entry["records"] or entry["recent"] or entry.get("reports"):  # an empty entry is deleted
                 self.state.put(partition, key, dumps(entry))
             else:
                 self.state.put(partition, key, None)
 
-    def _add(self, op, events, entry, partition, now_ms, result) -> bool:
-        ev = events[op["event"]]
+    def _add(self, op: AddOp, events, entry, partition, now_ms, result) -> bool:
+        ev = events[op.event]
         have = entry["records"].get(ev["key"])
         if have is not None and have["rev"] >= ev["rev"]:
             return False
@@ -468,15 +467,15 @@ class MatchStage:
         rec = entry["records"][ev["key"]] = {**ev, "open_from": have["open_from"] if still_open else ev["occurred"],
                                               "closed": None}
         result.counts[("indexed", ev["kind"])] += 1
-        for seen in self.lookback.recent(partition, op["id"]):
-            self._match(rec, seen, op["id"], now_ms, result)
+        for seen in self.lookback.recent(partition, op.id):
+            self._match(rec, seen, op.id, now_ms, result)
         return True
 
-    def _remove(self, op, events, entry, partition, now_ms, result) -> bool:
-        have = entry["records"].get(op["record_key"])
-        if have is None or have["rev"] > op["rev"]:
+    def _remove(self, op: RemoveOp, events, entry, partition, now_ms, result) -> bool:
+        have = entry["records"].get(op.record_key)
+        if have is None or have["rev"] > op.rev:
             return False
-        have["rev"], have["closed"] = op["rev"], op["at"]
+        have["rev"], have["closed"] = op.rev, op.at
         self._purge_closed(entry, now_ms)
         return True
 
@@ -485,14 +484,14 @@ class MatchStage:
         horizon = now_ms - self.closed_retention_ms
         entry["records"] = {k: r for k, r in entry["records"].items() if r.get("closed") is None or r["closed"] > horizon}
 
-    def _lookup(self, op, events, entry, partition, now_ms, result) -> bool:
-        ev = events[op["event"]]
-        ident = op["id"]
+    def _lookup(self, op: LookupOp, events, entry, partition, now_ms, result) -> bool:
+        ev = events[op.event]
+        ident = op.id
         for rec in entry["records"].values():
             self._match(rec, ev, ident, now_ms, result)
         self.lookback.remember(partition, ident, ev)
-        changed = self._border_duplicates(ev, ident, entry, now_ms, result) if op.get("dup") else False
-        if not op.get("case"):
+        changed = self._border_duplicates(ev, ident, entry, now_ms, result) if op.dup else False
+        if not op.case:
             return changed
         recent = [r for r in entry["recent"] if abs(r["occurred"] - ev["occurred"]) <= self.case_window_ms]
         if any(r["event_id"] == ev["event_id"] for r in recent):
@@ -566,7 +565,8 @@ class MatchStage:
 
     def _emit_candidate(self, hit: dict, result: StageResult) -> None:
         result.outputs.append(
-            Outgoing(CANDIDATE_TOPIC, hit["hit_id"].encode(), dumps(hit), partition_for(hit["hit_id"], self.partitions))
+            Outgoing(CANDIDATE_TOPIC, hit["hit_id"].encode(), encode_hit_candidate(hit),
+                     partition_for(hit["hit_id"], self.partitions))
         )
         result.counts[("candidate", hit["hit_type"])] += 1
 
@@ -641,13 +641,14 @@ class HitStage:
         clock = 0  # the sweep's clock: the newest detection time of the batch's candidates
         for msg in batch:
             try:
-                hit = loads(msg.value)
-                hid = hit["hit_id"]
-            except (ValueError, TypeError, KeyError) as exc:
-                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable hit candidate: {exc}", msg.value or b""))
+                hit = decode_hit_candidate(msg.value)
+            except InternalFormatError as exc:
+                result.dead_letters.append(DeadLetter("MATCH", msg.source, f"unreadable {exc}", msg.value or b"",
+                                                      field=exc.field))
                 continue
-            detected = hit.get("detected_at")
-            if type(detected) is int and detected > clock:
+            hid = hit["hit_id"]
+            detected = hit["detected_at"]
+            if detected > clock:
                 clock = detected
             key = hid.encode()
             if self.state.get(msg.partition, key) is not None:
