@@ -21,6 +21,7 @@ import zlib
 from collections import Counter
 
 from producers.simulator import SimConfig, Simulation
+from schemas.catalog import input_topic
 from schemas.normalise import normalise_identifier
 from schemas.records import validate_record
 from schemas.regions import load_regions
@@ -43,7 +44,7 @@ def messages(count: int, seed: int, places: bool) -> list[Incoming]:
         if not places and item.kind == "incident":
             record["location"]["lat"] = record["location"]["lon"] = None
         key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode()
-        out.append(Incoming(f"intel.{item.kind}", zlib.crc32(key) % PARTITIONS, n, key, json.dumps(record).encode()))
+        out.append(Incoming(input_topic(item.kind), zlib.crc32(key) % PARTITIONS, n, key, json.dumps(record).encode()))
     return out
 
 

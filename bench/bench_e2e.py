@@ -28,6 +28,7 @@ import uuid
 
 from ops.consume import consume_ready
 from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
+from schemas.catalog import HIT_TOPIC
 
 AVRO_PASSES = {"encode": 1, "decode": 2}
 
@@ -80,7 +81,7 @@ class _Hits(threading.Thread):
         self.decode = RawDecoder.for_registry(settings.registry_url)
         self.consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "latest", "enable.auto.commit": False})
-        self.consumer.subscribe(["intel.hit"])
+        self.consumer.subscribe([HIT_TOPIC])
         self.stop = threading.Event()
         self.assigned = threading.Event()
 

@@ -42,7 +42,7 @@ def run(n: int = 60_000, blocks: int = 10) -> dict:
     from schemas.normalise import normalise_identifier
     from schemas.records import validate_record
     from schemas.wire import RawDecoder, encode_with_id
-    from schemas.catalog import parsed_schema, schema_text
+    from schemas.catalog import input_topic, parsed_schema, schema_text
     from stream_jobs.proof import KeyringSource, make_verifier
     from stream_jobs.stages import DedupeStage, Incoming
     from stream_jobs.state import MemoryState
@@ -61,7 +61,7 @@ def run(n: int = 60_000, blocks: int = 10) -> dict:
         t_on = t_off = t_decode = 0.0
         for b in range(blocks):
             lo, hi = b * size, (b + 1) * size
-            batch = [Incoming("intel.incident", i % 6, i, keys[i], values[i], tuple(headers[i])) for i in range(lo, hi)]
+            batch = [Incoming(input_topic("incident"), i % 6, i, keys[i], values[i], tuple(headers[i])) for i in range(lo, hi)]
             order = (True, False) if b % 2 == 0 else (False, True)
             for with_proof in order:
                 stage = DedupeStage(decode=decode, normalise=normalise_identifier, state=MemoryState(), partitions=6,

@@ -28,9 +28,10 @@ import time
 import uuid
 
 from ops.secrets import clickhouse_url_as  # the benchmarks connect as the ClickHouse admin
+from schemas.catalog import unique_topic
 
 DATABASE = "intelbus_bench"
-AS_TOPIC = "intel.incident.unique"   # what the sink is told the bench topic is
+AS_TOPIC = unique_topic("incident")   # what the sink is told the bench topic is
 
 
 class AsTopic:

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.private_jobs import PrivateJobs
+from schemas import catalog
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLES = ("records", "index", "hits-seen")
@@ -120,7 +121,7 @@ class Feed:
                 key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode()
                 while True:
                     try:
-                        self.producer.produce(f"{self.inputs}.{item.kind}", self.codec.encode(f"intel.{item.kind}", record),
+                        self.producer.produce(f"{self.inputs}.{item.kind}", self.codec.encode(catalog.input_topic(item.kind), record),
                                               key=key)
                         break
                     except BufferError:
@@ -486,7 +487,7 @@ def generate_feed(path: Path, count: int, rate: float, seed: int, registry_url: 
             record = validate_record(item.kind, item.record, now_ms=sim.t)
             record["reported_at"] = sim.t
             key = f"{record['source_region']}/{record['source_system']}/{record['source_ref']}".encode()
-            value = codec.encode(f"intel.{item.kind}", record)
+            value = codec.encode(catalog.input_topic(item.kind), record)
             kind = item.kind.encode()
             f.write(struct.pack(">BHIq", len(kind), len(key), len(value), sim.t) + kind + key + value)
             n += 1
@@ -583,7 +584,7 @@ def offline(args) -> dict:
     match = st.MatchStage(state=state["index"], partitions=parts, is_within=regions.is_within, case_window_ms=w,
                           decode=decode, lookback=lookback, closed_retention_ms=w, expire=expire,
                           **{**border_duplicate_settings(settings), "border_window_ms": w // 2})
-    hits = st.HitStage(state=state["hits-seen"], encode_hit=lambda h: codec.encode("intel.hit", h),
+    hits = st.HitStage(state=state["hits-seen"], encode_hit=lambda h: codec.encode(catalog.HIT_TOPIC, h),
                        provinces_of=lambda notify: provinces_of(notify, regions), retention_ms=max(w, 180_000),
                        expire=expire)
     offsets: dict = {}
@@ -631,7 +632,7 @@ def offline(args) -> dict:
         if args.events and n >= args.events:
             break
         clock["ms"] = t
-        batch.append(incoming(f"intel.{kind}", zlib.crc32(key) % parts, key, value))
+        batch.append(incoming(catalog.input_topic(kind), zlib.crc32(key) % parts, key, value))
         n += 1
         if len(batch) >= args.batch:
             res = run_stage(dedupe, state["records"], batch)

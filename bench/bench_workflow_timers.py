@@ -52,9 +52,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from schemas import catalog
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-INPUT_TOPICS = ("intel.incident", "intel.alert", "intel.wanted")
+INPUT_TOPICS = tuple(catalog.input_topic(k) for k in ("incident", "alert", "wanted"))
 # (issuer region, recipient region): a province or city directs a region inside it
 PAIRS = (("130000", "130822"), ("110000", "110112"), ("120000", "120119"), ("130000", "131000"), ("320000", "320281"))
 

@@ -21,17 +21,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+from schemas import catalog
+
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("alert", "wanted", "incident")
+KINDS = catalog.KINDS
+# the jobs' topics, each with a private copy named after the worker (intel.hit -> <prefix>.hit)
+JOBS_TOPICS = (*catalog.INPUT_TOPICS, *catalog.UNIQUE_TOPICS, catalog.MATCH_REQUESTS_TOPIC, catalog.HIT_CANDIDATES_TOPIC,
+               catalog.DUPLICATES_TOPIC, catalog.HIT_TOPIC, catalog.DLQ_TOPIC)
 
 
 def topics_of(prefix: str) -> dict[str, str]:
     """The real topic name -> the private one."""
-    names = {f"intel.{k}": f"{prefix}.{k}" for k in KINDS}
-    names.update({f"intel.{k}.unique": f"{prefix}.{k}.unique" for k in KINDS})
-    for t in ("match.requests", "hit.candidates", "duplicates", "hit", "dlq"):
-        names[f"intel.{t}"] = f"{prefix}.{t}"
-    return names
+    return {t: prefix + t[len("intel"):] for t in JOBS_TOPICS}
 
 
 class PrivateJobs:
@@ -52,7 +53,7 @@ class PrivateJobs:
     @property
     def topics(self) -> dict[str, str]:
         names = topics_of(self.app_id)
-        names.update({f"intel.{k}": f"{self.inputs}.{k}" for k in KINDS})
+        names.update({catalog.input_topic(k): f"{self.inputs}.{k}" for k in KINDS})
         return names
 
     def changelog(self, table: str) -> str:
@@ -139,13 +140,13 @@ def _install(config: dict) -> None:
 
     topics = config["topics"]
     real = {v: k for k, v in topics.items()}
-    stages.MATCH_TOPIC, stages.CANDIDATE_TOPIC = topics["intel.match.requests"], topics["intel.hit.candidates"]
-    stages.DUPLICATES_TOPIC, stages.HIT_TOPIC = topics["intel.duplicates"], topics["intel.hit"]
-    stages.KIND_OF_TOPIC = {topics[f"intel.{k}"]: k for k in KINDS}
-    stages.unique_topic = lambda kind: topics[f"intel.{kind}.unique"]
-    app.INPUT_TOPICS = tuple(topics[f"intel.{k}"] for k in KINDS)
+    stages.MATCH_TOPIC, stages.CANDIDATE_TOPIC = topics[catalog.MATCH_REQUESTS_TOPIC], topics[catalog.HIT_CANDIDATES_TOPIC]
+    stages.DUPLICATES_TOPIC, stages.HIT_TOPIC = topics[catalog.DUPLICATES_TOPIC], topics[catalog.HIT_TOPIC]
+    stages.KIND_OF_TOPIC = {topics[catalog.input_topic(k)]: k for k in KINDS}
+    stages.unique_topic = lambda kind: topics[catalog.unique_topic(kind)]
+    app.INPUT_TOPICS = tuple(topics[catalog.input_topic(k)] for k in KINDS)
     app.MATCH_TOPIC, app.CANDIDATE_TOPIC = stages.MATCH_TOPIC, stages.CANDIDATE_TOPIC
-    app.DLQ_TOPIC = topics["intel.dlq"]
+    app.DLQ_TOPIC = topics[catalog.DLQ_TOPIC]
     app.APP_ID = config["app_id"]
     encode = SchemaCodec.encode
     SchemaCodec.encode = lambda self, topic, record: encode(self, real.get(topic, topic), record)  # the real subjects

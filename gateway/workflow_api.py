@@ -34,9 +34,10 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from identity.principals import Identity
+from schemas import catalog
 from workflows import model as m
 
-COMMANDS_TOPIC = "intel.workflow.commands"
+COMMANDS_TOPIC = catalog.WORKFLOW_COMMANDS_TOPIC
 ACTION = "workflow"  # ops/identity/roles.yaml
 REUSE = "reuse"  # the audit action of an earlier answer shown to, or reused by, an addressee
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")

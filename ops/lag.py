@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from schemas import catalog
+
 
 class LagProbe:
     """Reads a consumer group's committed offsets and the topics' end offsets.
@@ -48,9 +50,8 @@ def group_lag(settings, group: str, topics: list[str]) -> dict[tuple[str, int], 
         probe.close()
 
 
-JOBS_TOPICS = ["intel.alert", "intel.wanted", "intel.incident", "intel.match.requests", "intel.hit.candidates"]
-SINK_TOPICS = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique", "intel.hit", "intel.dlq", "intel.duplicates",
-               "intel.workflow"]
+JOBS_TOPICS = [*catalog.INPUT_TOPICS, catalog.MATCH_REQUESTS_TOPIC, catalog.HIT_CANDIDATES_TOPIC]
+SINK_TOPICS = [*catalog.UNIQUE_TOPICS, catalog.HIT_TOPIC, catalog.DLQ_TOPIC, catalog.DUPLICATES_TOPIC, catalog.WORKFLOW_TOPIC]
 
 
 def wait_for_zero_lag(settings, group: str, topics: list[str], *, timeout: float = 300.0, stable: int = 3) -> float:

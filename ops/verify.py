@@ -17,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from schemas import catalog
+
 
 @dataclass
 class Verdict:
@@ -122,7 +124,7 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
     codec = SchemaCodec(url=settings.registry_url)
     copies: dict[str, list[str]] = {}
     found: dict[str, dict] = {}
-    for msg in read_topic(settings, ["intel.hit"], idle_seconds=idle_seconds):
+    for msg in read_topic(settings, [catalog.HIT_TOPIC], idle_seconds=idle_seconds):
         hit = codec.decode(msg.value())
         if prefix and not _ref_of(hit["record_key"]).startswith(prefix):
             continue
@@ -139,7 +141,7 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
     verdict.duplicate_hits = sum(len(keys) - len(set(keys)) for keys in copies.values())
     verdict.by_type = hits_by_type(expected, found)
     events = set()
-    unique_topics = ["intel.alert.unique", "intel.wanted.unique", "intel.incident.unique"]
+    unique_topics = list(catalog.UNIQUE_TOPICS)
     for msg in read_topic(settings, unique_topics, idle_seconds=idle_seconds):
         key = (msg.key() or b"").decode()
         if prefix and not _ref_of(key).startswith(prefix):
@@ -149,7 +151,7 @@ def verify(settings, truth_path: str, *, idle_seconds: float = 3.0) -> Verdict:
     verdict.distinct_events = len(events)
     verdict.expected_duplicates = summary.get("duplicates", 0)
     verdict.duplicates_dropped = count_dropped_duplicates(
-        (msg.value() for msg in read_topic(settings, ["intel.duplicates"], idle_seconds=idle_seconds)), prefix)
+        (msg.value() for msg in read_topic(settings, [catalog.DUPLICATES_TOPIC], idle_seconds=idle_seconds)), prefix)
     return verdict
 
 

@@ -9,9 +9,16 @@ import fastavro
 
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
 KINDS = ("alert", "wanted", "incident")
+# Every topic of the bus is named here (ops/topics.yaml declares their partitions and configs);
+# code names a topic through these, never as a string of its own.
 HIT_TOPIC = "intel.hit"
 DLQ_TOPIC = "intel.dlq"
+DUPLICATES_TOPIC = "intel.duplicates"  # the dedupe stage's dropped copies (JSON), for the sink
 WORKFLOW_TOPIC = "intel.workflow"  # hit follow-up, assistance requests, directives (workflows/, docs/workflows.md)
+WORKFLOW_COMMANDS_TOPIC = "intel.workflow.commands"  # the gateway's commands to the workflow job
+# the stream jobs' internal topics (formats: stream_jobs/internal.py)
+MATCH_REQUESTS_TOPIC = "intel.match.requests"
+HIT_CANDIDATES_TOPIC = "intel.hit.candidates"
 
 
 def input_topic(kind: str) -> str:
@@ -20,6 +27,12 @@ def input_topic(kind: str) -> str:
 
 def unique_topic(kind: str) -> str:
     return f"intel.{kind}.unique"
+
+
+INPUT_TOPICS = tuple(input_topic(k) for k in KINDS)
+UNIQUE_TOPICS = tuple(unique_topic(k) for k in KINDS)
+ALL_TOPICS = (*INPUT_TOPICS, *UNIQUE_TOPICS, MATCH_REQUESTS_TOPIC, DUPLICATES_TOPIC, HIT_CANDIDATES_TOPIC, HIT_TOPIC,
+              DLQ_TOPIC, WORKFLOW_COMMANDS_TOPIC, WORKFLOW_TOPIC)
 
 
 def subject(topic: str) -> str:

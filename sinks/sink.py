@@ -19,14 +19,15 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from schemas import catalog
 from sinks import metrics
 from sinks.batching import Backoff, Batch, FlushPolicy, RowRejected, bisect_rejects
 
 log = logging.getLogger("intelbus.sink")
 
-EVENT_TOPICS = {"intel.alert.unique": "alert", "intel.wanted.unique": "wanted", "intel.incident.unique": "incident"}
-HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC = "intel.hit", "intel.dlq", "intel.duplicates"
-WORKFLOW_TOPIC = "intel.workflow"  # the workflow transitions (issue 16) -> workflow_events
+EVENT_TOPICS = {catalog.unique_topic(k): k for k in catalog.KINDS}
+HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC = catalog.HIT_TOPIC, catalog.DLQ_TOPIC, catalog.DUPLICATES_TOPIC
+WORKFLOW_TOPIC = catalog.WORKFLOW_TOPIC  # the workflow transitions (issue 16) -> workflow_events
 TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC, WORKFLOW_TOPIC)
 GROUP = "intelbus-sink"
 SINK_PRINCIPAL = "intelbus-sink"  # its Kafka principal (ops/acls.yaml: role sink)

@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
+from schemas import catalog
+from schemas.catalog import unique_topic
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
 from stream_jobs.internal import (
@@ -30,22 +32,19 @@ from stream_jobs.internal import (
 from stream_jobs.lookback import Lookback
 from stream_jobs.state import KEEP, PartitionedState, Sweeper, dumps, loads
 
-MATCH_TOPIC = "intel.match.requests"
+# module names of the catalog's topics (bench/private_jobs.py points them at topics of its own)
+MATCH_TOPIC = catalog.MATCH_REQUESTS_TOPIC
 # A partition's match requests of one batch go as several messages of at most about this many
 # bytes: one message of a 2,000-event batch of incidents (each with its record, base64) outgrew the
 # topic's 1 MB limit, and the worker exited with MSG_SIZE_TOO_LARGE at every restart.
 REQUEST_BYTES = 256 * 1024
-CANDIDATE_TOPIC = "intel.hit.candidates"
-DUPLICATES_TOPIC = "intel.duplicates"
-HIT_TOPIC = "intel.hit"
-KIND_OF_TOPIC = {"intel.alert": "alert", "intel.wanted": "wanted", "intel.incident": "incident"}
+CANDIDATE_TOPIC = catalog.HIT_CANDIDATES_TOPIC
+DUPLICATES_TOPIC = catalog.DUPLICATES_TOPIC
+HIT_TOPIC = catalog.HIT_TOPIC
+KIND_OF_TOPIC = {catalog.input_topic(k): k for k in catalog.KINDS}
 # the faust tables behind the stages (stream_jobs.app), as the metrics name them
 RECORDS_TABLE, INDEX_TABLE, HITS_TABLE = "records", "index", "hits-seen"
 HIT_RETENTION_MS = 30 * rules.DAY_MS
-
-
-def unique_topic(kind: str) -> str:
-    return f"intel.{kind}.unique"
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,17 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from schemas import catalog
 from workflows import model as m
 
 log = logging.getLogger("intelbus.workflows")
 
 APP_ID = "intelbus-jobs-workflows"
-COMMANDS_TOPIC = "intel.workflow.commands"
-WORKFLOW_TOPIC = "intel.workflow"
-HIT_TOPIC = "intel.hit"
-WANTED_TOPIC = "intel.wanted.unique"
-DLQ_TOPIC = "intel.dlq"
+COMMANDS_TOPIC = catalog.WORKFLOW_COMMANDS_TOPIC
+WORKFLOW_TOPIC = catalog.WORKFLOW_TOPIC
+HIT_TOPIC = catalog.HIT_TOPIC
+WANTED_TOPIC = catalog.unique_topic("wanted")
+DLQ_TOPIC = catalog.DLQ_TOPIC
 
 OPEN_ITEMS = Gauge("intelbus_workflows_open_items", "Workflow items of this worker's partitions with a deadline pending")
 FIRED = Counter("intelbus_workflows_fired_steps_total", "Deadline steps fired (reminders, resends, escalations, stale listings)",
@@ -177,7 +178,7 @@ def hit_route(hit: dict) -> tuple[str, bytes] | None:
     cmd = open_hit_command(hit)
     if cmd is None:
         return None
-    return cmd.record_key, json.dumps({"op": "hit", "open": json.loads(encode_envelope(cmd, hit["detected_at"], "intel.hit"))},
+    return cmd.record_key, json.dumps({"op": "hit", "open": json.loads(encode_envelope(cmd, hit["detected_at"], catalog.HIT_TOPIC))},
                                       ensure_ascii=False).encode()
 
 
