@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +30,7 @@ from confluent_kafka import Producer
 from ops.settings import Settings, load_settings
 from producers import metrics
 from schemas.catalog import DLQ_TOPIC, input_topic
+from schemas.dead_letters import dead_letter_record
 from schemas.ids import record_key
 from schemas.proof import SigningKey, load_key_file, sign_headers
 from schemas.records import RecordError, validate_record
@@ -219,18 +219,8 @@ class RegionalProducer:
     def send_dead_letter(self, *, stage: str, source: str, reason: str, raw: bytes, kind: str | None = None,
                          field: str | None = None, source_region: str | None = None) -> None:
         """Record a refused input on intel.dlq, with the raw bytes and an actionable reason."""
-        record = {
-            "dlq_id": str(uuid.uuid4()),
-            "stage": stage,
-            "source": source,
-            "kind": kind,
-            "field": field,
-            "reason": reason,
-            "raw": raw,
-            "source_region": source_region or self.region,
-            "source_system": self.system,
-            "failed_at": int(time.time() * 1000),
-        }
+        record = dead_letter_record(stage, source, reason, raw, kind=kind, field=field,
+                                    source_region=source_region or self.region, source_system=self.system)
         key = (source_region or self.region or "").encode() or None
         value = self.codec.encode(DLQ_TOPIC, record)
         self._produce(DLQ_TOPIC, value, key, None if self.signer is None else sign_headers(value, self.signer))

@@ -20,6 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from schemas import catalog
+from schemas.dead_letters import dead_letter_record
 from sinks import metrics
 from sinks.batching import Backoff, Batch, FlushPolicy, RowRejected, bisect_rejects
 
@@ -315,11 +316,7 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
     dlq_producer = Producer({**settings.kafka_config(SINK_PRINCIPAL), "acks": "all", "enable.idempotence": True})
 
     def dead_letter(stage, source, reason, raw):
-        import uuid
-
-        record = {"dlq_id": str(uuid.uuid4()), "stage": stage, "source": source, "kind": None, "field": None,
-                  "reason": reason, "raw": bytes(raw), "source_region": None, "source_system": "intelbus-sink",
-                  "failed_at": int(time.time() * 1000)}
+        record = dead_letter_record(stage, source, reason, raw, source_system=SINK_PRINCIPAL)
         dlq_producer.produce(DLQ_TOPIC, codec.encode(DLQ_TOPIC, record))
         dlq_producer.poll(0)
         metrics.DLQ.labels(stage).inc()

@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from schemas import catalog
 from schemas.catalog import unique_topic
+from schemas.dead_letters import DeadLetter
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
 from stream_jobs.internal import (
@@ -67,18 +68,6 @@ class Outgoing:
     key: bytes | None
     value: bytes
     partition: int | None = None  # None: the producer's partitioner decides by key
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    stage: str  # VERIFY | DECODE | VALIDATE | DEDUPE | MATCH
-    source: str
-    reason: str
-    raw: bytes
-    kind: str | None = None
-    field: str | None = None
-    source_region: str | None = None
-    source_system: str | None = None
 
 
 @dataclass

@@ -41,6 +41,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import catalog
+from schemas.dead_letters import dead_letter_record
 from workflows import model as m
 
 log = logging.getLogger("intelbus.workflows")
@@ -583,18 +584,11 @@ def refusal_dead_letter(envelope_bytes: bytes, reason: str, command=None, *, com
     actor = getattr(command, "actor", None)
     cid = command_id or getattr(command, "command_id", None) or uuid.uuid5(NAMESPACE, envelope_bytes.decode(errors="replace")).hex
     who = f"{actor.name} of {actor.agency or 'the bus'}" if actor else "unknown"
-    return {
-        "dlq_id": str(uuid.uuid5(NAMESPACE, f"workflow-refusal|{cid}")),
-        "stage": "WORKFLOW",
-        "source": f"{COMMANDS_TOPIC} command {cid}",
-        "kind": "workflow",
-        "field": type(command).__name__ if command is not None else None,
-        "reason": f"{reason} (command {cid} by {who})",
-        "raw": envelope_bytes,
-        "source_region": actor.region if actor and actor.region else None,
-        "source_system": actor.name if actor else None,
-        "failed_at": int(at if at is not None else time.time() * 1000),
-    }
+    return dead_letter_record(
+        "WORKFLOW", f"{COMMANDS_TOPIC} command {cid}", f"{reason} (command {cid} by {who})", envelope_bytes,
+        kind="workflow", field=type(command).__name__ if command is not None else None,
+        source_region=actor.region if actor and actor.region else None, source_system=actor.name if actor else None,
+        failed_at_ms=at, dlq_id=str(uuid.uuid5(NAMESPACE, f"workflow-refusal|{cid}")))
 
 
 # --- the faust app --------------------------------------------------------------------------
