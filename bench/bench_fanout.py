@@ -7,7 +7,15 @@ gateway of its own on a free port, running this checkout's code):
 - the baseline in the same run: a plain confluent-kafka consumer of intel.hit (all
   partitions), its receipt minus the same Kafka timestamp;
 - added by the gateway, per delivered hit: the client's receipt minus the baseline's receipt
-  of the same copy (same hit id, same partition): p50/p99/max;
+  of the same copy (same hit id, same partition): p50/p99/max. Even a gateway that added nothing
+  would show the difference of two consumers' fetch tails here, so the same run has
+- a control: a second plain consumer of intel.hit, the baseline's code in a process of its own
+  (as the gateway is), its receipts minus the baseline's, per copy of the clients' partitions:
+  "added by a plain consumer", the metric's floor on this machine at this moment;
+- the gateway's own hold per delivered hit, on its own clock: from its hub's poll returning the
+  message to the send of the batch holding it (the send stamp lists each item's poll time), split
+  into poll to the ring of the round that woke the stream, ring to the stream's turn, turn to send;
+  and the hub's poll minus the baseline's receipt (its Kafka fetch against the baseline's);
 - the gateway's CPU per second (/proc/<pid>/stat), the machine's load, the clients' and
   hits' counts, the gateway's own `intelbus_gateway_fanout_lag_seconds`;
 - where the added time goes (the gateway runs with INTELBUS_LIVE_SEND_STAMP=1: each batch it
@@ -31,6 +39,11 @@ e.g. the live feed's rounds before and after issue 15's follow-up, in one run:
 
     .venv/bin/python -m bench.bench_fanout --variant 'old:INTELBUS_LIVE_RING_MS=0,INTELBUS_LIVE_RING_SELECT=0,\
         INTELBUS_LIVE_AUDIT_GROUP=0,INTELBUS_LIVE_WORKFLOW_CONSUMER=0' --variant 'new:'
+
+The live feed's broadcast path (a round's ring reads, walks and audits once for the streams of a view in step) against
+every stream in its own turn, in one run:
+
+    .venv/bin/python -m bench.bench_fanout --variant 'new:' --variant 'old:INTELBUS_LIVE_BROADCAST=0'
 
 The hub's heap before and after the garbage-collector work (INTELBUS_LIVE_GC_LIGHT), with py-spy on the gateway
 (`--profile 15`: 15 s of every thread's samples, then 15 s of those holding the GIL, from 15 s into each run):
@@ -63,7 +76,8 @@ VIEWS = [("bench-fo-bj", "110000", ["110000", "110105"]), ("bench-fo-tj", "12000
          ("bench-fo-hn", "430000", ["430000"]), ("bench-fo-ha", "410000", ["410000"]),
          ("bench-fo-gd", "440000", ["440000", "440300"])]
 HIT_ID = re.compile(r'"hit_id": "([^"]+)"')
-SENT = re.compile(r"^: sent (\d+)$", re.M)
+SENT = re.compile(r"^: sent (\d+)(?: polled ([\d,]*))?(?: rung (\d+) turn (\d+))?$", re.M)
+ITEM = re.compile(r"^event: (\w+)\ndata: (.*)$", re.M)
 
 
 def pct(values, q):
@@ -133,7 +147,8 @@ def login(url, name, password) -> str:
 
 
 class Baseline(threading.Thread):
-    """A plain consumer of intel.hit from its ends: (partition, hit_id) -> (Kafka timestamp, receipt)."""
+    """A plain consumer of intel.hit from its ends: (partition, hit_id) -> (Kafka timestamp, receipt). The same class
+    is the control (`control_process`), in a process of its own as the gateway is."""
 
     def __init__(self, settings, codec):
         super().__init__(daemon=True)
@@ -160,6 +175,24 @@ class Baseline(threading.Thread):
         self.consumer.close()
 
 
+def parse_batch(text: str) -> list[tuple]:
+    """The hits of a chunk the gateway wrote: (hit_id, sent, polled, (rung, turn)) in epoch seconds, from its send
+    stamp (`gateway.events.send_stamp`; None where the stamp does not say)."""
+    stamp = SENT.search(text)
+    sent = int(stamp.group(1)) / 1000 if stamp else None
+    # the hub's poll time of each item of the batch, in order (0: read at the hub's start)
+    polled = [int(x) / 1000 for x in stamp.group(2).split(",")] if stamp and stamp.group(2) else []
+    rung = (int(stamp.group(3)) / 1000, int(stamp.group(4)) / 1000) if stamp and stamp.group(3) else None
+    out = []
+    for i, m in enumerate(ITEM.finditer(text)):
+        if m.group(1) != "hit":
+            continue
+        hit = HIT_ID.search(m.group(2))
+        if hit:
+            out.append((hit.group(1), sent, polled[i] if i < len(polled) else None, rung))
+    return out
+
+
 async def sse_client(port: int, token: str, view: str, partition: int, out: list, opened: list, stop: asyncio.Event):
     """A raw HTTP/1.1 SSE client (chunked decoding by hand: cheap enough for 200 in one process)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -183,13 +216,27 @@ async def sse_client(port: int, token: str, view: str, partition: int, out: list
             if first and (b"event: heartbeat" in chunk or b"event: " in chunk):
                 first = False
                 opened.append(view)  # streaming: past the gateway's start (its hub has read its buffer)
-            text = chunk.decode()
-            stamp = SENT.search(text)
-            sent = int(stamp.group(1)) / 1000 if stamp else None
-            for m in HIT_ID.finditer(text):
-                out.append((partition, m.group(1), now, view, sent))
+            for hit_id, sent, polled, rung in parse_batch(chunk.decode()):
+                out.append((partition, hit_id, now, view, sent, polled, rung))
     finally:
         writer.close()
+
+
+def control_process(registry_url: str, ready, go_home, conn) -> None:
+    """The control (a child process, like the gateway): a second plain consumer of intel.hit, exactly the baseline's
+    code, until `go_home`; sends back what it received. Its receipts minus the baseline's, per hit copy, are what
+    "added" shows when nothing but a second consumer stands between Kafka and the receipt: the metric's floor."""
+    from ops.settings import load_settings
+    from schemas.wire import SchemaCodec
+
+    control = Baseline(load_settings(), SchemaCodec(url=registry_url))
+    control.start()
+    ready.set()
+    go_home.wait()
+    control.stop.set()
+    control.join(10)
+    conn.send(control.seen)
+    conn.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -368,7 +415,7 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
     log_path = Path(tempfile.mkdtemp(prefix="intelbus-fanout-")) / "gateway.log"
     proc, port, url = start_gateway(settings, audit_interval, log_path, http, nice, variant[1])
     ctx = multiprocessing.get_context("fork")
-    children = []
+    children, control = [], None
     try:
         tokens = {name: login(url, name, pw) for name, pw in passwords.items()}
         views = [(tokens[name], view) for name, _, vs in VIEWS for view in vs]
@@ -386,9 +433,15 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
             child = ctx.Process(target=client_process, args=(port, mine, go_home, count, child_end), daemon=True)
             child.start()
             children.append((child, count, parent_end))
+        control_ready = ctx.Event()
+        control_end, control_child_end = ctx.Pipe(duplex=False)
+        control = ctx.Process(target=control_process, args=(settings.registry_url, control_ready, go_home,
+                                                            control_child_end), daemon=True)
+        control.start()
         t0 = time.monotonic()
         while sum(c.value for _, c, _ in children) < clients and time.monotonic() - t0 < 120:
             time.sleep(0.2)
+        control_ready.wait(60)
         baseline = Baseline(settings, codec)
         baseline.start()
         samples = []
@@ -440,11 +493,13 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
             lags += lag
             connected += n
             child.join(20)
+        control_seen = control_end.recv() if control_end.poll(30) else {}
+        control.join(20)
         baseline.stop.set()
         baseline.join(10)
         audit_rows = audit_count(settings, run_from_ms)
     finally:
-        for child, _, _ in children:
+        for child in [c for c, _, _ in children] + ([control] if control is not None else []):
             if child.is_alive():
                 child.kill()
         proc.terminate()
@@ -454,9 +509,10 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
             proc.kill()
 
     to_client, base, added, gateway_part, client_part, missing = [], {}, [], [], [], 0
+    hold, fetch_vs_base, to_ring, ring_to_turn, turn_to_send = [], [], [], [], []
     for (part, hit_id), (ts, recv) in baseline.seen.items():
         base[(part, hit_id)] = recv - ts
-    for part, hit_id, recv, _view, sent in received:
+    for part, hit_id, recv, _view, sent, polled, rung in received:
         b = baseline.seen.get((part, hit_id))
         if b is None:
             missing += 1
@@ -466,6 +522,18 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         if sent is not None:
             gateway_part.append(sent - b[1])
             client_part.append(recv - sent)
+            if polled:  # the gateway's own clock both ends: its hold, apart from its Kafka fetch
+                hold.append(sent - polled)
+                fetch_vs_base.append(polled - b[1])
+                if rung and rung[0] >= polled:  # the hold split: to the ring, to the stream's turn, its own work
+                    to_ring.append(rung[0] - polled)
+                    ring_to_turn.append(rung[1] - rung[0])
+                    turn_to_send.append(sent - rung[1])
+    # the control: a second plain consumer's receipt minus the baseline's, per hit copy of the partitions the clients
+    # read (each copy once; "added" counts each delivery, several clients of a view receive the same copy)
+    client_parts = {part for _, _, part in assigned}
+    control_added = [c[1] - baseline.seen[k][1] for k, c in control_seen.items()
+                     if k[0] in client_parts and k in baseline.seen]
     cpu = [s["gateway_cpu_cores"] for s in samples]
     ccpu = [s["clients_cpu_cores"] for s in samples]
     busy = [s["machine_busy_share"] for s in samples]
@@ -482,6 +550,12 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         "baseline_kafka_to_receipt_s": dist(list(base.values())),
         "gateway_kafka_to_client_s": dist(to_client),
         "added_by_gateway_s": dist(added),
+        "added_by_plain_consumer_s": dist(control_added),
+        "control_copies_unmatched": sum(1 for k in control_seen if k not in baseline.seen),
+        "gateway_hold_s": dist(hold),
+        "hub_poll_minus_baseline_s": dist(fetch_vs_base),
+        "hold_poll_to_ring_s": dist(to_ring), "hold_ring_to_turn_s": dist(ring_to_turn),
+        "hold_turn_to_send_s": dist(turn_to_send),
         "added_gateway_part_s": dist(gateway_part),
         "added_client_part_s": dist(client_part),
         "hub_read_lag_s": histogram_quantiles(metrics, "intelbus_gateway_hub_read_lag_seconds"),
@@ -523,13 +597,16 @@ def _gc(g) -> str:
 def markdown(report: dict) -> str:
     ms = lambda x: "-" if x is None else f"{x * 1000:.0f}"  # noqa: E731
     pair = lambda d: f"{ms(d['p50'])} / {ms(d['p99'])}"  # noqa: E731
+    opt = lambda r, k: pair(r[k]) if r.get(k) and r[k].get("n") else "-"  # noqa: E731
     lines = [f"## Run of {report['at']} ({report['cpus']} cores, shared; `{report['argv']}`)", "",
-             "| variant | clients | hits on bus | delivered | baseline p50/p99 | **added p50/p99/max** | added: gateway part "
-             "p50/p99 | added: client part p50/p99 | hub read lag p50/p99 (hist.) | client loop lag p50/p99 | "
+             "| variant | clients | hits on bus | delivered | baseline p50/p99 | **added p50/p99/max** | control: added by "
+             "a plain consumer p50/p99 | gateway hold (hub poll to send) p50/p99 | hub poll minus baseline p50/p99 | "
+             "hold: poll to ring; ring to turn; turn to send p50/p99 | "
+             "added: gateway part p50/p99 | added: client part p50/p99 | hub read lag p50/p99 (hist.) | client loop lag p50/p99 | "
              "gateway CPU mean/max | clients CPU mean | machine busy / load 1m | catch-up readers | rounds/s | "
              "streams rung/round | hub fetch lag p50/p99 | hub work wall/CPU (s) | full GCs n / max ms / CPU s | "
              "load 1m before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         a = r["added_by_gateway_s"]
         variant = ((f"**{r['variant']}**, " if r.get("variant") else "")
@@ -540,7 +617,9 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {variant} | {r['clients_connected']}/{r['clients']} | {r['hit_copies_on_bus']} | "
             f"{r['hits_delivered_to_clients']} | {pair(r['baseline_kafka_to_receipt_s'])} | "
-            f"**{ms(a['p50'])} / {ms(a['p99'])}** / {ms(a['max'])} | {pair(r['added_gateway_part_s'])} | "
+            f"**{ms(a['p50'])} / {ms(a['p99'])}** / {ms(a['max'])} | {opt(r, 'added_by_plain_consumer_s')} | "
+            f"{opt(r, 'gateway_hold_s')} | {opt(r, 'hub_poll_minus_baseline_s')} | {opt(r, 'hold_poll_to_ring_s')}; "
+            f"{opt(r, 'hold_ring_to_turn_s')}; {opt(r, 'hold_turn_to_send_s')} | {pair(r['added_gateway_part_s'])} | "
             f"{pair(r['added_client_part_s'])} | {pair(r['hub_read_lag_s'])} | {pair(r['client_loop_lag_s'])} | "
             f"{r['gateway_cpu_cores']['mean']} / {r['gateway_cpu_cores']['max']} | {r['clients_cpu_cores']['mean']} | "
             f"{r['machine_busy_share']['mean']} / {r['loadavg_1m']['mean']} | "
@@ -550,7 +629,14 @@ def markdown(report: dict) -> str:
             f"{_work(r.get('hub_work'))} | {_gc(r.get('gc_pauses', {}).get('2'))} | "
             f"{(r.get('loadavg_before') or ['-'])[0]} / {(r.get('loadavg_after') or ['-'])[0]} |")
     lines += ["", "Milliseconds. Baseline: a plain consumer of intel.hit in the bench's main process, Kafka time to "
-              "receipt. *Added*: a client's receipt minus the baseline's receipt of the same hit copy; its *gateway "
+              "receipt. *Added*: a client's receipt minus the baseline's receipt of the same hit copy. *Control*: a "
+              "second plain consumer of intel.hit in a process of its own (as the gateway is), its receipt minus the "
+              "baseline's, per copy of the clients' partitions: what *added* shows with no gateway at all (the "
+              "difference of two consumers' fetch tails). *Gateway hold*: per delivered hit, the gateway's send stamp "
+              "minus its hub's poll returning that message (one clock); *hub poll minus baseline*: the hub's fetch "
+              "against the baseline's (added = hub poll minus baseline + hold + client part); the hold split (hits of "
+              "a round rung after their poll): poll to the ring of the round that woke the stream, ring to the "
+              "stream's turn (the streams before it), turn to send (its own walk, audit line, render). The *gateway "
               "part* ends at the gateway's send stamp, its *client part* is receipt minus send stamp. Hub read lag: "
               "Kafka time to the gateway hub's buffer (from the gateway's histogram); hub fetch lag: Kafka time to the hub's "
               "poll handing the message to Python; hub work: the hub threads' time after their polls, wall and CPU; "

@@ -46,13 +46,20 @@ HUB_READY_WAIT_S = 20.0   # for the hub's consumer to be assigned
 # (bench_fanout, 06:50 run: catchup_readers_total 200) kept the gateway seconds behind for the whole run
 FIRST_WAIT_S = float(os.environ.get("INTELBUS_LIVE_FIRST_WAIT_S", "30"))
 JOURNAL_FSYNC = os.environ.get("INTELBUS_LIVE_AUDIT_FSYNC", "0") == "1"
-# for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms>`, the
-# gateway's clock when it hands the batch over, so a client can tell its own lag from the gateway's
+# for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms> polled <ms>,...`,
+# the gateway's clock when it hands the batch over and, per item in order, when the hub's poll returned its message
+# (0 if read at the hub's start), so a client can tell its own lag from the gateway's, and the gateway's hold (poll
+# to send) from the lag of its Kafka fetch
 SEND_STAMP = os.environ.get("INTELBUS_LIVE_SEND_STAMP", "0") == "1"
 # 1: the streams of a round write their journal lines in one write, each waiting for it before it sends. Not the
 # default: measured (bench/results/fanout.md, 10:08 run) a batch then waited 150-230 ms on average for the rest of
 # its round's turns (0.6 ms with a write in the stream's own turn), more than the write calls it saved
 AUDIT_GROUP_WRITE = os.environ.get("INTELBUS_LIVE_AUDIT_GROUP", "0") == "1"
+# the broadcast path (issue 15, the fan-out's hold): a round's ring reads, walks and audits once for every stream of
+# the rung groups that waits in step (`deliver`: one walk per view group, one journal write for the round), and hands
+# each its batch's text; the stream's own turn only sends it. "0": every stream reads, walks, writes its journal line
+# and sends in its own turn (as before, for bench_fanout's same-run comparison)
+BROADCAST = os.environ.get("INTELBUS_LIVE_BROADCAST", "1") != "0"
 
 
 class AuditJournal:
@@ -363,6 +370,15 @@ def sse_item(entry, token: str) -> str:
     return f"id: {token}\nevent: {entry.kind}\ndata: {entry.data}\n\n"
 
 
+def send_stamp(items, rung: float = 0.0, turn: float = 0.0, now: float | None = None) -> str:
+    """The SSE comment a batch starts with under INTELBUS_LIVE_SEND_STAMP=1 (the SSE protocol ignores it): when it
+    is sent, when the hub's poll returned each item, when the round that woke the stream was rung and when the
+    stream's turn that read them began (epoch ms, the gateway's clock)."""
+    polled = ",".join([str(int(e.polled * 1000)) for e, _, _ in items])
+    return (f": sent {int((time.time() if now is None else now) * 1000)} polled {polled} "
+            f"rung {int(rung * 1000)} turn {int(turn * 1000)}\n")
+
+
 def sse_heartbeat() -> str:
     return f'event: heartbeat\ndata: {{"at_ms": {int(time.time() * 1000)}}}\n\n'
 
@@ -380,6 +396,7 @@ def register(app, ctx) -> None:
     def hub() -> Hub | None:
         if state["hub"] is None and services.kafka_config is not None:
             state["hub"] = Hub(services.kafka_config, services.codec).start()
+            state["hub"].deliver = lambda streams: deliver(batcher, streams)
         return state["hub"]
 
     inner = app.router.lifespan_context
@@ -443,6 +460,46 @@ def register(app, ctx) -> None:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def deliver(batcher: AuditBatcher, streams: list) -> int:
+    """The broadcast path, on the event loop, from a round's ring (`Bell.ring`, before the streams are woken): for the
+    parked streams of the rung groups (waiting, in the hub's buffer), read and walk what the round brought once per
+    view group in step (the shared walk), write every batch's journal line in ONE journal write, then give each stream
+    its batch's text (`mailbox`, the same text for the streams of a group) and its position after it; the stream's turn
+    only sends it. If the journal refuses, nothing moves: the streams, woken, take their own path (which refuses and
+    ends them, as before). Returns the number of streams given a batch."""
+    served, texts, lines, records = [], {}, [], []
+    for s in streams:
+        if s.mailbox is not None or not s.parkable():
+            continue
+        got = s.hub.read(s.cursor)
+        if got is None or not got[0]:
+            continue  # evicted (its own path opens a reader) or nothing for it in this round
+        items, position, end = s._walked(*got)
+        if items:
+            text = texts.get(id(items))
+            if text is None:
+                text = texts[id(items)] = "".join(t for _, _, t in items)
+            line, record = s.journal_line(items)
+            lines.append(line)
+            records.append(record)
+        else:
+            text = None
+        served.append((s, items, text, position, end))
+    if lines:
+        try:
+            batcher.writes += 1
+            batcher.journal.append(lines, records)  # audited before any of them is sent
+        except Exception as exc:
+            log.error("live feed: the round's audit lines were not written (%s): the streams take their own path",
+                      exc)
+            return 0
+    for s, items, text, position, end in served:
+        s.position, s.cursor = position, end
+        if items:
+            s.mailbox = (items, text)
+    return sum(1 for _, items, _, _, _ in served if items)
+
+
 def end_streams_on_exit_signal(closing: threading.Event, state: dict) -> None:
     """On SIGTERM/SIGINT, end the streams (browsers reconnect to the next gateway with their ids):
     uvicorn waits for open responses before it stops, and a live feed never ends by itself.
@@ -482,6 +539,8 @@ class LiveStream:
         self.catchup: CatchUpReader | None = None
         self.cursor: int | None = None
         self.vkey = (view, identity.clearance)
+        self.turn_at = self.rung_at = 0.0  # for the send stamp
+        self.mailbox: tuple | None = None   # (items, their SSE text): a batch `deliver` read and audited for it
 
     def _may_see(self, entry) -> bool:
         seen = entry.seen.get(self.vkey)  # visible()'s memo, read without a call: 200 streams x every entry
@@ -512,6 +571,8 @@ class LiveStream:
                 await asyncio.to_thread(self.catchup.close)
                 self.catchup, self.cursor = None, self.hub.start_seq(self.position)
             return items
+        if SEND_STAMP:
+            self.turn_at, self.rung_at = time.time(), wake.rung_at
         got = self.hub.read(self.cursor)
         if got is None:  # the buffer dropped what this stream still needs (a very slow client): read it itself
             self.catchup = await asyncio.to_thread(CatchUpReader, self.services.kafka_config, self.services.codec,
@@ -523,25 +584,41 @@ class LiveStream:
             got = self.hub.read(self.cursor)  # anything appended between the read and the clear
             if got is None or got[0]:
                 return []  # the next call takes it
-            await wake.wait(timeout)
+            if self.parkable():
+                wake.parked = self  # the next ring may serve it (`deliver`): its batch then waits in `mailbox`
+            try:
+                await wake.wait(timeout)
+            finally:
+                wake.parked = None
             return []
         # Streams of one view that are in step (most: woken by the same messages) walk the same entries
         # from the same position to the same items and ids: the first one's walk serves the others. Not
         # keyed by the end: the hub appends while the streams take turns, and a stream that read further
         # takes the shared walk now and the rest next time, which keeps the view's streams in step (keyed
         # by the end, 200 streams on a busy machine each walked alone: bench_fanout, 06:55 run).
+        items, self.position, self.cursor = self._walked(entries, end)
+        return items
+
+    def _walked(self, entries, end) -> tuple[list, dict, int]:
+        """The stream's walk of `entries` (read from its cursor to `end`): its items, the position and cursor after
+        them; shared by the streams of its view in step (the stream's own state is not changed)."""
         key = (self.vkey, self.cursor, tuple(sorted(self.position.items())))
         walked = self.hub.walks.get(key)
         if walked is None:
-            items = self._walk(entries)
+            position = dict(self.position)
+            items = [(e, token, sse_item(rendered(e), token)) for e, token in walk(self.view, position, entries,
+                                                                                 self._may_see)]
             if len(self.hub.walks) > 5000:
                 self.hub.walks.clear()
-            self.hub.walks[key] = (items, dict(self.position), end)
-        else:
-            items, position, end = walked
-            self.position = dict(position)
-        self.cursor = end
-        return items
+            walked = self.hub.walks[key] = (items, position, end)
+        items, position, end = walked
+        return items, dict(position), end
+
+    def parkable(self) -> bool:
+        """May the round's ring serve this stream (`deliver`)? Only a stream reading the hub's buffer, whose batches
+        are audited by a journal line and sent at once."""
+        return (BROADCAST and self.catchup is None and self.cursor is not None and AUDIT_INTERVAL_S <= 0
+                and self.batcher.direct and not self.closing.is_set())
 
     def _audit_template(self, **kw) -> AuditEntry:
         return AuditEntry(action="feed", identity=self.identity, region=self.view, purpose=self.purpose,
@@ -554,22 +631,26 @@ class LiveStream:
                 "workflow_event_ids": [e.ident for e, _, _ in items if e.kind == "workflow"][:100],
                 "through": items[-1][1]}  # the last item's id
 
+    def journal_line(self, items, now: float | None = None) -> tuple[str, dict]:
+        """The batch's journal line and the shipper's record of it."""
+        if self.lines is None:
+            self.lines = JournalLines(self.id, self._audit_template())
+        # the streams of a view in step send the same batch: its params' text is made once
+        key = (items[-1][1], len(items), id(items[0][0]))
+        made = _PARAMS_TEXT.get(key)
+        if made is None:
+            if len(_PARAMS_TEXT) > 5000:
+                _PARAMS_TEXT.clear()
+            params = self._audit_params(items)
+            made = _PARAMS_TEXT[key] = (params_text(params), params)
+        now = time.time() if now is None else now
+        return (self.lines.line_of(made[0], len(items), now),
+                self.lines.record_of(made[1], len(items), int(now * 1000)))
+
     async def _audit(self, items) -> None:
         """The batch's audit record, written before the batch is sent."""
         if self.batcher.direct:
-            if self.lines is None:
-                self.lines = JournalLines(self.id, self._audit_template())
-            # the streams of a view in step send the same batch: its params' text is made once
-            key = (items[-1][1], len(items), id(items[0][0]))
-            made = _PARAMS_TEXT.get(key)
-            if made is None:
-                if len(_PARAMS_TEXT) > 5000:
-                    _PARAMS_TEXT.clear()
-                params = self._audit_params(items)
-                made = _PARAMS_TEXT[key] = (params_text(params), params)
-            now = time.time()
-            await self.batcher.journal_line(self.lines.line_of(made[0], len(items), now),
-                                            self.lines.record_of(made[1], len(items), int(now * 1000)))
+            await self.batcher.journal_line(*self.journal_line(items))
         else:
             params = self._audit_params(items)
             await self.batcher.write(self.id, self._audit_template(params=params, row_count=len(items)))
@@ -585,6 +666,16 @@ class LiveStream:
             last_audit = 0.0
             last_write = time.monotonic()
             while not self.closing.is_set():
+                if self.mailbox is not None:  # a batch the round's ring read and audited for it (`deliver`)
+                    items, text = self.mailbox
+                    self.mailbox = None
+                    if SEND_STAMP:
+                        self.turn_at, self.rung_at = time.time(), wake.rung_at
+                    self.shown += len(items)
+                    yield f"{send_stamp(items, self.rung_at, self.turn_at)}{text}" if SEND_STAMP else text
+                    FANOUT_LAG.observe(max(0.0, time.time() - min(e.ts_ms for e, _, _ in items) / 1000))
+                    last_write = time.monotonic()
+                    continue
                 now = time.monotonic()
                 due = last_audit + AUDIT_INTERVAL_S
                 if pending and now >= due:
@@ -593,10 +684,13 @@ class LiveStream:
                     AUDIT_WAIT.observe(last_audit - now)
                     self.shown += len(pending)
                     text = "".join(text for _, _, text in pending)
-                    yield f": sent {int(time.time() * 1000)}\n{text}" if SEND_STAMP else text
+                    yield f"{send_stamp(pending, self.rung_at, self.turn_at)}{text}" if SEND_STAMP else text
                     wall = time.time()
-                    for e, _, _ in pending:
-                        FANOUT_LAG.observe(max(0.0, wall - e.ts_ms / 1000))
+                    if BROADCAST:  # once per batch, its oldest item (per item and stream: 9% of the loop's time)
+                        FANOUT_LAG.observe(max(0.0, wall - min(e.ts_ms for e, _, _ in pending) / 1000))
+                    else:
+                        for e, _, _ in pending:
+                            FANOUT_LAG.observe(max(0.0, wall - e.ts_ms / 1000))
                     pending = []
                     last_write = time.monotonic()
                     continue
@@ -619,4 +713,4 @@ class LiveStream:
                     params={"resumed": self.resumed}))
 
 
-__all__ = ["register", "LiveStream", "AuditBatcher", "stream_partitions"]
+__all__ = ["register", "LiveStream", "AuditBatcher", "deliver", "stream_partitions"]

@@ -41,7 +41,8 @@ log = logging.getLogger("intelbus.gateway.hub")
 SSE_CLIENTS = Gauge("intelbus_gateway_sse_clients", "Live-feed (SSE) clients connected")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 FANOUT_LAG = Histogram("intelbus_gateway_fanout_lag_seconds",
-                       "Kafka message timestamp of a live-feed item to its write to the client", buckets=LAG_BUCKETS)
+                       "Kafka message timestamp of a live-feed batch's oldest item to the batch's write to the client "
+                       "(per item with INTELBUS_LIVE_BROADCAST=0)", buckets=LAG_BUCKETS)
 HUB_LAG = Histogram("intelbus_gateway_hub_read_lag_seconds",
                     "Kafka message timestamp to the hub's buffer (read, decoded, streams woken): the part of the "
                     "fan-out lag before any client is served", buckets=LAG_BUCKETS)
@@ -50,6 +51,8 @@ AUDIT_WAIT = Histogram("intelbus_gateway_sse_audit_seconds",
                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 BUFFER_ITEMS = Gauge("intelbus_gateway_hub_buffer_items", "Messages held in the live feed's in-memory buffer")
 ROUNDS = Counter("intelbus_gateway_live_rounds_total", "Live feed rounds rung (the streams woken together)")
+DELIVERED = Counter("intelbus_gateway_live_broadcast_batches_total",
+                    "Live feed batches read, audited and handed to their stream by a round's ring (the broadcast path)")
 STREAMS_RUNG = Counter("intelbus_gateway_live_streams_rung_total",
                        "Live feed streams woken by rounds (each a turn on the event loop)")
 # the hub's read lag split (issue 15 follow-up, "where does the hub's time go"): Kafka time to the message handed to
@@ -205,6 +208,7 @@ class Entry:
     record: dict | None = None  # the decoded record until the item is rendered
     raw: tuple | None = None    # (codec, bytes) of a message read at the hub's start, decoded when first looked at
     payload: tuple | None = None  # (codec, bytes) of an item whose scope is known, decoded again when first shown
+    polled: float = 0.0  # wall time the hub's poll returned it (0: read at the start); the send stamp's hold time
 
     @property
     def tp(self) -> TP:
@@ -560,6 +564,8 @@ class Hub:
         # buffer when the entries it announces were appended), so the streams of a view stay in step (and share
         # one walk) even while the hub appends during the round; what came after is the next round's.
         self.wakes, self.round_end = 0, 0
+        # the broadcast path (gateway/events.py `deliver`), called by a ring with the parked streams it rings
+        self.deliver = None
 
     # lifecycle
     def start(self) -> "Hub":
@@ -723,7 +729,7 @@ class Hub:
                 messages.sort(key=lambda m: m.topic() == WORKFLOW_TOPIC)
                 # decoded and handed over in slices: the first hits of a burst need not wait for the last's decoding
                 for i in range(0, len(messages), APPEND_SLICE):
-                    self._append(messages[i:i + APPEND_SLICE])
+                    self._append(messages[i:i + APPEND_SLICE], wall0)
                 if messages and self.ready.is_set():
                     wall = time.time() - wall0
                     HUB_WORK.labels("wall").inc(wall)
@@ -745,7 +751,7 @@ class Hub:
         finally:
             consumer.close()
 
-    def _append(self, messages) -> None:
+    def _append(self, messages, polled: float = 0.0) -> None:
         fresh = []
         lazy = not self.ready.is_set()  # the start's backlog: decoded only if a stream looks at it
         for msg in messages:
@@ -758,6 +764,8 @@ class Hub:
                 else:
                     entry = live_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())
+                    if entry is not None:
+                        entry.polled = polled
             except Exception as exc:  # one message the gateway cannot show must not stop every feed
                 log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None
@@ -799,6 +807,7 @@ class Bell:
         self.last_ring: float | None = None
         self.timer = None
         self.rings = self.rung = 0   # rounds rung, streams rung (for tests and metrics)
+        self.rung_at = 0.0           # wall time of the last ring (the send stamp's)
 
     def add(self, wake: "Wake", group, tps, may_see) -> None:
         if group is None:
@@ -831,6 +840,7 @@ class Bell:
         self.timer = None
         entries, self.pending = self.pending, []
         self.last_ring = self.loop.time()
+        self.rung_at = time.time()
         self.hub.new_round(self.pending_end)
         self.rings += 1
         ROUNDS.inc()
@@ -838,17 +848,27 @@ class Bell:
             keys = groups_to_ring(entries, {k: (g[0], g[1]) for k, g in self.groups.items()})
         else:
             keys = list(self.groups)
+        deliver = self.hub.deliver
+        if deliver is not None:  # the broadcast path: the parked streams' batches read, audited and handed over first
+            parked = [w.parked for key in keys for w in self.groups[key][2] if w.parked is not None]
+            if parked:
+                try:
+                    DELIVERED.inc(deliver(parked))
+                except Exception:  # never a ring lost: the streams woken below take their own path
+                    log.exception("live feed: the round's broadcast failed")
         for key in keys:
             self._set(self.groups[key][2])
         self._set(self.everyone)
 
     def ring_all(self) -> None:
+        self.rung_at = time.time()
         for g in list(self.groups.values()):
             self._set(g[2])
         self._set(self.everyone)
 
     def _set(self, wakes) -> None:
         for w in list(wakes):
+            w.rung_at = self.rung_at
             w.set()
         self.rung += len(wakes)
         STREAMS_RUNG.inc(len(wakes))
@@ -858,10 +878,11 @@ class Wake:
     """A stream's doorbell, rung by the hub on the stream's loop; awaited with a timeout without a task
     of its own (200 streams woken a few dozen times a second: asyncio.wait_for's task each time shows)."""
 
-    __slots__ = ("flag", "fut")
+    __slots__ = ("flag", "fut", "rung_at", "parked")
 
     def __init__(self):
-        self.flag, self.fut = False, None
+        self.flag, self.fut, self.rung_at = False, None, 0.0
+        self.parked = None  # the stream, while it waits and a ring may serve it (gateway/events.py, `deliver`)
 
     def set(self) -> None:
         self.flag = True
