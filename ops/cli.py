@@ -21,7 +21,7 @@ COMMANDS = [
     ("install", "install what the local stack needs (apt packages, Kafka and registry from Maven Central)", "ops.commands:add_install"),
     ("acls", "who may do what on the broker: apply ops/acls.yaml's rules and SCRAM credentials, report drift", "ops.acls:add_acls"),
     ("topics", "create the topics declared in ops/topics.yaml and report drift (`topics apply`)", "ops.commands:add_topics"),
-    ("schemas", "check the .avsc files' compatibility with git and the registry, or register them", "schemas.compat:add_schemas"),
+    ("schemas", "check the .avsc files' compatibility with git and the registry, or register them", "ops.commands:add_schemas"),
     ("publish", "publish a JSON Lines or CSV file of alerts, wanted-person updates or incidents", "producers.publish:add_publish"),
     ("simulate", "generate several regions' traffic onto the bus at a rate, with its ground truth", "producers.simulate:add_simulate"),
     ("sink", "write the unique events, hits and dead letters to ClickHouse (foreground, with logs)", "sinks.sink:add_sink"),

@@ -142,6 +142,42 @@ def add_install(p):
     return run
 
 
+def add_schemas(p):
+    p.add_argument("action", choices=["check", "register"],
+                   help="check: every .avsc against git's previous version and the registry; register: register them")
+    p.add_argument("--ref", default="HEAD", help="git revision to compare with (default HEAD)")
+    p.add_argument("--no-registry", action="store_true", help="compare with git only")
+    p.epilog = ("`check` exits 1 and names the field that breaks when a schema is not BACKWARD_TRANSITIVE\n"
+                "compatible (new readers must read all old data): e.g. a new field without a default.")
+
+    def run(args):
+        from schemas.compat import check_working_tree
+
+        settings = load_settings()
+        registry = None
+        if not args.no_registry:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            registry = SchemaRegistryClient({"url": settings.registry_url})
+        if args.action == "register":
+            from schemas.wire import SchemaCodec, register_all
+
+            for topic, schema_id in register_all(SchemaCodec(registry=registry)).items():
+                print(f"{topic}-value: id {schema_id}")
+            return 0
+        try:
+            problems = check_working_tree(registry=registry, ref=args.ref)
+        except Exception as exc:
+            print(f"intelbus schemas check: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"schemas check: {'OK, all compatible' if not problems else f'{len(problems)} incompatibilities'}")
+        return 1 if problems else 0
+
+    return run
+
+
 def add_topics(p):
     p.add_argument("action", choices=["apply", "list"], help="apply: create missing topics, report drift; list: show the plan")
     p.epilog = "Exit code of `apply`: 0 when the broker matches ops/topics.yaml, 1 when drift was found."

@@ -1,4 +1,4 @@
-"""Avro schema compatibility (the spec's schema-resolution rules), and `intelbus schemas check`.
+"""Avro schema compatibility (the spec's schema-resolution rules), for `intelbus schemas check` (ops.commands).
 
 `check_backward(new, old)`: can a reader with the new schema read data written with the
 old one? That is what BACKWARD(_TRANSITIVE) in the registry means, and what lets
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -174,39 +173,3 @@ def check_working_tree(*, registry=None, ref: str = "HEAD", repo_root=None) -> l
             olds = [json.loads(registry.get_version(subj, v).schema.schema_str) for v in versions]
             problems += [f"{name}.avsc vs registry {subj}: {p}" for p in check_backward_transitive(new, olds)]
     return problems
-
-
-def add_schemas(p):
-    p.add_argument("action", choices=["check", "register"],
-                   help="check: every .avsc against git's previous version and the registry; register: register them")
-    p.add_argument("--ref", default="HEAD", help="git revision to compare with (default HEAD)")
-    p.add_argument("--no-registry", action="store_true", help="compare with git only")
-    p.epilog = ("`check` exits 1 and names the field that breaks when a schema is not BACKWARD_TRANSITIVE\n"
-                "compatible (new readers must read all old data): e.g. a new field without a default.")
-
-    def run(args):
-        from ops.settings import load_settings
-
-        settings = load_settings()
-        registry = None
-        if not args.no_registry:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
-            registry = SchemaRegistryClient({"url": settings.registry_url})
-        if args.action == "register":
-            from schemas.wire import SchemaCodec, register_all
-
-            for topic, schema_id in register_all(SchemaCodec(registry=registry)).items():
-                print(f"{topic}-value: id {schema_id}")
-            return 0
-        try:
-            problems = check_working_tree(registry=registry, ref=args.ref)
-        except Exception as exc:
-            print(f"intelbus schemas check: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return 2
-        for line in problems:
-            print(line, file=sys.stderr)
-        print(f"schemas check: {'OK, all compatible' if not problems else f'{len(problems)} incompatibilities'}")
-        return 1 if problems else 0
-
-    return run

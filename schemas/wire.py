@@ -56,10 +56,8 @@ class SchemaCodec:
         if registry is None:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
-            if url is None:
-                from ops.settings import load_settings
-
-                url = load_settings().registry_url
+            if url is None:  # the caller's settings name it (ops.settings: registry_url)
+                raise TypeError("SchemaCodec needs a registry client or the registry's url")
             registry = SchemaRegistryClient({"url": url})
         self.registry = registry
         self._topic_ids: dict[str, int] = {}
