@@ -21,24 +21,44 @@ from producers.simulator import SimConfig, Simulation
 COUNT = int(os.environ.get("INTELBUS_TEST_SIM_COUNT", "100000"))
 
 
+def started_loops(settings, since: int = 0) -> list[str]:
+    """The consumer loops jobs-0's workers said they run (their start lines), in order, from byte `since` of its log."""
+    import re
+
+    try:
+        with open(settings.stack_path / "logs" / "jobs-0.log", "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return re.findall(r"consumer_loop=(\w+)", text)
+
+
+def jobs_log_size(settings) -> int:
+    try:
+        return (settings.stack_path / "logs" / "jobs-0.log").stat().st_size
+    except OSError:
+        return 0
+
+
 @pytest.fixture(autouse=True)
 def jobs_loop_as_asked(stack, settings):
-    """With INTELBUS_JOBS_CONSUMER_LOOP set, the stack's jobs-0 runs that loop too (restarted if
-    it runs another): the workers a test starts inherit the variable, jobs-0 may predate it."""
+    """The stack's jobs-0 runs the loop INTELBUS_JOBS_CONSUMER_LOOP asks for (the default, batch, when
+    unset), restarted if its start line says another: it may predate the variable or the default.
+    The supervisor restarts a killed jobs-0 with its own environment, which has no such variable
+    (so a run with a non-default loop is that loop only until the first restart)."""
     from ops.services import full_stack
+    from stream_jobs.app import consumer_loop_from
 
-    wanted = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP")
+    wanted = consumer_loop_from(os.environ)
     record = stack.pids.read("jobs-0")
-    if wanted is None or record is None or not record.alive():
+    if record is None or not record.alive():
         return
-    try:
-        with open(f"/proc/{record.pid}/environ", "rb") as f:
-            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
-    except OSError:
-        return
-    if env.get(b"INTELBUS_JOBS_CONSUMER_LOOP", b"").decode() != wanted:
+    loops = started_loops(settings)
+    if not loops or loops[-1] != wanted:
         full_stack(settings, out=lambda m: None).down(only={"jobs-0"})
         full_stack(settings, out=lambda m: None).up()
+    assert started_loops(settings)[-1:] == [wanted]
 
 
 def duplicates_dropped(settings) -> float:
@@ -95,18 +115,28 @@ def test_simulator_run_matches_its_ground_truth_exactly(stack, settings, tmp_pat
 
 def test_worker_killed_mid_run_and_restarted_still_gives_the_ground_truth(stack, settings, tmp_path):
     from ops.services import full_stack
+    from stream_jobs.app import consumer_loop_from
+
+    restarted = {}
 
     def kill_and_restart():
         time.sleep(8)  # well into the traffic phase
         record = stack.pids.read("jobs-0")
         assert record is not None and record.alive()
+        since = jobs_log_size(settings)
         os.kill(record.pid, signal.SIGKILL)
         time.sleep(3)
-        full_stack(settings, out=lambda m: None).up()
+        full_stack(settings, out=lambda m: None).up()  # (or the supervisor was quicker)
+        deadline = time.monotonic() + 60
+        while not started_loops(settings, since) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        restarted["loops"] = started_loops(settings, since)
 
     sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=4000, during=kill_and_restart)
     verdict = verify(settings, str(truth))
-    assert_exact(verdict, sim, report=report)  # duplicates from `verify`: the killed worker's counter died with it
+    # the worker after the kill ran the loop under test (the supervisor restarts it with the default)
+    assert restarted["loops"] == [consumer_loop_from(os.environ)], restarted
+    assert_exact(verdict, sim, report=report, restarted=restarted)  # duplicates from `verify`: the killed worker's counter died with it
 
 
 def test_a_second_worker_joining_and_leaving_mid_run_changes_nothing(stack, settings, tmp_path):
