@@ -88,7 +88,9 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     cpu = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports) - cpu0
     full_stack(scaled, out=lambda m: None).down(only=names - {"jobs-0"})
     first = run["first_event"] or run["ready"]
-    return {"workers": workers, "consumer_loop": os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust"),
+    from stream_jobs.app import consumer_loop_from
+
+    return {"workers": workers, "consumer_loop": consumer_loop_from(os.environ),
             "events": events, "processed_by_workers": processed, "input_offsets_before": starts,
             "seconds_first_event_to_drained": round(done - first, 2), "events_per_s": round(events / (done - first), 1),
             "seconds_to_first_event": round(first - run["started"], 2),
@@ -219,7 +221,7 @@ def main() -> int:
                     "each next to the raw confluent-kafka + fastavro decode of the same messages.")
     parser.add_argument("--events", type=int, default=60_000, help="records loaded per run (default 60,000)")
     parser.add_argument("--loops", default="faust,batch", help="INTELBUS_JOBS_CONSUMER_LOOP values, in order "
-                        "(default faust,batch; direct too if wanted)")
+                        "(default faust,batch: faust's own loop, the fallback, then the batch loop, the default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the list of loops this many times")
     parser.add_argument("--out", default="", help="also write the results as JSON here")

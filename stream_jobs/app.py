@@ -3,10 +3,11 @@
 faust owns what it is good at: the consumer group, partition assignment (every topic has
 the same partition count, so a worker gets partition p of every topic and of every
 table's changelog), offset commits and table recovery. The per-event hot path is ours:
-a batch (from `take_events`, or with INTELBUS_JOBS_CONSUMER_LOOP=batch a fetch's records
-of the stage's topics) goes through a stage, its outputs and state writes are produced
-with one librdkafka producer, and the batch is acknowledged only after every message of
-it was delivered (at-least-once; the stages make a replay a no-op).
+a batch (a fetch's records of the stage's topics with the default batch loop, or from
+`take_events` with INTELBUS_JOBS_CONSUMER_LOOP=faust) goes through a stage, its outputs
+and state writes are produced with one librdkafka producer, and the batch is acknowledged
+only after every message of it was delivered (at-least-once; the stages make a replay a
+no-op).
 """
 from __future__ import annotations
 
@@ -35,7 +36,16 @@ log = logging.getLogger("intelbus.jobs")
 INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
 DLQ_TOPIC = "intel.dlq"
 APP_ID = "intelbus-jobs"  # faust's group and table prefix; also the jobs' Kafka principal
-CONSUMER_LOOPS = ("faust", "batch", "direct")
+CONSUMER_LOOPS = ("batch", "faust")  # the first is the default
+
+
+def consumer_loop_from(environ) -> str:
+    """The consumer loop INTELBUS_JOBS_CONSUMER_LOOP asks for: `batch` when unset or empty."""
+    loop = environ.get("INTELBUS_JOBS_CONSUMER_LOOP") or CONSUMER_LOOPS[0]
+    if loop not in CONSUMER_LOOPS:
+        raise ValueError(f"INTELBUS_JOBS_CONSUMER_LOOP={loop!r}: one of {', '.join(CONSUMER_LOOPS)} "
+                         f"(default {CONSUMER_LOOPS[0]})")
+    return loop
 
 
 def rocksdb_available() -> bool:
@@ -189,16 +199,9 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     from stream_jobs import faust_patches
 
     # INTELBUS_JOBS_CONSUMER_LOOP (stream_jobs/faust_patches.py, docs/architecture.md):
-    # faust (default): faust's own loop, a stage's batch from `take_events`;
-    # batch: each stage gets a fetch's records of its topics as one batch, acknowledged in bulk
-    # (off: two of four join-and-leave runs hung in the rebalance, cause not found);
-    # direct: faust's loop without `wait_first` where it cannot wait (off: a killed-and-restarted
-    # run with it committed 714 messages never processed).
-    consumer_loop = os.environ.get("INTELBUS_JOBS_CONSUMER_LOOP", "faust")
-    if consumer_loop not in CONSUMER_LOOPS:
-        raise ValueError(f"INTELBUS_JOBS_CONSUMER_LOOP={consumer_loop!r}: one of {', '.join(CONSUMER_LOOPS)}")
-    if consumer_loop == "direct":
-        faust_patches.install()
+    # batch (default): each stage gets a fetch's records of its topics as one batch, acknowledged
+    # in bulk; faust: faust's own loop, a stage's batch from `take_events` (the fallback).
+    consumer_loop = consumer_loop_from(os.environ)
     faust_patches.guard_commits(on_hole=_report_commit_hold, on_gap=_report_gap_left_open)
     regions = load_regions()
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"

@@ -1,6 +1,6 @@
-"""Changes to faust-streaming 0.15.3's consumer: a commit guard (always on) and two
-cheaper consumer loops, both off by default: `direct` (below) and `batch` (a fetch's records
-to each stage as one batch; "The batch loop" further down).
+"""Changes to faust-streaming 0.15.3's consumer: a commit guard (always on) and the batch
+consumer loop (the default; a fetch's records to each stage as one batch: "The batch loop"
+further down; INTELBUS_JOBS_CONSUMER_LOOP=faust keeps faust's own loop).
 
 ## The commit guard: a message never processed is never committed over
 
@@ -29,28 +29,7 @@ commit until the watchdog reads the partition again. Before it does, the watchdo
 Kafka whether the hole holds messages at all (`stream_jobs.app.probe_hole`); if it holds
 none (markers of a transactional producer, say), it is recorded as the gap it is.
 
-## The consumer loop: no four tasks per message
-
-faust hands every fetched message to the conductor through
-`await self.wait_first(callback(message), self.suspend_flow.wait())` (faust/transport/
-consumer.py, `Consumer._drain_messages`). `wait_first` (mode) wraps the callback, the
-flow event and the service's stopped and crashed events in four tasks, waits for the
-first, then cancels three: about 40 µs a message on the 2-core machines we run on, the
-largest single cost of a worker (../shared/FAUST-NOTES.md counts "about two
-task-creating awaits per message"; py-spy put faust's machinery at 55% of the worker).
-
-The race it guards against: the callback waits (a full stream buffer, flow control
-suspended for a rebalance, the conductor's index lock) while the consumer is told to stop
-the flow; the message must then be dropped rather than delivered late into a partition
-that may have moved. When none of those waits can happen, the callback runs to its end
-without giving up the event loop, and nothing can change in between: awaiting it
-directly is the same as `wait_first` returning it as the winner. So:
-
-- every condition under which the callback could wait is checked first
-  (`_delivers_without_waiting`); if any holds, faust's own path runs, unchanged;
-- otherwise the callback is awaited directly.
-
-Both patches reach into faust's, mode's and aiokafka's internals, so they are written for
+The guard and the batch loop reach into faust's, mode's and aiokafka's internals, so they are written for
 exact versions (pinned in pyproject.toml and constraints.txt): `require_pinned()` refuses to
 start a worker on any other version, with a message naming the package, rather than run
 faust unguarded.
@@ -102,7 +81,6 @@ def require_pinned(installed=None) -> None:
             "consumer loop patch (stream_jobs/faust_patches.py) reach into these packages' internals and "
             "were written for exactly these versions. Reinstall the locked environment with `make install` "
             "(pip install -c constraints.txt -e .), or port and re-test the patches before changing the pins.")
-_installed = False
 _guarded = False
 
 
@@ -172,25 +150,6 @@ def guard_commits(on_hole=None, on_gap=None) -> bool:
     return True
 
 
-def _delivers_without_waiting(consumer: Any, tp: Any) -> bool:
-    """True when the conductor's callback for `tp` cannot suspend (see the module doc)."""
-    app = consumer.app
-    if consumer.suspend_flow.is_set() or not app.flow_control.is_active():
-        return False
-    conductor = app.topics
-    if conductor._tp_to_callback_lock.locked():
-        return False
-    buffer = app.producer.buffer
-    if buffer.size > buffer.max_messages:
-        return False
-    channels = conductor._tp_index.get(tp)
-    if channels:
-        for channel in channels:
-            if channel.queue.full():
-                return False
-    return True
-
-
 def _ended_as_faust_ends(drain):
     """A drain loop (`drain(consumer, fetcher)`) with faust 0.15.3's `Consumer._drain_messages`
     endings: a consumer stopped by the broker or a cancel while the app stops ends it quietly,
@@ -220,65 +179,7 @@ def _ended_as_faust_ends(drain):
     return _drain_messages
 
 
-async def _drain_direct(self, fetcher) -> None:  # pragma: no cover - exercised by the integration tests
-    """faust 0.15.3's `Consumer._drain_messages` loop, with the direct path for a callback that cannot wait."""
-    from faust.transport.consumer import CONSUMER_FETCHING
-
-    callback = self.callback
-    getmany = self.getmany
-    consumer_should_stop = self._stopped.is_set
-    fetcher_should_stop = fetcher._stopped.is_set
-    get_read_offset = self._read_offset.__getitem__
-    set_read_offset = self._read_offset.__setitem__
-    set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
-    commit_every = self._commit_every
-    acks_enabled_for = self.app.topics.acks_enabled_for
-    direct = _delivers_without_waiting
-    yield_every, num_since_yield = 100, 0
-    sleep = asyncio.sleep
-    while not (consumer_should_stop() or fetcher_should_stop()):
-        set_flag(CONSUMER_FETCHING)
-        ait = getmany(timeout=1.0)
-        await self.sleep(0)
-        if not self.should_stop:
-            async for tp, message in ait:
-                num_since_yield += 1
-                if num_since_yield > yield_every:
-                    await sleep(0)
-                    num_since_yield = 0
-                offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is None or offset >= r_offset:
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if direct(self, tp):
-                        await callback(message)
-                    else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, offset)
-            unset_flag(CONSUMER_FETCHING)
-
-
-_drain_messages = _ended_as_faust_ends(_drain_direct)
-
-
-def install() -> bool:
-    """Patch faust's consumer loop if faust is the version this was written for."""
-    global _installed
-    from faust.transport.consumer import Consumer
-
-    require_pinned()
-    if not _installed:
-        Consumer._drain_messages = _drain_messages
-        _installed = True
-    return True
-
-
-# ## The batch loop (INTELBUS_JOBS_CONSUMER_LOOP=batch)
+# ## The batch loop (the default; INTELBUS_JOBS_CONSUMER_LOOP=faust turns it off)
 #
 # faust hands each fetched message to its conductor: a ConsumerMessage, the conductor's lock
 # and queue, the stream iterator, `wait_first`'s four tasks, and an acknowledgement per

@@ -15,11 +15,13 @@ def add_jobs(p):
                    help="number of worker processes sharing the load through the consumer group (default: INTELBUS_JOBS_WORKERS, 1)")
     p.add_argument("--worker-index", type=int, default=None, help=argparse_suppress())
     p.add_argument("--batch", type=int, default=2000, help="largest batch a stage processes at once (default 2000)")
-    p.add_argument("--within", type=float, default=0.02, help="seconds a stage waits to fill a batch (default 0.02)")
+    p.add_argument("--within", type=float, default=0.02, help="seconds a stage waits to fill a batch, with faust's loop only (default 0.02)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="intelbus log level")
     p.epilog = (
         "Stages: dedupe (intel.alert|wanted|incident -> intel.<kind>.unique), match (identifier index),\n"
         "hits (dedupe by hit id -> intel.hit). Metrics: http://127.0.0.1:<INTELBUS_METRICS_PORT_BASE + 1 + index>/metrics.\n"
+        "Consumer loop: INTELBUS_JOBS_CONSUMER_LOOP=batch (default: each stage gets a fetch's records as one batch)\n"
+        "or faust (faust's own loop, message by message; the fallback). The start line says which runs.\n"
         "SIGTERM or Ctrl-C stops gracefully: batches in flight finish and offsets are committed."
     )
 

@@ -1,4 +1,5 @@
-"""The batch consumer loop's decisions (stream_jobs/faust_patches.py, INTELBUS_JOBS_CONSUMER_LOOP=batch).
+"""The batch consumer loop's decisions (stream_jobs/faust_patches.py; the default loop,
+INTELBUS_JOBS_CONSUMER_LOOP=faust is the fallback).
 
 Where the loop replaces a per-message step of faust 0.15.3 (the read-offset checks, the
 acknowledgement), faust's own code runs beside it on the same input and the bookkeeping

@@ -1,8 +1,7 @@
-"""Batch state reads (prefetch) and the condition under which the consumer loop skips faust's wait_first."""
+"""Batch state reads (prefetch), the consumer loop's choice, and the batch loop's version check."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 
@@ -49,47 +48,15 @@ def test_prefetch_without_a_multi_read_falls_back_to_single_reads():
     assert state.get(2, b"k") == b"v" and len(store.single) == 2
 
 
-def consumer(*, suspended=False, flow_active=True, locked=False, buffered=0, full_queue=False, tp="t0"):
-    lock = asyncio.Lock()
-    if locked:
-        lock._locked = True  # as after an uncontended acquire()
-    queue = SimpleNamespace(full=lambda: full_queue)
-    app = SimpleNamespace(
-        flow_control=SimpleNamespace(is_active=lambda: flow_active),
-        topics=SimpleNamespace(_tp_to_callback_lock=lock, _tp_index={tp: [SimpleNamespace(queue=queue)]}),
-        producer=SimpleNamespace(buffer=SimpleNamespace(size=buffered, max_messages=100)),
-    )
-    return SimpleNamespace(app=app, suspend_flow=SimpleNamespace(is_set=lambda: suspended))
+def test_the_batch_loop_is_the_default_and_faust_s_loop_stays_selectable():
+    from stream_jobs.app import consumer_loop_from
 
-
-@pytest.mark.parametrize("kw,direct", [
-    ({}, True),
-    ({"suspended": True}, False),  # the consumer was told to stop the flow (a rebalance)
-    ({"flow_active": False}, False),  # flow control would make the callback wait
-    ({"locked": True}, False),  # the conductor is updating its indices
-    ({"buffered": 101}, False),  # faust's producer buffer would be flushed first
-    ({"full_queue": True}, False),  # the stream buffer is full: put would wait
-])
-def test_the_consumer_loop_awaits_directly_only_when_the_callback_cannot_wait(kw, direct):
-    assert faust_patches._delivers_without_waiting(consumer(**kw), "t0") is direct
-
-
-def test_a_partition_without_channels_is_direct():
-    assert faust_patches._delivers_without_waiting(consumer(), "other") is True
-
-
-def test_the_patch_refuses_a_faust_version_it_was_not_written_for(monkeypatch):
-    from faust.transport.consumer import Consumer
-
-    original = Consumer._drain_messages
-    monkeypatch.setattr(faust_patches, "_installed", False)
-    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED, **{"faust-streaming": "0.99.0"}).get)
-    with pytest.raises(faust_patches.UnsupportedFramework, match="faust-streaming 0.99.0 is not 0.15.3"):
-        faust_patches.install()
-    assert Consumer._drain_messages is original
-    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED).get)
-    monkeypatch.setattr(Consumer, "_drain_messages", original)
-    assert faust_patches.install() is True and Consumer._drain_messages is faust_patches._drain_messages
+    assert consumer_loop_from({}) == "batch"  # `intelbus up`'s jobs and the supervisor's restarts set nothing
+    assert consumer_loop_from({"INTELBUS_JOBS_CONSUMER_LOOP": ""}) == "batch"
+    assert consumer_loop_from({"INTELBUS_JOBS_CONSUMER_LOOP": "faust"}) == "faust"
+    assert consumer_loop_from({"INTELBUS_JOBS_CONSUMER_LOOP": "batch"}) == "batch"
+    with pytest.raises(ValueError, match="INTELBUS_JOBS_CONSUMER_LOOP='direct': one of batch, faust"):
+        consumer_loop_from({"INTELBUS_JOBS_CONSUMER_LOOP": "direct"})  # removed: a worker asked for it does not start
 
 
 def test_the_batch_loop_refuses_a_faust_version_it_was_not_written_for(monkeypatch):
