@@ -317,7 +317,7 @@ def run(settings, *, items: int, window_s: float, idle_s: float, rate: float, lo
         dirty = bool(sp.run(["git", "status", "--porcelain", "stream_jobs/workflow_job.py"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip())
         result["code"] = code_label or (commit + (" + uncommitted workflow_job.py" if dirty else ""))
-        result["tick_s"] = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
+        result["tick_s"] = settings.workflows_tick_s
         worker.start()
         events = Events(settings, worker.out_topic)
         events.start()

@@ -93,6 +93,31 @@ class Settings:
     jobs_workers: int = _env("INTELBUS_JOBS_WORKERS", "stream-job workers started by `intelbus up`", 1)
     sink_batch_rows: int = _env("INTELBUS_SINK_BATCH_ROWS", "sink flushes at this many rows", 50_000)
     sink_batch_seconds: float = _env("INTELBUS_SINK_BATCH_SECONDS", "sink flushes after this many seconds", 1.0)
+    sink_fault: str = _env("INTELBUS_SINK_FAULT", "tests only: exit-before-commit makes the sink exit after an insert, "
+                           "before committing its offsets", "")
+    jobs_rocksdb_shared: bool = _env("INTELBUS_JOBS_ROCKSDB_SHARED", "jobs: every RocksDB store of a worker shares one "
+                                     "block cache and one memtable budget (0: per-store options, the state soak's "
+                                     "baseline; stream_jobs/tables.py)", True)
+    jobs_rocksdb_cache_mib: int = _env("INTELBUS_JOBS_ROCKSDB_CACHE_MIB", "jobs: the worker's shared RocksDB block "
+                                       "cache, MiB", 32)
+    jobs_rocksdb_memtables_mib: int = _env("INTELBUS_JOBS_ROCKSDB_MEMTABLES_MIB", "jobs: the worker's shared RocksDB "
+                                           "memtable budget, MiB", 48)
+    workflows_session_s: float = _env("INTELBUS_WORKFLOWS_SESSION_S", "workflow job: consumer session timeout, s", 10.0)
+    workflows_offset_reset: str = _env("INTELBUS_WORKFLOWS_OFFSET_RESET", "workflow job: where a new group starts "
+                                       "reading its inputs (earliest, latest)", "earliest")
+    workflows_tick_s: float = _env("INTELBUS_WORKFLOWS_TICK_S", "workflow job: the timers' period, s", 1.0)
+    workflows_watermark_s: float = _env("INTELBUS_WORKFLOWS_WATERMARK_S", "workflow job: the command watermark's "
+                                        "marker period, s (docs/workflows.md)", 0.2)
+    workflows_watermark_skew_ms: int = _env("INTELBUS_WORKFLOWS_WATERMARK_SKEW_MS", "workflow job: the watermark's "
+                                            "allowance for command stamps behind the marker, ms", 100)
+    workflows_hold_s: float = _env("INTELBUS_WORKFLOWS_HOLD_S", "workflow job: the bounded hold of a commands "
+                                   "partition whose watermark does not advance, s", 30.0)
+    workflows_hit_backfill_s: float = _env("INTELBUS_WORKFLOWS_HIT_BACKFILL_S", "workflow job: how far back a new "
+                                           "group reads intel.hit to open follow-ups, s", 86_400.0)
+    workflows_only: str = _env("INTELBUS_WORKFLOWS_ONLY", "workflow job, tests and benchmarks: handle only commands "
+                               "and hits matching this regex (empty: all)", "")
+    workflows_output_topic: str = _env("INTELBUS_WORKFLOWS_OUTPUT_TOPIC", "workflow job, benchmarks: write the events "
+                                       "to this topic of the job's own (<app id>-...) instead of intel.workflow", "")
     gc_gen0: int = _env("INTELBUS_GC_GEN0", "jobs and sink: Python's collector takes its youngest generation every "
                         "this many allocations (Python's default: 700)", 50_000)
     gateway_url: str = _env("INTELBUS_GATEWAY_URL", "the gateway people's commands talk to (login, feed, query, sql, "

@@ -33,7 +33,6 @@ TOPICS = (*EVENT_TOPICS, HIT_TOPIC, DLQ_TOPIC, DUPLICATES_TOPIC, WORKFLOW_TOPIC)
 GROUP = "intelbus-sink"
 SINK_PRINCIPAL = "intelbus-sink"  # its Kafka principal (ops/acls.yaml: role sink)
 MAX_IN_FLIGHT = 2
-FAULT = os.environ.get("INTELBUS_SINK_FAULT", "")  # tests only: "exit-before-commit"
 
 
 class ClickHouseWriter:
@@ -192,7 +191,7 @@ class Sink:
     def _commit(self, batch: Batch) -> None:
         from confluent_kafka import TopicPartition
 
-        if FAULT == "exit-before-commit" and batch.row_count:
+        if self.settings.sink_fault == "exit-before-commit" and batch.row_count:  # tests only
             # Fault injection for the tests: die like a killed process, with the batch's rows
             # in ClickHouse and its offsets not committed.
             log.critical("INTELBUS_SINK_FAULT=exit-before-commit: exiting after inserting %d rows, before the commit",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import os
 
 from faust.types import TP
 
@@ -42,12 +41,15 @@ ROCKSDB_WORKER_MEMTABLES_MIB = 48
 _shared: dict = {}
 
 
-def worker_budget_mib() -> tuple[int, int] | None:
+def worker_budget_mib(settings=None) -> tuple[int, int] | None:
     """(block cache, memtables) in MiB for the worker's stores together; None: per store."""
-    if os.environ.get("INTELBUS_JOBS_ROCKSDB_SHARED", "1") == "0":
+    if settings is None:  # faust makes the stores, without the worker's settings at hand
+        from ops.settings import load_settings
+
+        settings = load_settings()
+    if not settings.jobs_rocksdb_shared:
         return None
-    return (int(os.environ.get("INTELBUS_JOBS_ROCKSDB_CACHE_MIB", ROCKSDB_WORKER_CACHE_MIB)),
-            int(os.environ.get("INTELBUS_JOBS_ROCKSDB_MEMTABLES_MIB", ROCKSDB_WORKER_MEMTABLES_MIB)))
+    return settings.jobs_rocksdb_cache_mib, settings.jobs_rocksdb_memtables_mib
 
 
 def worker_rocksdb_budget() -> tuple:

@@ -613,15 +613,15 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     policy = load_policy()
     regions = load_regions()
-    hit_backfill_s = float(os.environ.get("INTELBUS_WORKFLOWS_HIT_BACKFILL_S", str(86_400)))
-    only = re.compile(os.environ["INTELBUS_WORKFLOWS_ONLY"]) if os.environ.get("INTELBUS_WORKFLOWS_ONLY") else None
+    hit_backfill_s = settings.workflows_hit_backfill_s
+    only = re.compile(settings.workflows_only) if settings.workflows_only else None
     datadir = Path(datadir or Path(settings.stack_dir) / "jobs" / f"workflows-{worker_index}")
     datadir.mkdir(parents=True, exist_ok=True)
     replication = 3 if settings.profile == "production" else 1
     items_t, records_t, answers_t = items_topic(app_id), records_topic(app_id), answers_topic(app_id)
     # benchmarks only: the events on a topic of the app's own (Avro of intel.workflow's schema), so that
     # 100,000 reminders do not reach the stack's sink, feeds and queues
-    out_t = os.environ.get("INTELBUS_WORKFLOWS_OUTPUT_TOPIC") or WORKFLOW_TOPIC
+    out_t = settings.workflows_output_topic or WORKFLOW_TOPIC
     if out_t != WORKFLOW_TOPIC and not out_t.startswith(app_id + "-"):
         raise SystemExit(f"INTELBUS_WORKFLOWS_OUTPUT_TOPIC must start with {app_id}- (the job's own topics), not {out_t!r}")
     _ensure_topics(settings, [items_t, records_t, answers_t] + ([out_t] if out_t != WORKFLOW_TOPIC else []),
@@ -636,10 +636,10 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         topic_replication_factor=replication,
         topic_allow_declare=True,
         web_enabled=False,
-        consumer_auto_offset_reset=os.environ.get("INTELBUS_WORKFLOWS_OFFSET_RESET", "earliest"),
+        consumer_auto_offset_reset=settings.workflows_offset_reset,
         stream_wait_empty=False,
         broker_commit_interval=1.0,
-        broker_session_timeout=float(os.environ.get("INTELBUS_WORKFLOWS_SESSION_S", "10")),
+        broker_session_timeout=settings.workflows_session_s,
         broker_heartbeat_interval=1.0,
         table_standby_replicas=0,
     )
@@ -653,7 +653,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     lock = asyncio.Lock()
     index = DueIndex()
     state = {"rebuild": True}
-    tick_s = float(os.environ.get("INTELBUS_WORKFLOWS_TICK_S", "1.0"))
+    tick_s = settings.workflows_tick_s
     wake = asyncio.Event()  # set when a deadline earlier than the timer loop's wake-up time is indexed
     clock = {"wake_at": 0}  # epoch ms the timer loop sleeps until
     # a marker on demand: the timers ask for one as soon as a held step's due time is past the skew, instead of
@@ -661,9 +661,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     marker_wake = asyncio.Event()
     markers = {"asked_at": 0, "tried_at": 0, "wanted_at": None}
     # the command watermark (docs/workflows.md, "Late commands and the watermark")
-    wm_interval = float(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_S", "0.2"))
-    wm_skew_ms = int(os.environ.get("INTELBUS_WORKFLOWS_WATERMARK_SKEW_MS", "100"))
-    book = WatermarkBook(int(float(os.environ.get("INTELBUS_WORKFLOWS_HOLD_S", "30")) * 1000))
+    wm_interval = settings.workflows_watermark_s
+    wm_skew_ms = settings.workflows_watermark_skew_ms
+    book = WatermarkBook(int(settings.workflows_hold_s * 1000))
     forwarded: dict[int, tuple[int, int | None]] = {}  # commands partition -> (next offset, the last command's time ms)
     # the local watermark (LocalClaims): the items agent's applied offsets, the commands agent's publishes
     claims = LocalClaims()
