@@ -18,6 +18,41 @@ from ops.settings import REPO_ROOT, Settings
 
 OPS = REPO_ROOT / "ops"
 
+# What makes a killed component come back sooner (issue 18; bench/bench_recovery.py measures each):
+#   restart  the supervisor restarts a crashed component at once (then 1 s, 2 s ...) and looks twice a second
+#   cds      the JVMs map a class-data-sharing archive of their own classes, dumped after their first start
+#   kafka    a broker's old registration expires sooner (broker.session.timeout.ms), logs recover in 2 threads
+#   c1       the brokers compile with C1 only (start-up and a small machine before peak throughput)
+# INTELBUS_STARTUP_TUNING turns them off for a before/after measurement: "all" (the default), "none",
+# or a comma-separated list of the ones wanted.
+STARTUP_TUNINGS = ("restart", "cds", "kafka", "c1")
+
+
+def startup_tunings(environ=None) -> frozenset[str]:
+    raw = (environ if environ is not None else os.environ).get("INTELBUS_STARTUP_TUNING", "all").strip().lower()
+    if raw in ("", "all"):
+        return frozenset(STARTUP_TUNINGS)
+    if raw == "none":
+        return frozenset()
+    wanted = {t.strip() for t in raw.split(",") if t.strip()}
+    unknown = wanted - set(STARTUP_TUNINGS)
+    if unknown:
+        raise ValueError(f"INTELBUS_STARTUP_TUNING: unknown {', '.join(sorted(unknown))} "
+                         f"(known: all, none, {', '.join(STARTUP_TUNINGS)})")
+    return frozenset(wanted)
+
+
+_JAVA: dict[tuple[int, str], install.Java] = {}
+
+
+def find_java(minimum: int, what: str) -> install.Java:
+    """install.find_java, remembered for this process: each lookup runs `java -version` (seconds
+    on a loaded machine), and the supervisor would pay that before every restart."""
+    key = (minimum, what)
+    if key not in _JAVA:
+        _JAVA[key] = install.find_java(minimum, what)
+    return _JAVA[key]
+
 
 @dataclass
 class Component:
@@ -73,6 +108,78 @@ class Component:
     def is_local(self) -> bool:
         return self.host_port[0] in ("127.0.0.1", "localhost", "::1")
 
+    def after_healthy(self, pid: int) -> None:
+        """Called once a process this stack started answers (by `up` and the supervisor)."""
+
+
+class JavaServer(Component):
+    """A component that runs on a JVM: class-data sharing for a quicker start (the `cds` tuning).
+
+    A JVM spends most of its start loading and verifying classes (thousands for Kafka, Quarkus).
+    The first start runs with -XX:+RecordDynamicDumpInfo; once it answers, `jcmd VM.cds
+    dynamic_dump` writes the classes it loaded into an archive under <stack>/cds/, and every
+    later start maps them (-XX:SharedArchiveFile). The archive is per JDK and class path (named by
+    a hash of both): a new Kafka or JDK makes a new one. A JVM that cannot use an archive warns
+    on its stdout and starts without it (-Xshare:auto)."""
+
+    java: install.Java | None = None
+    classpath: str = ""
+
+    def cds_archive(self) -> Path:
+        import hashlib
+
+        h = hashlib.sha256(f"{self.java.path}|{self.java.major}|{self.classpath}".encode())
+        for entry in sorted(_classpath_files(self.classpath)):
+            st = entry.stat()
+            h.update(f"|{entry.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        return self.stack / "cds" / f"{self.name}-{h.hexdigest()[:12]}.jsa"
+
+    def cds_flags(self) -> list[str]:
+        if "cds" not in startup_tunings():
+            return []
+        archive = self.cds_archive()
+        if archive.exists():
+            return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
+        # the dump lists every class it leaves out as a warning: thousands of lines in the log
+        return ["-XX:+RecordDynamicDumpInfo", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+
+    def after_healthy(self, pid: int) -> None:
+        """The first start of this JVM answers: dump its classes for the next starts, in the
+        background (a few seconds of one core, once; the JVM pauses briefly for it)."""
+        if "cds" not in startup_tunings() or self.java is None:
+            return
+        archive = self.cds_archive()
+        if archive.exists():
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if b"-XX:+RecordDynamicDumpInfo" not in cmdline:
+            return
+        jcmd = Path(self.java.path).with_name("jcmd")
+        if not jcmd.exists():
+            return
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_suffix(f".{pid}.tmp")
+        # detached: `up` and the supervisor go on; the rename makes the archive whole or absent.
+        # Its output goes to the server's own stdout log, where the JVM says it dumped.
+        with open(self.stdout_log, "ab") as out:
+            subprocess.Popen(["sh", "-c", '"$0" "$1" VM.cds dynamic_dump "$2" && mv "$2" "$3"', str(jcmd), str(pid),
+                              str(tmp), str(archive)],
+                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _classpath_files(classpath: str) -> list[Path]:
+    files = []
+    for entry in classpath.split(os.pathsep):
+        if entry.endswith("*"):
+            folder = Path(entry[:-1])
+            files.extend(folder.glob("*.jar") if folder.is_dir() else [])
+        elif entry and Path(entry).exists():
+            files.append(Path(entry))
+    return files
+
 
 def tls_enabled(settings: Settings) -> bool:
     """`intelbus up --tls` made the stack's CA: the broker also listens with SASL_SSL (ops/tls.py)."""
@@ -84,7 +191,7 @@ def _host_port(addr: str, default_port: int) -> tuple[str, int]:
     return (host or "127.0.0.1", int(port or default_port))
 
 
-class Kafka(Component):
+class Kafka(JavaServer):
     @property
     def host_port(self):
         return _host_port(self.settings.kafka.split(",")[0], 9092)
@@ -116,7 +223,7 @@ class Kafka(Component):
 
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         libs = install.fetch_kafka(Path(self.settings.dist_dir))
-        self.java = install.find_java(17, "Kafka")
+        self.java = find_java(17, "Kafka")
         self.home.mkdir(parents=True, exist_ok=True)
         # every principal's password, so the credentials exist from the broker's first start
         passwords = ensure_kafka_passwords(self.settings, sorted({*SERVICES, *load_acls().principals}))
@@ -177,7 +284,26 @@ class Kafka(Component):
             .replace("@TLS_SETTINGS@", tls_settings)
             .replace("@ADMIN_PASSWORD@", admin_password)
             .replace("@ADMIN@", ADMIN)
-        )
+        ) + self.recovery_properties()
+
+    def recovery_properties(self) -> str:
+        """The `kafka` start-up tuning, appended to server.properties.
+
+        A broker killed without a clean shutdown stays registered until its session times out
+        (broker.session.timeout.ms, 9 s by default): its next incarnation is refused
+        (DUPLICATE_BROKER_REGISTRATION, retried up to half the session apart) until then. The
+        single broker is its own controller: the controller restarts with it and counts the whole
+        session again from its own start, so every restart waited for it (13 s measured at idle,
+        most of the 17 s restart). Heartbeats every second, session 4 s: a broker whose heartbeats
+        stop for 4 s (a stalled machine, a long GC pause) is fenced, and unfenced at its next
+        heartbeat. The unclean shutdown's log recovery runs on both cores."""
+        if "kafka" not in startup_tunings():
+            return ""
+        return ("# quicker return after a crash (intelbus: ops/components.py, Kafka.recovery_properties)\n"
+                + self.session_properties() + "num.recovery.threads.per.data.dir=2\n")
+
+    def session_properties(self) -> str:
+        return "broker.heartbeat.interval.ms=1000\nbroker.session.timeout.ms=4000\n"
 
     def layout(self) -> dict[str, str]:
         """server.properties.in's placeholders that say where this broker sits in its cluster."""
@@ -194,8 +320,10 @@ class Kafka(Component):
     heap = "-Xmx1g"
 
     def command(self):
+        tunings = startup_tunings()
         argv = [
             self.java.path, "-Xms256m", self.heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            *(["-XX:TieredStopAtLevel=1"] if "c1" in tunings else []), *self.cds_flags(),
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
             f"-Dkafka.logs.dir={self.logs_dir}",
@@ -267,6 +395,13 @@ class KafkaNode(Kafka):
                 "DATA": str(self.home / "data"),
                 "REPLICATION": str(len(nodes)), "MIN_ISR": str(len(nodes) - 1)}
 
+    def session_properties(self) -> str:
+        """Kafka's own 9 s: the two other controllers time a killed broker's session out while its
+        JVM starts (longer than that on a loaded machine), so it is rarely waited for; a shorter
+        session would fence a live broker whose heartbeats a loaded machine delays, and move its
+        partitions' leadership for nothing."""
+        return ""
+
     def cluster_id(self) -> str:
         """One id for the three nodes, made by the first one formatted and kept beside them."""
         path = self.stack / "kafka-cluster-id"
@@ -290,7 +425,7 @@ class KafkaNode(Kafka):
             return False
 
 
-class Registry(Component):
+class Registry(JavaServer):
     @property
     def host_port(self):
         url = urlparse(self.settings.registry_url)
@@ -311,7 +446,8 @@ class Registry(Component):
 
     def prepare(self) -> None:
         self.app = install.fetch_registry(Path(self.settings.dist_dir))
-        self.java = install.find_java(21, "Apicurio Registry 3")
+        self.java = find_java(21, "Apicurio Registry 3")
+        self.classpath = str(self.app / "quarkus-run.jar")  # what its class-data archive is made for
         self.home.mkdir(parents=True, exist_ok=True)
 
     def command(self):
@@ -330,7 +466,7 @@ class Registry(Component):
             "QUARKUS_LOG_CATEGORY__IO_QUARKUS__LEVEL": "INFO",
         }
         argv = [self.java.path, "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-jar", str(self.app / "quarkus-run.jar")]
+                *self.cds_flags(), "-jar", str(self.app / "quarkus-run.jar")]
         return argv, env
 
     @property
@@ -509,7 +645,7 @@ class ClickHouseReplicaServer(ClickHouse):
 
 
 @dataclass
-class ZooKeeper(Component):
+class ZooKeeper(JavaServer):
     """ZooKeeper, standalone, for the cluster profile's ClickHouse 18.16 replicas (no ClickHouse Keeper there)."""
 
     @property
@@ -526,7 +662,7 @@ class ZooKeeper(Component):
 
     def prepare(self) -> None:
         libs = install.fetch_zookeeper(Path(self.settings.dist_dir))
-        self.java = install.find_java(11, "ZooKeeper")
+        self.java = find_java(11, "ZooKeeper")
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         (self.stack / "logs").mkdir(parents=True, exist_ok=True)
         text = (OPS / "zookeeper" / "zoo.cfg.in").read_text()
@@ -536,7 +672,7 @@ class ZooKeeper(Component):
         self.classpath = f"{libs}/*"
 
     def command(self):
-        argv = [self.java.path, "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+        argv = [self.java.path, "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", *self.cds_flags(), "-Djava.awt.headless=true",
                 "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.4lw.commands.whitelist=srvr",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true",
                 "-cp", self.classpath, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.home / "zoo.cfg")]

@@ -1,11 +1,13 @@
 """`intelbus supervise`: bring back a component of the local stack that crashed, with backoff.
 
 `intelbus up` starts one supervisor (pid file `supervisor` beside the components', log
-`logs/supervisor.log`); `intelbus down` stops it first. Every second it looks at each component
+`logs/supervisor.log`); `intelbus down` stops it first. Twice a second it looks at each component
 that has a pid file: a pid file whose process is gone means a crash (`down` removes the pid file
 before anything could call that a crash, under the component's lock), and the component is
-started again through `Stack.launch`, the code path of `up`, after 1 s, 2 s, 4 s ... at most 30 s
-of consecutive crashes; a component that then runs for 60 s starts again from 1 s.
+started again through `Stack.launch`, the code path of `up`: at once after a first crash, then
+after 1 s, 2 s, 4 s ... at most 30 s of consecutive crashes; a component that then runs for 60 s
+starts again from at once. (With INTELBUS_STARTUP_TUNING without `restart`: once a second,
+and 1 s after the first crash, as before issue 18's recovery work.)
 
 A component without a pid file (stopped by `down NAME`, or never started: `up --infra-only`) is
 left alone, and so is a pid file the supervisor's settings do not name (jobs-1 of an
@@ -40,15 +42,29 @@ DEAD = "dead"        # pid file, process gone: a crash
 
 @dataclass(frozen=True)
 class Backoff:
-    """Wait before the n-th consecutive restart: first_s, then times factor, at most max_s."""
+    """Wait before the n-th consecutive restart: none for the first `immediate`, then first_s,
+    times factor each time, at most max_s."""
 
     first_s: float = 1.0
     factor: float = 2.0
     max_s: float = 30.0
-    stable_s: float = 60.0  # running this long after a restart: the next crash waits first_s again
+    stable_s: float = 60.0  # running this long after a restart: the next crash starts the count again
+    immediate: int = 0  # restarts made at once: a crash is mostly a one-off, a loop backs off after these
 
     def delay(self, crashes: int) -> float:
-        return min(self.max_s, self.first_s * self.factor ** max(0, crashes - 1))
+        if crashes <= self.immediate:
+            return 0.0
+        return min(self.max_s, self.first_s * self.factor ** max(0, crashes - 1 - self.immediate))
+
+
+def default_backoff() -> tuple[Backoff, float]:
+    """The supervisor's backoff and its interval between looks: the first restart at once and a
+    look every 0.5 s (the `restart` start-up tuning); without it 1 s and 1 s."""
+    from ops.components import startup_tunings
+
+    if "restart" in startup_tunings():
+        return Backoff(immediate=1), 0.5
+    return Backoff(), 1.0
 
 
 @dataclass(frozen=True)
@@ -168,11 +184,13 @@ def log_path(settings: Settings) -> Path:
 # --- the process ---------------------------------------------------------------------------------
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, backoff: Backoff = Backoff(), clock=time.monotonic, out=None):
+    def __init__(self, settings: Settings, *, backoff: Backoff | None = None, clock=time.monotonic, out=None):
         from ops.services import full_stack
 
         self.settings = settings
-        self.backoff = backoff
+        self.backoff, self.interval = default_backoff()
+        if backoff is not None:
+            self.backoff = backoff
         self.clock = clock
         self.out = out or self._log
         # every component the settings name; only those with a pid file are watched
@@ -215,13 +233,17 @@ class Supervisor:
             action, w = decide(old, seen, healthy, now, self.backoff, c.start_timeout)
             if action == "crashed":
                 self._reap()  # it may have died after this tick's first reaping
+                when = "restart now" if w.restart_at <= now else f"restart in {w.restart_at - now:.0f}s"
                 self.out(f"{c.name}: pid {record.pid} is gone ({describe_exit(self.exits.pop(record.pid, None))}); "
-                         f"restart in {w.restart_at - now:.0f}s (crash {w.crashes} in a row)")
+                         f"{when} (crash {w.crashes} in a row)")
+                if w.restart_at <= now:  # no backoff for this one: not a tick later
+                    w = self._restart(c, w, now)
             elif action == "restart":
                 w = self._restart(c, w, now)
             elif action == "recovered":
                 self.out(f"{c.name}: healthy again {now - old.outage_since:.1f}s after the crash was seen "
                          f"(pid {record.pid}, restart {w.restarts})")
+                c.after_healthy(record.pid)
             elif action == "slow":
                 self.out(f"{c.name}: restarted {now - w.starting_since:.0f}s ago (pid {record.pid}) and not healthy yet; "
                          f"left running (see {c.log})")
@@ -260,11 +282,13 @@ class Supervisor:
         tmp.write_text(json.dumps({"components": {name: dataclasses.asdict(w) for name, w in self.watches.items()}}))
         tmp.replace(path)
 
-    def run(self, interval: float = 1.0) -> None:
+    def run(self, interval: float | None = None) -> None:
+        interval = self.interval if interval is None else interval
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
         self.out(f"supervisor: watching {', '.join(c.name for c in self.stack.components)} in {self.stack.pids.run_dir} "
-                 f"(backoff {self.backoff.first_s:.0f}s doubling to {self.backoff.max_s:.0f}s)")
+                 f"(restart {'at once, then ' if self.backoff.immediate else ''}after {self.backoff.first_s:.0f}s "
+                 f"doubling to {self.backoff.max_s:.0f}s; a look every {interval:g}s)")
         while not self.stopping:
             try:
                 self.tick()

@@ -1,0 +1,143 @@
+"""What makes a killed component come back sooner (issue 18): the supervisor's first restart at once,
+the JVMs' class-data archive, the single broker's shorter session; each can be turned off
+(INTELBUS_STARTUP_TUNING) for bench/bench_recovery.py's before/after."""
+import subprocess
+import sys
+
+import pytest
+
+from ops.components import Kafka, Registry, infrastructure, startup_tunings
+from ops.install import Java
+from ops.processes import PidFiles, PidRecord
+from ops.settings import load_settings
+from ops.supervise import Backoff, restarted
+
+
+def test_tunings_default_to_all_and_refuse_an_unknown_name():
+    assert startup_tunings({}) == {"restart", "cds", "kafka", "c1"}
+    assert startup_tunings({"INTELBUS_STARTUP_TUNING": "none"}) == frozenset()
+    assert startup_tunings({"INTELBUS_STARTUP_TUNING": "restart, kafka"}) == {"restart", "kafka"}
+    with pytest.raises(ValueError, match="unknown cdss"):
+        startup_tunings({"INTELBUS_STARTUP_TUNING": "cdss"})
+
+
+def test_the_first_restart_is_immediate_then_the_backoff_doubles():
+    assert [Backoff(immediate=1).delay(n) for n in range(1, 9)] == [0, 1, 2, 4, 8, 16, 30, 30]
+    assert [Backoff().delay(n) for n in range(1, 4)] == [1, 2, 4]  # as before, without the tuning
+
+
+def _dead_sink(tmp_path):
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path)})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    PidFiles(settings.stack_path / "run").write(PidRecord(name="sink", pid=int(gone.stdout), started_at=0.0,
+                                                          marker="ops.cli sink", log=""))
+    return settings
+
+
+def _supervisor(settings, now):
+    from ops.supervise import Supervisor
+
+    supervisor = Supervisor(settings, clock=lambda: now[0], out=lambda m: None)
+    calls = []
+
+    def fake_restart(c, w, at):
+        calls.append((c.name, at))
+        return restarted(w, at)
+
+    supervisor._restart = fake_restart
+    return supervisor, calls
+
+
+def test_a_crash_is_restarted_in_the_tick_that_sees_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    now = [100.0]
+    supervisor, calls = _supervisor(_dead_sink(tmp_path), now)
+    assert supervisor.interval == 0.5
+    supervisor.tick()
+    assert calls == [("sink", 100.0)]
+
+
+def test_without_the_restart_tuning_the_first_restart_waits_a_second(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "cds,kafka,c1")
+    now = [100.0]
+    supervisor, calls = _supervisor(_dead_sink(tmp_path), now)
+    assert supervisor.interval == 1.0
+    supervisor.tick()
+    now[0] = 100.9
+    supervisor.tick()
+    assert calls == []
+    now[0] = 101.0
+    supervisor.tick()
+    assert calls == [("sink", 101.0)]
+
+
+def test_the_single_broker_gives_a_killed_incarnation_4_s_not_9(tmp_path, monkeypatch):
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path)})
+    kafka = infrastructure(settings)[0]
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    lines = kafka.server_properties("pw").splitlines()
+    assert "broker.session.timeout.ms=4000" in lines and "broker.heartbeat.interval.ms=1000" in lines
+    assert "num.recovery.threads.per.data.dir=2" in lines
+    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")
+    assert not any(line.startswith(("broker.session", "num.recovery")) for line in kafka.server_properties("pw").splitlines())
+
+
+def test_cluster_brokers_keep_kafkas_session(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_STACK_PROFILE": "cluster",
+                              "INTELBUS_KAFKA": "127.0.0.1:59092"})
+    for broker in infrastructure(settings)[:3]:
+        lines = broker.server_properties("pw").splitlines()
+        assert "num.recovery.threads.per.data.dir=2" in lines
+        assert not any(line.startswith("broker.session") for line in lines)
+
+
+def _kafka_with_libs(tmp_path):
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "kafka_2.13-3.9.1.jar").write_bytes(b"jar")
+    kafka = Kafka("kafka", load_settings({"INTELBUS_STACK_DIR": str(tmp_path / "stack")}))
+    kafka.java, kafka.classpath = Java("/usr/bin/java", 17), f"{libs}/*"
+    return kafka, libs
+
+
+def test_a_jvm_records_its_classes_until_an_archive_exists_then_maps_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    kafka, _ = _kafka_with_libs(tmp_path)
+    assert "-XX:+RecordDynamicDumpInfo" in kafka.cds_flags()
+    archive = kafka.cds_archive()
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"archive")
+    assert kafka.cds_flags() == [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
+    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "restart,kafka")
+    assert kafka.cds_flags() == []
+
+
+def test_a_new_jar_or_jdk_means_a_new_archive(tmp_path):
+    kafka, libs = _kafka_with_libs(tmp_path)
+    first = kafka.cds_archive()
+    (libs / "kafka_2.13-3.9.1.jar").write_bytes(b"another build")
+    assert kafka.cds_archive() != first
+    second = kafka.cds_archive()
+    kafka.java = Java("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java", 25)
+    assert kafka.cds_archive() != second
+
+
+def test_the_brokers_compile_with_c1_only_when_tuned(tmp_path, monkeypatch):
+    kafka, _ = _kafka_with_libs(tmp_path)
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    assert "-XX:TieredStopAtLevel=1" in kafka.command()[0]
+    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")
+    argv = kafka.command()[0]
+    assert "-XX:TieredStopAtLevel=1" not in argv and not any("Shared" in a or "Record" in a for a in argv)
+
+
+def test_the_registry_archive_follows_its_application(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    registry = Registry("registry", load_settings({"INTELBUS_STACK_DIR": str(tmp_path)}))
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "quarkus-run.jar").write_bytes(b"jar")
+    registry.app, registry.java = tmp_path / "app", Java("/usr/bin/java", 25)
+    registry.classpath = str(registry.app / "quarkus-run.jar")
+    argv, _ = registry.command()
+    assert "-XX:+RecordDynamicDumpInfo" in argv and argv.index("-XX:+RecordDynamicDumpInfo") < argv.index("-jar")
