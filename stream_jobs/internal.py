@@ -88,14 +88,19 @@ def encode_match_request(req: MatchRequest) -> bytes:
     return dumps({"v": MATCH_REQUEST_VERSION, "events": req.events, "ops": [_op_wire(op) for op in req.ops]})
 
 
-def _version(doc, what: str) -> int:
+def _document(data: bytes | None, what: str) -> dict:
+    """The record's JSON object, once its version is one this worker reads."""
+    try:
+        doc = loads(data if data is not None else b"")
+    except ValueError as exc:
+        raise InternalFormatError(what, "(record)", f"not JSON: {exc}") from None
     if type(doc) is not dict:
         raise InternalFormatError(what, "(record)", f"a JSON object expected, not {type(doc).__name__}")
     v = doc.get("v", 0)
     if type(v) is not int or v not in _READS:
         raise InternalFormatError(what, "v", f"unknown version {v!r} (this worker reads versions up to "
                                   f"{_READS[-1]}, and records without v)")
-    return v
+    return doc
 
 
 def _need(what: str, where: str, value, kind: type):
@@ -127,11 +132,7 @@ def _decode_op(raw, i: int, events: dict) -> Op:
 def decode_match_request(data: bytes | None) -> MatchRequest:
     """The request written by `encode_match_request` (or by the jobs before version 1)."""
     what = "match request"
-    try:
-        doc = loads(data if data is not None else b"")
-    except ValueError as exc:
-        raise InternalFormatError(what, "(record)", f"not JSON: {exc}") from None
-    _version(doc, what)
+    doc = _document(data, what)
     events = _need(what, "events", doc.get("events"), dict)
     for event_id, summary in events.items():
         _need(what, f"events[{event_id!r}]", summary, dict)
@@ -151,11 +152,7 @@ def encode_hit_candidate(hit: dict) -> bytes:
 def decode_hit_candidate(data: bytes | None) -> dict:
     """The hit (the Avro `hit` record, times as epoch ms) of a candidate, without `v`."""
     what = "hit candidate"
-    try:
-        doc = loads(data if data is not None else b"")
-    except ValueError as exc:
-        raise InternalFormatError(what, "(record)", f"not JSON: {exc}") from None
-    _version(doc, what)
+    doc = _document(data, what)
     doc.pop("v", None)
     for name, kind in _HIT_FIELDS:
         _need(what, name, doc.get(name), kind)

@@ -139,3 +139,12 @@ def test_the_lookback_restores_lookups_from_new_and_old_requests_and_skips_unkno
     future = with_version(new, 2)
     assert lb.restore(0, [(999.0, new), (999.0, old), (999.0, future)]) == 2
     assert [e["event_id"] for e in lb.recent(0, "PLATE:a")] == ["e1", "e2"]
+
+
+@pytest.mark.parametrize("decode", [decode_match_request, decode_hit_candidate])
+@pytest.mark.parametrize("raw,why", [(b"\x00\x01avro?", "not JSON"), (b"[1, 2]", "a JSON object expected, not list"),
+                                     (None, "not JSON")])
+def test_a_value_that_is_no_json_object_is_refused_as_a_whole(decode, raw, why):
+    with pytest.raises(InternalFormatError) as err:
+        decode(raw)
+    assert err.value.field == "(record)" and why in str(err.value)
