@@ -103,6 +103,10 @@ GC_LIGHT = os.environ.get("INTELBUS_LIVE_GC_LIGHT", "1") != "0"
 # of the second generation's, default 10) at 100, so a full collection comes every few minutes rather than every
 # 15-20 s (bench_fanout, 12:38 run: 4 in 70 s, 1-2 s each on the loaded machine); cycles left as garbage wait that long
 GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("INTELBUS_LIVE_GC_THRESHOLDS", "700,10,100").split(","))
+# the caught-up hub's threads only poll and append the messages' bytes; each is decoded on the event loop when a round
+# first looks at it (whom to ring), so the hub threads hold the GIL briefly and the loop seldom waits for it. "0": the
+# hub threads decode and render each message (as before, for bench_fanout's same-run comparison)
+HUB_LAZY = os.environ.get("INTELBUS_LIVE_HUB_LAZY", "1") != "0"
 WALKS_KEPT = 256  # about a second of rounds for 15 view groups: the streams of a round share their walks within it
 
 
@@ -271,8 +275,16 @@ def decoded(entry: Entry) -> Entry:
             full = None
         if full is None:
             entry.kind = "none"
+        elif entry.polled and GC_LIGHT and entry.kind == "workflow":  # a live one, as `live_entry` keeps it
+            entry.scope, entry.payload = full.scope, (codec, value)
         else:
             entry.scope, entry.record = full.scope, full.record
+            if entry.polled and entry.kind != "workflow":  # a live hit or alert: rendered at once, as `live_entry`
+                try:
+                    rendered(entry)
+                except Exception as exc:
+                    log.warning("live feed: %s[%d]@%d not shown: %s", entry.topic, entry.partition, entry.offset, exc)
+                    entry.kind, entry.record = "none", None
     return entry
 
 
@@ -758,9 +770,11 @@ class Hub:
             if msg.error():
                 continue
             try:
-                if lazy:
+                if lazy or HUB_LAZY:
                     entry = lazy_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())
+                    if entry is not None and not lazy:
+                        entry.polled = polled
                 else:
                     entry = live_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())

@@ -177,3 +177,36 @@ def test_the_send_stamp_gives_the_bench_each_hit_s_poll_time_and_the_round_s_tim
     assert parse_batch(text) == [("h-a", 100.03, 100.001, (100.01, 100.02)), ("h-b", 100.03, 100.003, (100.01, 100.02))]
     # a chunk without a stamp (the default gateway): hits, no times
     assert parse_batch("".join(t for _, _, t in items)) == [("h-a", None, None, None), ("h-b", None, None, None)]
+
+
+def test_a_live_message_is_decoded_on_the_loop_when_a_round_first_looks_at_it_and_kept_as_light_as_before():
+    import json
+
+    from identity.entitlement import Entitlement
+    from schemas.regions import load_regions
+
+    from gateway.hub import WORKFLOW_TOPIC, lazy_entry, rendered, visible
+    from tests.unit.gateway.test_hub import workflow_record
+
+    class Codec:
+        decoded = 0
+
+        def decode(self, value):
+            Codec.decoded += 1
+            return workflow_record(["120000"]) if value == b"wf" else {
+                "hit_id": "h-1", "classification": "INTERNAL", "notify_regions": ["120000"], "record": "{}",
+                "trigger": "{}"} if value == b"hit" else {"hit_id": "h-2", "classification": "INTERNAL"}
+
+    tianjin = Entitlement(identity_of("120000"), load_regions())
+    hit, flow = lazy_entry(HIT_TOPIC, 3, 1, 1000, Codec(), b"hit"), lazy_entry(WORKFLOW_TOPIC, 0, 1, 1000, Codec(), b"wf")
+    hit.polled = flow.polled = 100.0  # appended by the caught-up hub (INTELBUS_LIVE_HUB_LAZY): only its bytes held
+    assert Codec.decoded == 0
+    assert visible(hit, tianjin, "120000") and visible(flow, tianjin, "120000") and Codec.decoded == 2
+    # the hit is rendered at once and keeps no decoded record; the workflow item keeps its bytes until shown
+    assert hit.record is None and json.loads(hit.data)["hit_id"] == "h-1" and hit.ident == "h-1"
+    assert flow.record is None and flow.payload is not None and flow.data == ""
+    assert json.loads(rendered(flow).data)["item_id"] == "R-1"
+    # one that cannot be rendered is shown to no one (its position still moves past it), and the round goes on
+    odd = lazy_entry(HIT_TOPIC, 3, 2, 1000, Codec(), b"no record")
+    odd.polled = 100.0
+    assert not visible(odd, tianjin, "120000") and odd.kind == "none"
