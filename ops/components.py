@@ -108,19 +108,21 @@ class Component:
     def is_local(self) -> bool:
         return self.host_port[0] in ("127.0.0.1", "localhost", "::1")
 
-    def after_healthy(self, pid: int) -> None:
-        """Called once a process this stack started answers (by `up` and the supervisor)."""
-
 
 class JavaServer(Component):
     """A component that runs on a JVM: class-data sharing for a quicker start (the `cds` tuning).
 
     A JVM spends most of its start loading and verifying classes (thousands for Kafka, Quarkus).
-    The first start runs with -XX:+RecordDynamicDumpInfo; once it answers, `jcmd VM.cds
-    dynamic_dump` writes the classes it loaded into an archive under <stack>/cds/, and every
-    later start maps them (-XX:SharedArchiveFile). The archive is per JDK and class path (named by
-    a hash of both): a new Kafka or JDK makes a new one. A JVM that cannot use an archive warns
-    on its stdout and starts without it (-Xshare:auto)."""
+    The classes a server loaded are archived when it exits cleanly (`intelbus down`, `down NAME`:
+    SIGTERM), into <stack>/cds/ (-XX:ArchiveClassesAtExit; JDK 19 and later:
+    -XX:+AutoCreateSharedArchive, which also replaces an archive that no longer fits), and every
+    later start maps them (-XX:SharedArchiveFile), a SIGKILLed one's restart included. The archive
+    is per JDK and class path (named by a hash of both): a new Kafka or JDK makes a new one. A JVM
+    that cannot use an archive starts without it (-Xshare:auto).
+
+    Not `jcmd <pid> VM.cds dynamic_dump` after the first start, which would give an archive
+    without a clean stop: the server goes on running after that dump, and the registry (JDK 25)
+    died of it with a SIGSEGV in LambdaProxyClassDictionary while it served its next requests."""
 
     java: install.Java | None = None
     classpath: str = ""
@@ -138,36 +140,14 @@ class JavaServer(Component):
         if "cds" not in startup_tunings():
             return []
         archive = self.cds_archive()
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        if self.java.major >= 19:
+            return [f"-XX:SharedArchiveFile={archive}", "-XX:+AutoCreateSharedArchive", "-Xlog:cds=off",
+                    "-Xlog:cds+dynamic=off"]
         if archive.exists():
             return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
         # the dump lists every class it leaves out as a warning: thousands of lines in the log
-        return ["-XX:+RecordDynamicDumpInfo", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
-
-    def after_healthy(self, pid: int) -> None:
-        """The first start of this JVM answers: dump its classes for the next starts, in the
-        background (a few seconds of one core, once; the JVM pauses briefly for it)."""
-        if "cds" not in startup_tunings() or self.java is None:
-            return
-        archive = self.cds_archive()
-        if archive.exists():
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return
-        if b"-XX:+RecordDynamicDumpInfo" not in cmdline:
-            return
-        jcmd = Path(self.java.path).with_name("jcmd")
-        if not jcmd.exists():
-            return
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        tmp = archive.with_suffix(f".{pid}.tmp")
-        # detached: `up` and the supervisor go on; the rename makes the archive whole or absent.
-        # Its output goes to the server's own stdout log, where the JVM says it dumped.
-        with open(self.stdout_log, "ab") as out:
-            subprocess.Popen(["sh", "-c", '"$0" "$1" VM.cds dynamic_dump "$2" && mv "$2" "$3"', str(jcmd), str(pid),
-                              str(tmp), str(archive)],
-                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return [f"-XX:ArchiveClassesAtExit={archive}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
 
 
 def _classpath_files(classpath: str) -> list[Path]:

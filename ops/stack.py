@@ -157,7 +157,6 @@ class Stack:
                 what = f"exited while starting, after {time.monotonic() - started:.0f}s"
             raise Missing(f"{c.name} {what}; last output: {tail} (logs: {c.log}, {c.stdout_log})")
         self.out(f"{c.name:<11} up at {c.address} in {time.monotonic() - started:.1f}s (pid {record.pid}, log {c.log})")
-        c.after_healthy(record.pid)
 
     def _wait_healthy(self, c: Component, timeout: float, record) -> bool:
         deadline = time.monotonic() + timeout

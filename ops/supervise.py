@@ -243,7 +243,6 @@ class Supervisor:
             elif action == "recovered":
                 self.out(f"{c.name}: healthy again {now - old.outage_since:.1f}s after the crash was seen "
                          f"(pid {record.pid}, restart {w.restarts})")
-                c.after_healthy(record.pid)
             elif action == "slow":
                 self.out(f"{c.name}: restarted {now - w.starting_since:.0f}s ago (pid {record.pid}) and not healthy yet; "
                          f"left running (see {c.log})")

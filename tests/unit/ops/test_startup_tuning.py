@@ -1,5 +1,5 @@
 """What makes a killed component come back sooner (issue 18): the supervisor's first restart at once,
-the JVMs' class-data archive, the single broker's shorter session; each can be turned off
+the JVMs' class-data archive (written at a clean exit), the single broker's shorter session; each can be turned off
 (INTELBUS_STARTUP_TUNING) for bench/bench_recovery.py's before/after."""
 import subprocess
 import sys
@@ -101,16 +101,23 @@ def _kafka_with_libs(tmp_path):
     return kafka, libs
 
 
-def test_a_jvm_records_its_classes_until_an_archive_exists_then_maps_it(tmp_path, monkeypatch):
+def test_a_jvm_archives_its_classes_at_a_clean_exit_then_maps_them(tmp_path, monkeypatch):
     monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
     kafka, _ = _kafka_with_libs(tmp_path)
-    assert "-XX:+RecordDynamicDumpInfo" in kafka.cds_flags()
     archive = kafka.cds_archive()
-    archive.parent.mkdir(parents=True)
+    assert f"-XX:ArchiveClassesAtExit={archive}" in kafka.cds_flags()  # JDK 17: written when it exits
     archive.write_bytes(b"archive")
     assert kafka.cds_flags() == [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
     monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "restart,kafka")
     assert kafka.cds_flags() == []
+
+
+def test_a_jdk_from_19_on_makes_and_remakes_its_archive_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    kafka, _ = _kafka_with_libs(tmp_path)
+    kafka.java = Java("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java", 25)
+    flags = kafka.cds_flags()
+    assert f"-XX:SharedArchiveFile={kafka.cds_archive()}" in flags and "-XX:+AutoCreateSharedArchive" in flags
 
 
 def test_a_new_jar_or_jdk_means_a_new_archive(tmp_path):
@@ -129,7 +136,7 @@ def test_the_brokers_compile_with_c1_only_when_tuned(tmp_path, monkeypatch):
     assert "-XX:TieredStopAtLevel=1" in kafka.command()[0]
     monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")
     argv = kafka.command()[0]
-    assert "-XX:TieredStopAtLevel=1" not in argv and not any("Shared" in a or "Record" in a for a in argv)
+    assert "-XX:TieredStopAtLevel=1" not in argv and not any("Shared" in a or "Archive" in a for a in argv)
 
 
 def test_the_registry_archive_follows_its_application(tmp_path, monkeypatch):
@@ -140,4 +147,5 @@ def test_the_registry_archive_follows_its_application(tmp_path, monkeypatch):
     registry.app, registry.java = tmp_path / "app", Java("/usr/bin/java", 25)
     registry.classpath = str(registry.app / "quarkus-run.jar")
     argv, _ = registry.command()
-    assert "-XX:+RecordDynamicDumpInfo" in argv and argv.index("-XX:+RecordDynamicDumpInfo") < argv.index("-jar")
+    assert "-XX:+AutoCreateSharedArchive" in argv and argv.index("-XX:+AutoCreateSharedArchive") < argv.index("-jar")
+    assert f"-XX:SharedArchiveFile={registry.cds_archive()}" in argv
