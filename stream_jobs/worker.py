@@ -30,9 +30,12 @@ def add_jobs(p):
 
         from stream_jobs.faust_patches import UnsupportedFramework, require_pinned
 
+        from stream_jobs.app import consumer_loop_from
+
         try:
             require_pinned()  # before any worker starts: never run faust unguarded
-        except UnsupportedFramework as e:
+            consumer_loop_from(os.environ)  # a loop that does not exist (the removed `direct`): said, not a traceback
+        except (UnsupportedFramework, ValueError) as e:
             print(f"intelbus jobs: {e}", file=sys.stderr)
             return 2
         settings = load_settings()

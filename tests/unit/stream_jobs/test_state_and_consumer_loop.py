@@ -114,3 +114,19 @@ def test_batches_wait_for_their_own_delivery_reports_without_blocking_the_loop()
     assert (left_a, left_b) == (0, 0)
     assert timed_out == 1 and waiting == []  # nothing reported: the batch is told how many are missing
     assert ticks == 20
+
+
+def test_intelbus_jobs_refuses_the_removed_direct_loop_before_starting_a_worker(monkeypatch, capsys):
+    import argparse
+
+    from stream_jobs import worker
+
+    started = []
+    monkeypatch.setattr(worker, "run_worker", lambda settings, index, args: started.append(index) or 0)
+    p = argparse.ArgumentParser()
+    run = worker.add_jobs(p)
+    monkeypatch.setenv("INTELBUS_JOBS_CONSUMER_LOOP", "direct")
+    assert run(p.parse_args([])) == 2 and started == []
+    assert "intelbus jobs: INTELBUS_JOBS_CONSUMER_LOOP='direct': one of batch, faust (default batch)" in capsys.readouterr().err
+    monkeypatch.setenv("INTELBUS_JOBS_CONSUMER_LOOP", "faust")  # the fallback starts
+    assert run(p.parse_args([])) == 0 and started == [0]
