@@ -103,10 +103,12 @@ GC_LIGHT = os.environ.get("INTELBUS_LIVE_GC_LIGHT", "1") != "0"
 # of the second generation's, default 10) at 100, so a full collection comes every few minutes rather than every
 # 15-20 s (bench_fanout, 12:38 run: 4 in 70 s, 1-2 s each on the loaded machine); cycles left as garbage wait that long
 GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("INTELBUS_LIVE_GC_THRESHOLDS", "700,10,100").split(","))
-# the caught-up hub's threads only poll and append the messages' bytes; each is decoded on the event loop when a round
-# first looks at it (whom to ring), so the hub threads hold the GIL briefly and the loop seldom waits for it. "0": the
-# hub threads decode and render each message (as before, for bench_fanout's same-run comparison)
-HUB_LAZY = os.environ.get("INTELBUS_LIVE_HUB_LAZY", "1") != "0"
+# the caught-up hub's thread of hits and alerts only polls and appends the messages' bytes; each is decoded on the event
+# loop when a round first looks at it (whom to ring), so that thread holds the GIL briefly. Not intel.workflow's: a
+# workflow tick's thousands of reminders decoded on the loop held every wall for seconds (bench_fanout, 16:17 run);
+# its own thread decodes them. Off by default ("1" turns it on) until a same-run comparison shows it helps: the shared
+# machine's runs so far were too disturbed to tell (bench/results/fanout.md)
+HUB_LAZY = os.environ.get("INTELBUS_LIVE_HUB_LAZY", "0") == "1"
 WALKS_KEPT = 256  # about a second of rounds for 15 view groups: the streams of a round share their walks within it
 
 
@@ -770,7 +772,7 @@ class Hub:
             if msg.error():
                 continue
             try:
-                if lazy or HUB_LAZY:
+                if lazy or HUB_LAZY and msg.topic() != WORKFLOW_TOPIC:
                     entry = lazy_entry(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], self.codec,
                                        msg.value())
                     if entry is not None and not lazy:

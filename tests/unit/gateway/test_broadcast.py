@@ -199,7 +199,7 @@ def test_a_live_message_is_decoded_on_the_loop_when_a_round_first_looks_at_it_an
 
     tianjin = Entitlement(identity_of("120000"), load_regions())
     hit, flow = lazy_entry(HIT_TOPIC, 3, 1, 1000, Codec(), b"hit"), lazy_entry(WORKFLOW_TOPIC, 0, 1, 1000, Codec(), b"wf")
-    hit.polled = flow.polled = 100.0  # appended by the caught-up hub (INTELBUS_LIVE_HUB_LAZY): only its bytes held
+    hit.polled = flow.polled = 100.0  # appended by the caught-up hub (INTELBUS_LIVE_HUB_LAZY=1): only its bytes held
     assert Codec.decoded == 0
     assert visible(hit, tianjin, "120000") and visible(flow, tianjin, "120000") and Codec.decoded == 2
     # the hit is rendered at once and keeps no decoded record; the workflow item keeps its bytes until shown
