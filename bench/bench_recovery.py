@@ -24,7 +24,8 @@ started just before each kill and stopped once it answers). The load average is 
 
 Examples:
   .venv/bin/python -m bench.bench_recovery --components kafka,registry --kills 3
-  .venv/bin/python -m bench.bench_recovery --reuse --keep --variants none,restart,restart,kafka,all --conditions idle
+  .venv/bin/python -m bench.bench_recovery --reuse --keep --variants "none/restart/restart,kafka/all" --conditions idle
+  .venv/bin/python -m bench.bench_recovery --profile cluster --port-base 64000 --components kafka-2 --name recovery-cluster
 """
 from __future__ import annotations
 
@@ -140,9 +141,7 @@ def stop_hogs(procs) -> None:
 
 def restart_supervisor(settings, variant: str) -> None:
     """The stack's supervisor again, with this variant's start-up tunings (its children inherit them)."""
-    from ops.supervise import ensure_supervisor, stop_supervisor
-
-    from ops.supervise import log_path
+    from ops.supervise import ensure_supervisor, log_path, stop_supervisor
 
     os.environ["INTELBUS_STARTUP_TUNING"] = variant
     stop_supervisor(settings, out=lambda m: None)
