@@ -174,8 +174,8 @@ def test_killed_components_come_back_by_themselves(supervised_env):
     assert status["healthy"] and status["supervisor"]["running"], status
     before = {c["name"]: c["restarts"] for c in status["components"]}
 
-    # The supervisor's own share, noticing and starting again, is a few seconds (1 s backoff, 1 s
-    # looks); then each must answer again within 30 s, except:
+    # The supervisor's own share, noticing and starting again, is under a second or two (a first
+    # crash restarted at once, a look every 0.5 s); then each must answer again within 30 s, except:
     # - the sink: its consumer group holds the killed member until librdkafka's default
     #   session.timeout.ms (45 s) runs out, and only then assigns the new sink its partitions,
     #   which is when the sink calls itself ready (sinks/sink.py);
