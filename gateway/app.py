@@ -476,8 +476,6 @@ def build_services(settings) -> Services:
 
 def serve(settings, host: str, port: int) -> int:
     """Run the gateway in the foreground (what `intelbus gateway` and `up` start)."""
-    import os
-
     import uvicorn
 
     from identity.store import PrincipalStore, store_path
@@ -493,6 +491,5 @@ def serve(settings, host: str, port: int) -> int:
     log.info("gateway on http://%s:%d (OpenAPI at /docs)", host, port)
     # uvicorn's HTTP implementation: "auto" takes httptools when installed (uvicorn[standard]), else h11;
     # INTELBUS_GATEWAY_HTTP=h11|httptools pins one (bench/bench_fanout.py compares them)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                http=os.environ.get("INTELBUS_GATEWAY_HTTP", "auto"))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=settings.gateway_http)
     return 0

@@ -122,6 +122,8 @@ class Settings:
                         "this many allocations (Python's default: 700)", 50_000)
     gateway_url: str = _env("INTELBUS_GATEWAY_URL", "the gateway people's commands talk to (login, feed, query, sql, "
                             "audit); `up` serves it on this address", "http://127.0.0.1:8080")
+    gateway_http: str = _env("INTELBUS_GATEWAY_HTTP", "the gateway's HTTP implementation in uvicorn: auto (httptools "
+                             "when installed, else h11), h11 or httptools (bench/bench_fanout.py compares them)", "auto")
     token_ttl_s: int = _env("INTELBUS_TOKEN_TTL_S", "how long a login's token is valid, in seconds", 3600)
     oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")

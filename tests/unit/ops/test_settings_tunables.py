@@ -1,4 +1,4 @@
-"""The tunables of the jobs, the workflow job and the sink are read through Settings (ops/settings.py),
+"""The tunables of the jobs, the workflow job, the sink and the gateway's server are read through Settings (ops/settings.py),
 under their environment variables as before, and the modules do not read the environment themselves."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from stream_jobs.tables import worker_budget_mib
 
 REPO = Path(__file__).resolve().parents[3]
 MODULES = [*sorted((REPO / "sinks").rglob("*.py")), *sorted((REPO / "producers").rglob("*.py")),
-           REPO / "stream_jobs" / "stages.py", REPO / "stream_jobs" / "tables.py", REPO / "stream_jobs" / "workflow_job.py"]
+           REPO / "stream_jobs" / "stages.py", REPO / "stream_jobs" / "tables.py", REPO / "stream_jobs" / "workflow_job.py",
+           REPO / "gateway" / "app.py"]
 # not tunables: a person's token (as gateway/cli.py reads it), and the policy file workflows/policy.py reads
 NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
 
@@ -29,6 +30,7 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_WORKFLOWS_OUTPUT_TOPIC", "workflows_output_topic", "intelbus-jobs-workflows-x-events"),
     ("INTELBUS_SINK_FAULT", "sink_fault", "exit-before-commit"),
     ("INTELBUS_JOBS_ROCKSDB_CACHE_MIB", "jobs_rocksdb_cache_mib", 8),
+    ("INTELBUS_GATEWAY_HTTP", "gateway_http", "h11"),
 ])
 def test_a_tunable_set_in_the_environment_reaches_its_setting(env, field, value):
     assert getattr(load_settings(environ={}), field) != value
