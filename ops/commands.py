@@ -32,7 +32,7 @@ def add_up(p):
     p.epilog = ("Starts each component that is not running, waits until it is healthy, then creates\n"
                 "the broker's credentials and ACLs (ops/acls.yaml), missing topics, registers schemas\n"
                 "and applies ClickHouse migrations. Safe to repeat. Then a supervisor (`intelbus supervise`)\n"
-                "restarts any component that crashes (1 s, 2 s, 4 s ... 30 s apart) until `intelbus down`.\n\n"
+                "restarts any component that crashes (at once, then 1 s, 2 s, 4 s ... 30 s apart) until `intelbus down`.\n\n"
                 "With --tls, a client reaches the TLS listener with\n"
                 "  INTELBUS_KAFKA=127.0.0.1:9094 INTELBUS_KAFKA_SECURITY=security.protocol=SASL_SSL,ssl.ca.location=.stack/tls/ca.pem")
 
