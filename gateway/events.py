@@ -665,7 +665,7 @@ class LiveStream:
             pending: list = []
             last_audit = 0.0
             last_write = time.monotonic()
-            while not self.closing.is_set():
+            while self.mailbox is not None or not self.closing.is_set():  # a batch audited for it is sent
                 if self.mailbox is not None:  # a batch the round's ring read and audited for it (`deliver`)
                     items, text = self.mailbox
                     self.mailbox = None
