@@ -105,7 +105,7 @@ def _start_together(stack, indexes: list[int], ports: list[int]) -> dict:
     starts one after the other, and each later one costs the group a rebalance); returns
     when they all are ready, with the time the first event was counted."""
     wanted = {f"jobs-{i}" for i in indexes}
-    threads = [threading.Thread(target=stack._start, args=(c, c.start_timeout))
+    threads = [threading.Thread(target=stack.start, args=(c, c.start_timeout))
                for c in stack.components if c.name in wanted]
     started, first = time.monotonic(), None
     for t in threads:
@@ -220,7 +220,8 @@ def main() -> int:
         description="One jobs worker (or more) draining a simulated backlog, once per consumer loop, in one run; "
                     "each next to the raw confluent-kafka + fastavro decode of the same messages.")
     parser.add_argument("--events", type=int, default=60_000, help="records loaded per run (default 60,000)")
-    parser.add_argument("--loops", default="faust,batch", help="INTELBUS_JOBS_CONSUMER_LOOP values, in order "
+    parser.add_argument("--consumer-loops", default="faust,batch", help="INTELBUS_JOBS_CONSUMER_LOOP values, in order "
+                        "(not `--loops`: faust reads any argument starting with --loop as its event loop on import) "
                         "(default faust,batch: faust's own loop, the fallback, then the batch loop, the default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the list of loops this many times")
@@ -233,7 +234,7 @@ def main() -> int:
     from ops.settings import load_settings
 
     settings = load_settings()
-    loops = [l for l in args.loops.split(",") if l]
+    loops = [l for l in args.consumer_loops.split(",") if l]
     runs = []
     for r in range(args.rounds):
         for loop in loops:

@@ -106,6 +106,12 @@ class Stack:
             ensure_supervisor(self.settings, out=self.out)
         return self.status()
 
+    def start(self, c: Component, timeout: float | None = None) -> None:
+        """Start one component (as `up` does each) and wait until it is healthy: for callers that start
+        several at once from threads (bench/bench_jobs.py starts its workers together)."""
+        t0 = time.monotonic()
+        self._await(c, timeout or c.start_timeout, t0, self.launch(c))
+
     def launch(self, c: Component, *, blocking: bool = True, only_if_recorded: bool = False):
         """Spawn c unless its recorded process runs: (record, spawned), or None when not blocking
         and `up`, `down` or the supervisor is deciding about c at this moment, or when
