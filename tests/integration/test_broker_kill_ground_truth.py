@@ -21,7 +21,6 @@ distinct events, 594 duplicates dropped, no producer error, jobs-0 never restart
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import chaos_env, settings_of
+from tests.integration.test_ground_truth import assert_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -166,16 +166,7 @@ def test_broker_killed_for_20_s_mid_traffic_and_restarted_gives_the_ground_truth
     verdict = verify(settings, str(truth))
     moments["verified_s"] = time.monotonic() - started
     loops = jobs_loops(env["INTELBUS_STACK_DIR"])
-    print(json.dumps({"report": report, "moments": {k: round(v, 1) for k, v in moments.items()},
-                      "jobs_0_started_with": loops, "producer_errors": errors[:5], "verdict": verdict.summary(),
-                      "missing": verdict.missing[:20], "false_hits": verdict.false_hits[:20]},
-                     ensure_ascii=False, default=str))
-
+    assert_exact(verdict, sim, report=report, moments={k: round(v, 1) for k, v in moments.items()},
+                 jobs_0_started_with=loops, producer_errors=errors[:5])
     assert loops and set(loops) == {"batch"}  # every jobs-0 of the run, restarts included, ran the default loop
     assert report["undelivered"] == 0 and errors == [], errors[:5]
-    assert sim.truth.hits
-    assert verdict.recall == 1.0 and verdict.missing == []
-    assert verdict.false_hits == [] and verdict.duplicate_hits == 0
-    assert verdict.distinct_events == sim.truth.events
-    assert verdict.duplicates_dropped == sim.truth.duplicates
-    assert verdict.exact
