@@ -102,6 +102,20 @@ class Settings:
                                        "cache, MiB", 32)
     jobs_rocksdb_memtables_mib: int = _env("INTELBUS_JOBS_ROCKSDB_MEMTABLES_MIB", "jobs: the worker's shared RocksDB "
                                            "memtable budget, MiB", 48)
+    jobs_consumer_loop: str = _env("INTELBUS_JOBS_CONSUMER_LOOP", "jobs: batch (each stage gets a fetch's records of "
+                                   "its topics as one batch) or faust (faust's own loop, the fallback); empty: batch",
+                                   "batch")
+    jobs_gil_switch_s: float = _env("INTELBUS_JOBS_GIL_SWITCH_S", "jobs: the worker's GIL switch interval, s (Python's "
+                                    "default 0.005 made the event loop wait for aiokafka's thread hundreds of times a "
+                                    "second)", 0.0005)
+    jobs_lookback_s: float = _env("INTELBUS_JOBS_LOOKBACK_S", "jobs: how much of a partition's match requests a worker "
+                                  "reads back when it is assigned the partition, s", 120.0)
+    jobs_stuck_after_s: float = _env("INTELBUS_JOBS_STUCK_AFTER_S", "jobs: the commit watchdog repairs a partition "
+                                     "whose committed offset has not moved for this long while messages past it wait, "
+                                     "s", 30.0)
+    jobs_hole_after_s: float = _env("INTELBUS_JOBS_HOLE_AFTER_S", "jobs: the commit watchdog judges a hole at a "
+                                    "partition's commit point (a message not acknowledged while later ones were) "
+                                    "after this long, s", 5.0)
     workflows_session_s: float = _env("INTELBUS_WORKFLOWS_SESSION_S", "workflow job: consumer session timeout, s", 10.0)
     workflows_offset_reset: str = _env("INTELBUS_WORKFLOWS_OFFSET_RESET", "workflow job: where a new group starts "
                                        "reading its inputs (earliest, latest)", "earliest")

@@ -17,12 +17,14 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import faust
 from confluent_kafka import KafkaException, Producer
 
 from ops.kafka_auth import JOBS, faust_credentials
 from ops.settings import Settings
+from schemas.catalog import DLQ_TOPIC, HIT_TOPIC, INPUT_TOPICS
 from stream_jobs import metrics
 from stream_jobs.lookback import Lookback, LookbackRestorer, read_since
 from stream_jobs.stages import (
@@ -33,19 +35,22 @@ from stream_jobs.watchdog import CommitWatchdog, PartitionView
 
 log = logging.getLogger("intelbus.jobs")
 
-INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
-DLQ_TOPIC = "intel.dlq"
 APP_ID = "intelbus-jobs"  # faust's group and table prefix; also the jobs' Kafka principal
 CONSUMER_LOOPS = ("batch", "faust")  # the first is the default
 
 
-def consumer_loop_from(environ) -> str:
-    """The consumer loop INTELBUS_JOBS_CONSUMER_LOOP asks for: `batch` when unset or empty."""
-    loop = environ.get("INTELBUS_JOBS_CONSUMER_LOOP") or CONSUMER_LOOPS[0]
+def consumer_loop_named(name: str | None) -> str:
+    """The consumer loop INTELBUS_JOBS_CONSUMER_LOOP (Settings.jobs_consumer_loop) names: `batch` when empty."""
+    loop = name or CONSUMER_LOOPS[0]
     if loop not in CONSUMER_LOOPS:
         raise ValueError(f"INTELBUS_JOBS_CONSUMER_LOOP={loop!r}: one of {', '.join(CONSUMER_LOOPS)} "
                          f"(default {CONSUMER_LOOPS[0]})")
     return loop
+
+
+def consumer_loop_from(environ) -> str:
+    """The consumer loop an environment asks for (what a worker started with it runs)."""
+    return consumer_loop_named(environ.get("INTELBUS_JOBS_CONSUMER_LOOP"))
 
 
 def rocksdb_available() -> bool:
@@ -191,23 +196,40 @@ def make_producer(settings: Settings) -> Producer:
 
 
 def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2000, batch_within: float = 0.02):
-    """The faust app with its tables and agents wired to the three stages."""
-    from schemas.normalise import normalise_identifier
+    """The faust app with its tables and agents wired to the three stages.
+
+    Built in named steps: faust's app (`build_faust_app`), the stages over its tables
+    (`build_stages`), the agents or the batch loop that feed them (`wire_stages`), and the
+    worker's housekeeping: the producer's callbacks, the commit watchdog, the loop-lag
+    metric and readiness (`add_housekeeping`)."""
     from schemas.regions import load_regions
     from schemas.wire import SchemaCodec
-    from schemas.wire import RawDecoder
     from stream_jobs import faust_patches
 
     # INTELBUS_JOBS_CONSUMER_LOOP (stream_jobs/faust_patches.py, docs/architecture.md):
     # batch (default): each stage gets a fetch's records of its topics as one batch, acknowledged
     # in bulk; faust: faust's own loop, a stage's batch from `take_events` (the fallback).
-    consumer_loop = consumer_loop_from(os.environ)
+    consumer_loop = consumer_loop_named(settings.jobs_consumer_loop)
     faust_patches.guard_commits(on_hole=_report_commit_hold, on_gap=_report_gap_left_open)
     regions = load_regions()
+    app = build_faust_app(settings, worker_index)
+    codec = SchemaCodec(url=settings.registry_url)
+    producer = make_producer(settings)
+    stages = build_stages(app, settings, codec, regions)
+    wire_stages(app, stages, producer, codec, consumer_loop=consumer_loop, batch_size=batch_size,
+                batch_within=batch_within)
+    add_housekeeping(app, settings, producer, worker_index)
+    app.intelbus_producer = producer
+    app.intelbus_consumer_loop = consumer_loop
+    return app
+
+
+def build_faust_app(settings: Settings, worker_index: int) -> faust.App:
+    """faust's app: the group, its consumer and producer settings, RocksDB stores under the worker's directory."""
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
     datadir.mkdir(parents=True, exist_ok=True)
     replication = 3 if settings.profile == "production" else 1
-    app = faust.App(
+    return faust.App(
         APP_ID,
         broker=[f"kafka://{h}" for h in settings.kafka.split(",")],
         broker_credentials=faust_credentials(settings, JOBS),  # SASL/SCRAM as intelbus-jobs (ops/acls.yaml)
@@ -231,18 +253,25 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         broker_heartbeat_interval=1.0,
         table_standby_replicas=0,
     )
-    raw = dict(key_serializer="raw", value_serializer="raw")
-    records, index, hits_seen = (_raw_table(app, name, settings.partitions) for name in ("records", "index", "hits-seen"))
 
-    codec = SchemaCodec(url=settings.registry_url)
-    producer = make_producer(settings)
-    window_ms = settings.dedupe_window_days * 86_400_000
+
+class StageWiring(NamedTuple):
+    """One stage and what feeds it: its name, faust topic, table state and the hook run before each batch."""
+    name: str
+    topic: object
+    stage: object
+    state: FaustTableState
+    before: object = None
+
+
+def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
+    """The three stages over the app's tables, each with the topic it reads (dedupe, match, hits)."""
+    from schemas.normalise import normalise_identifier
+    from schemas.wire import RawDecoder
+
+    records, index, hits_seen = (FaustTableState(_raw_table(app, name, settings.partitions))
+                                 for name in ("records", "index", "hits-seen"))
     decode = RawDecoder.for_registry(settings.registry_url)
-
-    def encode_dead_letter(dl: DeadLetter) -> bytes:
-        return codec.encode(DLQ_TOPIC, dead_letter_record(dl))
-
-    state = {"records": FaustTableState(records), "index": FaustTableState(index), "hits": FaustTableState(hits_seen)}
     verifier = None
     if settings.verify_records:
         from identity.keys import keys_path
@@ -251,12 +280,13 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
         verifier = make_verifier(KeyringSource(keys_path(settings)), regions.is_within)
     else:
         log.warning("INTELBUS_VERIFY_RECORDS=0: records are NOT checked for their proof of publisher")
-    dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=state["records"],
-                         partitions=settings.partitions, window_ms=window_ms, verify=verifier)
-    # 2 minutes: the skew between input topics is seconds, a partition the watchdog repairs
-    # is read about 35 s late; each assignment reads this much of a partition's requests back.
-    lookback = Lookback(seconds=float(os.environ.get("INTELBUS_JOBS_LOOKBACK_S", "120")))
-    match = MatchStage(state=state["index"], partitions=settings.partitions, is_within=regions.is_within,
+    dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=records,
+                         partitions=settings.partitions, window_ms=settings.dedupe_window_days * 86_400_000,
+                         verify=verifier)
+    # 2 minutes by default: the skew between input topics is seconds, a partition the watchdog
+    # repairs is read about 35 s late; each assignment reads this much of a partition's requests back.
+    lookback = Lookback(seconds=settings.jobs_lookback_s)
+    match = MatchStage(state=index, partitions=settings.partitions, is_within=regions.is_within,
                        case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback,
                        **border_duplicate_settings(settings))
     kafka_config = settings.kafka_config(JOBS)
@@ -266,34 +296,49 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     @app.on_partitions_assigned.connect
     async def _match_partitions_assigned(sender, assigned, **kwargs):
         restorer.on_assigned(tp.partition for tp in assigned if tp.topic == MATCH_TOPIC)
-    hits = HitStage(state=state["hits"], encode_hit=lambda h: codec.encode("intel.hit", hit_record(h)),
+    hits = HitStage(state=hits_seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, hit_record(h)),
                     provinces_of=lambda notify: provinces_of(notify, regions))
-
-    topics = dict(**raw)
-    wiring = [
-        ("dedupe", app.topic(*INPUT_TOPICS, **topics), dedupe, state["records"], None),
-        ("match", app.topic(MATCH_TOPIC, **topics), match, state["index"], restorer.before),
-        ("hits", app.topic(CANDIDATE_TOPIC, **topics), hits, state["hits"], None),
+    raw = dict(key_serializer="raw", value_serializer="raw")
+    return [
+        StageWiring("dedupe", app.topic(*INPUT_TOPICS, **raw), dedupe, records),
+        StageWiring("match", app.topic(MATCH_TOPIC, **raw), match, index, restorer.before),
+        StageWiring("hits", app.topic(CANDIDATE_TOPIC, **raw), hits, hits_seen),
     ]
+
+
+def wire_stages(app, stages: list[StageWiring], producer, codec, *, consumer_loop: str, batch_size: int,
+                batch_within: float) -> None:
+    """Feed each stage: an agent per stage (faust's loop), and the batch loop's handlers (the default)."""
+    from stream_jobs import faust_patches
+
+    def encode_dead_letter(dl: DeadLetter) -> bytes:
+        return codec.encode(DLQ_TOPIC, dl.record())
+
     waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
     handlers, stage_of_topic = {}, {}
-    for name, topic, stage, st, before in wiring:
-        runner = BatchRunner(producer, encode_dead_letter, name=name, waiter=waiter)
+    for w in stages:
+        runner = BatchRunner(producer, encode_dead_letter, name=w.name, waiter=waiter)
         # The agents subscribe faust's consumer to the topics in every loop; with the batch loop
         # their streams receive nothing (the loop hands the records to `handlers` instead).
-        app.agent(topic, name=f"intelbus.{name}")(_agent(runner, stage, st, batch_size, batch_within, before))
-        handlers[name] = _batch_handler(runner, stage, st, batch_size, before)
-        stage_of_topic.update(dict.fromkeys(topic.topics, name))
+        app.agent(w.topic, name=f"intelbus.{w.name}")(_agent(runner, w.stage, w.state, batch_size, batch_within,
+                                                             w.before))
+        handlers[w.name] = _batch_handler(runner, w.stage, w.state, batch_size, w.before)
+        stage_of_topic.update(dict.fromkeys(w.topic.topics, w.name))
     if consumer_loop == "batch":
         faust_patches.install_batch_loop(faust_patches.StageBatches(handlers, stage_of_topic))
+
+
+def add_housekeeping(app, settings: Settings, producer, worker_index: int) -> None:
+    """The worker's timers and tasks besides the stages: the producer's delivery callbacks, the
+    commit watchdog, the event loop's lag metric and the readiness gauge."""
+    kafka_config = settings.kafka_config(JOBS)
 
     @app.timer(interval=1.0)
     async def _serve_producer_callbacks():
         producer.poll(0)
 
     watched = {*INPUT_TOPICS, MATCH_TOPIC, CANDIDATE_TOPIC}
-    watchdog = CommitWatchdog(stuck_after=float(os.environ.get("INTELBUS_JOBS_STUCK_AFTER_S", "30")),
-                              hole_after=float(os.environ.get("INTELBUS_JOBS_HOLE_AFTER_S", "5")))
+    watchdog = CommitWatchdog(stuck_after=settings.jobs_stuck_after_s, hole_after=settings.jobs_hole_after_s)
 
     @app.timer(interval=1.0)
     async def _watch_commits():
@@ -337,10 +382,6 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
                 log.info("worker %d not ready: %s", worker_index, now_reason)
             reason = now_reason
             await asyncio.sleep(0.25)
-
-    app.intelbus_producer = producer
-    app.intelbus_consumer_loop = consumer_loop
-    return app
 
 
 def not_ready_because(app) -> str | None:
@@ -593,23 +634,6 @@ def header_pairs(headers) -> tuple:
     if hasattr(headers, "items"):
         return tuple(headers.items())
     return tuple(headers)
-
-
-def dead_letter_record(dl: DeadLetter) -> dict:
-    import uuid
-
-    return {
-        "dlq_id": str(uuid.uuid4()),
-        "stage": dl.stage,
-        "source": dl.source,
-        "kind": dl.kind,
-        "field": dl.field,
-        "reason": dl.reason,
-        "raw": dl.raw,
-        "source_region": dl.source_region,
-        "source_system": dl.source_system,
-        "failed_at": int(time.time() * 1000),
-    }
 
 
 def counts_summary(counts: Counter) -> str:

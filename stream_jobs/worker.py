@@ -30,15 +30,15 @@ def add_jobs(p):
 
         from stream_jobs.faust_patches import UnsupportedFramework, require_pinned
 
-        from stream_jobs.app import consumer_loop_from
+        from stream_jobs.app import consumer_loop_named
 
+        settings = load_settings()
         try:
             require_pinned()  # before any worker starts: never run faust unguarded
-            consumer_loop_from(os.environ)  # a loop that does not exist (the removed `direct`): said, not a traceback
+            consumer_loop_named(settings.jobs_consumer_loop)  # one that does not exist (the removed `direct`): said
         except (UnsupportedFramework, ValueError) as e:
             print(f"intelbus jobs: {e}", file=sys.stderr)
             return 2
-        settings = load_settings()
         workers = args.workers or settings.jobs_workers
         if args.worker_index is not None or workers == 1:
             return run_worker(settings, args.worker_index or 0, args)
@@ -83,7 +83,7 @@ def run_worker(settings, index: int, args) -> int:
     # faust runs aiokafka's consumer in a thread of its own. Each time the event loop's thread
     # releases the GIL (a RocksDB read, the producer's flush), getting it back waited for that
     # thread's switch interval, 5 ms by default: hundreds of times a second.
-    sys.setswitchinterval(float(os.environ.get("INTELBUS_JOBS_GIL_SWITCH_S", "0.0005")))
+    sys.setswitchinterval(settings.jobs_gil_switch_s)
     import faust
     from prometheus_client import start_http_server
 

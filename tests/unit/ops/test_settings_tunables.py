@@ -13,7 +13,7 @@ from stream_jobs.tables import worker_budget_mib
 REPO = Path(__file__).resolve().parents[3]
 MODULES = [*sorted((REPO / "sinks").rglob("*.py")), *sorted((REPO / "producers").rglob("*.py")),
            REPO / "stream_jobs" / "stages.py", REPO / "stream_jobs" / "tables.py", REPO / "stream_jobs" / "workflow_job.py",
-           REPO / "gateway" / "app.py"]
+           REPO / "gateway" / "app.py", REPO / "stream_jobs" / "app.py", REPO / "stream_jobs" / "worker.py"]
 # not tunables: a person's token (as gateway/cli.py reads it), and the policy file workflows/policy.py reads
 NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
 
@@ -31,6 +31,11 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_SINK_FAULT", "sink_fault", "exit-before-commit"),
     ("INTELBUS_JOBS_ROCKSDB_CACHE_MIB", "jobs_rocksdb_cache_mib", 8),
     ("INTELBUS_GATEWAY_HTTP", "gateway_http", "h11"),
+    ("INTELBUS_JOBS_CONSUMER_LOOP", "jobs_consumer_loop", "faust"),
+    ("INTELBUS_JOBS_LOOKBACK_S", "jobs_lookback_s", 30.0),
+    ("INTELBUS_JOBS_STUCK_AFTER_S", "jobs_stuck_after_s", 60.0),
+    ("INTELBUS_JOBS_HOLE_AFTER_S", "jobs_hole_after_s", 2.0),
+    ("INTELBUS_JOBS_GIL_SWITCH_S", "jobs_gil_switch_s", 0.005),
 ])
 def test_a_tunable_set_in_the_environment_reaches_its_setting(env, field, value):
     assert getattr(load_settings(environ={}), field) != value
@@ -42,6 +47,8 @@ def test_the_defaults_are_the_ones_the_modules_had():
     assert (s.workflows_session_s, s.workflows_hold_s, s.workflows_tick_s, s.workflows_watermark_s) == (10, 30, 1, 0.2)
     assert (s.workflows_watermark_skew_ms, s.workflows_hit_backfill_s, s.workflows_offset_reset) == (100, 86_400, "earliest")
     assert worker_budget_mib(s) == (32, 48) and s.sink_fault == "" and s.workflows_only == ""
+    assert (s.jobs_consumer_loop, s.jobs_lookback_s, s.jobs_stuck_after_s, s.jobs_hole_after_s) == ("batch", 120, 30, 5)
+    assert s.jobs_gil_switch_s == 0.0005
 
 
 def test_the_rocksdb_budget_follows_its_settings():
