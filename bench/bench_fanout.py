@@ -69,6 +69,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from schemas.catalog import HIT_TOPIC
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # (principal, agency region, view regions its clients use): provinces of the simulator's regions and some counties
 VIEWS = [("bench-fo-bj", "110000", ["110000", "110105"]), ("bench-fo-tj", "120000", ["120000", "120119"]),
@@ -157,10 +159,10 @@ class Baseline(threading.Thread):
         self.codec, self.seen, self.stop = codec, {}, threading.Event()
         self.consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-fo-{uuid.uuid4().hex}",
                                   "enable.auto.commit": False})
-        meta = self.consumer.list_topics("intel.hit", timeout=10).topics["intel.hit"]
+        meta = self.consumer.list_topics(HIT_TOPIC, timeout=10).topics[HIT_TOPIC]
         self.partitions = len(meta.partitions)
-        self.consumer.assign([TopicPartition("intel.hit", p, self.consumer.get_watermark_offsets(
-            TopicPartition("intel.hit", p), timeout=10)[1]) for p in meta.partitions])
+        self.consumer.assign([TopicPartition(HIT_TOPIC, p, self.consumer.get_watermark_offsets(
+            TopicPartition(HIT_TOPIC, p), timeout=10)[1]) for p in meta.partitions])
 
     def run(self):
         from ops.consume import consume_ready
@@ -422,7 +424,7 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
         from confluent_kafka.admin import AdminClient
 
         parts = len(AdminClient(settings.kafka_config("intelbus-admin")).list_topics(
-            "intel.hit", timeout=10).topics["intel.hit"].partitions)
+            HIT_TOPIC, timeout=10).topics[HIT_TOPIC].partitions)
         assigned = [(tok, view, hit_partition(view[:2] + "0000", parts))
                     for tok, view in (views[i % len(views)] for i in range(clients))]
         go_home = ctx.Event()

@@ -13,6 +13,8 @@ import time
 import urllib.request
 import uuid
 
+from schemas.catalog import INPUT_TOPICS
+
 
 def metrics_text(port: int) -> str:
     """A local process's Prometheus metrics page."""
@@ -141,9 +143,6 @@ def latency(settings, rate: float, seconds: float) -> dict:
     delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)] if before else after
     return {"rate": rate, "achieved_publish_rate": report["rate"], "hits": delta[-1][1] if delta else 0,
             "p50_s_at_most": quantile_from_buckets(delta, 0.5), "p99_s_at_most": quantile_from_buckets(delta, 0.99)}
-
-
-INPUT_TOPICS = ("intel.alert", "intel.wanted", "intel.incident")
 
 
 def end_offsets(settings, topics) -> dict[str, list[int]]:

@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 
 from identity.entitlement import Entitlement
+from schemas.catalog import HIT_TOPIC, WORKFLOW_TOPIC, unique_topic
 from sinks.feed import alert_for_display, hit_for_display, hit_partition
 
-HIT_TOPIC, ALERT_TOPIC, WORKFLOW_TOPIC = "intel.hit", "intel.alert.unique", "intel.workflow"
+ALERT_TOPIC = unique_topic("alert")
 # the times of a workflow event, as the API's items carry them (epoch ms, gateway/workflow_api.EVENT_FIELDS)
 _WORKFLOW_TIMES = {"at": "at_ms", "due_at": "due_ms", "scheduled_at": "scheduled_ms"}
 # what a wall or a terminal says of a workflow event (docs/workflows.md has the table)
