@@ -33,33 +33,35 @@ from fastapi.responses import StreamingResponse
 from gateway.audit import AuditEntry
 from gateway.hub import (AUDIT_WAIT, FANOUT_LAG, SSE_CLIENTS, CatchUpReader, Hub, TokenError, complete_position,
                          decode_token, rendered, stream_partitions, visible, walk)
+from ops.settings import load_settings
 
 log = logging.getLogger("intelbus.gateway.events")
 
+_LIVE = load_settings()  # the live feed's tunables (INTELBUS_LIVE_*), read once when the gateway starts
 HEARTBEAT_S = 5.0
 # a client's items wait at most this long for its next audit record (0: none; the journal's shipper
 # already merges each stream's records to one audit_log row a second)
-AUDIT_INTERVAL_S = float(os.environ.get("INTELBUS_LIVE_AUDIT_INTERVAL_S", "0"))
+AUDIT_INTERVAL_S = _LIVE.live_audit_interval_s
 HUB_READY_WAIT_S = 20.0   # for the hub's consumer to be assigned
 # for a starting hub to read its buffer, before a first connection reads by itself. Not 2 s: a hub reading
 # its hour of three topics on a busy machine takes 10-20 s, and 200 walls opening private readers at once
 # (bench_fanout, 06:50 run: catchup_readers_total 200) kept the gateway seconds behind for the whole run
-FIRST_WAIT_S = float(os.environ.get("INTELBUS_LIVE_FIRST_WAIT_S", "30"))
-JOURNAL_FSYNC = os.environ.get("INTELBUS_LIVE_AUDIT_FSYNC", "0") == "1"
+FIRST_WAIT_S = _LIVE.live_first_wait_s
+JOURNAL_FSYNC = _LIVE.live_audit_fsync
 # for measuring (bench/bench_fanout.py): each batch starts with an SSE comment `: sent <epoch ms> polled <ms>,...`,
 # the gateway's clock when it hands the batch over and, per item in order, when the hub's poll returned its message
 # (0 if read at the hub's start), so a client can tell its own lag from the gateway's, and the gateway's hold (poll
 # to send) from the lag of its Kafka fetch
-SEND_STAMP = os.environ.get("INTELBUS_LIVE_SEND_STAMP", "0") == "1"
+SEND_STAMP = _LIVE.live_send_stamp
 # 1: the streams of a round write their journal lines in one write, each waiting for it before it sends. Not the
 # default: measured (bench/results/fanout.md, 10:08 run) a batch then waited 150-230 ms on average for the rest of
 # its round's turns (0.6 ms with a write in the stream's own turn), more than the write calls it saved
-AUDIT_GROUP_WRITE = os.environ.get("INTELBUS_LIVE_AUDIT_GROUP", "0") == "1"
+AUDIT_GROUP_WRITE = _LIVE.live_audit_group
 # the broadcast path (issue 15, the fan-out's hold): a round's ring reads, walks and audits once for every stream of
 # the rung groups that waits in step (`deliver`: one walk per view group, one journal write for the round), and hands
 # each its batch's text; the stream's own turn only sends it. "0": every stream reads, walks, writes its journal line
 # and sends in its own turn (as before, for bench_fanout's same-run comparison)
-BROADCAST = os.environ.get("INTELBUS_LIVE_BROADCAST", "1") != "0"
+BROADCAST = _LIVE.live_broadcast
 
 
 class AuditJournal:

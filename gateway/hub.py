@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.feed import ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, may_see_workflow, workflow_for_display
+from ops.settings import load_settings
 from sinks.feed import alert_for_display, hit_for_display, hit_partition
 
 log = logging.getLogger("intelbus.gateway.hub")
@@ -79,18 +79,19 @@ CATCH_UPS = Counter("intelbus_gateway_catchup_readers_total",
 TP = tuple[str, int]          # (topic, partition)
 Position = dict[TP, int]       # the next offset to read, per partition a stream reads
 
-BUFFER_WINDOW_S = float(os.environ.get("INTELBUS_LIVE_BUFFER_S", "3600"))
-BUFFER_MAX_ITEMS = int(os.environ.get("INTELBUS_LIVE_BUFFER_ITEMS", "50000"))
+_LIVE = load_settings()  # the live feed's tunables (INTELBUS_LIVE_*), read once when the gateway starts
+BUFFER_WINDOW_S = _LIVE.live_buffer_s
+BUFFER_MAX_ITEMS = _LIVE.live_buffer_items
 TOKEN_VERSION = "2"
 TOPICS = (HIT_TOPIC, ALERT_TOPIC, WORKFLOW_TOPIC)
 APPEND_SLICE = 200
 # rounds: the streams are rung at most once per RING_MS (leading edge: at once if the last ring is older), and
 # only the streams whose view may see something the round brought (RING_SELECT); 0 / "0": the old behaviour
 # (every append rings every stream at once), kept for bench_fanout's same-run comparison
-RING_MS = float(os.environ.get("INTELBUS_LIVE_RING_MS", "10"))
-RING_SELECT = os.environ.get("INTELBUS_LIVE_RING_SELECT", "1") != "0"
+RING_MS = _LIVE.live_ring_ms
+RING_SELECT = _LIVE.live_ring_select
 # intel.workflow read by a consumer (and thread) of its own, so that a burst of reminders never holds the hits
-WORKFLOW_CONSUMER = os.environ.get("INTELBUS_LIVE_WORKFLOW_CONSUMER", "1") != "0"
+WORKFLOW_CONSUMER = _LIVE.live_workflow_consumer
 # a heap the garbage collector walks quickly (bench/results/fanout.md, 12:31 run: the hub thread's work took 3.5 s
 # of wall time for 0.5 s of its CPU, and the 3 s between were the process's full collections, 5 in 70 s, up to
 # 0.9 s each, every thread stopped): the streams' shared walks are dropped a few rounds old (`RecentWalks`) instead of
@@ -98,17 +99,17 @@ WORKFLOW_CONSUMER = os.environ.get("INTELBUS_LIVE_WORKFLOW_CONSUMER", "1") != "0
 # in tuples, a workflow item's bytes instead of its decoded record); the heap of the gateway's start (its modules,
 # the app, the start's backlog) is frozen out of every later collection once the hub has caught up (`freeze_heap`).
 # "0": as before, for bench_fanout's same-run comparison
-GC_LIGHT = os.environ.get("INTELBUS_LIVE_GC_LIGHT", "1") != "0"
+GC_LIGHT = _LIVE.live_gc_light
 # the collector's thresholds once the hub has caught up (`freeze_heap`): the third (full collections after that many
 # of the second generation's, default 10) at 100, so a full collection comes every few minutes rather than every
 # 15-20 s (bench_fanout, 12:38 run: 4 in 70 s, 1-2 s each on the loaded machine); cycles left as garbage wait that long
-GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("INTELBUS_LIVE_GC_THRESHOLDS", "700,10,100").split(","))
+GC_THRESHOLDS = tuple(int(x) for x in _LIVE.live_gc_thresholds.split(","))
 # the caught-up hub's thread of hits and alerts only polls and appends the messages' bytes; each is decoded on the event
 # loop when a round first looks at it (whom to ring), so that thread holds the GIL briefly. Not intel.workflow's: a
 # workflow tick's thousands of reminders decoded on the loop held every wall for seconds (bench_fanout, 16:17 run);
 # its own thread decodes them. Off by default ("1" turns it on) until a same-run comparison shows it helps: the shared
 # machine's runs so far were too disturbed to tell (bench/results/fanout.md)
-HUB_LAZY = os.environ.get("INTELBUS_LIVE_HUB_LAZY", "0") == "1"
+HUB_LAZY = _LIVE.live_hub_lazy
 WALKS_KEPT = 256  # about a second of rounds for 15 view groups: the streams of a round share their walks within it
 
 

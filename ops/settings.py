@@ -138,6 +138,34 @@ class Settings:
                             "audit); `up` serves it on this address", "http://127.0.0.1:8080")
     gateway_http: str = _env("INTELBUS_GATEWAY_HTTP", "the gateway's HTTP implementation in uvicorn: auto (httptools "
                              "when installed, else h11), h11 or httptools (bench/bench_fanout.py compares them)", "auto")
+    # the gateway's live feed (gateway/hub.py, gateway/events.py; docs/architecture.md "The live feed"); the switches
+    # that restore an earlier behaviour are for bench_fanout's same-run comparisons
+    live_buffer_s: float = _env("INTELBUS_LIVE_BUFFER_S", "live feed: how far back the hub's buffer reaches, s", 3600.0)
+    live_buffer_items: int = _env("INTELBUS_LIVE_BUFFER_ITEMS", "live feed: the most items the hub's buffer keeps", 50_000)
+    live_ring_ms: float = _env("INTELBUS_LIVE_RING_MS", "live feed: streams are rung at most once per this many ms "
+                               "(leading edge; 0: at every append)", 10.0)
+    live_ring_select: bool = _env("INTELBUS_LIVE_RING_SELECT", "live feed: a round rings only the view groups it may "
+                                  "show something to (0: every stream)", True)
+    live_workflow_consumer: bool = _env("INTELBUS_LIVE_WORKFLOW_CONSUMER", "live feed: intel.workflow read by a "
+                                        "consumer and thread of its own", True)
+    live_gc_light: bool = _env("INTELBUS_LIVE_GC_LIGHT", "live feed: the light heap and frozen start-up heap (0: as "
+                               "before, for bench_fanout)", True)
+    live_gc_thresholds: str = _env("INTELBUS_LIVE_GC_THRESHOLDS", "live feed: the collector's thresholds once the hub "
+                                   "has caught up", "700,10,100")
+    live_hub_lazy: bool = _env("INTELBUS_LIVE_HUB_LAZY", "live feed: hits and alerts decoded on the event loop when a "
+                               "round first looks at them, not on the hub's thread", False)
+    live_audit_interval_s: float = _env("INTELBUS_LIVE_AUDIT_INTERVAL_S", "live feed: a client's items wait at most "
+                                        "this long for its next audit record (0: none)", 0.0)
+    live_first_wait_s: float = _env("INTELBUS_LIVE_FIRST_WAIT_S", "live feed: how long a first connection waits for a "
+                                    "starting hub to read its buffer before it reads by itself, s", 30.0)
+    live_audit_fsync: bool = _env("INTELBUS_LIVE_AUDIT_FSYNC", "live feed: fsync the audit journal at each append",
+                                  False)
+    live_send_stamp: bool = _env("INTELBUS_LIVE_SEND_STAMP", "live feed, benchmarks: each batch starts with a comment "
+                                 "of the gateway's send and poll times", False)
+    live_audit_group: bool = _env("INTELBUS_LIVE_AUDIT_GROUP", "live feed: one journal write per round in the streams' "
+                                  "own path (each waits for it before it sends)", False)
+    live_broadcast: bool = _env("INTELBUS_LIVE_BROADCAST", "live feed: a round reads, walks and audits once for the "
+                                "streams of a view group in step (0: every stream in its own turn)", True)
     token_ttl_s: int = _env("INTELBUS_TOKEN_TTL_S", "how long a login's token is valid, in seconds", 3600)
     oidc_config: str = _env("INTELBUS_OIDC_CONFIG", "YAML file naming an OIDC provider whose tokens the gateway accepts "
                             "(see ops/identity/oidc.example.yaml); empty: local logins only", "")

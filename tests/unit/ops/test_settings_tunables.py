@@ -13,7 +13,8 @@ from stream_jobs.tables import worker_budget_mib
 REPO = Path(__file__).resolve().parents[3]
 MODULES = [*sorted((REPO / "sinks").rglob("*.py")), *sorted((REPO / "producers").rglob("*.py")),
            REPO / "stream_jobs" / "stages.py", REPO / "stream_jobs" / "tables.py", REPO / "stream_jobs" / "workflow_job.py",
-           REPO / "gateway" / "app.py", REPO / "stream_jobs" / "app.py", REPO / "stream_jobs" / "worker.py"]
+           REPO / "gateway" / "app.py", REPO / "stream_jobs" / "app.py", REPO / "stream_jobs" / "worker.py",
+           REPO / "gateway" / "hub.py", REPO / "gateway" / "events.py"]
 # not tunables: a person's token (as gateway/cli.py reads it), and the policy file workflows/policy.py reads
 NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
 
@@ -36,6 +37,10 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_JOBS_STUCK_AFTER_S", "jobs_stuck_after_s", 60.0),
     ("INTELBUS_JOBS_HOLE_AFTER_S", "jobs_hole_after_s", 2.0),
     ("INTELBUS_JOBS_GIL_SWITCH_S", "jobs_gil_switch_s", 0.005),
+    ("INTELBUS_LIVE_RING_MS", "live_ring_ms", 0.0),
+    ("INTELBUS_LIVE_BROADCAST", "live_broadcast", False),
+    ("INTELBUS_LIVE_HUB_LAZY", "live_hub_lazy", True),
+    ("INTELBUS_LIVE_GC_THRESHOLDS", "live_gc_thresholds", "700,10,10"),
 ])
 def test_a_tunable_set_in_the_environment_reaches_its_setting(env, field, value):
     assert getattr(load_settings(environ={}), field) != value
