@@ -1,0 +1,173 @@
+"""Produce-to-hit latency over several runs at fixed rates (issue 17: "p99 under 100 ms and p50
+under 40 ms at 1,000 and 2,000 events/s, over at least five runs, the first run after `up` included").
+
+Each run is `bench_e2e.fixed_rate` (the simulator at RATE events/s for SECONDS through the stack
+`intelbus up` runs; each hit's arrival at a command center's consumer minus its trigger's
+`reported_at`). Beside each run, in the same seconds and on the same broker, the baseline: one
+hop of the raw client, a confluent-kafka producer (linger 0) sending a probe every 10 ms to a
+topic of its own and a consumer reading it (send to receipt). A hit makes four hops (input,
+match request, candidate, hit), so four times the probe's latency is what the bus alone costs.
+
+Run it right after `intelbus up` (or `intelbus down --purge && intelbus up`) so that the first
+run is the first after up:
+
+    .venv/bin/python -m bench.bench_latency --rates 1000,2000 --runs 5 --seconds 30
+
+Results: bench/results/latency.json, and a section appended to bench/results/latency.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBE_TOPIC = "bench.latency.probe"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Probe(threading.Thread):
+    """The raw client's one hop: a probe every `every` s, send time to receipt, while the run lasts."""
+
+    def __init__(self, settings, every: float = 0.01):
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer, Producer, TopicPartition
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        config = settings.kafka_config("intelbus-admin")
+        admin = AdminClient(config)
+        if PROBE_TOPIC not in admin.list_topics(timeout=10).topics:
+            for f in admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)]).values():
+                try:
+                    f.result(30)
+                except Exception as exc:  # made meanwhile by another run
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise
+        self.producer = Producer({**config, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
+        self.consumer = Consumer({**config, "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False})
+        tp = TopicPartition(PROBE_TOPIC, 0)
+        for attempt in range(20):  # a topic just made has no leader for a moment
+            try:
+                tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+                break
+            except Exception:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
+        self.consumer.assign([tp])
+        self.every, self.stop, self.latencies_s = every, threading.Event(), []
+        self.sender = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self) -> None:
+        while not self.stop.is_set():
+            self.producer.produce(PROBE_TOPIC, str(time.time()).encode())
+            self.producer.poll(0)
+            time.sleep(self.every)
+        self.producer.flush(10)
+
+    def run(self) -> None:
+        self.sender.start()
+        while not self.stop.is_set():
+            m = self.consumer.poll(0.1)
+            if m is None or m.error():
+                continue
+            self.latencies_s.append(time.time() - float(m.value()))
+        self.consumer.close()
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.join(10)
+        self.sender.join(10)
+        lat = self.latencies_s
+        return {"probes": len(lat), "p50_ms": _ms(percentile(lat, 0.5)), "p99_ms": _ms(percentile(lat, 0.99))}
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else round(s * 1000, 1)
+
+
+def jobs_loop(settings) -> str:
+    """The consumer loop the stack's jobs-0 runs, from its last start line (`consumer_loop=...`)."""
+    import re
+
+    try:
+        text = (settings.stack_path / "logs" / "jobs-0.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "unknown"
+    found = re.findall(r"consumer_loop=(\w+)", text)
+    return found[-1] if found else "unknown"
+
+
+def one_run(settings, rate: float, seconds: float) -> dict:
+    from bench.bench_e2e import fixed_rate
+
+    probe = Probe(settings)
+    probe.start()
+    r = fixed_rate(settings, rate, seconds)
+    baseline = probe.finish()
+    hit = r["produce_to_hit_s"]
+    return {"rate": rate, "seconds": seconds, "achieved_publish_rate": r["achieved_publish_rate"], "hits": r["hits"],
+            "drained": r["drained"], "p50_ms": _ms(hit["p50"]), "p99_ms": _ms(hit["p99"]), "max_ms": _ms(hit["max"]),
+            "probe": baseline, "cpu_cores_used": r["cpu_cores_used"],
+            "lag_at_end_of_publishing": r["lag_at_end_of_publishing"]}
+
+
+def table(runs: list[dict]) -> list[str]:
+    lines = ["| run | rate (achieved) | hits | produce-to-hit p50 / p99 / max | raw client, one hop: p50 / p99 | "
+             "p99 over 4 hops of the raw client | jobs-0 cores |",
+             "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs, 1):
+        p = r["probe"]
+        ratio = round(r["p99_ms"] / (4 * p["p99_ms"]), 1) if r["p99_ms"] and p["p99_ms"] else None
+        lines.append(f"| {i} | {r['rate']:.0f} ({r['achieved_publish_rate']}) | {r['hits']} | "
+                     f"{r['p50_ms']} / {r['p99_ms']} / {r['max_ms']} ms | {p['p50_ms']} / {p['p99_ms']} ms | {ratio} | "
+                     f"{r['cpu_cores_used'].get('jobs-0')} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Run right after `intelbus up`: the first run counts as the first after up. Each run prints one "
+               "JSON line as it ends; the table is appended to bench/results/latency.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="1000,2000", help="events/s, comma-separated (default 1000,2000)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per rate (default 5)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds each run publishes (default 30)")
+    args = parser.parse_args(argv)
+    from ops.settings import load_settings
+
+    settings = load_settings()
+    rates = [float(x) for x in args.rates.split(",") if x]
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    runs = []
+    for _ in range(args.runs):
+        for rate in rates:  # alternating, so that neither rate gets all the quiet (or busy) minutes
+            runs.append(one_run(settings, rate, args.seconds))
+            print(json.dumps(runs[-1]), flush=True)
+    (RESULTS / "latency.json").write_text(json.dumps({"started": started, "runs": runs}, indent=1))
+    lines = ["", f"## Run of {started} (`--rates {args.rates} --runs {args.runs} --seconds {args.seconds:g}`; "
+                 f"jobs-0's consumer loop: {jobs_loop(settings)})", ""]
+    for rate in rates:
+        mine = [r for r in runs if r["rate"] == rate]
+        lines += [f"### {rate:.0f} events/s", "", *table(mine), ""]
+    if not (RESULTS / "latency.md").exists():
+        lines = ["# Produce-to-hit latency over runs (bench/bench_latency.py)", "", __doc__.split("\n\n")[1], *lines]
+    with open(RESULTS / "latency.md", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
