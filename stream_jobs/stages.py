@@ -355,8 +355,6 @@ def source_region_of(summary: dict) -> str:
 
 # --- stage 2: match -----------------------------------------------------------------------
 
-_OP_NAMES = {AddOp: "add", RemoveOp: "remove", LookupOp: "lookup"}
-
 class MatchStage:
     """Keeps the identifier index (open records, recent case incidents) and finds hits."""
 
@@ -424,8 +422,7 @@ class MatchStage:
                     try:
                         self._apply(op, events, msg.partition, now_ms, result)
                     except Exception as exc:  # never stall the partition on one bad operation
-                        what = _OP_NAMES[type(op)]
-                        result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {what} on {op.id}"))
+                        result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {op.op} on {op.id}"))
         sweep_partitions(self.sweeper, self.state, INDEX_TABLE, ops_by_partition, min(clock, now_ms), result)
         return result
 
