@@ -559,16 +559,16 @@ class LiveStream:
                                                    self.tps, self.position, self.since_ms)
             self.position = dict(self.catchup.start)
 
-    def _walk(self, entries) -> list[tuple]:
-        """(entry, its token, its SSE text) for the visible entries; the position moves past all."""
-        return [(e, token, sse_item(rendered(e), token)) for e, token in walk(self.view, self.position, entries,
+    def _walk(self, entries, position: dict) -> list[tuple]:
+        """(entry, its token, its SSE text) for the visible entries; `position` moves past all."""
+        return [(e, token, sse_item(rendered(e), token)) for e, token in walk(self.view, position, entries,
                                                                              self._may_see)]
 
     async def _next_items(self, wake, timeout: float) -> list[tuple]:
         """The next items (maybe none after `timeout`), switching between catch-up and the hub."""
         if self.catchup is not None:
             entries = await asyncio.to_thread(self.catchup.poll)
-            items = self._walk(entries)
+            items = self._walk(entries, self.position)
             if self.hub.covers(self.position):
                 await asyncio.to_thread(self.catchup.close)
                 self.catchup, self.cursor = None, self.hub.start_seq(self.position)
@@ -608,8 +608,7 @@ class LiveStream:
         walked = self.hub.walks.get(key)
         if walked is None:
             position = dict(self.position)
-            items = [(e, token, sse_item(rendered(e), token)) for e, token in walk(self.view, position, entries,
-                                                                                 self._may_see)]
+            items = self._walk(entries, position)
             if len(self.hub.walks) > 5000:
                 self.hub.walks.clear()
             walked = self.hub.walks[key] = (items, position, end)
