@@ -33,7 +33,8 @@ from schemas.catalog import HIT_TOPIC
 AVRO_PASSES = {"encode": 1, "decode": 2}
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank q-quantile (0..1) of values, a value of the sample; None for no values."""
     if not values:
         return None
     ordered = sorted(values)
@@ -383,9 +384,9 @@ def fixed_rate(settings, rate: float, seconds: float, *, drain_timeout: float = 
         "lag_at_end_of_publishing": {"jobs": end_lag.get("jobs_lag"), "sink": end_lag.get("sink_lag")},
         "drained": drained,
         "hits": len(hit_lat),
-        "produce_to_hit_s": {"p50": _percentile(hit_lat, 0.5), "p99": _percentile(hit_lat, 0.99),
+        "produce_to_hit_s": {"p50": percentile(hit_lat, 0.5), "p99": percentile(hit_lat, 0.99),
                              "max": max(hit_lat) if hit_lat else None},
-        "produce_to_queryable_s": {"sampled": len(q_lat), "p50": _percentile(q_lat, 0.5), "p99": _percentile(q_lat, 0.99),
+        "produce_to_queryable_s": {"sampled": len(q_lat), "p50": percentile(q_lat, 0.5), "p99": percentile(q_lat, 0.99),
                                    "max": max(q_lat) if q_lat else None},
         "peak_rss_mb": sampler.peak_rss_mb,
         "cpu_cores_used": cpu_cores,

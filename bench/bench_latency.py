@@ -24,15 +24,10 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.bench_e2e import percentile
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_TOPIC = "bench.latency.probe"
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 class Probe(threading.Thread):

@@ -52,6 +52,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench.bench_e2e import percentile
 from schemas import catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,13 +90,6 @@ def machine_busy() -> tuple[float, float]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return sum(v) - v[3] - v[4], sum(v)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def summary(values: list[float]) -> dict:
