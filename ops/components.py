@@ -20,7 +20,7 @@ OPS = REPO_ROOT / "ops"
 
 # What makes a killed component come back sooner (issue 18; bench/bench_recovery.py measures each):
 #   restart  the supervisor restarts a crashed component at once (then 1 s, 2 s ...) and looks twice a second
-#   cds      the JVMs map a class-data-sharing archive of their own classes, dumped after their first start
+#   cds      the JVMs map a class-data-sharing archive of their own classes, written at their first clean stop
 #   kafka    a broker's old registration expires sooner (broker.session.timeout.ms), logs recover in 2 threads
 #   c1       the brokers compile with C1 only (start-up and a small machine before peak throughput)
 # INTELBUS_STARTUP_TUNING turns them off for a before/after measurement: "all" (the default), "none",
