@@ -275,7 +275,7 @@ class Simulation:
                 continue
             if rng.random() < cfg.invalid_rate:
                 self.truth.invalid += 1
-                yield self._invalid()
+                yield self._invalid(phase)
                 self._tick()
                 continue
             roll = rng.random()
@@ -459,7 +459,7 @@ class Simulation:
                 yield self._emit("wanted", late, 3)
                 self._tick()
 
-    def _invalid(self) -> SimRecord:
+    def _invalid(self, phase: int = 2) -> SimRecord:
         rng = self.rng
         region = rng.choice(self.cfg.regions)
         good = self._new_person_id()
@@ -473,5 +473,6 @@ class Simulation:
             rec = {**base, "titel": "typo in a field name"}
         else:
             rec = {**base, "location": {"region": "999999"}}
-        return SimRecord("incident", rec, invalid=True, phase=2)
+        # the phase of the traffic it is part of: a phase change makes `--settle` wait for the jobs
+        return SimRecord("incident", rec, invalid=True, phase=phase)
 

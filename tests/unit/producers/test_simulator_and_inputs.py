@@ -37,6 +37,20 @@ def test_the_simulator_truth_adds_up_and_its_records_are_valid_or_meant_to_be_in
     assert types.get("WANTED_PERSON") and types.get("WATCH_MATCH") and types.get("CASE_LINK")
 
 
+def test_the_phases_come_once_each_in_order_so_settle_waits_three_times():
+    """`run_simulation(between_phases=...)` (`intelbus simulate --settle`, bench/chaos.py) waits for the
+    jobs at every change of phase: an invalid record in the last traffic phase must not count as a
+    return to phase 2 (it made a 30-minute run wait about a thousand times)."""
+    sim = Simulation(SimConfig(seed=18, count=100_000, start_ms=1_790_000_000_000))
+    order, invalid_late = [], 0
+    for item in sim.records():
+        if not order or order[-1] != item.phase:
+            order.append(item.phase)
+        invalid_late += item.invalid and len(order) == 4
+    assert order == [1, 2, 3, 4]
+    assert invalid_late > 0  # the last phase has invalid records of its own
+
+
 def test_runs_with_other_seeds_share_no_person_phone_or_plate():
     def identifiers(seed):
         out = set()
