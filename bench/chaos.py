@@ -110,16 +110,17 @@ def cluster_up(env: dict, *, log=print):
 JVM_SERVERS = (*BROKERS, "registry", "zookeeper")
 
 
-def warm_class_archives(env: dict, *, log=print) -> bool:
+def warm_class_archives(env: dict, *, log=print, servers=JVM_SERVERS) -> bool:
     """`down` and `up` the JVM servers once: they write their class-data archives as they exit
-    cleanly, and every restart after a SIGKILL maps them, as on a stack that was ever stopped."""
+    cleanly, and every restart after a SIGKILL maps them, as on a stack that was ever stopped.
+    servers: only these (the short chaos test warms only the ones it kills)."""
     started = time.monotonic()
-    down = intelbus(env, "down", *JVM_SERVERS, timeout=600)
+    down = intelbus(env, "down", *servers, timeout=600)
     up = intelbus(env, "up", "--profile", "cluster", timeout=1200)
     if down.returncode != 0 or up.returncode != 0:
-        log(f"chaos: the clean stop and start of {', '.join(JVM_SERVERS)} failed: {down.stderr[-1000:]} {up.stderr[-2000:]}")
+        log(f"chaos: the clean stop and start of {', '.join(servers)} failed: {down.stderr[-1000:]} {up.stderr[-2000:]}")
         return False
-    log(f"chaos: {', '.join(JVM_SERVERS)} stopped cleanly and started again in {time.monotonic() - started:.0f}s "
+    log(f"chaos: {', '.join(servers)} stopped cleanly and started again in {time.monotonic() - started:.0f}s "
         "(their class-data archives written)")
     return True
 
@@ -239,6 +240,7 @@ class Run:
     every: float = 10.0
     max_recovery: float = 30.0
     give_up_s: float = 240.0
+    kill_gap_s: float = 5.0  # after a victim is back, this long before the next kill
     log: object = print
     t0: float = 0.0
     samples: list[dict] = field(default_factory=list)
@@ -340,7 +342,7 @@ class Run:
             if kill.healthy_after_s is None:
                 kill.note = f"not healthy within {self.give_up_s:.0f}s"
             self.log(f"chaos: {name}: process back after {_s(kill.alive_after_s)}, healthy after {_s(kill.healthy_after_s)}")
-            ready_at = self.now() + 5.0  # one at a time: the next victim only after this one is back
+            ready_at = self.now() + self.kill_gap_s  # one at a time: the next victim only after this one is back
 
 
 def settle(settings, group: str, topics: list[str], timeout: float) -> float:
@@ -488,9 +490,13 @@ def sizing(settings, stack, samples: list[dict], traffic: tuple[float, float], r
 
 
 def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: list[str], every: float = 10.0,
-              max_recovery: float = 30.0, log=print) -> dict:
+              max_recovery: float = 30.0, log=print, kill_window: tuple[float, float] = (0.08, 0.85),
+              kill_gap_s: float = 5.0) -> dict:
     """The run on a stack already up with env's settings: traffic, kills, samples, drain, checks.
-    Returns the results (also what the JSON holds); results["ok"] is the verdict."""
+    Returns the results (also what the JSON holds); results["ok"] is the verdict.
+    kill_window: the shares of the planned traffic time the kills are spread over (kill_plan's
+    start and end); kill_gap_s: seconds after a victim is back before the next kill (the short
+    test's tighter plan: tests/integration/test_chaos_short.py)."""
     from ops.lag import JOBS_TOPICS, SINK_TOPICS
     from ops.services import full_stack
     from ops.verify import load_truth, verify
@@ -504,9 +510,9 @@ def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: 
     count = int(rate * traffic_s)
     prefix = f"X{uuid.uuid4().hex[:6]}-"
     sim = Simulation(SimConfig(seed=seed, count=count, ref_prefix=prefix))
-    plan = kill_plan(components, seed, traffic_s)
+    plan = kill_plan(components, seed, traffic_s, start=kill_window[0], end=kill_window[1])
     run = Run(env=env, minutes=minutes, rate=rate, seed=seed, components=components, every=every,
-              max_recovery=max_recovery, log=log)
+              max_recovery=max_recovery, log=log, kill_gap_s=kill_gap_s)
     results = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "minutes": minutes,
                "rate": rate, "seed": seed, "records": count, "ref_prefix": prefix, "components": components,
                "plan": plan, "load_at_start": loadavg(), "uptime_at_start": _uptime(),
