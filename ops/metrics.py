@@ -17,6 +17,11 @@ GC_PAUSE = Histogram("intelbus_gc_pause_seconds",
 
 _gc_started: list[float] = [0.0]
 SLOW_GC_S = 0.1  # a collection this long is logged, with what it found
+# The slow-collection line goes where the process's logging goes: a service (worker, sink) configures
+# logging at start and has it in its log. A process that configured none (a test run, a CLI command)
+# would have it printed on stderr by logging's last resort; this handler keeps it quiet there.
+_GC_LOG = logging.getLogger("intelbus.gc")
+_GC_LOG.addHandler(logging.NullHandler())
 
 
 def _on_gc(phase: str, info: dict) -> None:
@@ -26,7 +31,7 @@ def _on_gc(phase: str, info: dict) -> None:
         took = time.perf_counter() - _gc_started[0]
         GC_PAUSE.labels(str(info["generation"])).observe(took)
         if took >= SLOW_GC_S:
-            logging.getLogger("intelbus.gc").warning(
+            _GC_LOG.warning(
                 "garbage collection of generation %d stood the process still for %.3f s: %d objects collected, "
                 "%d uncollectable", info["generation"], took, info["collected"], info["uncollectable"])
 
@@ -35,6 +40,12 @@ def watch_gc() -> None:
     """Observe every collection's pause in `intelbus_gc_pause_seconds` (idempotent)."""
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
+
+
+def unwatch_gc() -> None:
+    """Stop observing (a test that watched, so the rest of its process is not timed)."""
+    while _on_gc in gc.callbacks:
+        gc.callbacks.remove(_on_gc)
 
 
 def tune_gc(gen0: int = 50_000) -> None:

@@ -1,10 +1,19 @@
 """The garbage collector's pauses are measured, and the youngest generation collected less often."""
 import gc
 import re
+import subprocess
+import sys
 
+import pytest
 from prometheus_client import REGISTRY
 
-from ops.metrics import tune_gc, watch_gc
+from ops.metrics import tune_gc, unwatch_gc, watch_gc
+
+
+@pytest.fixture(autouse=True)
+def _unwatched_after():
+    yield
+    unwatch_gc()  # the rest of the test run is not timed (nor its slow collections logged)
 
 
 def _count(generation: str) -> float:
@@ -49,3 +58,33 @@ def test_a_slow_collection_is_logged_with_what_it_collected(monkeypatch, caplog)
     monkeypatch.setattr(ops.metrics, "SLOW_GC_S", 60.0)
     gc.collect()
     assert "garbage collection" not in caplog.text
+
+
+SLOW_COLLECTION = """
+import gc, logging, sys
+import ops.metrics
+if sys.argv[1] == "service":  # as the jobs worker and the sink configure their logging at start
+    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+ops.metrics.SLOW_GC_S = 0.0
+ops.metrics.watch_gc()
+gc.collect()
+print("collected", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["service", "test"])
+def test_a_slow_collection_is_in_a_services_log_and_not_printed_where_no_logging_is_set_up(kind):
+    run = subprocess.run([sys.executable, "-c", SLOW_COLLECTION, kind], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "collected" in run.stdout, run.stderr
+    if kind == "service":
+        assert "WARNING intelbus.gc: garbage collection of generation 2 stood the process still" in run.stderr
+    else:  # a test process, a CLI command: nothing on stderr
+        assert "garbage collection" not in run.stderr, run.stderr
+
+
+def test_unwatching_stops_the_observations():
+    watch_gc()
+    unwatch_gc()
+    before = _count("2")
+    gc.collect()
+    assert _count("2") == before
