@@ -211,6 +211,47 @@ def loadavg() -> str:
         return "?"
 
 
+def traffic_priority(nice: int) -> str:
+    """Give this process (the simulator's traffic, the sampler and the killer) the CPU share of the
+    autogroup nice value `nice` (sched(7), "The autogroup feature"; /proc/self/autogroup); returns
+    what it runs with, or why it is unchanged.
+
+    With autogroups on, the kernel shares the CPU between sessions first, and the stack's
+    supervisor starts every component in a session of its own: under load the simulator's one
+    thread got a share like any component's (480 records/s at load 42-48 on 2 cores, where it
+    needs about 0.09 of a core for 1,000/s). The traffic stands for regional systems on machines
+    of their own: it should arrive at its rate whatever the stack's load, and take only the little
+    CPU it needs. Only a session leader changes its own autogroup (never the caller's session):
+    start the run under `setsid` when its shell made it a process group leader."""
+    group = Path("/proc/self/autogroup")
+    if nice == 0:
+        return "unchanged (--traffic-nice 0)"
+    if not group.exists():
+        return "unchanged: no autogroups on this kernel"
+    if os.getsid(0) != os.getpid():
+        try:
+            os.setsid()
+        except OSError:
+            return "unchanged: not the leader of a session of its own (start it under `setsid`)"
+    try:
+        group.write_text(str(nice))
+        return group.read_text().strip()
+    except OSError as exc:
+        return f"unchanged: {exc}"
+
+
+def publishing_rates(samples: list[dict], end_s: float | None) -> dict:
+    """Records/s published between consecutive samples while the traffic ran (each interval's
+    count over its seconds): the settle waits between the simulator's phases make the dips."""
+    rates = [round((b["sent"] - a["sent"]) / (b["t"] - a["t"]), 1) for a, b in zip(samples, samples[1:])
+             if b["t"] > a["t"] and (end_s is None or b["t"] <= end_s)]
+    if not rates:
+        return {}
+    ordered = sorted(rates)
+    return {"intervals": len(rates), "min": ordered[0], "median": ordered[len(ordered) // 2], "max": ordered[-1],
+            "per_interval": rates}
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -514,7 +555,7 @@ def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: 
     run = Run(env=env, minutes=minutes, rate=rate, seed=seed, components=components, every=every,
               max_recovery=max_recovery, log=log, kill_gap_s=kill_gap_s)
     results = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "minutes": minutes,
-               "rate": rate, "seed": seed, "records": count, "ref_prefix": prefix, "components": components,
+               "rate": rate, "seed": seed, "records": count, "ref_prefix": prefix, "components": components, "every": every,
                "plan": plan, "load_at_start": loadavg(), "uptime_at_start": _uptime(),
                "stack_dir": settings.stack_dir}
     log(f"chaos: {count:,} records at {rate:,.0f}/s ({minutes} min), prefix {prefix}, seed {seed}; "
@@ -584,7 +625,7 @@ def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: 
     delivered = report.get("undelivered", 1) == 0 and not report.get("error")
     results.update({
         "traffic": {**{k: v for k, v in report.items() if k != "by_type"}, "ended_s": traffic_end,
-                    "settle_waits_s": settle_waits},
+                    "settle_waits_s": settle_waits, "publishing_rates": publishing_rates(run.samples, traffic_end)},
         "producer_errors": {"count": len(errors), "first": errors[:5]},
         "kills": [k.__dict__ for k in run.kills],
         "drain_s": drain,
@@ -715,6 +756,8 @@ def markdown(results: dict, svg_name: str) -> str:
              f"{t.get('elapsed_s')} s (the phases wait for the jobs: {t.get('settle_waits_s')} s); producer errors "
              f"{results['producer_errors']['count']}; drained after the traffic in {results['drain_s']} s.",
              "",
+             _rates_line(t.get("publishing_rates"), results.get("every", 10), results.get("traffic_priority")),
+             "",
              "## Ground truth",
              "",
              "| where | expected | found | missing | false | exact |",
@@ -781,6 +824,14 @@ def markdown(results: dict, svg_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rates_line(rates: dict | None, every: float, priority: str | None) -> str:
+    if not rates:
+        return "Publishing rate per sample interval: no samples."
+    return (f"Publishing rate per {every:g}-s sample interval while the traffic ran: median {rates['median']:,.0f}, "
+            f"min {rates['min']:,.0f}, max {rates['max']:,.0f} records/s over {rates['intervals']} intervals (the "
+            f"settle waits make the dips); the traffic's process ran with autogroup `{priority or 'unchanged'}`.")
+
+
 def _n(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
@@ -836,6 +887,10 @@ def parse_args(argv=None):
     p.add_argument("--keep", action="store_true", help="leave the stack running at the end (for --reuse)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the results go (default bench/results)")
     p.add_argument("--name", default="chaos", help="results file name: <name>.json/.md/.svg (default chaos)")
+    p.add_argument("--traffic-nice", type=int, default=-10,
+                   help="autogroup nice of this process, the simulator's traffic (default -10; 0 leaves it): the "
+                        "traffic keeps its rate whatever the stack's load (traffic_priority; needs a session of its "
+                        "own: run it under `setsid`)")
     p.add_argument("--rewrite", metavar="JSON", help="only write the .md and .svg again from a run's .json")
     return p.parse_args(argv)
 
@@ -863,6 +918,8 @@ def main(argv=None) -> int:
                   f"{low}-{high}: a killed server may not get its port back", flush=True)
     except (OSError, ValueError):
         pass
+    priority = traffic_priority(args.traffic_nice)
+    print(f"chaos: this process's autogroup: {priority}", flush=True)
     started = time.monotonic()
     if not args.reuse:
         print(f"chaos: intelbus up --profile cluster in {args.stack_dir} (ports {args.port_base}+) ...", flush=True)
@@ -880,6 +937,7 @@ def main(argv=None) -> int:
                             every=args.every, max_recovery=args.max_recovery,
                             log=lambda m: print(m, flush=True))
         results["stack_up_s"] = None if args.reuse else up_s
+        results["traffic_priority"] = priority
         results["max_recovery"] = args.max_recovery
         paths = write_results(results, Path(args.results_dir), args.name)
     finally:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from bench.chaos import BROKERS, DEFAULT_COMPONENTS, kill_plan, metric_values, process_usage, svg_plot
+import os
+import subprocess
+import sys
+
+from bench.chaos import (BROKERS, DEFAULT_COMPONENTS, kill_plan, metric_values, process_usage, publishing_rates,
+                         svg_plot)
 
 
 def test_the_plan_kills_each_component_once_brokers_in_turn_inside_the_traffic():
@@ -61,3 +66,30 @@ def test_the_plot_is_svg_with_a_line_per_series_and_the_kills_marked():
     assert "kafka-1" in labels and "sink" in labels and "traffic ends" in labels
     dashed = [l for l in root.iter(f"{ns}line") if l.get("stroke-dasharray")]
     assert len(dashed) == 3  # one kill (the other never happened) in each of the three panels
+
+
+def test_the_publishing_rate_is_per_interval_while_the_traffic_ran():
+    samples = [{"t": 0.0, "sent": 0}, {"t": 10.0, "sent": 9_800}, {"t": 20.0, "sent": 9_800},  # a settle wait
+               {"t": 30.0, "sent": 19_900}, {"t": 40.0, "sent": 19_900}]  # after the traffic: left out
+    rates = publishing_rates(samples, end_s=30.0)
+    assert rates["per_interval"] == [980.0, 0.0, 1010.0]
+    assert (rates["min"], rates["median"], rates["max"], rates["intervals"]) == (0.0, 980.0, 1010.0, 3)
+    assert publishing_rates(samples[:1], end_s=None) == {}
+
+
+def test_the_traffic_priority_changes_only_a_session_of_its_own():
+    """A process that leads its own session gets the autogroup nice asked for; one started in its
+    caller's process group (and session) that cannot leave it changes nothing (it says so), and the
+    caller's autogroup keeps its value."""
+    if not os.path.exists("/proc/self/autogroup"):
+        return  # no autogroups on this kernel: traffic_priority says so and changes nothing
+    code = "from bench.chaos import traffic_priority; print(traffic_priority(5))"
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           start_new_session=True)
+    assert alone.stdout.strip().endswith("nice 5"), alone.stdout + alone.stderr
+    before = open("/proc/self/autogroup").read()
+    # a process group leader cannot setsid: it stays in this session and leaves its autogroup alone
+    led = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         process_group=0)
+    assert "unchanged: not the leader of a session of its own" in led.stdout, led.stdout + led.stderr
+    assert open("/proc/self/autogroup").read() == before
