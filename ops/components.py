@@ -28,8 +28,18 @@ OPS = REPO_ROOT / "ops"
 STARTUP_TUNINGS = ("restart", "cds", "kafka", "c1")
 
 
-def startup_tunings(environ=None) -> frozenset[str]:
-    raw = (environ if environ is not None else os.environ).get("INTELBUS_STARTUP_TUNING", "all").strip().lower()
+def startup_tunings(source=None) -> frozenset[str]:
+    """The tunings wanted, from a Settings' startup_tuning; given an environment mapping (or None:
+    this process's), from the Settings it makes."""
+    if not isinstance(source, Settings):
+        from ops.settings import load_settings
+
+        source = load_settings(environ=source)
+    return parse_startup_tunings(source.startup_tuning)
+
+
+def parse_startup_tunings(raw: str) -> frozenset[str]:
+    raw = raw.strip().lower()
     if raw in ("", "all"):
         return frozenset(STARTUP_TUNINGS)
     if raw == "none":
@@ -137,7 +147,7 @@ class JavaServer(Component):
         return self.stack / "cds" / f"{self.name}-{h.hexdigest()[:12]}.jsa"
 
     def cds_flags(self) -> list[str]:
-        if "cds" not in startup_tunings():
+        if "cds" not in startup_tunings(self.settings):
             return []
         archive = self.cds_archive()
         archive.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +287,7 @@ class Kafka(JavaServer):
         most of the 17 s restart). Heartbeats every second, session 4 s: a broker whose heartbeats
         stop for 4 s (a stalled machine, a long GC pause) is fenced, and unfenced at its next
         heartbeat. The unclean shutdown's log recovery runs on both cores."""
-        if "kafka" not in startup_tunings():
+        if "kafka" not in startup_tunings(self.settings):
             return ""
         return ("# quicker return after a crash (intelbus: ops/components.py, Kafka.recovery_properties)\n"
                 + self.session_properties() + "num.recovery.threads.per.data.dir=2\n")
@@ -300,7 +310,7 @@ class Kafka(JavaServer):
     heap = "-Xmx1g"
 
     def command(self):
-        tunings = startup_tunings()
+        tunings = startup_tunings(self.settings)
         argv = [
             self.java.path, "-Xms256m", self.heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             *(["-XX:TieredStopAtLevel=1"] if "c1" in tunings else []), *self.cds_flags(),

@@ -179,6 +179,10 @@ class Settings:
     signing_key_file: str = _env("INTELBUS_SIGNING_KEY_FILE", "the key file RegionalProducer, `publish` and `simulate` "
                                  "sign records with (`intelbus keys create --out`; default <stack dir>/identity/keys/local.json, "
                                  "made by `up`); missing: records go unsigned and the bus refuses them", "")
+    startup_tuning: str = _env("INTELBUS_STARTUP_TUNING", "what makes a killed component come back sooner "
+                               "(ops/components.py): all, none, or a comma-separated list of restart, cds, kafka, c1 "
+                               "(bench/bench_recovery.py's before/after); `up` replaces a supervisor started with "
+                               "another", "all")
 
     def __post_init__(self):
         if not self.secrets_dir:

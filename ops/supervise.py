@@ -57,12 +57,12 @@ class Backoff:
         return min(self.max_s, self.first_s * self.factor ** max(0, crashes - 1 - self.immediate))
 
 
-def default_backoff() -> tuple[Backoff, float]:
+def default_backoff(settings: Settings) -> tuple[Backoff, float]:
     """The supervisor's backoff and its interval between looks: the first restart at once and a
     look every 0.5 s (the `restart` start-up tuning); without it 1 s and 1 s."""
     from ops.components import startup_tunings
 
-    if "restart" in startup_tunings():
+    if "restart" in startup_tunings(settings):
         return Backoff(immediate=1), 0.5
     return Backoff(), 1.0
 
@@ -188,7 +188,7 @@ class Supervisor:
         from ops.services import full_stack
 
         self.settings = settings
-        self.backoff, self.interval = default_backoff()
+        self.backoff, self.interval = default_backoff(settings)
         if backoff is not None:
             self.backoff = backoff
         self.clock = clock
@@ -314,11 +314,24 @@ def settings_path(settings: Settings) -> Path:
     return settings.stack_path / "run" / "supervisor.settings.json"
 
 
+def changed_settings(running_with: dict | None, wanted: dict) -> list[str]:
+    """The settings a running supervisor was started with that differ from wanted, as
+    `NAME=old -> new` (values as `intelbus config` shows them); ["unknown"] when nothing was kept."""
+    from ops.secrets import redact_setting
+
+    if running_with is None:
+        return ["unknown"]
+    names = sorted(n for n in {*running_with, *wanted} if running_with.get(n) != wanted.get(n))
+    return [f"{n}={redact_setting(running_with.get(n, '(unset)'))} -> {redact_setting(wanted.get(n, '(unset)'))}"
+            for n in names]
+
+
 def ensure_supervisor(settings: Settings, *, out=print) -> None:
     """Start the supervisor unless one runs for this stack with these settings.
 
     One that runs with other settings (an earlier `up` with other ports or another number of
-    workers) is replaced: it would restart components where this `up` does not look for them."""
+    workers, another INTELBUS_STARTUP_TUNING) is replaced: it would restart components where this
+    `up` does not look for them, or start them otherwise. What differs is said in one line."""
     from ops.processes import PidFiles, spawn, stop
 
     pids = PidFiles(settings.stack_path / "run")
@@ -332,8 +345,10 @@ def ensure_supervisor(settings: Settings, *, out=print) -> None:
                 running_with = None
             if running_with == wanted:
                 return
+            changed = changed_settings(running_with, wanted)
             stop(record, timeout=60)
-            out(f"{SUPERVISOR:<11} stopped (pid {record.pid}): it ran with an earlier `up`'s settings")
+            shown = "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "")
+            out(f"{SUPERVISOR:<11} replaced (pid {record.pid} stopped): it ran with other settings ({shown})")
         marker = f"ops.cli supervise --stack-dir {settings.stack_path}"
         record = spawn(SUPERVISOR, [sys.executable, "-P", "-m", "ops.cli", "supervise", "--stack-dir", str(settings.stack_path)],
                        log=log_path(settings), marker=marker, env={**wanted, "PYTHONUNBUFFERED": "1"},

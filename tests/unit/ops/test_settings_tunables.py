@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 MODULES = [*sorted((REPO / "sinks").rglob("*.py")), *sorted((REPO / "producers").rglob("*.py")),
            REPO / "stream_jobs" / "stages.py", REPO / "stream_jobs" / "tables.py", REPO / "stream_jobs" / "workflow_job.py",
            REPO / "gateway" / "app.py", REPO / "stream_jobs" / "app.py", REPO / "stream_jobs" / "worker.py",
-           REPO / "gateway" / "hub.py", REPO / "gateway" / "events.py"]
+           REPO / "gateway" / "hub.py", REPO / "gateway" / "events.py", REPO / "ops" / "components.py",
+           REPO / "ops" / "supervise.py"]
 # not tunables: a person's token (as gateway/cli.py reads it), and the policy file workflows/policy.py reads
 NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
 
@@ -41,6 +42,7 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_LIVE_BROADCAST", "live_broadcast", False),
     ("INTELBUS_LIVE_HUB_LAZY", "live_hub_lazy", True),
     ("INTELBUS_LIVE_GC_THRESHOLDS", "live_gc_thresholds", "700,10,10"),
+    ("INTELBUS_STARTUP_TUNING", "startup_tuning", "none"),
 ])
 def test_a_tunable_set_in_the_environment_reaches_its_setting(env, field, value):
     assert getattr(load_settings(environ={}), field) != value

@@ -3,6 +3,7 @@ the JVMs' class-data archive (written at a clean exit), the single broker's shor
 (INTELBUS_STARTUP_TUNING) for bench/bench_recovery.py's before/after."""
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -26,8 +27,14 @@ def test_the_first_restart_is_immediate_then_the_backoff_doubles():
     assert [Backoff().delay(n) for n in range(1, 4)] == [1, 2, 4]  # as before, without the tuning
 
 
-def _dead_sink(tmp_path):
-    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path)})
+def _tuned(component, tuning: str):
+    """component with its settings' INTELBUS_STARTUP_TUNING set to tuning (what `up` gives it)."""
+    component.settings = replace(component.settings, startup_tuning=tuning)
+    return component
+
+
+def _dead_sink(tmp_path, tuning: str = "all"):
+    settings = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_STARTUP_TUNING": tuning})
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     PidFiles(settings.stack_path / "run").write(PidRecord(name="sink", pid=int(gone.stdout), started_at=0.0,
                                                           marker="ops.cli sink", log=""))
@@ -58,9 +65,8 @@ def test_a_crash_is_restarted_in_the_tick_that_sees_it(tmp_path, monkeypatch):
 
 
 def test_without_the_restart_tuning_the_first_restart_waits_a_second(tmp_path, monkeypatch):
-    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "cds,kafka,c1")
     now = [100.0]
-    supervisor, calls = _supervisor(_dead_sink(tmp_path), now)
+    supervisor, calls = _supervisor(_dead_sink(tmp_path, "cds,kafka,c1"), now)
     assert supervisor.interval == 1.0
     supervisor.tick()
     now[0] = 100.9
@@ -78,7 +84,7 @@ def test_the_single_broker_gives_a_killed_incarnation_4_s_not_9(tmp_path, monkey
     lines = kafka.server_properties("pw").splitlines()
     assert "broker.session.timeout.ms=4000" in lines and "broker.heartbeat.interval.ms=1000" in lines
     assert "num.recovery.threads.per.data.dir=2" in lines
-    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")
+    _tuned(kafka, "none")
     assert not any(line.startswith(("broker.session", "num.recovery")) for line in kafka.server_properties("pw").splitlines())
 
 
@@ -108,7 +114,7 @@ def test_a_jvm_archives_its_classes_at_a_clean_exit_then_maps_them(tmp_path, mon
     assert f"-XX:ArchiveClassesAtExit={archive}" in kafka.cds_flags()  # JDK 17: written when it exits
     archive.write_bytes(b"archive")
     assert kafka.cds_flags() == [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
-    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "restart,kafka")
+    _tuned(kafka, "restart,kafka")
     assert kafka.cds_flags() == []
 
 
@@ -134,7 +140,7 @@ def test_the_brokers_compile_with_c1_only_when_tuned(tmp_path, monkeypatch):
     kafka, _ = _kafka_with_libs(tmp_path)
     monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
     assert "-XX:TieredStopAtLevel=1" in kafka.command()[0]
-    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")
+    _tuned(kafka, "none")
     argv = kafka.command()[0]
     assert "-XX:TieredStopAtLevel=1" not in argv and not any("Shared" in a or "Archive" in a for a in argv)
 
@@ -149,3 +155,10 @@ def test_the_registry_archive_follows_its_application(tmp_path, monkeypatch):
     argv, _ = registry.command()
     assert "-XX:+AutoCreateSharedArchive" in argv and argv.index("-XX:+AutoCreateSharedArchive") < argv.index("-jar")
     assert f"-XX:SharedArchiveFile={registry.cds_archive()}" in argv
+
+
+def test_the_tuning_comes_from_the_settings_not_from_this_process_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTELBUS_STARTUP_TUNING", "none")  # a shell's leftover: the settings given win
+    kafka, _ = _kafka_with_libs(tmp_path)
+    assert kafka.settings.startup_tuning == "all" and "-XX:TieredStopAtLevel=1" in kafka.command()[0]
+    assert startup_tunings() == frozenset()  # no settings given: this process's, from its environment

@@ -220,7 +220,7 @@ def test_an_up_with_other_settings_replaces_the_supervisor(tmp_path):
         ensure_supervisor(second, out=said.append)
         new = pids.read(SUPERVISOR)
         assert new.pid != old.pid and new.alive() and not old.alive()
-        assert "earlier `up`'s settings" in said[1]
+        assert said[1].startswith("supervisor  replaced") and "INTELBUS_METRICS_PORT_BASE=29400 -> 29500" in said[1]
         import time
 
         deadline = time.monotonic() + 10
@@ -275,3 +275,48 @@ def test_status_says_when_a_crashed_component_is_started_again(tmp_path):
     assert status.restarts == 3 and not status.healthy
     assert 14 <= status.next_restart_in_s <= 16
     assert "restarted 3x" in status.line() and "starts it again in 1" in status.line()
+
+
+def test_an_up_with_another_startup_tuning_replaces_the_supervisor_and_says_so(tmp_path):
+    """INTELBUS_STARTUP_TUNING changes how the supervisor restarts (and the JVM flags it restarts them
+    with): a supervisor started with another is replaced, in one line naming the change; an `up`
+    with the same settings leaves it running."""
+    import time
+
+    from ops.settings import load_settings
+    from ops.stack import Stack
+    from ops.supervise import SUPERVISOR, ensure_supervisor, log_path
+
+    tuned = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_STARTUP_TUNING": "all"})
+    plain = load_settings({"INTELBUS_STACK_DIR": str(tmp_path), "INTELBUS_STARTUP_TUNING": "none"})
+    pids = PidFiles(tuned.stack_path / "run")
+    said = []
+    try:
+        ensure_supervisor(tuned, out=said.append)
+        old = pids.read(SUPERVISOR)
+        ensure_supervisor(tuned, out=said.append)
+        assert pids.read(SUPERVISOR).pid == old.pid and len(said) == 1  # same settings: left running
+        ensure_supervisor(plain, out=said.append)
+        new = pids.read(SUPERVISOR)
+        assert new.pid != old.pid and new.alive() and not old.alive()
+        assert said[1] == (f"supervisor  replaced (pid {old.pid} stopped): it ran with other settings "
+                           "(INTELBUS_STARTUP_TUNING=all -> none)")
+        deadline = time.monotonic() + 30
+        while b"supervisor: watching" not in log_path(plain).read_bytes().split(b"--- ")[-1]:
+            assert time.monotonic() < deadline, log_path(plain).read_text()[-2000:]
+            time.sleep(0.1)
+        # the new one restarts as `none` says: 1 s after a first crash, a look every second
+        assert "(restart after 1s doubling to 30s; a look every 1s)" in log_path(plain).read_text().split("--- ")[-1]
+    finally:
+        Stack(tuned, components=[], out=lambda m: None).down()
+
+
+def test_what_changed_is_named_with_passwords_hidden():
+    from ops.supervise import changed_settings
+
+    old = {"INTELBUS_STARTUP_TUNING": "all", "INTELBUS_CLICKHOUSE_URL": "clickhouse://u:secret@h:9000/db", "A": "1"}
+    new = {"INTELBUS_STARTUP_TUNING": "none", "INTELBUS_CLICKHOUSE_URL": "clickhouse://u:other@h:9001/db", "A": "1"}
+    lines = changed_settings(old, new)
+    assert lines[1] == "INTELBUS_STARTUP_TUNING=all -> none" and "secret" not in lines[0] and "9001" in lines[0]
+    assert changed_settings(old, old) == [] and changed_settings(None, new) == ["unknown"]
+    assert changed_settings({}, {"B": "2"}) == ["B=(unset) -> 2"]
