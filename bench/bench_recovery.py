@@ -1,7 +1,7 @@
 """How long a SIGKILLed component of the stack takes to serve again, phase by phase (issue 18).
 
-On an isolated stack (its own directory and ports 61xxx, `intelbus up --infra-only`: never the
-shared stack's processes), each component named is SIGKILLed `--kills` times per variant and
+On an isolated stack (its own directory and ports 64980-65450, base 64800: docs/deploy.md's port
+map; `intelbus up --infra-only`: never the shared stack's processes), each component named is SIGKILLed `--kills` times per variant and
 condition, and only the stack's supervisor brings it back. Each recovery is cut into:
 
   restart   SIGKILL -> the supervisor has spawned the new process (its look interval, backoff,
@@ -25,7 +25,7 @@ started just before each kill and stopped once it answers). The load average is 
 Examples:
   .venv/bin/python -m bench.bench_recovery --components kafka,registry --kills 3
   .venv/bin/python -m bench.bench_recovery --reuse --keep --variants "none/restart/restart,kafka/all" --conditions idle
-  .venv/bin/python -m bench.bench_recovery --profile cluster --port-base 64000 --components kafka-2 --name recovery-cluster
+  .venv/bin/python -m bench.bench_recovery --profile cluster --components kafka-2 --name recovery-cluster
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ from pathlib import Path
 from bench.chaos import chaos_env, intelbus, loadavg
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# its isolated stack's ports: base+180..base+650 (bench/chaos.py chaos_env's layout); the other isolated
+# stacks' bases are in docs/deploy.md's port map ("Ports of the isolated stacks"), checked by
+# tests/unit/ops/test_isolated_stack_ports.py
+PORT_BASE = 64800
 PHASES = ("restart", "jvm", "server", "probe", "total")
 
 # log lines that mark where a server is in its start: (phase mark, substring)
@@ -143,7 +147,10 @@ def restart_supervisor(settings, variant: str) -> None:
     """The stack's supervisor again, with this variant's start-up tunings (its children inherit them)."""
     from ops.supervise import ensure_supervisor, log_path, stop_supervisor
 
+    from ops.settings import load_settings
+
     os.environ["INTELBUS_STARTUP_TUNING"] = variant
+    settings = load_settings()  # the supervisor is started with its settings' startup_tuning
     stop_supervisor(settings, out=lambda m: None)
     log = log_path(settings)
     before = log.stat().st_size if log.exists() else 0
@@ -338,9 +345,9 @@ def parse_args(argv=None):
     p.add_argument("--hog", type=int, default=2, help="busy-loop processes for the loaded condition (default 2)")
     p.add_argument("--profile", default="single", choices=["single", "cluster"])
     p.add_argument("--stack-dir", default="/tmp/intelbus-recovery")
-    p.add_argument("--port-base", type=int, default=61000,
-                   help="ports as bench/chaos.py's, from this base (default 61000: above the ephemeral range, and not the "
-                        "63xxx of tests/integration/test_chaos_short.py)")
+    p.add_argument("--port-base", type=int, default=PORT_BASE,
+                   help=f"ports as bench/chaos.py's, base+180..base+650 (default {PORT_BASE}: {PORT_BASE + 180}-"
+                        f"{PORT_BASE + 650}, above the ephemeral range and beside the others of docs/deploy.md's port map)")
     p.add_argument("--reuse", action="store_true", help="use a stack already up with these settings")
     p.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     p.add_argument("--name", default="recovery", help="results: bench/results/<name>.json and .md")
