@@ -190,12 +190,16 @@ def _ended_as_faust_ends(drain):
 # acknowledgement bookkeeping as faust's loop would, and routes the records of any other
 # topic (the tables' changelogs while they recover) through faust's own path, unchanged.
 # What is checked once per message in faust's loop is checked once per batch here, right
-# before the batch starts: the flow, flow control, the generation, the partition still
-# active, and no seek since the fetch (a seek sets the read offsets back: records fetched
-# before it are stale). A stage runs one batch at a time, in fetch order, so a partition's
-# batches run in order; the three stages' batches overlap (one waits for Kafka while
-# another computes). On a revoke, the batches in flight are awaited, so a partition moves
-# to another worker only when nothing of it is half done here.
+# when the batch is handed to its stage: the flow, flow control, the generation, the
+# partition still active, and no seek since the fetch (a seek sets the read offsets back:
+# records fetched before it are stale). A stage runs one batch at a time, in fetch order, so
+# a partition's batches run in order; what is handed to a busy stage waits in its queue and
+# runs next, as one batch. The loop does not wait for a stage (only for one `max_queued`
+# records behind): the three stages' batches overlap (one waits for Kafka while another
+# computes), and the next fetch goes out while a batch's outputs are being delivered (a
+# fetch waited for the slowest stage before, and a hit for three rounds of fetch, process
+# and delivery). On a revoke, the batches in flight and queued are awaited, so a partition
+# moves to another worker only when nothing of it is half done here.
 
 
 class SeekMarks:
@@ -283,10 +287,13 @@ class StageBatches:
     handlers: stage name -> async handler(records) that makes the batch's effects durable (or
     raises); topics: topic -> stage name."""
 
-    def __init__(self, handlers: dict, topics: dict[str, str]):
+    def __init__(self, handlers: dict, topics: dict[str, str], max_queued: int = 10_000):
         self.handlers = handlers
         self.stage_of = topics
-        self.in_flight: dict[str, asyncio.Task] = {}
+        self.in_flight: dict[str, asyncio.Task] = {}  # each stage's runner, while it has batches to run
+        self.queued: dict[str, list[tuple[list, dict]]] = {}  # batches handed over, not begun yet
+        self.queued_records: dict[str, int] = {}
+        self.max_queued = max_queued  # a stage this far behind holds the loop (and so the fetches) up
         self.marks = SeekMarks()
         self.dropped = 0  # records fetched but not started (flow stopped, rebalance, seek)
 
@@ -315,10 +322,14 @@ class StageBatches:
         return not still
 
     async def submit(self, consumer: Any, stage: str, parts: dict, generation: int, then: int, active) -> int:
-        """Start the stage's batch of one fetch once its previous one is done; returns its size."""
-        previous = self.in_flight.get(stage)
-        if previous is not None and not previous.done():
-            await asyncio.wait((previous,))  # not `await previous`: a cancelled loop must not cancel it
+        """Hand the stage its batch of one fetch; returns its size. The stage's runner takes it
+        after the batches handed over before (all of them at once, as one batch, if several
+        wait): the loop goes on fetching meanwhile, so the other stages' records and the next
+        fetch do not wait for this stage's delivery. Only a stage `max_queued` records behind
+        holds the loop up, until its runner has caught up."""
+        runner = self.in_flight.get(stage)
+        if runner is not None and not runner.done() and self.queued_records.get(stage, 0) >= self.max_queued:
+            await asyncio.wait((runner,))  # not `await runner`: a cancelled loop must not cancel it
         app = consumer.app
         reason = why_not_start(stopping=consumer.should_stop, flow_active=consumer.flow_active,
                                flow_control_active=app.flow_control.is_active())
@@ -360,12 +371,39 @@ class StageBatches:
                 monitor.track_tp_end_offset(tp, consumer.highwater(tp))
                 monitor.stream_inbound_time[tp] = now  # faust's livelock detector: this partition is processed
         if batch:
-            self.in_flight[stage] = asyncio.get_running_loop().create_task(
-                self._run(consumer, stage, batch, offsets), name=f"intelbus-batch-{stage}")
+            self.queued.setdefault(stage, []).append((batch, offsets))
+            self.queued_records[stage] = self.queued_records.get(stage, 0) + len(batch)
+            runner = self.in_flight.get(stage)
+            if runner is None or runner.done():
+                self.in_flight[stage] = asyncio.get_running_loop().create_task(
+                    self._run(consumer, stage), name=f"intelbus-batch-{stage}")
         for tp, a, b in gaps:
             if app.topics.acks_enabled_for(tp.topic):
                 await consumer._add_gap(tp, a, b)
         return len(batch)
+
+    def drop_queued(self, reason: str, tp: Any = None) -> int:
+        """Drop what waits in the stages' queues (of partition `tp`, or all), unacknowledged: a
+        seek, a revoke or the stop is under way, after which faust reads those partitions again
+        from their committed offsets (so they are not processed twice, nor after their
+        partitions moved). The batches already begun are left to finish. Returns how many."""
+        dropped = 0
+        for stage, queue in self.queued.items():
+            kept = []
+            for batch, offsets in queue:
+                gone = {t: o for t, o in offsets.items() if tp is None or t == tp}
+                for t, offs in gone.items():
+                    self.dropped += len(offs)
+                    dropped += len(offs)
+                    log.info("%s[%d]: %d records (%d-%d) waiting for the %s stage not processed: %s; the partition "
+                             "is read again from where faust seeks it", t.topic, t.partition, len(offs), offs[0],
+                             offs[-1], stage, reason)
+                if len(gone) < len(offsets):
+                    kept.append(([r for r in batch if (r.topic, r.partition) != (tp.topic, tp.partition)],
+                                 {t: o for t, o in offsets.items() if t not in gone}))
+            queue[:] = kept
+            self.queued_records[stage] = sum(len(b) for b, _ in kept)
+        return dropped
 
     def _drop(self, tp: Any, recs: list, reason: str) -> None:
         if not recs:
@@ -374,15 +412,36 @@ class StageBatches:
         log.info("%s[%d]: %d fetched records (%d-%d) not processed: %s; the partition is read again from where "
                  "faust seeks it", tp.topic, tp.partition, len(recs), recs[0].offset, recs[-1].offset, reason)
 
-    async def _run(self, consumer: Any, stage: str, batch: list, offsets: dict) -> None:
+    async def _run(self, consumer: Any, stage: str) -> None:
+        """The stage's runner: what was handed over, in order, one batch at a time, until none waits."""
         from faust.types.tuples import ack_lock
         from mode.utils.futures import notify
 
-        await self.handlers[stage](batch)
-        with ack_lock:
-            for tp, offs in offsets.items():
-                ack_offsets(consumer, tp, offs)
-            notify(consumer._waiting_for_ack)
+        queue = self.queued[stage]
+        while queue:
+            batch, offsets = take_queued(queue)
+            self.queued_records[stage] = 0
+            await self.handlers[stage](batch)
+            with ack_lock:
+                for tp, offs in offsets.items():
+                    ack_offsets(consumer, tp, offs)
+                notify(consumer._waiting_for_ack)
+
+
+def take_queued(queue: list[tuple[list, dict]]) -> tuple[list, dict]:
+    """Every batch waiting in a stage's queue, as one (records in the order handed over, and each
+    partition's offsets in that order); the queue is left empty."""
+    if len(queue) == 1:
+        batch, offsets = queue.pop()
+        return batch, offsets
+    batch: list = []
+    offsets: dict = {}
+    for records, offs in queue:
+        batch.extend(records)
+        for tp, o in offs.items():
+            offsets.setdefault(tp, []).extend(o)
+    queue.clear()
+    return batch, offsets
 
 
 def _monotonic() -> float:
@@ -481,6 +540,7 @@ def _marking_seeks(perform_seek, seek):
         marks = _batches.marks if _batches is not None else None
         if marks is not None:
             marks.mark()
+            _batches.drop_queued("the consumer seeks every partition to its committed offset")
         try:
             return await perform_seek(self)
         finally:
@@ -491,6 +551,7 @@ def _marking_seeks(perform_seek, seek):
         marks = _batches.marks if _batches is not None else None
         if marks is not None:
             marks.mark(partition)
+            _batches.drop_queued(f"the consumer seeks the partition to {offset}", partition)
         try:
             return await seek(self, partition, offset)
         finally:
@@ -504,12 +565,14 @@ def _finishing_batches(on_partitions_revoked, on_stop):
     async def _on_partitions_revoked(self, revoked):
         batches = _batches
         if batches is not None and batches.busy():
-            # No batch starts from here (faust stops the flow too, right after); the ones in
-            # flight finish while this worker still owns their partitions, so their state and
-            # outputs are in Kafka before another worker reads the partitions. Not committed
-            # here: a commit from inside aiokafka's revoke callback hung the rebalance for good
-            # (seen once); the new owner reads the uncommitted rest again, a replay.
+            # No batch starts from here (faust stops the flow too, right after), and the queued
+            # ones are dropped; the ones in flight finish while this worker still owns their
+            # partitions, so their state and outputs are in Kafka before another worker reads
+            # the partitions. Not committed here: a commit from inside aiokafka's revoke
+            # callback hung the rebalance for good (seen once); the new owner reads the
+            # uncommitted rest again, a replay.
             self.stop_flow()
+            batches.drop_queued("the partitions are revoked (a rebalance)")
             timeout = self.app.conf.broker_session_timeout * 0.5
             if not await batches.wait_in_flight(timeout):
                 log.warning("batches still in flight %.0f s into a rebalance: their partitions move on without "
@@ -520,6 +583,7 @@ def _finishing_batches(on_partitions_revoked, on_stop):
         batches = _batches
         if batches is not None and batches.busy():
             self.stop_flow()
+            batches.drop_queued("the worker stops")
             await batches.wait_in_flight(30.0)  # then faust commits what they acknowledged
         return await on_stop(self)
 

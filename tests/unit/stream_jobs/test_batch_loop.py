@@ -194,16 +194,48 @@ def test_a_stage_runs_its_batches_one_after_the_other_in_fetch_order():
         order = []
 
         async def match(records):
-            order.append(("start", records[0].offset))
+            order.append(("start", [r.offset for r in records]))
             await asyncio.sleep(0.01)
             order.append(("end", records[0].offset))
 
         c = with_generation(FakeConsumer())
         batches = StageBatches({"match": match}, {"intel.match.requests": "match"})
         await batches.submit(c, "match", {TP_M: recs(1, 2, topic=TP_M.topic)}, 7, 0, None)
+        await asyncio.sleep(0)  # the first batch begins
+        # handed over while the stage is busy: the two wait, then run together, after it
         await batches.submit(c, "match", {TP_M: recs(3, topic=TP_M.topic)}, 7, 0, None)
+        await batches.submit(c, "match", {TP_M: recs(4, 5, topic=TP_M.topic)}, 7, 0, None)
         await batches.wait_in_flight(1)
-        assert order == [("start", 1), ("end", 1), ("start", 3), ("end", 3)]
+        assert order == [("start", [1, 2]), ("end", 1), ("start", [3, 4, 5]), ("end", 3)]
+        assert c._acked[TP_M] == [1, 2, 3, 4, 5]
+
+    asyncio.run(main())
+
+
+def test_the_loop_goes_on_while_a_stage_delivers_and_waits_only_for_a_stage_too_far_behind():
+    async def main():
+        release = asyncio.Event()
+        handled = []
+
+        async def dedupe(records):
+            await release.wait()  # delivering
+            handled.extend(r.offset for r in records)
+
+        c = with_generation(FakeConsumer())
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe"}, max_queued=3)
+        await batches.submit(c, "dedupe", {TP: recs(1, 2)}, 7, 0, None)
+        await asyncio.sleep(0)
+        # the stage is busy: the next fetch's batch is handed over at once (before, the loop waited here)
+        await asyncio.wait_for(batches.submit(c, "dedupe", {TP: recs(3, 4, 5)}, 7, 0, None), 0.5)
+        assert handled == [] and batches.queued_records["dedupe"] == 3
+        # three records wait: the next submit holds the loop until the stage has caught up
+        held = asyncio.ensure_future(batches.submit(c, "dedupe", {TP: recs(6)}, 7, 0, None))
+        await asyncio.sleep(0.05)
+        assert not held.done()
+        release.set()
+        await asyncio.wait_for(held, 1)
+        assert await batches.wait_in_flight(1)
+        assert handled == [1, 2, 3, 4, 5, 6] and c._acked[TP] == [1, 2, 3, 4, 5, 6]
 
     asyncio.run(main())
 
@@ -278,6 +310,7 @@ def test_a_revoke_waits_for_the_batches_in_flight_before_faust_goes_on(monkeypat
         monkeypatch.setattr(faust_patches, "_batches", batches)
         revoke, _ = faust_patches._finishing_batches(faust_revoke, faust_stop)
         await batches.submit(c, "hits", {TP: recs(4, 5)}, 7, 0, None)
+        await asyncio.sleep(0)  # the batch begins
         await revoke(c, {TP})
         assert events == ["flow stopped", "batch done", ("faust revokes, acknowledged:", [4, 5])]
 
@@ -314,3 +347,42 @@ def test_a_fetch_larger_than_the_batch_size_reaches_the_stage_in_batches_of_at_m
     asyncio.run(_batch_handler(Runner(), None, None, 2000)(records))
     assert [len(b) for b in seen] == [2000, 2000, 500]
     assert [o for b in seen for o in b] == list(range(4500))  # in fetch order, each once
+
+
+def test_a_seek_drops_the_partitions_queued_records_and_a_revoke_waits_only_for_the_batch_begun(monkeypatch):
+    async def main():
+        release = asyncio.Event()
+        handled = []
+
+        async def dedupe(records):
+            await release.wait()
+            handled.extend((r.topic, r.offset) for r in records)
+
+        other = FaustTP("intel.alert", 0)
+        c = with_generation(FakeConsumer())
+        c.app.conf = SimpleNamespace(broker_session_timeout=10.0)
+        c.stop_flow = lambda: None
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe", "intel.alert": "dedupe"})
+        monkeypatch.setattr(faust_patches, "_batches", batches)
+        await batches.submit(c, "dedupe", {TP: recs(1)}, 7, 0, None)
+        await asyncio.sleep(0)  # begun: delivering
+        await batches.submit(c, "dedupe", {TP: recs(2, 3), other: recs(8, topic=other.topic)}, 7, 0, None)
+        # the watchdog seeks one partition back: its queued records would be read twice
+        assert batches.drop_queued("a seek", TP) == 2
+        assert batches.queued_records["dedupe"] == 1
+        await batches.submit(c, "dedupe", {other: recs(9, topic=other.topic)}, 7, 0, None)
+
+        async def faust_revoke(self, revoked):
+            handled.append("faust revokes")
+
+        revoke, _ = faust_patches._finishing_batches(faust_revoke, None)
+        task = asyncio.ensure_future(revoke(c, {TP, other}))
+        await asyncio.sleep(0.01)
+        assert not task.done()  # waits for the batch begun
+        release.set()
+        await asyncio.wait_for(task, 1)
+        # the begun batch finished and was acknowledged; the queued ones were dropped, unacknowledged
+        assert handled == [("intel.incident", 1), "faust revokes"]
+        assert c._acked[TP] == [1] and c._acked[other] == [] and batches.dropped == 4
+
+    asyncio.run(main())
