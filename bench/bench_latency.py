@@ -87,6 +87,80 @@ class Probe(threading.Thread):
         return {"probes": len(lat), "p50_ms": _ms(percentile(lat, 0.5)), "p99_ms": _ms(percentile(lat, 0.99))}
 
 
+class Hops(threading.Thread):
+    """Where a hit waits between its hops: reads the match requests, the hit candidates and the hits
+    as they are written (from now on) and keeps each one's Kafka timestamp, the time its producer
+    was handed it (librdkafka stamps a message at `produce()`). For each hit of the run:
+
+      report -> request: the trigger reported, to the dedupe stage producing its match request
+                         (input hop, the dedupe batch and its wait for the fetch);
+      request -> candidate: the dedupe batch's delivery wait, the match stage's fetch and batch;
+      candidate -> hit: the match batch's delivery wait, the hits stage's fetch and batch;
+      hit -> consumer: the hits batch's delivery, a command center's fetch."""
+
+    def __init__(self, settings):
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer
+
+        from schemas.catalog import HIT_TOPIC
+        from schemas.wire import RawDecoder
+        from stream_jobs.stages import CANDIDATE_TOPIC, MATCH_TOPIC
+
+        self.topics = {"request": MATCH_TOPIC, "candidate": CANDIDATE_TOPIC, "hit": HIT_TOPIC}
+        self.decode = RawDecoder.for_registry(settings.registry_url)
+        self.consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": f"bench-hops-{uuid.uuid4().hex[:8]}",
+                                  "auto.offset.reset": "latest", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+        self.consumer.subscribe(list(self.topics.values()))
+        self.request_ms: dict[str, int] = {}    # event id -> its first match request's Kafka time
+        self.candidate_ms: dict[str, int] = {}  # hit id -> its candidate's Kafka time
+        self.hits: dict[str, tuple] = {}        # hit id -> (reported ms, trigger event id, hit's Kafka time, receipt ms)
+        self.stop = threading.Event()
+        self.assigned = threading.Event()
+
+    def run(self) -> None:
+        import orjson
+
+        from ops.consume import consume_ready
+
+        request_t, candidate_t = self.topics["request"], self.topics["candidate"]
+        while not self.stop.is_set():
+            msgs = consume_ready(self.consumer, 500, 0.1)
+            if self.consumer.assignment():
+                self.assigned.set()
+            now_ms = time.time() * 1000
+            for m in msgs:
+                if m.error() or m.value() is None:
+                    continue
+                topic, ts = m.topic(), m.timestamp()[1]
+                if topic == request_t:
+                    for event_id in orjson.loads(m.value()).get("events", ()):
+                        self.request_ms.setdefault(event_id, ts)
+                elif topic == candidate_t:
+                    self.candidate_ms.setdefault(orjson.loads(m.value())["hit_id"], ts)
+                else:
+                    hit = self.decode(m.value())
+                    if hit["hit_id"] not in self.hits:  # the run's hits: nothing else publishes meanwhile
+                        self.hits[hit["hit_id"]] = (hit["trigger_reported_at"], hit["trigger_event_id"], ts, now_ms)
+        self.consumer.close()
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.join(10)
+        segments: dict[str, list[float]] = {"report -> request": [], "request -> candidate": [],
+                                            "candidate -> hit": [], "hit -> consumer": []}
+        linked = 0
+        for hit_id, (reported, event_id, hit_ms, got_ms) in self.hits.items():
+            request, candidate = self.request_ms.get(event_id), self.candidate_ms.get(hit_id)
+            if request is None or candidate is None:
+                continue
+            linked += 1
+            for name, (a, b) in zip(segments, ((reported, request), (request, candidate), (candidate, hit_ms),
+                                               (hit_ms, got_ms))):
+                segments[name].append((b - a) / 1000)
+        return {"linked_hits": linked, **{name: {"p50_ms": _ms(percentile(v, 0.5)), "p99_ms": _ms(percentile(v, 0.99))}
+                                          for name, v in segments.items()}}
+
+
 def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000, 1)
 
@@ -108,12 +182,16 @@ def one_run(settings, rate: float, seconds: float) -> dict:
 
     probe = Probe(settings)
     probe.start()
+    hops = Hops(settings)
+    hops.start()
+    hops.assigned.wait(30)
     r = fixed_rate(settings, rate, seconds)
     baseline = probe.finish()
+    waits = hops.finish()
     hit = r["produce_to_hit_s"]
     return {"rate": rate, "seconds": seconds, "achieved_publish_rate": r["achieved_publish_rate"], "hits": r["hits"],
             "drained": r["drained"], "p50_ms": _ms(hit["p50"]), "p99_ms": _ms(hit["p99"]), "max_ms": _ms(hit["max"]),
-            "probe": baseline, "cpu_cores_used": r["cpu_cores_used"],
+            "probe": baseline, "hops": waits, "cpu_cores_used": r["cpu_cores_used"],
             "lag_at_end_of_publishing": r["lag_at_end_of_publishing"]}
 
 
@@ -127,6 +205,17 @@ def table(runs: list[dict]) -> list[str]:
         lines.append(f"| {i} | {r['rate']:.0f} ({r['achieved_publish_rate']}) | {r['hits']} | "
                      f"{r['p50_ms']} / {r['p99_ms']} / {r['max_ms']} ms | {p['p50_ms']} / {p['p99_ms']} ms | {ratio} | "
                      f"{r['cpu_cores_used'].get('jobs-0')} |")
+    return lines
+
+
+def hops_table(runs: list[dict]) -> list[str]:
+    names = ["report -> request", "request -> candidate", "candidate -> hit", "hit -> consumer"]
+    lines = ["| run | hits linked | " + " | ".join(f"{n}: p50 / p99" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for i, r in enumerate(runs, 1):
+        h = r.get("hops") or {}
+        lines.append(f"| {i} | {h.get('linked_hits')} | " + " | ".join(
+            f"{h.get(n, {}).get('p50_ms')} / {h.get(n, {}).get('p99_ms')} ms" for n in names) + " |")
     return lines
 
 
@@ -155,7 +244,8 @@ def main(argv=None) -> int:
                  f"jobs-0's consumer loop: {jobs_loop(settings)})", ""]
     for rate in rates:
         mine = [r for r in runs if r["rate"] == rate]
-        lines += [f"### {rate:.0f} events/s", "", *table(mine), ""]
+        lines += [f"### {rate:.0f} events/s", "", *table(mine), "", "Where the hits waited (`Hops`: Kafka times of "
+                  "each hit's match request, candidate and hit, and its receipt):", "", *hops_table(mine), ""]
     if not (RESULTS / "latency.md").exists():
         lines = ["# Produce-to-hit latency over runs (bench/bench_latency.py)", "", __doc__.split("\n\n")[1], *lines]
     with open(RESULTS / "latency.md", "a", encoding="utf-8") as f:
