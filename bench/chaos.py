@@ -9,7 +9,10 @@ What it does, in order:
    cleanly and started again once, so that they write the class-data archives their restarts map
    (`--no-warm-archives` skips it; docs/deploy.md, "Recovery after SIGKILL").
 2. Publishes `--rate` records/s for `--minutes` through the simulator (producers/simulator.py,
-   a fresh source_ref prefix), waiting for the jobs between its phases as the ground-truth tests do.
+   a fresh source_ref prefix), waiting for the jobs between its phases as the ground-truth tests do
+   (three times: listings, traffic, closings, traffic). Its process runs with autogroup nice -10
+   (`--traffic-nice`, when it leads a session of its own: start it under `setsid`), so that the
+   traffic keeps its rate on a loaded machine (traffic_priority).
 3. Meanwhile SIGKILLs each component once (`--components`), in a seeded random order (the brokers
    in their own order, one after the other), each at a seeded random time of its slot of the
    traffic and never before the previous victim came back. Nothing restarts them but the stack's
@@ -33,7 +36,7 @@ Exit status: 0 when the ground truth is exact and every component came back with
 could not be started.
 
 Examples:
-  .venv/bin/python -m bench.chaos                                   # 30 min at 1,000/s (the issue's run)
+  setsid .venv/bin/python -m bench.chaos                            # 30 min at 1,000/s (the issue's run)
   .venv/bin/python -m bench.chaos --minutes 6 --rate 500 --name chaos-short --keep
   .venv/bin/python -m bench.chaos --reuse --minutes 3 --components kafka-2,sink --name try
 """
