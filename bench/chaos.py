@@ -292,9 +292,23 @@ class Run:
     sent: int = 0
     traffic_done: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
+    partial: Path | None = None  # the samples and kills so far, written every minute: a run stopped by hand keeps them
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 1)
+
+    def write_partial(self) -> None:
+        if self.partial is None:
+            return
+        try:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.partial.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"minutes": self.minutes, "rate": self.rate, "seed": self.seed, "at_s": self.now(),
+                                       "sent": self.sent, "kills": [k.__dict__ for k in self.kills],
+                                       "samples": self.samples}, default=str) + "\n")
+            tmp.replace(self.partial)
+        except OSError as exc:
+            self.log(f"chaos: could not write {self.partial}: {exc}")
 
     # --- sampling ---
     def sampler(self, stack, settings) -> None:
@@ -338,6 +352,8 @@ class Run:
                         except Exception:
                             pass
             self.samples.append(sample)
+            if len(self.samples) % max(1, round(60 / self.every)) == 0:
+                self.write_partial()
             next_at += self.every
             self.stop.wait(max(0.0, next_at - time.monotonic()))
         for probe in probes.values():
@@ -535,12 +551,13 @@ def sizing(settings, stack, samples: list[dict], traffic: tuple[float, float], r
 
 def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: list[str], every: float = 10.0,
               max_recovery: float = 30.0, log=print, kill_window: tuple[float, float] = (0.08, 0.85),
-              kill_gap_s: float = 5.0) -> dict:
+              kill_gap_s: float = 5.0, partial_path: Path | None = None) -> dict:
     """The run on a stack already up with env's settings: traffic, kills, samples, drain, checks.
     Returns the results (also what the JSON holds); results["ok"] is the verdict.
     kill_window: the shares of the planned traffic time the kills are spread over (kill_plan's
     start and end); kill_gap_s: seconds after a victim is back before the next kill (the short
-    test's tighter plan: tests/integration/test_chaos_short.py)."""
+    test's tighter plan: tests/integration/test_chaos_short.py); partial_path: where the samples and kills
+    so far are written every minute (a run stopped before its end keeps them)."""
     from ops.lag import JOBS_TOPICS, SINK_TOPICS
     from ops.services import full_stack
     from ops.verify import load_truth, verify
@@ -556,7 +573,7 @@ def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: 
     sim = Simulation(SimConfig(seed=seed, count=count, ref_prefix=prefix))
     plan = kill_plan(components, seed, traffic_s, start=kill_window[0], end=kill_window[1])
     run = Run(env=env, minutes=minutes, rate=rate, seed=seed, components=components, every=every,
-              max_recovery=max_recovery, log=log, kill_gap_s=kill_gap_s)
+              max_recovery=max_recovery, log=log, kill_gap_s=kill_gap_s, partial=partial_path)
     results = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "minutes": minutes,
                "rate": rate, "seed": seed, "records": count, "ref_prefix": prefix, "components": components, "every": every,
                "plan": plan, "load_at_start": loadavg(), "uptime_at_start": _uptime(),
@@ -938,11 +955,13 @@ def main(argv=None) -> int:
         results = run_chaos(env, minutes=args.minutes, rate=args.rate, seed=args.seed,
                             components=[c.strip() for c in args.components.split(",") if c.strip()],
                             every=args.every, max_recovery=args.max_recovery,
-                            log=lambda m: print(m, flush=True))
+                            log=lambda m: print(m, flush=True),
+                            partial_path=Path(args.results_dir) / f"{args.name}.partial.json")
         results["stack_up_s"] = None if args.reuse else up_s
         results["traffic_priority"] = priority
         results["max_recovery"] = args.max_recovery
         paths = write_results(results, Path(args.results_dir), args.name)
+        (Path(args.results_dir) / f"{args.name}.partial.json").unlink(missing_ok=True)  # the whole run is written
     finally:
         if not args.reuse and not args.keep:
             down = intelbus(env, "down", "--purge", timeout=600)

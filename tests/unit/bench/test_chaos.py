@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from bench.chaos import (BROKERS, DEFAULT_COMPONENTS, kill_plan, metric_values, process_usage, publishing_rates,
+from bench.chaos import (BROKERS, DEFAULT_COMPONENTS, Kill, Run, kill_plan, metric_values, process_usage, publishing_rates,
                          svg_plot)
 
 
@@ -93,3 +93,14 @@ def test_the_traffic_priority_changes_only_a_session_of_its_own():
                          process_group=0)
     assert "unchanged: not the leader of a session of its own" in led.stdout, led.stdout + led.stderr
     assert open("/proc/self/autogroup").read() == before
+
+
+def test_a_run_stopped_before_its_end_leaves_its_samples_and_kills(tmp_path):
+    run = Run(env={}, minutes=30, rate=1000, seed=18, components=["sink"], partial=tmp_path / "out" / "chaos.partial.json")
+    run.samples.append({"t": 10.0, "sent": 9_990, "rss": {"jobs-0": 2**28}})
+    run.kills.append(Kill("sink", 150.0, killed_s=151.2, healthy_after_s=9.8))
+    run.write_partial()
+    import json
+
+    written = json.loads((tmp_path / "out" / "chaos.partial.json").read_text())
+    assert written["samples"] == run.samples and written["kills"][0]["healthy_after_s"] == 9.8
