@@ -109,8 +109,31 @@ class DeliveryWaiter:
             self._waiting = still
 
 
+class Delivery(NamedTuple):
+    """A batch processed and handed to the producer, waiting for its delivery reports."""
+    state: FaustTableState
+    batch_size: int
+    result: StageResult
+    writes: dict
+    outstanding: list  # [messages not yet reported]
+    errors: list
+    offsets: dict  # changelog partition -> last offset delivered
+    started: float
+    processed: float
+    produced: float
+
+
 class BatchRunner:
-    """Runs one stage over a batch and makes its effects durable before returning."""
+    """Runs one stage over a batch and makes its effects durable.
+
+    `run` does it all before returning. The batch loop splits it: `start` processes the batch
+    and hands its outputs and state writes to the producer (the writes stay readable by the
+    stage's next batch, `drain(hold=True)`), `finish` waits for their delivery and writes the
+    state's store. The loop starts batch n+1 before it finishes batch n, and acknowledges n's
+    input only after n's `finish`, in order: a hit need not wait for the batch before it to be
+    delivered. If n is not delivered the worker exits; the changelog then holds whatever of n
+    and n+1 was delivered, which is what a restarted worker's tables recover, so reading both
+    batches again is a replay, as after any crash."""
 
     def __init__(self, producer: Producer, encode_dead_letter, *, name: str, waiter: DeliveryWaiter | None = None):
         self.producer = producer
@@ -119,6 +142,9 @@ class BatchRunner:
         self.waiter = waiter or DeliveryWaiter(producer)
 
     async def run(self, stage, state: FaustTableState, batch: list[Incoming]) -> StageResult:
+        return await self.finish(self.start(stage, state, batch, hold=False))
+
+    def start(self, stage, state: FaustTableState, batch: list[Incoming], *, hold: bool = True) -> Delivery:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         result = stage.process(batch, now_ms)
@@ -145,25 +171,31 @@ class BatchRunner:
             produce(out.topic, out.value, out.key, out.partition, delivered)
         for dl in result.dead_letters:
             produce(DLQ_TOPIC, self.encode_dead_letter(dl), (dl.source_region or "").encode() or None, None, delivered)
-        writes = state.drain()
+        writes = state.drain(hold=hold)
         changelog = state.changelog_topic
         for partition, items in writes.items():
             for key, value in items.items():
                 produce(changelog, value, key, partition, changelog_delivered)
         outstanding[0] += len(result.outputs) + len(result.dead_letters) + sum(map(len, writes.values()))
-        produced = time.perf_counter()
-        remaining = await self._delivered(outstanding)
+        return Delivery(state, len(batch), result, writes, outstanding, errors, offsets, started, processed,
+                        time.perf_counter())
+
+    async def finish(self, d: Delivery) -> StageResult:
+        waited = time.perf_counter()
+        remaining = await self._delivered(d.outstanding)
         delivered_at = time.perf_counter()
-        if remaining or errors:
+        if remaining or d.errors:
             # Nothing of this batch is acknowledged: the worker stops and the batch is
             # consumed again after restart (dedupe state makes the replay harmless).
-            raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {errors[:3]}")
-        state.apply(writes, offsets)
+            raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {d.errors[:3]}")
+        d.state.apply(d.writes, d.offsets)
         done = time.perf_counter()
-        metrics.observe_phases(self.name, process=processed - started, produce=produced - processed,
-                               deliver=delivered_at - produced, apply=done - delivered_at)
-        metrics.observe_batch(self.name, len(batch), done - started, result)
-        return result
+        # deliver: the wait for the reports once the loop asked for them (the next batch may
+        # have been processed in between: that time is not counted twice)
+        metrics.observe_phases(self.name, process=d.processed - d.started, produce=d.produced - d.processed,
+                               deliver=delivered_at - waited, apply=done - delivered_at)
+        metrics.observe_batch(self.name, d.batch_size, done - d.started, d.result)
+        return d.result
 
     async def _delivered(self, outstanding: list[int], timeout: float = 60.0) -> int:
         """Wait until this batch's messages are reported; how many were not, after `timeout`."""
@@ -592,18 +624,39 @@ def _agent(runner: BatchRunner, stage, state, batch_size: int, within: float, be
 
 
 def _batch_handler(runner: BatchRunner, stage, state, batch_size: int, before=None):
-    """The batch loop's handler of one stage: a fetch's records of its topics, processed and
-    delivered before it returns (the loop then acknowledges them), at most `batch_size` at a
-    time as in faust's loop (a fetch holds up to `broker_max_poll_records`, 5,000: the dedupe
-    stage's match requests of 5,000 events, one message a partition, outgrew the broker's
-    1 MB message limit and the worker exited with MSG_SIZE_TOO_LARGE)."""
-    async def handle(records) -> None:
+    """The batch loop's handler of one stage: a fetch's records of its topics (or several
+    fetches' that waited for the stage), processed and handed to the producer at most
+    `batch_size` at a time as in faust's loop (a fetch holds up to `broker_max_poll_records`,
+    5,000: the dedupe stage's match requests of 5,000 events, one message a partition, outgrew
+    the broker's 1 MB message limit and the worker exited with MSG_SIZE_TOO_LARGE).
+
+    Each part is delivered before the part after the next one starts; the handler returns
+    once the last part is processed and produced, with what finishes it (awaited by the loop
+    before it acknowledges the records; meanwhile the loop may start the stage's next batch)."""
+    async def handle(records):
+        delivering = None
         for start in range(0, len(records), batch_size):
             batch = [Incoming(r.topic, r.partition, r.offset, r.key, r.value, header_pairs(r.headers))
                      for r in records[start:start + batch_size]]
-            await _run_or_exit(runner.name, _process(runner, stage, state, batch, before))
+            if before is not None:
+                await _run_or_exit(runner.name, before(batch))
+            begun = _started_or_exit(runner, stage, state, batch)
+            if delivering is not None:
+                await _run_or_exit(runner.name, runner.finish(delivering))
+            delivering = begun
+        return None if delivering is None else _run_or_exit(runner.name, runner.finish(delivering))
 
     return handle
+
+
+def _started_or_exit(runner: BatchRunner, stage, state, batch: list) -> Delivery:
+    """`runner.start`, or the worker ends as in `_run_or_exit`."""
+    try:
+        return runner.start(stage, state, batch)
+    except BaseException:
+        log.critical("stage %s failed; the worker exits so that it is restarted", runner.name, exc_info=True)
+        logging.shutdown()
+        os._exit(70)
 
 
 def provinces_of(notify: list[str], regions) -> list[str]:

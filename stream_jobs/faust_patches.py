@@ -294,6 +294,7 @@ class StageBatches:
         self.queued: dict[str, list[tuple[list, dict]]] = {}  # batches handed over, not begun yet
         self.queued_records: dict[str, int] = {}
         self.max_queued = max_queued  # a stage this far behind holds the loop (and so the fetches) up
+        self._wakes: dict[str, asyncio.Event] = {}  # a stage's runner waiting for a delivery, woken by a new batch
         self.marks = SeekMarks()
         self.dropped = 0  # records fetched but not started (flow stopped, rebalance, seek)
 
@@ -377,6 +378,8 @@ class StageBatches:
             if runner is None or runner.done():
                 self.in_flight[stage] = asyncio.get_running_loop().create_task(
                     self._run(consumer, stage), name=f"intelbus-batch-{stage}")
+            else:
+                self._wake(stage).set()
         for tp, a, b in gaps:
             if app.topics.acks_enabled_for(tp.topic):
                 await consumer._add_gap(tp, a, b)
@@ -417,15 +420,57 @@ class StageBatches:
         from faust.types.tuples import ack_lock
         from mode.utils.futures import notify
 
-        queue = self.queued[stage]
-        while queue:
-            batch, offsets = take_queued(queue)
-            self.queued_records[stage] = 0
-            await self.handlers[stage](batch)
+        def ack(offsets: dict) -> None:
             with ack_lock:
                 for tp, offs in offsets.items():
                     ack_offsets(consumer, tp, offs)
                 notify(consumer._waiting_for_ack)
+
+        queue = self.queued[stage]
+        wake = self._wake(stage)
+        delivering = None  # the batch begun last: (the task that finishes it, its offsets)
+
+        def acknowledge_delivered() -> None:
+            task, offsets = delivering
+            task.result()  # a batch not delivered ended the worker (`_run_or_exit`); re-raises a cancel
+            ack(offsets)
+
+        try:
+            while queue or delivering is not None:
+                if not queue:  # the last batch is on its way: wait for its delivery or for a next batch
+                    wake.clear()
+                    if not delivering[0].done():
+                        await wake.wait()
+                    if delivering[0].done():
+                        acknowledge_delivered()
+                        delivering = None
+                    continue
+                batch, offsets = take_queued(queue)
+                self.queued_records[stage] = 0
+                # a handler returns once the batch is processed and its outputs produced, with an
+                # awaitable for their delivery (or None: it waited itself): the next batch starts
+                # before the previous one is delivered, the acknowledgements stay in order
+                finishing = await self.handlers[stage](batch)
+                if delivering is not None:
+                    await asyncio.wait((delivering[0],))
+                    acknowledge_delivered()
+                    delivering = None
+                if finishing is None:
+                    ack(offsets)
+                else:
+                    task = asyncio.get_running_loop().create_task(finishing, name=f"intelbus-delivery-{stage}")
+                    task.add_done_callback(lambda _: wake.set())
+                    delivering = (task, offsets)
+        finally:
+            if delivering is not None and not delivering[0].cancelled():
+                await asyncio.wait((delivering[0],))
+                acknowledge_delivered()
+
+    def _wake(self, stage: str) -> asyncio.Event:
+        wake = self._wakes.get(stage)
+        if wake is None:
+            wake = self._wakes[stage] = asyncio.Event()
+        return wake
 
 
 def take_queued(queue: list[tuple[list, dict]]) -> tuple[list, dict]:

@@ -48,11 +48,19 @@ class BatchOverlay:
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         self._fetched: dict[int, dict[bytes, bytes | None]] = {}
         self._added: dict[int, int] = {}  # partition -> entries added minus deleted by this batch
+        # earlier batches' writes drained with `hold=True`, oldest first, until `release`d: on
+        # their way to Kafka while the next batch runs (they are in the store only after that)
+        self._held: list[dict[int, dict[bytes, bytes | None]]] = []
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         pending = self._pending.get(partition)
         if pending is not None and key in pending:
             return pending[key]
+        if self._held:
+            for held in reversed(self._held):
+                part = held.get(partition)
+                if part is not None and key in part:
+                    return part[key]
         fetched = self._fetched.setdefault(partition, {})
         if key in fetched:
             return fetched[key]
@@ -89,19 +97,32 @@ class BatchOverlay:
         if self._scan is None:
             return []
         items = self._scan(partition, after, limit)
-        pending = self._pending.get(partition)
-        if pending:
-            items = [(k, pending[k]) if k in pending else (k, v) for k, v in items]
+        for layer in (*self._held, self._pending):
+            written = layer.get(partition)
+            if written:
+                items = [(k, written[k]) if k in written else (k, v) for k, v in items]
         return items
 
-    def drain(self) -> dict[int, dict[bytes, bytes | None]]:
+    def drain(self, *, hold: bool = False) -> dict[int, dict[bytes, bytes | None]]:
+        """The batch's writes, cleared from the overlay. With `hold`, later batches still read
+        them until `release(writes)`: the caller processes its next batch while these are
+        delivered, and releases them once they are in the store (or the worker exits)."""
         for partition, added in self._added.items():
             counted = self.get(partition, COUNT_KEY) if added else None
             if counted is not None:
                 self._pending.setdefault(partition, {})[COUNT_KEY] = b"%d" % (int(counted) + added)
         pending, self._pending = self._pending, {}
         self._fetched, self._added = {}, {}
+        if hold and pending:
+            self._held.append(pending)
         return pending
+
+    def release(self, writes: dict) -> None:
+        """Writes drained with `hold` are in the store now: reads go to the store for them again."""
+        for i, held in enumerate(self._held):
+            if held is writes:
+                del self._held[i]
+                return
 
 
 class MemoryState(BatchOverlay):
@@ -120,7 +141,11 @@ class MemoryState(BatchOverlay):
         return [(k, part[k]) for k in keys[start:start + limit]]
 
     def commit(self) -> int:
-        writes = self.drain()
+        return self.apply(self.drain())
+
+    def apply(self, writes: dict[int, dict[bytes, bytes | None]], offsets=None) -> int:
+        """Write drained writes into the dict (releasing them if they were held)."""
+        self.release(writes)
         for partition, items in writes.items():
             part = self.data.setdefault(partition, {})
             keys = self._sorted.setdefault(partition, [])

@@ -184,7 +184,14 @@ class FaustTableState(BatchOverlay):
         return total
 
     def apply(self, writes: dict[int, dict[bytes, bytes | None]], offsets: dict[int, int]) -> None:
-        """Write delivered changelog records into the store; offsets: partition -> last changelog offset."""
+        """Write delivered changelog records into the store; offsets: partition -> last changelog
+        offset. Writes drained with `hold` are released: reads find them in the store now."""
+        try:
+            self._write(writes, offsets)
+        finally:
+            self.release(writes)
+
+    def _write(self, writes: dict[int, dict[bytes, bytes | None]], offsets: dict[int, int]) -> None:
         store = self._store
         if self._is_rocksdb():
             from rocksdict import WriteBatch

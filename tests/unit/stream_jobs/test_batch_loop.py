@@ -334,19 +334,33 @@ def test_a_fetch_larger_than_the_batch_size_reaches_the_stage_in_batches_of_at_m
     # request of one partition outgrew the broker's 1 MB limit and the worker exited
     from stream_jobs.app import _batch_handler
 
-    seen = []
+    seen, steps = [], []
 
     class Runner:
         name = "dedupe"
 
-        async def run(self, stage, state, batch):
+        def start(self, stage, state, batch):
             seen.append([m.offset for m in batch])
+            steps.append(("start", len(seen)))
+            return len(seen)
+
+        async def finish(self, n):
+            steps.append(("delivered", n))
 
     records = [SimpleNamespace(topic="intel.incident", partition=2, offset=o, key=b"k", value=b"v", headers=None)
                for o in range(4500)]
-    asyncio.run(_batch_handler(Runner(), None, None, 2000)(records))
+
+    async def main():
+        last = await _batch_handler(Runner(), None, None, 2000)(records)
+        steps.append("handler returned")
+        await last  # what the loop awaits before it acknowledges the records
+
+    asyncio.run(main())
     assert [len(b) for b in seen] == [2000, 2000, 500]
     assert [o for b in seen for o in b] == list(range(4500))  # in fetch order, each once
+    # each part starts while the one before is delivered; the last is delivered after the handler returned
+    assert steps == [("start", 1), ("start", 2), ("delivered", 1), ("start", 3), ("delivered", 2),
+                     "handler returned", ("delivered", 3)]
 
 
 def test_a_seek_drops_the_partitions_queued_records_and_a_revoke_waits_only_for_the_batch_begun(monkeypatch):
@@ -384,5 +398,39 @@ def test_a_seek_drops_the_partitions_queued_records_and_a_revoke_waits_only_for_
         # the begun batch finished and was acknowledged; the queued ones were dropped, unacknowledged
         assert handled == [("intel.incident", 1), "faust revokes"]
         assert c._acked[TP] == [1] and c._acked[other] == [] and batches.dropped == 4
+
+    asyncio.run(main())
+
+
+def test_a_stage_starts_its_next_batch_while_the_one_before_is_delivered_and_acknowledges_in_order():
+    async def main():
+        delivered = {1: asyncio.Event(), 3: asyncio.Event()}
+        steps = []
+
+        async def hits(records):
+            first = records[0].offset
+            steps.append(("processed", first))
+
+            async def finishing():
+                await delivered[first].wait()
+                steps.append(("delivered", first))
+            return finishing()
+
+        c = with_generation(FakeConsumer())
+        batches = StageBatches({"hits": hits}, {"intel.hit.candidates": "hits"})
+        await batches.submit(c, "hits", {TP_M: recs(1, 2, topic=TP_M.topic)}, 7, 0, None)
+        await asyncio.sleep(0)
+        await batches.submit(c, "hits", {TP_M: recs(3, topic=TP_M.topic)}, 7, 0, None)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # the second batch was processed while the first waits for its delivery; nothing acknowledged
+        assert steps == [("processed", 1), ("processed", 3)] and c._acked[TP_M] == []
+        delivered[3].set()  # the later batch's reports come first: still acknowledged after the first
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert c._acked[TP_M] == []
+        delivered[1].set()
+        assert await batches.wait_in_flight(1)
+        assert c._acked[TP_M] == [1, 2, 3]
 
     asyncio.run(main())
