@@ -273,3 +273,43 @@ def browser():
         b = launch(p)
         yield b
         b.close()
+
+
+# --- the cluster-profile stack (issue 18): one for test_chaos_short.py and test_cluster_profile.py ----
+
+CLUSTER_PORT_BASE = 64000  # ports 64180-64650: docs/deploy.md, "Ports of the isolated stacks"
+CLUSTER_FIXTURE = "cluster_stack"
+# the JVM servers the short chaos run SIGKILLs: stopped cleanly once after `up`, they write the class-data
+# archives their restarts map (bench/chaos.py warm_class_archives; docs/deploy.md "Recovery after SIGKILL")
+CLUSTER_WARM = ("kafka-2", "registry")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on the cluster-profile stack run last and one after the other: the stack (three brokers,
+    ZooKeeper, two ClickHouse replicas, the registry and the services; 1-3 min to start, 2.4 GB) starts
+    once, when the first of them needs it, and is stopped at the session's end, right after them."""
+    cluster = [i for i in items if CLUSTER_FIXTURE in getattr(i, "fixturenames", ())]
+    if cluster:
+        keep = set(map(id, cluster))
+        items[:] = [i for i in items if id(i) not in keep] + cluster
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(tmp_path_factory):
+    """`intelbus up --profile cluster` on an isolated stack (own directory, ports 64xxx), its JVMs'
+    archives written, `down --purge` at the end; yields the environment its commands and clients use.
+    INTELBUS_TEST_CLUSTER=0 skips the tests on it (a quick local run; `make test` runs them)."""
+    import os
+
+    from bench.chaos import chaos_env, cluster_up, warm_class_archives
+
+    if os.environ.get("INTELBUS_TEST_CLUSTER", "1") == "0":
+        pytest.skip("INTELBUS_TEST_CLUSTER=0: the cluster-profile tests are left out of this run")
+    env = chaos_env(str(tmp_path_factory.mktemp("cluster")), port_base=CLUSTER_PORT_BASE)
+    started = time.monotonic()
+    with cluster_up(env, log=lambda m: print(f"[cluster] {m.strip()}", flush=True)):
+        up_s = time.monotonic() - started
+        assert warm_class_archives(env, servers=CLUSTER_WARM, log=lambda m: print(f"[cluster] {m}", flush=True))
+        print(f"[cluster] up {up_s:.0f}s, archives of {', '.join(CLUSTER_WARM)} {time.monotonic() - started - up_s:.0f}s",
+              flush=True)
+        yield env
