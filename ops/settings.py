@@ -136,6 +136,9 @@ class Settings:
                         "this many allocations (Python's default: 700)", 50_000)
     gateway_url: str = _env("INTELBUS_GATEWAY_URL", "the gateway people's commands talk to (login, feed, query, sql, "
                             "audit); `up` serves it on this address", "http://127.0.0.1:8080")
+    gateway_gil_switch_s: float = _env("INTELBUS_GATEWAY_GIL_SWITCH_S", "gateway: the process's GIL switch interval, "
+                                       "s (the live feed hub's consume thread waits for the event loop's GIL; "
+                                       "Python's default is 0.005)", 0.0005)
     gateway_http: str = _env("INTELBUS_GATEWAY_HTTP", "the gateway's HTTP implementation in uvicorn: auto (httptools "
                              "when installed, else h11), h11 or httptools (bench/bench_fanout.py compares them)", "auto")
     # the gateway's live feed (gateway/hub.py, gateway/events.py; docs/architecture.md "The live feed"); the switches
