@@ -551,13 +551,14 @@ def sizing(settings, stack, samples: list[dict], traffic: tuple[float, float], r
 
 def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: list[str], every: float = 10.0,
               max_recovery: float = 30.0, log=print, kill_window: tuple[float, float] = (0.08, 0.85),
-              kill_gap_s: float = 5.0, partial_path: Path | None = None) -> dict:
+              kill_gap_s: float = 5.0, partial_path: Path | None = None, clickhouse_wait_s: float = 300.0) -> dict:
     """The run on a stack already up with env's settings: traffic, kills, samples, drain, checks.
     Returns the results (also what the JSON holds); results["ok"] is the verdict.
     kill_window: the shares of the planned traffic time the kills are spread over (kill_plan's
     start and end); kill_gap_s: seconds after a victim is back before the next kill (the short
     test's tighter plan: tests/integration/test_chaos_short.py); partial_path: where the samples and kills
-    so far are written every minute (a run stopped before its end keeps them)."""
+    so far are written every minute (a run stopped before its end keeps them); clickhouse_wait_s: how long
+    ClickHouse may take to match the truth once both groups drained (the test: 90 s, not 300)."""
     from ops.lag import JOBS_TOPICS, SINK_TOPICS
     from ops.services import full_stack
     from ops.verify import load_truth, verify
@@ -632,7 +633,7 @@ def run_chaos(env: dict, *, minutes: float, rate: float, seed: int, components: 
     except Exception as exc:  # recorded, and the run fails; the rest is still measured and written
         kafka_truth = {"error": f"{type(exc).__name__}: {exc}"[:500], "exact": False}
     _, expected = load_truth(str(truth))
-    clickhouse = clickhouse_truth(settings, prefix, set(expected), sim.truth.events)
+    clickhouse = clickhouse_truth(settings, prefix, set(expected), sim.truth.events, timeout=clickhouse_wait_s)
     run.stop.set()
     threads[0].join(timeout=60)
     kafka_ok = bool(kafka_truth.get("exact")) and bool(sim.truth.hits)
