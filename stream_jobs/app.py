@@ -110,14 +110,14 @@ class DeliveryWaiter:
 
 
 class Delivery(NamedTuple):
-    """A batch processed and handed to the producer, waiting for its delivery reports."""
+    """A batch processed, its outputs handed to the producer (and its state writes, or they wait for the outputs)."""
     state: FaustTableState
     batch_size: int
     result: StageResult
     writes: dict
-    outstanding: list  # [messages not yet reported]
+    outstanding: list  # [messages handed to the producer and not yet reported]
     errors: list
-    offsets: dict  # changelog partition -> last offset delivered
+    offsets: dict | None  # changelog partition -> last offset delivered; None: the writes are not produced yet
     started: float
     processed: float
     produced: float
@@ -126,20 +126,40 @@ class Delivery(NamedTuple):
 class BatchRunner:
     """Runs one stage over a batch and makes its effects durable.
 
-    `run` does it all before returning. The batch loop splits it: `start` processes the batch
-    and hands its outputs and state writes to the producer (the writes stay readable by the
-    stage's next batch, `drain(hold=True)`), `finish` waits for their delivery and writes the
-    state's store. The loop starts batch n+1 before it finishes batch n, and acknowledges n's
-    input only after n's `finish`, in order: a hit need not wait for the batch before it to be
-    delivered. If n is not delivered the worker exits; the changelog then holds whatever of n
-    and n+1 was delivered, which is what a restarted worker's tables recover, so reading both
-    batches again is a replay, as after any crash."""
+    With `state_after_outputs` (the dedupe and match stages), a batch's outputs and dead
+    letters are produced first and its state writes (the table's changelog) only once every
+    output was delivered. A crash can then never leave the state saying "done" for an output
+    that is not in Kafka: the replay finds the state as it was before the batch and produces
+    the outputs again. Produced together, the state write of a batch could be delivered and its
+    output not when they went to different brokers: in the cluster profile a CASE_LINK
+    candidate was lost that way after a SIGKILL (its case incident already in the index, the
+    replay took the lookup for one already done). The price is the window between an output's
+    delivery and its state write's: a crash there sends the output again, which is harmless
+    for these two stages' outputs (the unique topics' readers keep an event id once, the
+    matcher ignores what it has, the hit stage drops hit ids it has seen).
 
-    def __init__(self, producer: Producer, encode_dead_letter, *, name: str, waiter: DeliveryWaiter | None = None):
+    The hit stage produces its outputs and its seen-ids together (`state_after_outputs`
+    False): a second copy of a hit on `intel.hit` is what a command center would see, and the
+    ground-truth runs count it. Its remaining gap: on several brokers, a crash that lands after
+    the seen-id's delivery and before the hit's loses the hit (docs/architecture.md,
+    "At-least-once, made exactly-once in effect").
+
+    `run` does it all before returning. The batch loop splits it: `start` processes the batch
+    and hands its outputs (and, for the hit stage, its state writes) to the producer (the
+    state writes stay readable by the stage's next batch, `drain(hold=True)`), `finish` waits
+    for them, produces the state writes if not yet, waits for those and writes the state's
+    store. The loop starts batch n+1 before it finishes batch n, and finishes and
+    acknowledges the batches in order: a hit need not wait for the batch before it to be
+    delivered. If a batch is not delivered the worker exits, and reading it (and the next)
+    again is a replay, as after any crash."""
+
+    def __init__(self, producer: Producer, encode_dead_letter, *, name: str, waiter: DeliveryWaiter | None = None,
+                 state_after_outputs: bool = True):
         self.producer = producer
         self.encode_dead_letter = encode_dead_letter
         self.name = name
         self.waiter = waiter or DeliveryWaiter(producer)
+        self.state_after_outputs = state_after_outputs
 
     async def run(self, stage, state: FaustTableState, batch: list[Incoming]) -> StageResult:
         return await self.finish(self.start(stage, state, batch, hold=False))
@@ -150,7 +170,6 @@ class BatchRunner:
         result = stage.process(batch, now_ms)
         processed = time.perf_counter()
         errors: list[str] = []
-        offsets: dict[int, int] = {}
         outstanding = [0]  # this batch's messages not yet reported by librdkafka
 
         def delivered(err, msg):
@@ -158,6 +177,22 @@ class BatchRunner:
             if err is not None:
                 errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
+        produce = self._produce
+        for out in result.outputs:
+            produce(out.topic, out.value, out.key, out.partition, delivered)
+        for dl in result.dead_letters:
+            produce(DLQ_TOPIC, self.encode_dead_letter(dl), (dl.source_region or "").encode() or None, None, delivered)
+        outstanding[0] += len(result.outputs) + len(result.dead_letters)
+        writes = state.drain(hold=hold)
+        offsets = None
+        if not self.state_after_outputs:  # the hit stage: together with the outputs
+            offsets = {}
+            self._produce_writes(state, writes, outstanding, errors, offsets)
+        return Delivery(state, len(batch), result, writes, outstanding, errors, offsets, started, processed,
+                        time.perf_counter())
+
+    def _produce_writes(self, state, writes: dict, outstanding: list, errors: list, offsets: dict) -> None:
+        """Produce the state writes to the table's changelog, counted in `outstanding`."""
         def changelog_delivered(err, msg):
             outstanding[0] -= 1
             if err is not None:
@@ -166,34 +201,36 @@ class BatchRunner:
                 p = msg.partition()
                 offsets[p] = max(offsets.get(p, -1), msg.offset())
 
-        produce = self._produce
-        for out in result.outputs:
-            produce(out.topic, out.value, out.key, out.partition, delivered)
-        for dl in result.dead_letters:
-            produce(DLQ_TOPIC, self.encode_dead_letter(dl), (dl.source_region or "").encode() or None, None, delivered)
-        writes = state.drain(hold=hold)
         changelog = state.changelog_topic
+        produce = self._produce
         for partition, items in writes.items():
             for key, value in items.items():
                 produce(changelog, value, key, partition, changelog_delivered)
-        outstanding[0] += len(result.outputs) + len(result.dead_letters) + sum(map(len, writes.values()))
-        return Delivery(state, len(batch), result, writes, outstanding, errors, offsets, started, processed,
-                        time.perf_counter())
+        outstanding[0] += sum(map(len, writes.values()))
 
     async def finish(self, d: Delivery) -> StageResult:
         waited = time.perf_counter()
         remaining = await self._delivered(d.outstanding)
-        delivered_at = time.perf_counter()
         if remaining or d.errors:
-            # Nothing of this batch is acknowledged: the worker stops and the batch is
-            # consumed again after restart (dedupe state makes the replay harmless).
+            # Nothing of this batch is acknowledged (nor written to the state, if the writes
+            # wait for the outputs): the worker stops and the batch is read again after restart.
             raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {d.errors[:3]}")
-        d.state.apply(d.writes, d.offsets)
+        outputs_at = time.perf_counter()
+        offsets = d.offsets
+        if offsets is None:  # the state writes, now that every output is in Kafka
+            offsets, errors, outstanding = {}, [], [0]
+            self._produce_writes(d.state, d.writes, outstanding, errors, offsets)
+            remaining = await self._delivered(outstanding)
+            if remaining or errors:
+                raise KafkaException(f"{self.name}: {remaining} state writes undelivered, errors: {errors[:3]}")
+        delivered_at = time.perf_counter()
+        d.state.apply(d.writes, offsets)
         done = time.perf_counter()
-        # deliver: the wait for the reports once the loop asked for them (the next batch may
+        # deliver: the waits for the reports once the loop asked for them (the next batch may
         # have been processed in between: that time is not counted twice)
         metrics.observe_phases(self.name, process=d.processed - d.started, produce=d.produced - d.processed,
-                               deliver=delivered_at - waited, apply=done - delivered_at)
+                               deliver=outputs_at - waited, deliver_state=delivered_at - outputs_at,
+                               apply=done - delivered_at)
         metrics.observe_batch(self.name, d.batch_size, done - d.started, d.result)
         return d.result
 
@@ -349,7 +386,9 @@ def wire_stages(app, stages: list[StageWiring], producer, codec, *, consumer_loo
     waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
     handlers, stage_of_topic = {}, {}
     for w in stages:
-        runner = BatchRunner(producer, encode_dead_letter, name=w.name, waiter=waiter)
+        # the hit stage's outputs go to people: produced with its seen-ids (BatchRunner)
+        runner = BatchRunner(producer, encode_dead_letter, name=w.name, waiter=waiter,
+                             state_after_outputs=w.name != "hits")
         # The agents subscribe faust's consumer to the topics in every loop; with the batch loop
         # their streams receive nothing (the loop hands the records to `handlers` instead).
         app.agent(w.topic, name=f"intelbus.{w.name}")(_agent(runner, w.stage, w.state, batch_size, batch_within,
