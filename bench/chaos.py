@@ -10,9 +10,9 @@ What it does, in order:
    (`--no-warm-archives` skips it; docs/deploy.md, "Recovery after SIGKILL").
 2. Publishes `--rate` records/s for `--minutes` through the simulator (producers/simulator.py,
    a fresh source_ref prefix), waiting for the jobs between its phases as the ground-truth tests do
-   (three times: listings, traffic, closings, traffic). Its process runs with autogroup nice -10
-   (`--traffic-nice`, when it leads a session of its own: start it under `setsid`), so that the
-   traffic keeps its rate on a loaded machine (traffic_priority).
+   (three times: listings, traffic, closings, traffic). `--traffic-nice -10` gives its process
+   autogroup nice -10 (when it leads a session of its own: start it under `setsid`), so that the
+   traffic keeps its rate on a crowded machine (traffic_priority); not the default, see --help.
 3. Meanwhile SIGKILLs each component once (`--components`), in a seeded random order (the brokers
    in their own order, one after the other), each at a seeded random time of its slot of the
    traffic and never before the previous victim came back. Nothing restarts them but the stack's
@@ -908,10 +908,11 @@ def parse_args(argv=None):
     p.add_argument("--keep", action="store_true", help="leave the stack running at the end (for --reuse)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the results go (default bench/results)")
     p.add_argument("--name", default="chaos", help="results file name: <name>.json/.md/.svg (default chaos)")
-    p.add_argument("--traffic-nice", type=int, default=-10,
-                   help="autogroup nice of this process, the simulator's traffic (default -10; 0 leaves it): the "
-                        "traffic keeps its rate whatever the stack's load (traffic_priority; needs a session of its "
-                        "own: run it under `setsid`)")
+    p.add_argument("--traffic-nice", type=int, default=0,
+                   help="autogroup nice of this process, the simulator's traffic (default 0: unchanged): -10 keeps "
+                        "the traffic's rate on a crowded machine (traffic_priority; needs a session of its own: run "
+                        "it under `setsid`), but every thread of the process gets it, librdkafka's too (in the run "
+                        "of 19:31 they took 0.9 of a core for 3 minutes and starved the stack; bench/results/chaos.md)")
     p.add_argument("--rewrite", metavar="JSON", help="only write the .md and .svg again from a run's .json")
     return p.parse_args(argv)
 
