@@ -163,9 +163,14 @@ class Simulation:
         """
         rng = self.rng
         seq = f"{self.cfg.seed % 1000:03d}"
+        tries = 0
         while True:
             region = rng.choice(self.cfg.regions)
-            birth = datetime(1950, 1, 1) + timedelta(days=rng.randrange(0, 365 * 55))
+            if tries < 50:
+                birth = datetime(1950, 1, 1) + timedelta(days=rng.randrange(0, 365 * 55))
+            else:  # the seed's 301,125 IDs born 1950-2004 nearly used up (about 1.25 million records): older births
+                birth = datetime(1800, 1, 1) + timedelta(days=rng.randrange(0, 365 * 150))
+            tries += 1
             first17 = f"{region}{birth:%Y%m%d}{seq}"
             id18 = first17 + resident_id_check_digit(first17)
             if id18 not in self._used_ids:

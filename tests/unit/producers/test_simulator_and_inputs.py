@@ -51,6 +51,21 @@ def test_the_phases_come_once_each_in_order_so_settle_waits_three_times():
     assert invalid_late > 0  # the last phase has invalid records of its own
 
 
+def test_a_long_run_does_not_run_out_of_fresh_person_ids():
+    """A seed's resident IDs born 1950-2004 are 20,075 per region (301,125 over the default regions, used
+    up after about 1.25 million records: the 30-minute chaos run at 1,000/s hung at record 1,253,893).
+    With one region they run out after about 90,000 records; the run goes on with older births, every
+    ID still fresh and valid."""
+    sim = Simulation(SimConfig(seed=5, count=110_000, regions=("110105",), population=1_000,
+                               start_ms=1_790_000_000_000))
+    suspects = [p["id_number"] for item in sim.records() if not item.invalid and not item.duplicate
+                for p in item.record.get("persons", []) if p.get("role") == "SUSPECT"]
+    assert len(sim._used_ids) > 20_075  # past the 1950-2004 births of the one region
+    assert len(set(suspects)) > 20_075 - 1_000 - 150
+    last = sim._recent[-1]
+    validate_record(last.kind, last.record)  # the last record is valid as ever
+
+
 def test_runs_with_other_seeds_share_no_person_phone_or_plate():
     def identifiers(seed):
         out = set()
