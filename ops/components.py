@@ -22,9 +22,10 @@ OPS = REPO_ROOT / "ops"
 #   restart  the supervisor restarts a crashed component at once (then 1 s, 2 s ...) and looks twice a second
 #   cds      the JVMs map a class-data-sharing archive of their own classes, written at their first clean stop
 #   kafka    a broker's old registration expires sooner (broker.session.timeout.ms), logs recover in 2 threads
-#   c1       the brokers compile with C1 only (start-up and a small machine before peak throughput)
-# INTELBUS_STARTUP_TUNING turns them off for a before/after measurement: "all" (the default), "none",
-# or a comma-separated list of the ones wanted.
+#   c1       the brokers compile with C1 only: 3-4 s sooner back, but 1.6-2 times the broker's CPU for the
+#            same requests once running (docs/deploy.md, "Recovery after SIGKILL"), so not a default
+# INTELBUS_STARTUP_TUNING turns them on and off for a before/after measurement: restart,cds,kafka (the
+# default), "all", "none", or a comma-separated list of the ones wanted.
 STARTUP_TUNINGS = ("restart", "cds", "kafka", "c1")
 
 

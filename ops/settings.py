@@ -185,7 +185,7 @@ class Settings:
     startup_tuning: str = _env("INTELBUS_STARTUP_TUNING", "what makes a killed component come back sooner "
                                "(ops/components.py): all, none, or a comma-separated list of restart, cds, kafka, c1 "
                                "(bench/bench_recovery.py's before/after); `up` replaces a supervisor started with "
-                               "another", "all")
+                               "another", "restart,cds,kafka")
 
     def __post_init__(self):
         if not self.secrets_dir:
