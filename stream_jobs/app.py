@@ -26,7 +26,7 @@ from ops.kafka_auth import JOBS, faust_credentials
 from ops.settings import Settings
 from schemas.catalog import DLQ_TOPIC, HIT_TOPIC, INPUT_TOPICS
 from stream_jobs import metrics
-from stream_jobs.lookback import Lookback, LookbackRestorer, read_since
+from stream_jobs.lookback import EmittedHits, Lookback, LookbackRestorer, read_hit_copies_since, read_since
 from stream_jobs.stages import (
     CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
 )
@@ -367,11 +367,17 @@ def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
         restorer.on_assigned(tp.partition for tp in assigned if tp.topic == MATCH_TOPIC)
     hits = HitStage(state=hits_seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, hit_record(h)),
                     provinces_of=lambda notify: provinces_of(notify, regions))
+    emitted = EmittedHits(hits, lambda since_ms: read_hit_copies_since(kafka_config, HIT_TOPIC, since_ms),
+                          seconds=settings.jobs_lookback_s)
+
+    @app.on_partitions_assigned.connect
+    async def _hit_partitions_assigned(sender, assigned, **kwargs):
+        emitted.on_assigned(tp.partition for tp in assigned if tp.topic == CANDIDATE_TOPIC)
     raw = dict(key_serializer="raw", value_serializer="raw")
     return [
         StageWiring("dedupe", app.topic(*INPUT_TOPICS, **raw), dedupe, records),
         StageWiring("match", app.topic(MATCH_TOPIC, **raw), match, index, restorer.before),
-        StageWiring("hits", app.topic(CANDIDATE_TOPIC, **raw), hits, hits_seen),
+        StageWiring("hits", app.topic(CANDIDATE_TOPIC, **raw), hits, hits_seen, emitted.before),
     ]
 
 
@@ -386,9 +392,7 @@ def wire_stages(app, stages: list[StageWiring], producer, codec, *, consumer_loo
     waiter = DeliveryWaiter(producer)  # one for the three stages: they share the producer
     handlers, stage_of_topic = {}, {}
     for w in stages:
-        # the hit stage's outputs go to people: produced with its seen-ids (BatchRunner)
-        runner = BatchRunner(producer, encode_dead_letter, name=w.name, waiter=waiter,
-                             state_after_outputs=w.name != "hits")
+        runner = BatchRunner(producer, encode_dead_letter, name=w.name, waiter=waiter)
         # The agents subscribe faust's consumer to the topics in every loop; with the batch loop
         # their streams receive nothing (the loop hands the records to `handlers` instead).
         app.agent(w.topic, name=f"intelbus.{w.name}")(_agent(runner, w.stage, w.state, batch_size, batch_within,

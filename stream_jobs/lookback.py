@@ -252,3 +252,100 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int], since_ms: 
         return out
     finally:
         consumer.close()
+
+
+class EmittedHits:
+    """What of the hit stage's output is already on `intel.hit`, read when the worker gets
+    candidate partitions it did not have (a start, a restart after a crash, a rebalance).
+
+    The hit stage writes a hit's seen-id only after every copy of the hit was delivered. After a
+    crash, a candidate read again whose seen-id is missing had its copies either not (all)
+    delivered, or delivered just before the crash and its seen-id not: the copies on
+    `intel.hit` in the last `seconds` tell which, so the stage sends exactly the missing ones
+    (no hit lost, none twice). `before` runs ahead of each hits batch and reads once per
+    assignment; read(since epoch ms) -> {(hit id, province key)}."""
+
+    def __init__(self, stage, read, *, seconds: float, clock=time.time):
+        self.stage = stage
+        self.read = read
+        self.seconds = seconds
+        self.clock = clock
+        self.owned: set[int] = set()
+        self.pending = False
+
+    def on_assigned(self, partitions: Iterable[int]) -> None:
+        now = set(partitions)
+        if now - self.owned:
+            self.pending = True
+        self.owned = now
+
+    async def before(self, batch) -> None:
+        if not self.pending or not batch:
+            return
+        self.pending = False
+        started = time.monotonic()
+        since_ms = int((self.clock() - self.seconds) * 1000)
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self.read, since_ms)
+        except Exception:
+            # without it a crash's last hits could be sent twice (never lost): say so, go on
+            log.warning("intel.hit could not be read back; hits delivered just before a crash may be sent again",
+                        exc_info=True)
+            return
+        self.stage.emitted = set(found)
+        log.info("intel.hit: %d hit copies of the last %.0f s read back in %.1f s (not sent again)", len(found),
+                 self.seconds, time.monotonic() - started)
+
+
+def first_string(value: bytes) -> str | None:
+    """The first field of a Confluent-framed Avro record when it is a string (a hit's `hit_id`)."""
+    if not value or len(value) < 6 or value[0] != 0:
+        return None
+    pos, shift, n = 5, 0, 0
+    while pos < len(value):
+        b = value[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+    length = (n >> 1) ^ -(n & 1)
+    if length < 0 or pos + length > len(value):
+        return None
+    return value[pos:pos + length].decode("utf-8", "replace")
+
+
+def read_hit_copies_since(kafka_config: dict, topic: str, since_ms: int, timeout: float = 60.0) -> set[tuple[str, str]]:
+    """(hit id, message key) of every message of `topic` from `since_ms` (by timestamp) to its
+    current end, all partitions. What cannot be read within `timeout` is left out, with a warning."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**kafka_config, "group.id": "intelbus-jobs-emitted", "enable.auto.commit": False,
+                         "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
+        starts = {tp.partition: tp.offset for tp in found if tp.error is None and 0 <= tp.offset < ends[tp.partition]}
+        out: set[tuple[str, str]] = set()
+        if not starts:
+            return out
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        remaining = set(starts)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.5):
+                if msg.error():
+                    continue
+                p = msg.partition()
+                hid = first_string(msg.value())
+                if hid is not None and msg.key() is not None:
+                    out.add((hid, msg.key().decode()))
+                if msg.offset() >= ends[p] - 1:
+                    remaining.discard(p)
+        if remaining:
+            log.warning("%s %s: not read to its end within %.0f s; hits of theirs sent before a crash may be sent again",
+                        topic, sorted(remaining), timeout)
+        return out
+    finally:
+        consumer.close()

@@ -610,6 +610,11 @@ class HitStage:
     def __init__(self, *, state: PartitionedState, encode_hit, provinces_of, retention_ms: int = HIT_RETENTION_MS,
                  expire: bool = True):
         self.state = state
+        # (hit id, province) copies found on intel.hit when the worker got its candidate partitions
+        # (`EmittedHits`): a hit whose copies were delivered before a crash and its seen-id not is
+        # not sent again, and a copy that was not delivered is (the seen-ids are written after the
+        # copies: stream_jobs/app.py BatchRunner)
+        self.emitted: set[tuple[str, str]] = set()
         self.encode_hit = encode_hit      # dict -> Confluent wire bytes
         self.provinces_of = provinces_of  # notify_regions -> sorted province codes
         # A hit id is remembered this long after its hit: longer than any resend of its trigger
@@ -645,8 +650,13 @@ class HitStage:
                 result.dead_letters.append(internal_error("MATCH", msg, exc, detail="hit does not encode"))
                 continue
             self.state.put(msg.partition, key, str(hit["detected_at"]).encode())
-            for province in self.provinces_of(hit["notify_regions"]):
+            provinces = self.provinces_of(hit["notify_regions"])
+            missing = [p for p in provinces if (hid, p) not in self.emitted] if self.emitted else provinces
+            for province in missing:
                 result.outputs.append(Outgoing(HIT_TOPIC, province.encode(), value))
+            if len(missing) < len(provinces):  # sent before a crash: not counted again
+                result.counts[("hit_already_out", hit["hit_type"])] += 1
+                continue
             result.counts[("hit", hit["hit_type"], hit["owner_region"], hit["hit_region"])] += 1
             result.hit_delays_ms.append(now_ms - hit["trigger_reported_at"])
         sweep_partitions(self.sweeper, self.state, HITS_TABLE, Counter(m.partition for m in batch), min(clock, now_ms),
