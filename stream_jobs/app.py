@@ -126,29 +126,23 @@ class Delivery(NamedTuple):
 class BatchRunner:
     """Runs one stage over a batch and makes its effects durable.
 
-    With `state_after_outputs` (the dedupe and match stages), a batch's outputs and dead
-    letters are produced first and its state writes (the table's changelog) only once every
-    output was delivered. A crash can then never leave the state saying "done" for an output
-    that is not in Kafka: the replay finds the state as it was before the batch and produces
-    the outputs again. Produced together, the state write of a batch could be delivered and its
-    output not when they went to different brokers: in the cluster profile a CASE_LINK
-    candidate was lost that way after a SIGKILL (its case incident already in the index, the
-    replay took the lookup for one already done). The price is the window between an output's
-    delivery and its state write's: a crash there sends the output again, which is harmless
-    for these two stages' outputs (the unique topics' readers keep an event id once, the
-    matcher ignores what it has, the hit stage drops hit ids it has seen).
-
-    The hit stage produces its outputs and its seen-ids together (`state_after_outputs`
-    False): a second copy of a hit on `intel.hit` is what a command center would see, and the
-    ground-truth runs count it. Its remaining gap: on several brokers, a crash that lands after
-    the seen-id's delivery and before the hit's loses the hit (docs/architecture.md,
-    "At-least-once, made exactly-once in effect").
+    With `state_after_outputs` (every stage; False is the behaviour before 2026-11-30), a
+    batch's outputs and dead letters are produced first and its state writes (the table's
+    changelog) only once every output was delivered. A crash can then never leave the state
+    saying "done" for an output that is not in Kafka: the replay finds the state as it was
+    before the batch and produces the outputs again. Produced together, the state write of a
+    batch could be delivered and its output not when they went to different brokers: in the
+    cluster profile's chaos test a CASE_LINK candidate, then a WATCH_MATCH and a CASE_LINK hit,
+    were lost that way after SIGKILLs. The price is the window between an output's delivery
+    and its state write's: a crash there sends the output again, which the dedupe and match
+    stages' readers absorb (the unique topics' readers keep an event id once, the matcher
+    ignores what it has, the hit stage drops hit ids it has seen), and which the hit stage
+    avoids by reading back what is already on `intel.hit` (`stream_jobs.lookback.EmittedHits`).
 
     `run` does it all before returning. The batch loop splits it: `start` processes the batch
-    and hands its outputs (and, for the hit stage, its state writes) to the producer (the
-    state writes stay readable by the stage's next batch, `drain(hold=True)`), `finish` waits
-    for them, produces the state writes if not yet, waits for those and writes the state's
-    store. The loop starts batch n+1 before it finishes batch n, and finishes and
+    and hands its outputs to the producer (the state writes stay readable by the stage's next
+    batch, `drain(hold=True)`), `finish` waits for them, produces the state writes, waits for
+    those and writes the state's store. The loop starts batch n+1 before it finishes batch n, and finishes and
     acknowledges the batches in order: a hit need not wait for the batch before it to be
     delivered. If a batch is not delivered the worker exits, and reading it (and the next)
     again is a replay, as after any crash."""

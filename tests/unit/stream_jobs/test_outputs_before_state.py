@@ -93,8 +93,8 @@ def test_an_output_not_delivered_leaves_the_state_unwritten_so_the_replay_sends_
     assert state.data == {}
 
 
-def test_the_hit_stage_produces_its_seen_ids_with_its_hits():
-    # a second copy of a hit is what a command center would see: the hit stage keeps them together
+def test_without_state_after_outputs_the_writes_go_with_the_outputs_as_before():
+    # the behaviour before 2026-11-30 (the switch stays for a before/after): both produced at once
     producer, state = FakeProducer(), ChangelogState()
 
     async def main():
