@@ -121,6 +121,8 @@ class Delivery(NamedTuple):
     started: float
     processed: float
     produced: float
+    previous: object  # the runner's batch started before this one: its state goes first (a future, or None)
+    done: object  # set once this batch's state is written (a future)
 
 
 class BatchRunner:
@@ -154,6 +156,11 @@ class BatchRunner:
         self.name = name
         self.waiter = waiter or DeliveryWaiter(producer)
         self.state_after_outputs = state_after_outputs
+        # Batches write their state in the order they started, whatever order their outputs'
+        # deliveries complete in: a later batch's value of a key must be the one the changelog
+        # and the store end with (a fetch larger than the batch size is started in parts while
+        # the previous batch still finishes).
+        self._last_done = None
 
     async def run(self, stage, state: FaustTableState, batch: list[Incoming]) -> StageResult:
         return await self.finish(self.start(stage, state, batch, hold=False))
@@ -182,8 +189,10 @@ class BatchRunner:
         if not self.state_after_outputs:  # the hit stage: together with the outputs
             offsets = {}
             self._produce_writes(state, writes, outstanding, errors, offsets)
+        previous, done = self._last_done, asyncio.get_running_loop().create_future()
+        self._last_done = done
         return Delivery(state, len(batch), result, writes, outstanding, errors, offsets, started, processed,
-                        time.perf_counter())
+                        time.perf_counter(), previous, done)
 
     def _produce_writes(self, state, writes: dict, outstanding: list, errors: list, offsets: dict) -> None:
         """Produce the state writes to the table's changelog, counted in `outstanding`."""
@@ -203,12 +212,21 @@ class BatchRunner:
         outstanding[0] += sum(map(len, writes.values()))
 
     async def finish(self, d: Delivery) -> StageResult:
+        try:
+            return await self._finish(d)
+        finally:
+            if not d.done.done():
+                d.done.set_result(None)
+
+    async def _finish(self, d: Delivery) -> StageResult:
         waited = time.perf_counter()
         remaining = await self._delivered(d.outstanding)
         if remaining or d.errors:
             # Nothing of this batch is acknowledged (nor written to the state, if the writes
             # wait for the outputs): the worker stops and the batch is read again after restart.
             raise KafkaException(f"{self.name}: {remaining} undelivered, errors: {d.errors[:3]}")
+        if d.previous is not None and not d.previous.done():
+            await asyncio.wait((d.previous,))  # the batch started before writes its state first
         outputs_at = time.perf_counter()
         offsets = d.offsets
         if offsets is None:  # the state writes, now that every output is in Kafka

@@ -105,3 +105,39 @@ def test_without_state_after_outputs_the_writes_go_with_the_outputs_as_before():
     asyncio.run(main())
     assert producer.log[:2] == [("produced", "intel.hit.candidates"), ("produced", ChangelogState.changelog_topic)]
     assert state.data[0][b"13800000000"]
+
+
+def test_batches_write_their_state_in_the_order_they_started_whatever_order_their_outputs_arrive_in():
+    # a fetch larger than the batch size is started in parts while the previous batch still finishes:
+    # the later value of a key must be the last in the changelog and in the store
+    class SlowFirst(FakeProducer):
+        def poll(self, timeout=0):  # the first batch's output is reported only after the second's
+            queued, self.queued = self.queued, []
+            order = sorted(queued, key=lambda q: q[0] == "first.out")
+            for topic, partition, callback in order:
+                self.log.append(("delivered", topic))
+                callback(None, FakeMessage(topic, partition))
+            return len(queued)
+
+    class Writes:
+        def __init__(self, state, value, topic):
+            self.state, self.value, self.topic = state, value, topic
+
+        def process(self, batch, now_ms):
+            result = StageResult()
+            self.state.put(0, b"K", self.value)
+            result.outputs.append(Outgoing(self.topic, b"k", b"v", 0))
+            return result
+
+    producer, state = SlowFirst(), ChangelogState()
+
+    async def main():
+        runner = BatchRunner(producer, lambda dl: b"", name="dedupe", waiter=DeliveryWaiter(producer, interval=0))
+        first = runner.start(Writes(state, b"old", "first.out"), state, [Incoming("t", 0, 1, b"k", b"v")])
+        second = runner.start(Writes(state, b"new", "second.out"), state, [Incoming("t", 0, 2, b"k", b"v")])
+        await asyncio.gather(runner.finish(second), runner.finish(first))
+
+    asyncio.run(main())
+    changelog = [e for e in producer.log if e == ("produced", ChangelogState.changelog_topic)]
+    assert len(changelog) == 2
+    assert state.data[0][b"K"] == b"new"  # without the order, the first batch's b"old" was applied last
