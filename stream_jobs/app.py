@@ -186,7 +186,7 @@ class BatchRunner:
         outstanding[0] += len(result.outputs) + len(result.dead_letters)
         writes = state.drain(hold=hold)
         offsets = None
-        if not self.state_after_outputs:  # the hit stage: together with the outputs
+        if not self.state_after_outputs:  # the behaviour before 2026-11-30: together with the outputs
             offsets = {}
             self._produce_writes(state, writes, outstanding, errors, offsets)
         previous, done = self._last_done, asyncio.get_running_loop().create_future()
