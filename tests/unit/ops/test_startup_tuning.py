@@ -166,3 +166,17 @@ def test_the_tuning_comes_from_the_settings_not_from_this_process_environment(tm
     assert kafka.settings.startup_tuning == "restart,cds,kafka"
     assert any("ArchiveClassesAtExit" in a or "SharedArchiveFile" in a for a in kafka.command()[0])  # cds: not "none"
     assert startup_tunings() == frozenset()  # no settings given: this process's, from its environment
+
+
+def test_the_cluster_profiles_brokers_compile_with_c1_by_default_and_the_single_broker_with_c2(tmp_path, monkeypatch):
+    # three JVM brokers on the same small machine at low rates: a killed one must be back within 30 s
+    from ops.components import KafkaNode
+
+    monkeypatch.delenv("INTELBUS_STARTUP_TUNING", raising=False)
+    single, libs = _kafka_with_libs(tmp_path)
+    node = KafkaNode("kafka-2", single.settings)
+    node.java, node.classpath = single.java, single.classpath
+    assert "-XX:TieredStopAtLevel=1" in node.command()[0]
+    assert "-XX:TieredStopAtLevel=1" not in single.command()[0]
+    _tuned(node, "none")  # bench_recovery's "before": nothing tuned
+    assert "-XX:TieredStopAtLevel=1" not in node.command()[0]
