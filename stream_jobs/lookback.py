@@ -212,22 +212,28 @@ class LookbackRestorer:
                  self.topic, sorted(stops), restored, self.lookback.seconds, time.monotonic() - started)
 
 
-def read_since(kafka_config: dict, topic: str, stops: dict[int, int], since_ms: int,
-               timeout: float = 60.0) -> dict[int, list[tuple[float, bytes]]]:
+def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, since_ms: int,
+               timeout: float = 60.0, *, group: str = "intelbus-jobs-lookback", take=None,
+               short: str = "the look-back is shorter for them") -> dict[int, list]:
     """The messages of `topic`'s partitions from the first one at or after `since_ms` (by
-    timestamp) up to, not including, `stops[partition]`: (timestamp in seconds, value).
+    timestamp) up to, not including, `stops[partition]` (None: every partition, to its current
+    end), each as `take(msg)` (default: (timestamp in seconds, value)).
 
     A plain assigned consumer (no group membership, nothing committed). What cannot be read
-    within `timeout` is left out, with a warning: the look-back is then shorter, nothing else."""
+    within `timeout` is left out, with a warning ending in `short` (what that costs)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**kafka_config, "group.id": "intelbus-jobs-lookback", "enable.auto.commit": False,
+    take = take or (lambda msg: (msg.timestamp()[1] / 1000, msg.value()))
+    consumer = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": False,
                          "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
     try:
+        if stops is None:
+            partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+            stops = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
         found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in stops], timeout=timeout)
         starts = {tp.partition: tp.offset for tp in found
                   if tp.error is None and 0 <= tp.offset < stops[tp.partition]}
-        out: dict[int, list[tuple[float, bytes]]] = {p: [] for p in starts}
+        out: dict[int, list] = {p: [] for p in starts}
         if not starts:
             return out
         consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
@@ -243,12 +249,11 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int], since_ms: 
                 if msg.offset() >= stops[p]:
                     remaining.discard(p)
                     continue
-                out[p].append((msg.timestamp()[1] / 1000, msg.value()))
+                out[p].append(take(msg))
                 if msg.offset() >= stops[p] - 1:
                     remaining.discard(p)
         if remaining:
-            log.warning("%s %s: look-back not read to its end within %.0f s; it is shorter for them",
-                        topic, sorted(remaining), timeout)
+            log.warning("%s %s: not read to its end within %.0f s; %s", topic, sorted(remaining), timeout, short)
         return out
     finally:
         consumer.close()
@@ -317,35 +322,11 @@ def first_string(value: bytes) -> str | None:
 
 def read_hit_copies_since(kafka_config: dict, topic: str, since_ms: int, timeout: float = 60.0) -> set[tuple[str, str]]:
     """(hit id, message key) of every message of `topic` from `since_ms` (by timestamp) to its
-    current end, all partitions. What cannot be read within `timeout` is left out, with a warning."""
-    from confluent_kafka import Consumer, TopicPartition
+    current end, all partitions (`read_since`)."""
+    def copy(msg):
+        hid = first_string(msg.value())
+        return (hid, msg.key().decode()) if hid is not None and msg.key() is not None else None
 
-    consumer = Consumer({**kafka_config, "group.id": "intelbus-jobs-emitted", "enable.auto.commit": False,
-                         "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
-    try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
-        starts = {tp.partition: tp.offset for tp in found if tp.error is None and 0 <= tp.offset < ends[tp.partition]}
-        out: set[tuple[str, str]] = set()
-        if not starts:
-            return out
-        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-        remaining = set(starts)
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
-            for msg in consumer.consume(5000, 0.5):
-                if msg.error():
-                    continue
-                p = msg.partition()
-                hid = first_string(msg.value())
-                if hid is not None and msg.key() is not None:
-                    out.add((hid, msg.key().decode()))
-                if msg.offset() >= ends[p] - 1:
-                    remaining.discard(p)
-        if remaining:
-            log.warning("%s %s: not read to its end within %.0f s; hits of theirs sent before a crash may be sent again",
-                        topic, sorted(remaining), timeout)
-        return out
-    finally:
-        consumer.close()
+    found = read_since(kafka_config, topic, None, since_ms, timeout, group="intelbus-jobs-emitted", take=copy,
+                       short="hits of theirs sent before a crash may be sent again")
+    return {c for copies in found.values() for c in copies if c is not None}
