@@ -367,6 +367,26 @@ def test_every_service_up_starts_has_a_unit_and_a_manifest():
             assert in_k8s[0]["kind"] == "StatefulSet" and 1 <= in_k8s[0]["spec"]["replicas"] <= partitions
 
 
+def test_the_extra_environment_up_gives_a_service_is_in_its_unit_and_manifest():
+    """What `intelbus up` sets in a service's environment beyond the settings (the jobs' glibc mmap
+    threshold) is what systemd and Kubernetes set for it: the same process, the same memory."""
+    settings = load_settings({"INTELBUS_JOBS_WORKERS": "1"})
+    checked = 0
+    for service in services(settings):
+        argv = service.argv[2:]
+        units = [u for u in service_units().values() if intelbus_args_of_unit(u) == argv]
+        pods = [c for w in workloads() for c in containers(w) if without_listen_address(intelbus_args_of_container(c)) == argv]
+        for key, value in service.env.items():
+            for unit in units:
+                pairs = dict(p.split("=", 1) for line in unit["Service"].get("Environment", []) for p in line.split())
+                assert pairs.get(key) == value, f"{service.name}: `intelbus up` sets {key}={value}, its unit {pairs.get(key)}"
+            for c in pods:
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                assert env.get(key) == value, f"{service.name}: `intelbus up` sets {key}={value}, its pod {env.get(key)}"
+            checked += 1
+    assert checked, "no service has an extra environment: the test checks nothing"
+
+
 def test_every_command_is_a_real_subcommand_with_real_options():
     parser = build_parser()
     commands = [intelbus_args_of_unit(u) for u in service_units().values()]
