@@ -8,9 +8,11 @@ docs/workflows.md, "The workflow job". Topics (APP = `intelbus-jobs-workflows`):
     APP-records --records (table hits-by-record)--> OpenHit / WantedRevision envelopes -> APP-items
     APP-items --items (table items; the timers)--> intel.workflow (Avro, key item id), intel.dlq
 
-Every write of a table and every item's events are produced by one idempotent librdkafka
-producer at the partition of the message (or of the item, for timers), awaited, then written
-into faust's store; faust commits the input offset after that (at-least-once in, and the
+Every item's events and every write of a table are produced by one idempotent librdkafka
+producer at the partition of the message (or of the item, for timers): the events first,
+awaited, then the table's writes, awaited, then faust's store (publish_outputs_then_state:
+a crash never leaves the state saying "applied" for an event not on Kafka); faust commits the
+input offset after that (at-least-once in, and the
 machine's idempotence by command id and by deadline-step key makes it exactly-once out).
 The two internal topics are written by our own producer (murmur2, Java-compatible), so an
 item's commands, OpenHit, revisions and timers all live in one partition of APP-items,
@@ -598,6 +600,60 @@ def _item_matches(only: re.Pattern | None, *texts: str) -> bool:
     return only is None or any(only.search(t or "") for t in texts)
 
 
+async def _produce_and_wait(producer, waiter, out: list, error_cls, what: str, on_delivered=None) -> None:
+    """Produce (topic, key, value, partition) messages and wait for every delivery report."""
+    outstanding, errors = [0], []
+
+    def delivered(err, msg):
+        outstanding[0] -= 1
+        if err is not None:
+            errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        elif on_delivered is not None:
+            on_delivered(msg)
+
+    for topic, key, value, partition in out:
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=delivered, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        outstanding[0] += 1
+    remaining = await waiter.wait(outstanding, 60.0)
+    if remaining or errors:
+        raise error_cls(f"workflows: {remaining} {what} undelivered, errors: {errors[:3]}")
+
+
+async def publish_outputs_then_state(producer, waiter, messages, table=None, error_cls=RuntimeError) -> None:
+    """Produce the messages (items' events, forwarded commands, dead letters), wait for them; only
+    then produce the table's pending writes to its changelog, wait, and write them into the store.
+
+    The order is the exactly-once argument. Input offsets are committed after this returns, so a
+    crash anywhere in it replays the input. A crash after the state write but before an output's
+    delivery would replay a command the item has already applied (the machine's idempotence by
+    command id: "changes nothing and emits nothing"), and the output would be lost: on one broker
+    both travel together, on three they go to different leaders and are retried apart while one
+    fails over. With the outputs first, the only crash window left is after the outputs and
+    before the state: the replay then makes the same events again with the same event ids
+    (uuid5 of item, cause and part), which the readers drop (ReplacingMergeTree by event_id, the
+    feed and the scorecard by id). The stream jobs do the same (stream_jobs/app.py, BatchRunner).
+    """
+    writes = table.drain() if table is not None else {}
+    await _produce_and_wait(producer, waiter, list(messages), error_cls, "outputs")
+    if table is None:
+        return
+    offsets: dict[int, int] = {}
+
+    def note(msg):
+        offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
+
+    changelog = [(table.changelog_topic, k, v, p) for p, kv in writes.items() for k, v in kv.items()]
+    if changelog:
+        await _produce_and_wait(producer, waiter, changelog, error_cls, "state writes", on_delivered=note)
+    table.apply(writes, offsets)
+
+
 def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir: str | None = None):
     import faust
     from confluent_kafka import KafkaException
@@ -673,34 +729,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     worker_uid = f"{worker_index}-{uuid.uuid4().hex[:8]}"
 
     async def publish(messages, table: FaustTableState | None = None):
-        """Produce (topic, key, value, partition) and the table's pending writes; wait; then write the store."""
-        outstanding, errors, offsets = [0], [], {}
-        writes = table.drain() if table is not None else {}
-
-        def delivered(err, msg):
-            outstanding[0] -= 1
-            if err is not None:
-                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-            elif table is not None and msg.topic() == table.changelog_topic:
-                offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
-
-        out = list(messages)
-        if table is not None:
-            out += [(table.changelog_topic, k, v, p) for p, kv in writes.items() for k, v in kv.items()]
-        for topic, key, value, partition in out:
-            kwargs = {} if partition is None else {"partition": partition}
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=delivered, **kwargs)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            outstanding[0] += 1
-        remaining = await waiter.wait(outstanding, 60.0)
-        if remaining or errors:
-            raise KafkaException(f"workflows: {remaining} undelivered, errors: {errors[:3]}")
-        if table is not None:
-            table.apply(writes, offsets)
+        await publish_outputs_then_state(producer, waiter, messages, table, KafkaException)
 
     def event_messages(events):
         return [(out_t, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in events]
@@ -940,7 +969,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     async def items_agent(stream):
         # in batches: one produce-and-await per batch, not per command (a worker applied about 140
         # commands/s one by one: bench/results/workflow-timers.md); the batch's events, then its table
-        # writes, are produced in order, and the store is written once all are delivered
+        # writes once the events are delivered, and the store once the writes are (publish_outputs_then_state)
         async for batch in _guarded(stream.take_events(ITEMS_BATCH, within=0.01), "items"):
             if all(is_marker(event.message.headers) for event in batch):
                 # markers only: the commands before them were applied by the earlier batches, so they need
