@@ -320,6 +320,15 @@ def first_string(value: bytes) -> str | None:
     return value[pos:pos + length].decode("utf-8", "replace")
 
 
+def read_first_strings_since(kafka_config: dict, topic: str, since_ms: int, timeout: float = 60.0, *,
+                             group: str, short: str) -> set[str]:
+    """The first field (a string: the workflow events' `event_id`) of every message of `topic`
+    from `since_ms` (by timestamp) to its current end, all partitions (`read_since`)."""
+    found = read_since(kafka_config, topic, None, since_ms, timeout, group=group,
+                       take=lambda msg: first_string(msg.value()), short=short)
+    return {s for values in found.values() for s in values if s is not None}
+
+
 def read_hit_copies_since(kafka_config: dict, topic: str, since_ms: int, timeout: float = 60.0) -> set[tuple[str, str]]:
     """(hit id, message key) of every message of `topic` from `since_ms` (by timestamp) to its
     current end, all partitions (`read_since`)."""

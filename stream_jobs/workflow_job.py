@@ -58,6 +58,8 @@ DLQ_TOPIC = catalog.DLQ_TOPIC
 OPEN_ITEMS = Gauge("intelbus_workflows_open_items", "Workflow items of this worker's partitions with a deadline pending")
 FIRED = Counter("intelbus_workflows_fired_steps_total", "Deadline steps fired (reminders, resends, escalations, stale listings)",
                 ["kind"])
+NOT_RESENT = Counter("intelbus_workflows_events_not_resent_total",
+                     "Events a replay made again that were already on intel.workflow (read back after an assignment)")
 TIMER_LAG = Histogram("intelbus_workflows_timer_lag_seconds", "How late a deadline step fired (now - its scheduled time)",
                       buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600))
 WATERMARK_LAG = Gauge("intelbus_workflows_watermark_lag_seconds", "How far the command watermark of a partition of "
@@ -600,6 +602,59 @@ def _item_matches(only: re.Pattern | None, *texts: str) -> bool:
     return only is None or any(only.search(t or "") for t in texts)
 
 
+class EmittedEvents:
+    """The events already on the output topic, read when the worker gets items partitions it did
+    not have (a start, a restart after a crash, a rebalance), so that a replay does not send
+    them again.
+
+    An item's new state is written only after its events were delivered
+    (publish_outputs_then_state). A crash between the two replays the command on the old state,
+    which makes the same events with the same ids: those on the topic in the last `seconds`
+    are skipped (`fresh`), the others are sent. So after a crash no event is lost and none is
+    sent twice. `before` runs ahead of each round that may publish events (the items agent's
+    batches, the timers), under the job's lock; read(since epoch ms) -> {event id}."""
+
+    def __init__(self, read, *, seconds: float, clock=time.time):
+        self.read = read
+        self.seconds = seconds
+        self.clock = clock
+        self.owned: set[int] = set()
+        self.pending = False
+        self.ids: set[str] = set()
+
+    def on_assigned(self, partitions) -> None:
+        now = set(partitions)
+        if now - self.owned:
+            self.pending = True
+        self.owned = now
+
+    async def before(self) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        started = time.monotonic()
+        since_ms = int((self.clock() - self.seconds) * 1000)
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self.read, since_ms)
+        except Exception:
+            # without it a crash's last events could be sent twice (never lost): say so, go on
+            log.warning("the workflow events could not be read back; events delivered just before a crash "
+                        "may be sent again (same event ids)", exc_info=True)
+            return
+        self.ids = set(found)
+        log.info("workflow events: %d of the last %.0f s read back in %.1f s (not sent again)", len(self.ids),
+                 self.seconds, time.monotonic() - started)
+
+    def fresh(self, events: list) -> list:
+        """The events not already on the topic."""
+        if not self.ids:
+            return events
+        kept = [e for e in events if e.event_id not in self.ids]
+        if len(kept) != len(events):
+            NOT_RESENT.inc(len(events) - len(kept))
+        return kept
+
+
 async def _produce_and_wait(producer, waiter, out: list, error_cls, what: str, on_delivered=None) -> None:
     """Produce (topic, key, value, partition) messages and wait for every delivery report."""
     outstanding, errors = [0], []
@@ -663,6 +718,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     from schemas.wire import RawDecoder, SchemaCodec
     from stream_jobs import metrics as job_metrics
     from stream_jobs.app import DeliveryWaiter, _raw_table, make_producer, not_ready_because, rocksdb_available
+    from stream_jobs.lookback import read_first_strings_since
     from stream_jobs.tables import FaustTableState
     from workflows.machine import WorkflowRefusal, apply, fire_due, next_due
     from workflows.policy import load_policy
@@ -704,6 +760,12 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     answers = FaustTableState(_raw_table(app, "answers-by-identifier", settings.partitions))
     producer = make_producer(settings)
     waiter = DeliveryWaiter(producer)
+    kafka_config = settings.kafka_config(JOBS)
+    # a replay after a crash skips the events already on the topic (publish_outputs_then_state writes the
+    # state after them): the last INTELBUS_JOBS_LOOKBACK_S of it, read back on each new assignment
+    emitted = EmittedEvents(lambda since_ms: read_first_strings_since(
+        kafka_config, out_t, since_ms, group=f"{app_id}-emitted",
+        short="events of theirs sent before a crash may be sent again"), seconds=settings.jobs_lookback_s)
     codec = SchemaCodec(url=settings.registry_url)
     decode = RawDecoder.for_registry(settings.registry_url)
     lock = asyncio.Lock()
@@ -732,7 +794,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         await publish_outputs_then_state(producer, waiter, messages, table, KafkaException)
 
     def event_messages(events):
-        return [(out_t, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in events]
+        return [(out_t, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in emitted.fresh(events)]
 
     def load(partition: int, item_id: str):
         raw = items_table.get(partition, item_id.encode())
@@ -980,6 +1042,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                 continue
             async with lock:
                 try:
+                    await emitted.before()
                     out = []
                     for event in batch:
                         msg = event.message
@@ -1079,6 +1142,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         for tp in assigned:
             if tp.topic == items_t:
                 book.assign(tp.partition, now_ms)  # no markers read here yet: its steps wait for them (or the hold)
+        emitted.on_assigned(tp.partition for tp in assigned if tp.topic == items_t)
         state["rebuild"] = True
         wake.set()
 
@@ -1125,6 +1189,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         """Fire every step due by now; the next due time (epoch ms) or None."""
         async with lock:
             try:
+                await emitted.before()
                 if state["rebuild"]:
                     state["rebuild"] = False
                     rebuild()
