@@ -322,7 +322,15 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
         log.warning("dead letter from %s: %s", source, reason)
 
     consumer = Consumer(consumer_config(settings))
-    consumer.subscribe(list(TOPICS), on_assign=lambda c, parts: metrics.READY.set(1))
+    from ops.retention import check_group
+
+    def on_assign(c, parts):
+        # before anything new is committed: what retention deleted before the sink read it is counted
+        # and alerted (ops/retention.py); the consumer then goes on from the first offset left
+        check_group(settings.kafka_config(SINK_PRINCIPAL), GROUP, [(p.topic, p.partition) for p in parts])
+        metrics.READY.set(1)
+
+    consumer.subscribe(list(TOPICS), on_assign=on_assign)
     writer = ClickHouseWriter(url, COLUMNS)
     sink = Sink(settings, consumer=consumer, writer=writer, to_rows=RowBuilder(RawDecoder.for_registry(settings.registry_url)),
                 dead_letter=dead_letter)

@@ -305,6 +305,18 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     return app
 
 
+def count_retention_losses(app, kafka_config: dict, group: str) -> None:
+    """On each assignment, before anything new is committed: the ranges retention deleted before the
+    group read them (an outage longer than a topic's retention) are counted, logged and alerted
+    (ops/retention.py); faust then goes on from the first offset left (auto.offset.reset)."""
+    from ops.retention import check_group
+
+    @app.on_partitions_assigned.connect
+    async def _count_retention_losses(sender, assigned, **kwargs):
+        partitions = [(tp.topic, tp.partition) for tp in assigned]
+        await asyncio.get_running_loop().run_in_executor(None, check_group, kafka_config, group, partitions)
+
+
 def build_faust_app(settings: Settings, worker_index: int) -> faust.App:
     """faust's app: the group, its consumer and producer settings, RocksDB stores under the worker's directory."""
     datadir = Path(settings.stack_dir) / "jobs" / f"worker-{worker_index}"
@@ -385,6 +397,7 @@ def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
     @app.on_partitions_assigned.connect
     async def _hit_partitions_assigned(sender, assigned, **kwargs):
         emitted.on_assigned(tp.partition for tp in assigned if tp.topic == CANDIDATE_TOPIC)
+    count_retention_losses(app, kafka_config, APP_ID)
     raw = dict(key_serializer="raw", value_serializer="raw")
     return [
         StageWiring("dedupe", app.topic(*INPUT_TOPICS, **raw), dedupe, records),

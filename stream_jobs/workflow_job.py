@@ -717,7 +717,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     from schemas.regions import load_regions
     from schemas.wire import RawDecoder, SchemaCodec
     from stream_jobs import metrics as job_metrics
-    from stream_jobs.app import DeliveryWaiter, _raw_table, make_producer, not_ready_because, rocksdb_available
+    from stream_jobs.app import (DeliveryWaiter, _raw_table, count_retention_losses, make_producer, not_ready_because,
+                                 rocksdb_available)
     from stream_jobs.lookback import read_first_strings_since
     from stream_jobs.tables import FaustTableState
     from workflows.machine import WorkflowRefusal, apply, fire_due, next_due
@@ -766,6 +767,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     emitted = EmittedEvents(lambda since_ms: read_first_strings_since(
         kafka_config, out_t, since_ms, group=f"{app_id}-emitted",
         short="events of theirs sent before a crash may be sent again"), seconds=settings.jobs_lookback_s)
+    count_retention_losses(app, kafka_config, app_id)
     codec = SchemaCodec(url=settings.registry_url)
     decode = RawDecoder.for_registry(settings.registry_url)
     lock = asyncio.Lock()

@@ -25,10 +25,11 @@ METRIC_NAME = re.compile(r"\bintelbus_[a-z0-9_]+")
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 # The modules that register intelbus collectors in prometheus_client.REGISTRY.
-METRIC_MODULES = ("ops.metrics", "stream_jobs.metrics", "sinks.metrics", "producers.metrics", "ops.lag_metrics")
+METRIC_MODULES = ("ops.metrics", "stream_jobs.metrics", "sinks.metrics", "producers.metrics", "ops.lag_metrics",
+                  "ops.retention")
 
 REQUIRED_ALERTS = {"ConsumerLagGrowing", "DeadLetterRateHigh", "NoHitsForRegion", "SinkFailing",
-                   "ServiceDown", "ProduceToHitSlow"}
+                   "ServiceDown", "ProduceToHitSlow", "RecordsLostToRetention"}
 
 # What the dashboard must show (one metric per required panel).
 REQUIRED_DASHBOARD_METRICS = {
@@ -142,6 +143,8 @@ def test_rules_encode_the_documented_thresholds():
     assert "offset 1d" in rules["NoHitsForRegion"]["expr"] and "owner_province" in rules["NoHitsForRegion"]["expr"]
     assert rules["SinkFailing"]["for"] == "2m" and "intelbus_sink_clickhouse_up == 0" in rules["SinkFailing"]["expr"]
     assert rules["ServiceDown"]["for"] == "1m" and "up{" in rules["ServiceDown"]["expr"]
+    lost = rules["RecordsLostToRetention"]
+    assert lost["for"] == "0m" and "intelbus_records_lost_to_retention_total" in lost["expr"] and lost["expr"].endswith("> 0")
     slow = rules["ProduceToHitSlow"]
     assert slow["for"] == "10m" and "histogram_quantile(0.99" in slow["expr"] and slow["expr"].rstrip().endswith("> 0.5")
 
