@@ -80,7 +80,9 @@ def read_offsets(kafka_config: dict, group: str, partitions: list[tuple[str, int
         tps = [TopicPartition(t, p) for t, p in partitions]
         committed = {(tp.topic, tp.partition): (tp.offset if tp.error is None else None)
                      for tp in consumer.committed(tps, timeout=timeout)}
-        first = {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout)[0] for t, p in partitions}
+        # only where the group has committed (faust's changelogs and a new group's partitions have nothing)
+        first = {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout)[0]
+                 for (t, p), offset in committed.items() if offset is not None and offset >= 0}
         return committed, first
     finally:
         consumer.close()
