@@ -220,15 +220,22 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
     end), each as `take(msg)` (default: (timestamp in seconds, value)).
 
     A plain assigned consumer (no group membership, nothing committed). What cannot be read
-    within `timeout` is left out, with a warning ending in `short` (what that costs)."""
-    from confluent_kafka import Consumer, TopicPartition
+    within `timeout` is left out, with a warning ending in `short` (what that costs). A refusal
+    (the principal may not read the topic) raises KafkaException at once: waiting for the
+    timeout would only hold the caller up."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION)
     take = take or (lambda msg: (msg.timestamp()[1] / 1000, msg.value()))
     consumer = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": False,
                          "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
     try:
         if stops is None:
-            partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+            described = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            if described.error is not None and described.error.code() in refused:
+                raise KafkaException(described.error)
+            partitions = described.partitions
             stops = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
         found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in stops], timeout=timeout)
         starts = {tp.partition: tp.offset for tp in found
@@ -242,6 +249,8 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(5000, 0.5):
                 if msg.error():
+                    if msg.error().code() in refused:  # waiting would not help: say so at once
+                        raise KafkaException(msg.error())
                     continue
                 p = msg.partition()
                 if p not in remaining:

@@ -765,7 +765,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     # a replay after a crash skips the events already on the topic (publish_outputs_then_state writes the
     # state after them): the last INTELBUS_JOBS_LOOKBACK_S of it, read back on each new assignment
     emitted = EmittedEvents(lambda since_ms: read_first_strings_since(
-        kafka_config, out_t, since_ms, group=f"{app_id}-emitted",
+        kafka_config, out_t, since_ms, timeout=20.0, group=f"{app_id}-emitted",
         short="events of theirs sent before a crash may be sent again"), seconds=settings.jobs_lookback_s)
     count_retention_losses(app, kafka_config, app_id)
     codec = SchemaCodec(url=settings.registry_url)
