@@ -124,6 +124,9 @@ def run(settings, n: int, workdir: Path) -> dict:
         from bench.logins import integrator_env
 
         env = integrator_env(settings, {v["source_region"] for v in valid}, workdir / "logins")
+        # the identity (login, publish regions) is the integrator's; on the broker it writes the bench's own
+        # topic as the operator, like (b) and (c): a regional system may write only intel.*'s inputs
+        env["INTELBUS_KAFKA_USER"] = settings.kafka_user
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "ops.cli", "publish", "--kind", "incident", "--topic", names["d"], str(path)],
                               capture_output=True, text=True, timeout=3600, env=env)
