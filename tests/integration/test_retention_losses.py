@@ -47,7 +47,7 @@ def test_a_range_deleted_by_retention_during_an_outage_is_counted_and_named(stac
     # retention deletes the first 20 records while `down` is away
     admin = AdminClient(settings.kafka_config(ADMIN))
     for f in admin.delete_records([TopicPartition(topic, 0, 20)]).values():
-        assert f.result(30).offset == 20
+        assert f.result(30).low_watermark == 20
 
     before = RECORDS_LOST.labels(down, topic)._value.get()
     with caplog.at_level(logging.ERROR, logger="intelbus.retention"):
