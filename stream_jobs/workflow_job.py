@@ -691,8 +691,10 @@ async def publish_outputs_then_state(producer, waiter, messages, table=None, err
     both travel together, on three they go to different leaders and are retried apart while one
     fails over. With the outputs first, the only crash window left is after the outputs and
     before the state: the replay then makes the same events again with the same event ids
-    (uuid5 of item, cause and part), which the readers drop (ReplacingMergeTree by event_id, the
-    feed and the scorecard by id). The stream jobs do the same (stream_jobs/app.py, BatchRunner).
+    (uuid5 of item, cause and part), which EmittedEvents finds on the topic and does not send
+    again. Should that read-back fail (logged), they go out twice with the same ids: ClickHouse's
+    Replacing table and the scorecard count them once, the live feed would show them twice. The
+    stream jobs do the same (stream_jobs/app.py, BatchRunner; EmittedHits).
     """
     writes = table.drain() if table is not None else {}
     await _produce_and_wait(producer, waiter, list(messages), error_cls, "outputs")
