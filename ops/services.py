@@ -16,7 +16,7 @@ from ops.stack import Stack
 # largest backlog. Fixed, large blocks are mmapped and returned on free (bench/results/state.md,
 # 13:42 run: RSS slope 173 against 241 MiB per 100,000 events, free inside the arenas 126 against
 # 320 MiB, the same CPU per event). The same value is in ops/systemd/intelbus-jobs@.service and
-# ops/k8s/jobs.yaml (tests/unit/test_deploy_files.py keeps them equal). A value already in the
+# ops/k8s/jobs.yaml (tests/unit/ops/test_production_manifests.py keeps them equal). A value already in the
 # environment wins.
 JOBS_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 

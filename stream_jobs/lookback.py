@@ -226,7 +226,7 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION)
+               KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION)
     take = take or (lambda msg: (msg.timestamp()[1] / 1000, msg.value()))
     consumer = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": False,
                          "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024})
