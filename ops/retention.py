@@ -4,9 +4,10 @@ An outage longer than a topic's retention (a sink down for days, the jobs stoppe
 holiday) leaves the group's committed offset below the partition's first offset: Kafka has
 deleted the messages in between. Every consumer of intelbus resets to the earliest offset
 there (`auto.offset.reset=earliest`), which is the right place to go on from, but it would do
-so silently. So whenever a group gets partitions (`check_group` in its assignment callback,
-before it commits anything new), the committed offsets are compared with the partitions' first
-offsets, and each range lost is:
+so silently. So whenever a group gets partitions (from its assignment callback, before it
+commits anything new), the committed offsets are compared with the partitions' first
+offsets (on a thread of its own, `check_group_in_background`: the assignment never waits for it),
+and each range lost is:
 
 - counted: `intelbus_records_lost_to_retention_total{group, topic}` (offsets, so an upper bound
   on records when a transactional producer's markers were among them);
@@ -20,6 +21,7 @@ where its reset says.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -86,6 +88,20 @@ def read_offsets(kafka_config: dict, group: str, partitions: list[tuple[str, int
         return committed, first
     finally:
         consumer.close()
+
+
+def check_group_in_background(kafka_config: dict, group: str, partitions, timeout: float = 5.0) -> threading.Thread:
+    """`check_group` on a thread of its own, started now: a group's assignment never waits for it.
+
+    Awaited in the assignment, it held the worker up whenever the broker was slow to answer
+    (a broker restarting after an outage: up to a timeout per partition). On its own thread the
+    committed offsets are read within milliseconds of the assignment, before the group's first
+    commit (faust and the sink commit a second or more after they start processing); if the
+    broker is slower than that, a loss can be missed, never invented."""
+    thread = threading.Thread(target=check_group, args=(kafka_config, group, list(partitions), timeout),
+                              name=f"retention-check-{group}", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_group(kafka_config: dict, group: str, partitions, timeout: float = 10.0) -> list[LostRange]:

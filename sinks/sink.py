@@ -322,12 +322,13 @@ def run_sink(settings, *, max_idle_seconds: float | None = None, log_level: str 
         log.warning("dead letter from %s: %s", source, reason)
 
     consumer = Consumer(consumer_config(settings))
-    from ops.retention import check_group
+    from ops.retention import check_group_in_background
 
     def on_assign(c, parts):
         # before anything new is committed: what retention deleted before the sink read it is counted
-        # and alerted (ops/retention.py); the consumer then goes on from the first offset left
-        check_group(settings.kafka_config(SINK_PRINCIPAL), GROUP, [(p.topic, p.partition) for p in parts])
+        # and alerted (ops/retention.py, on a thread of its own: the poll does not wait for it); the
+        # consumer then goes on from the first offset left
+        check_group_in_background(settings.kafka_config(SINK_PRINCIPAL), GROUP, [(p.topic, p.partition) for p in parts])
         metrics.READY.set(1)
 
     consumer.subscribe(list(TOPICS), on_assign=on_assign)

@@ -308,13 +308,14 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
 def count_retention_losses(app, kafka_config: dict, group: str) -> None:
     """On each assignment, before anything new is committed: the ranges retention deleted before the
     group read them (an outage longer than a topic's retention) are counted, logged and alerted
-    (ops/retention.py); faust then goes on from the first offset left (auto.offset.reset)."""
-    from ops.retention import check_group
+    (ops/retention.py); faust then goes on from the first offset left (auto.offset.reset). On a
+    thread of its own: the assignment does not wait for it (awaited, it held a worker up for as
+    long as a restarting broker took to answer)."""
+    from ops.retention import check_group_in_background
 
     @app.on_partitions_assigned.connect
     async def _count_retention_losses(sender, assigned, **kwargs):
-        partitions = [(tp.topic, tp.partition) for tp in assigned]
-        await asyncio.get_running_loop().run_in_executor(None, check_group, kafka_config, group, partitions)
+        check_group_in_background(kafka_config, group, [(tp.topic, tp.partition) for tp in assigned])
 
 
 def build_faust_app(settings: Settings, worker_index: int) -> faust.App:

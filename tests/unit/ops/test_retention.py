@@ -27,3 +27,27 @@ def test_a_lost_range_is_counted_by_group_and_topic_and_logged_with_its_offsets(
         record([LostRange("intelbus-jobs", "intel.wanted", 4, 100, 149)])
     assert RECORDS_LOST.labels("intelbus-jobs", "intel.wanted")._value.get() == before + 50
     assert "intel.wanted[4]: offsets 100-149 (50) were deleted by retention before group intelbus-jobs read them" in caplog.text
+
+
+def test_the_check_in_the_background_never_holds_the_assignment_up(monkeypatch):
+    # a broker that is slow to answer (restarting after an outage): the caller goes on at once,
+    # and the range is still counted once the broker answers
+    import threading
+    import time
+
+    from ops import retention
+
+    answer = threading.Event()
+
+    def slow_read(kafka_config, group, partitions, timeout):
+        answer.wait(5)
+        return {("intel.alert", 2): 3}, {("intel.alert", 2): 10}
+
+    monkeypatch.setattr(retention, "read_offsets", slow_read)
+    before = RECORDS_LOST.labels("intelbus-jobs-bg", "intel.alert")._value.get()
+    started = time.monotonic()
+    thread = retention.check_group_in_background({}, "intelbus-jobs-bg", [("intel.alert", 2)])
+    assert time.monotonic() - started < 0.5 and thread.is_alive()
+    answer.set()
+    thread.join(5)
+    assert RECORDS_LOST.labels("intelbus-jobs-bg", "intel.alert")._value.get() == before + 7
