@@ -22,6 +22,7 @@ distinct events, 594 duplicates dropped, no producer error, jobs-0 never restart
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,6 +81,13 @@ def private_stack(tmp_path_factory):
         print(f"\nprivate single-broker stack and jobs-0 up in {time.monotonic() - started:.0f} s", flush=True)
         yield env
     finally:
+        # the purge removes the stack's logs: a copy stays with pytest's temporary directories (the
+        # last three runs), for a failure seen once to be read afterwards (2026-11-30: jobs' lag stuck)
+        logs = Path(env["INTELBUS_STACK_DIR"]) / "logs"
+        if logs.exists():
+            kept = tmp_path_factory.mktemp("broker-kill-logs")
+            shutil.copytree(logs, kept, dirs_exist_ok=True)
+            print(f"the private stack's logs: {kept}")
         down = run(env, "-m", "ops.cli", "down", "--purge", timeout=300)
         print(down.stdout[-1500:], down.stderr[-1500:])
 
