@@ -545,7 +545,7 @@ def probe_hole(kafka_config: dict, topic: str, partition: int, first: int, last:
 
 
 async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2,
-                                  probe=None) -> list:
+                                  probe=None, seek_timeout: float = 30.0) -> list:
     """When the watchdog finds a partition stuck (`stream_jobs.watchdog`), read the worker's
     partitions again from their committed offsets; nothing is judged while faust rebalances
     or recovers tables. Returns the stuck partitions.
@@ -607,7 +607,15 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
         try:
             await asyncio.sleep(settle)
             if not rebalance_since(app, looked_at):
-                await consumer.perform_seek()
+                # Bounded: with the broker away (a broker SIGKILLed, the group's coordinator on it) faust's
+                # seek to the committed offsets waited for good, and the flow it had stopped with it: the
+                # worker read nothing more after the broker came back (seen twice in the broker-kill
+                # ground-truth test, 2026-11-30). Given up, the flow resumes and the watchdog looks again.
+                try:
+                    await asyncio.wait_for(consumer.perform_seek(), seek_timeout)
+                except asyncio.TimeoutError:
+                    log.warning("the seek to the committed offsets did not end within %.0f s (the broker or the "
+                                "group's coordinator away?): the flow resumes, the watchdog looks again", seek_timeout)
         finally:
             if rebalance_since(app, looked_at):
                 log.info("a rebalance began during the partitions' repair: the repair leaves the flow to faust, "

@@ -145,6 +145,29 @@ def test_a_stuck_partition_is_sought_back_to_its_committed_offset_and_read_again
     assert app.consumer.flow_active
 
 
+def test_a_seek_that_never_ends_while_the_broker_is_away_does_not_leave_the_flow_stopped(caplog):
+    # the group's coordinator was on the SIGKILLed broker: faust's seek to the committed offsets
+    # waited for good, and with it the flow it had stopped (the worker read nothing more)
+    import asyncio
+
+    from stream_jobs.app import INPUT_TOPICS, repair_stuck_partitions
+
+    dog, clock = watchdog()
+    app = FakeApp()
+
+    async def hangs():
+        app.consumer.calls.append("perform_seek")
+        await asyncio.Event().wait()
+
+    app.consumer.perform_seek = hangs
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0, seek_timeout=0.2))
+    run()
+    clock.now += 31
+    assert run() == [app.consumer.tp]
+    assert app.consumer.calls == ["stop_flow", "perform_seek", "resume_flow"] and app.consumer.flow_active
+    assert "did not end within" in caplog.text
+
+
 def test_a_stuck_partition_whose_hole_holds_no_message_is_recorded_as_a_gap_and_not_read_again():
     import asyncio
 
