@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Callable, Iterable
 
+from schemas import catalog
 from stream_jobs.internal import InternalFormatError, LookupOp, decode_match_request
 from stream_jobs.state import dumps, loads
 
@@ -268,21 +269,21 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
         consumer.close()
 
 
-class EmittedHits:
-    """What of the hit stage's output is already on `intel.hit`, read when the worker gets
-    candidate partitions it did not have (a start, a restart after a crash, a rebalance).
+class ReadBack:
+    """What of a worker's output is already on its topic, read when the worker gets input
+    partitions it did not have (a start, a restart after a crash, a rebalance): the last
+    `seconds` of the output, once per such assignment, before the next batch that may emit.
 
-    The hit stage writes a hit's seen-id only after every copy of the hit was delivered. After a
-    crash, a candidate read again whose seen-id is missing had its copies either not (all)
-    delivered, or delivered just before the crash and its seen-id not: the copies on
-    `intel.hit` in the last `seconds` tell which, so the stage sends exactly the missing ones
-    (no hit lost, none twice). `before` runs ahead of each hits batch and reads once per
-    assignment; read(since epoch ms) -> {(hit id, province key)}."""
+    The worker writes its state only after its outputs were delivered, so after a crash an input
+    read again may have had its outputs delivered just before the crash: those found here are not
+    sent again (no output lost, none twice). read(since epoch ms) -> a set; `what` names the
+    output topic and `items` what is counted, in the log lines."""
 
-    def __init__(self, stage, read, *, seconds: float, clock=time.time):
-        self.stage = stage
+    def __init__(self, read, *, seconds: float, what: str, items: str, clock=time.time):
         self.read = read
         self.seconds = seconds
+        self.what = what
+        self.items = items
         self.clock = clock
         self.owned: set[int] = set()
         self.pending = False
@@ -293,22 +294,44 @@ class EmittedHits:
             self.pending = True
         self.owned = now
 
-    async def before(self, batch) -> None:
-        if not self.pending or not batch:
-            return
+    async def read_back(self) -> set | None:
+        """What is on the topic, if this assignment has not been read yet and the read works; else None."""
+        if not self.pending:
+            return None
         self.pending = False
         started = time.monotonic()
         since_ms = int((self.clock() - self.seconds) * 1000)
         try:
-            found = await asyncio.get_running_loop().run_in_executor(None, self.read, since_ms)
+            found = set(await asyncio.get_running_loop().run_in_executor(None, self.read, since_ms))
         except Exception:
-            # without it a crash's last hits could be sent twice (never lost): say so, go on
-            log.warning("intel.hit could not be read back; hits delivered just before a crash may be sent again",
-                        exc_info=True)
+            # without it a crash's last outputs could be sent twice (never lost): say so, go on
+            log.warning("%s could not be read back; %s delivered just before a crash may be sent again",
+                        self.what, self.items, exc_info=True)
+            return None
+        log.info("%s: %d %s of the last %.0f s read back in %.1f s (not sent again)", self.what, len(found),
+                 self.items, self.seconds, time.monotonic() - started)
+        return found
+
+
+class EmittedHits(ReadBack):
+    """The hit stage's read-back of `intel.hit` (ReadBack), on new candidate partitions.
+
+    The hit stage writes a hit's seen-id only after every copy of the hit was delivered. After a
+    crash, a candidate read again whose seen-id is missing had its copies either not (all)
+    delivered, or delivered just before the crash and its seen-id not: the copies on
+    `intel.hit` in the last `seconds` tell which, so the stage sends exactly the missing ones.
+    `before` runs ahead of each hits batch; read(since epoch ms) -> {(hit id, province key)}."""
+
+    def __init__(self, stage, read, *, seconds: float, clock=time.time):
+        super().__init__(read, seconds=seconds, what=catalog.HIT_TOPIC, items="hit copies", clock=clock)
+        self.stage = stage
+
+    async def before(self, batch) -> None:
+        if not batch:
             return
-        self.stage.emitted = set(found)
-        log.info("intel.hit: %d hit copies of the last %.0f s read back in %.1f s (not sent again)", len(found),
-                 self.seconds, time.monotonic() - started)
+        found = await self.read_back()
+        if found is not None:
+            self.stage.emitted = found
 
 
 def first_string(value: bytes) -> str | None:

@@ -44,6 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import catalog
 from schemas.dead_letters import dead_letter_record
+from stream_jobs.lookback import ReadBack, read_first_strings_since
 from workflows import model as m
 
 log = logging.getLogger("intelbus.workflows")
@@ -602,48 +603,24 @@ def _item_matches(only: re.Pattern | None, *texts: str) -> bool:
     return only is None or any(only.search(t or "") for t in texts)
 
 
-class EmittedEvents:
-    """The events already on the output topic, read when the worker gets items partitions it did
-    not have (a start, a restart after a crash, a rebalance), so that a replay does not send
-    them again.
+class EmittedEvents(ReadBack):
+    """The workflow job's read-back of its output topic (ReadBack), on new items partitions.
 
     An item's new state is written only after its events were delivered
     (publish_outputs_then_state). A crash between the two replays the command on the old state,
     which makes the same events with the same ids: those on the topic in the last `seconds`
-    are skipped (`fresh`), the others are sent. So after a crash no event is lost and none is
-    sent twice. `before` runs ahead of each round that may publish events (the items agent's
-    batches, the timers), under the job's lock; read(since epoch ms) -> {event id}."""
+    are skipped (`fresh`), the others are sent. `before` runs ahead of each round that may
+    publish events (the items agent's batches, the timers), under the job's lock;
+    read(since epoch ms) -> {event id}."""
 
     def __init__(self, read, *, seconds: float, clock=time.time):
-        self.read = read
-        self.seconds = seconds
-        self.clock = clock
-        self.owned: set[int] = set()
-        self.pending = False
+        super().__init__(read, seconds=seconds, what="the workflow events", items="events", clock=clock)
         self.ids: set[str] = set()
 
-    def on_assigned(self, partitions) -> None:
-        now = set(partitions)
-        if now - self.owned:
-            self.pending = True
-        self.owned = now
-
     async def before(self) -> None:
-        if not self.pending:
-            return
-        self.pending = False
-        started = time.monotonic()
-        since_ms = int((self.clock() - self.seconds) * 1000)
-        try:
-            found = await asyncio.get_running_loop().run_in_executor(None, self.read, since_ms)
-        except Exception:
-            # without it a crash's last events could be sent twice (never lost): say so, go on
-            log.warning("the workflow events could not be read back; events delivered just before a crash "
-                        "may be sent again (same event ids)", exc_info=True)
-            return
-        self.ids = set(found)
-        log.info("workflow events: %d of the last %.0f s read back in %.1f s (not sent again)", len(self.ids),
-                 self.seconds, time.monotonic() - started)
+        found = await self.read_back()
+        if found is not None:
+            self.ids = found
 
     def fresh(self, events: list) -> list:
         """The events not already on the topic."""
@@ -721,7 +698,6 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     from stream_jobs import metrics as job_metrics
     from stream_jobs.app import (DeliveryWaiter, _raw_table, count_retention_losses, make_producer, not_ready_because,
                                  rocksdb_available)
-    from stream_jobs.lookback import read_first_strings_since
     from stream_jobs.tables import FaustTableState
     from workflows.machine import WorkflowRefusal, apply, fire_due, next_due
     from workflows.policy import load_policy
