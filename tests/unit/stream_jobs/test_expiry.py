@@ -302,3 +302,19 @@ def test_with_expiry_off_nothing_goes_but_each_partition_is_counted():
         stage.process([Incoming("intel.incident", 0, n, f"120000/sys/JQ{n}".encode(), json.dumps(record).encode())], t)
         state.commit()
     assert state.entries() == 2 and state.count(0) == 2
+
+
+def test_the_floor_applies_once_a_second_of_the_batches_clock_per_partition():
+    """Many small batches within a second walk two keys a message after the first, which walks the
+    floor (64 keys a partition for every batch of a message or two was most of a quiet worker's CPU);
+    a second later, or in another partition, the floor applies again."""
+    state = filled(300)
+    sweeper = Sweeper(old_if_below)  # the stages' defaults: 2 a message, a floor of 64 once a second
+    walked = []
+    for clock in (0, 100, 200, 999):
+        walked.append(sweeper.sweep(state, 0, messages=1, clock_ms=clock)[0])
+        state.commit()
+    assert walked == [64, 2, 2, 2]
+    assert sweeper.sweep(state, 0, messages=1, clock_ms=1000)[0] == 64  # a second on
+    assert sweeper.sweep(filled(300, partition=1), 1, messages=1, clock_ms=1000)[0] == 64  # another partition
+    assert sweeper.sweep(state, 0, messages=40, clock_ms=1001)[0] == 80  # a large batch: two a message
