@@ -434,3 +434,45 @@ def test_a_stage_starts_its_next_batch_while_the_one_before_is_delivered_and_ack
         assert c._acked[TP_M] == [1, 2, 3]
 
     asyncio.run(main())
+
+
+def test_a_stage_keeps_up_to_its_depth_of_batches_in_delivery_and_acknowledges_them_in_order():
+    """Three batches processed while none is delivered yet (depth 3); the fourth waits for the
+    oldest delivery. Before, the second batch waited for the first's delivery round trips before
+    a third could begin."""
+    async def main():
+        delivered = {o: asyncio.Event() for o in (1, 2, 3, 4)}
+        processed = []
+
+        async def hits(records):
+            first = records[0].offset
+            processed.append(first)
+
+            async def finishing():
+                await delivered[first].wait()
+            return finishing()
+
+        async def settle():
+            for _ in range(10):
+                await asyncio.sleep(0)
+
+        c = with_generation(FakeConsumer())
+        batches = StageBatches({"hits": hits}, {"intel.hit.candidates": "hits"}, depth=3)
+        for o in (1, 2, 3, 4):
+            await batches.submit(c, "hits", {TP_M: recs(o, topic=TP_M.topic)}, 7, 0, None)
+            await settle()
+        assert processed == [1, 2, 3] and c._acked[TP_M] == []  # three on their way, the fourth waits
+        delivered[3].set()  # a later batch's reports first: nothing acknowledged, still no room
+        await settle()
+        assert processed == [1, 2, 3] and c._acked[TP_M] == []
+        delivered[1].set()  # the oldest: acknowledged, with room for the fourth
+        await settle()
+        assert processed == [1, 2, 3, 4] and c._acked[TP_M] == [1]
+        delivered[2].set()
+        await settle()
+        assert c._acked[TP_M] == [1, 2, 3]
+        delivered[4].set()
+        assert await batches.wait_in_flight(1)
+        assert c._acked[TP_M] == [1, 2, 3, 4]
+
+    asyncio.run(main())
