@@ -27,6 +27,22 @@ WORKFLOW_EVENT_ZH = {"OPENED": "待核查", "SENT": "新协查", "ISSUED": "新�
                      "ESCALATED": "升级", "ANSWERS_OFFERED": "可复用反馈", "STALE_LISTING": "在逃信息待撤销"}
 
 
+def copy_key(msg) -> str:
+    """The province an intel.hit message is the copy for (its key), or "" (another topic, no key)."""
+    if msg.topic() != HIT_TOPIC:
+        return ""
+    key = msg.key()
+    return key.decode("ascii", "replace") if key else ""
+
+
+def shown_copy(copy_for: str, view: str) -> bool:
+    """Is a hit copy keyed `copy_for` the one a view shows? intel.hit holds one copy of a hit per notified
+    province, keyed by its code, and a view reads its province's partition; provinces share partitions
+    (31 provinces in 6: Shanghai's and Jiangsu's copies, say, are both in partition 4), so without this a
+    Shanghai-Jiangsu hit reached a Shanghai wall twice. A copy without a key (none is written so) is shown."""
+    return not copy_for or copy_for == view[:2] + "0000"
+
+
 def may_see_workflow(ent: Entitlement, event: dict, view: str) -> bool:
     """The workflow API's rule (gateway/workflow_api `may_see`): cleared for its classification, and the
     view region may see one of the regions or zones it notifies (`RegionTable.may_see`, as for hits)."""
@@ -130,7 +146,7 @@ class FeedReader:
                 continue
             record = self.codec.decode(msg.value())
             if msg.topic() == HIT_TOPIC:
-                if self.ent.may_see_hit(record, self.req.view):
+                if shown_copy(copy_key(msg), self.req.view) and self.ent.may_see_hit(record, self.req.view):
                     items.append({"feed_item": "hit", **hit_for_display(record)})
             elif msg.topic() == WORKFLOW_TOPIC:
                 if may_see_workflow(self.ent, record, self.req.view):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.feed import ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, may_see_workflow, workflow_for_display
+from gateway.feed import ALERT_TOPIC, HIT_TOPIC, WORKFLOW_TOPIC, copy_key, may_see_workflow, shown_copy, workflow_for_display
 from ops.settings import load_settings
 from sinks.feed import alert_for_display, hit_for_display, hit_partition
 
@@ -216,6 +216,7 @@ class Entry:
     raw: tuple | None = None    # (codec, bytes) of a message read at the hub's start, decoded when first looked at
     payload: tuple | None = None  # (codec, bytes) of an item whose scope is known, decoded again when first shown
     polled: float = 0.0  # wall time the hub's poll returned it (0: read at the start); the send stamp's hold time
+    copy_for: str = ""   # a hit copy's message key: the province it was written for (`shown_copy`)
 
     @property
     def tp(self) -> TP:
@@ -316,6 +317,8 @@ def rendered(entry: Entry) -> Entry:
 
 def visible(entry: Entry, ent, view: str) -> bool:
     """May this entitlement, looking at `view`, see the entry? Memoised per (view, clearance) on the entry."""
+    if entry.copy_for and entry.kind == "hit" and not shown_copy(entry.copy_for, view):
+        return False
     if entry.raw is not None:
         decoded(entry)
     rule = _RULES.get(entry.kind)
@@ -783,6 +786,8 @@ class Hub:
                                        msg.value())
                     if entry is not None:
                         entry.polled = polled
+                if entry is not None:
+                    entry.copy_for = copy_key(msg)
             except Exception as exc:  # one message the gateway cannot show must not stop every feed
                 log.warning("live feed: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None
@@ -963,6 +968,8 @@ class CatchUpReader:
             try:
                 entry = entry_of(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], _decode(self.codec, msg),
                                  render=False)
+                if entry is not None:
+                    entry.copy_for = copy_key(msg)
             except Exception as exc:
                 log.warning("live feed catch-up: %s[%d]@%d not shown: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 entry = None

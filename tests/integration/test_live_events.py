@@ -117,7 +117,7 @@ class SSE:
 
 LIVE_PRINCIPALS = [  # (name, region, roles): this module's own, so no other session's password reset races it
     ("lv-hb-cc", "130000", ["command_center"]), ("lv-tj-cc", "120000", ["command_center"]),
-    ("lv-js-cc", "320000", ["command_center"]),
+    ("lv-js-cc", "320000", ["command_center"]), ("lv-sh-cc", "310000", ["command_center"]),
 ]
 
 
@@ -202,6 +202,41 @@ def test_a_command_center_gets_its_hit_live_and_jiangsu_does_not(own_gateway, to
     finally:
         hebei.close()
         jiangsu.close()
+
+
+def test_a_hit_between_provinces_that_share_a_partition_reaches_each_wall_once(own_gateway, tokens, settings):
+    """Shanghai's and Jiangsu's copies of a hit between them are both in intel.hit partition 4: the Shanghai
+    wall read both and showed the hit twice. A listing in Huangpu (310101) and a check in Suzhou (320500):
+    each command center gets it once, in the same seconds in which the control (Hebei's own hit, copies
+    in other partitions) arrives once too."""
+    from producers.regional import RegionalProducer
+    from sinks.feed import hit_partition
+
+    assert hit_partition("310000", 6) == hit_partition("320000", 6)  # the premise, with the stack's 6 partitions
+    shanghai = SSE(own_gateway.url, tokens["lv-sh-cc"], since="1m")
+    jiangsu = SSE(own_gateway.url, tokens["lv-js-cc"], since="1m")
+    hebei = SSE(own_gateway.url, tokens["lv-hb-cc"], since="1m")
+    try:
+        assert shanghai.status == jiangsu.status == hebei.status == 200
+        tag = uuid.uuid4().hex[:10]
+        person = person_id()
+        with RegionalProducer(settings=settings) as p:
+            p.publish("wanted", {"source_region": "310101", "source_system": "ztry", "source_ref": f"LV-{tag}",
+                                 "occurred_at": iso(-60), "action": "LISTED", "offence": "FRAUD",
+                                 "person": {"id_type": "RESIDENT_ID", "id_number": person, "name": "吴十"}})
+            p.publish("incident", {"source_region": "320500", "source_system": "kakou", "source_ref": f"LVC-{tag}",
+                                   "occurred_at": iso(-1), "incident_type": "CHECKPOINT_CHECK",
+                                   "location": {"region": "320500"},
+                                   "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
+        [control] = make_hits(settings)
+        for sse, tags in ((shanghai, [tag]), (jiangsu, [tag]), (hebei, [control])):
+            got = sse.items(until=lambda items, tags=tags: tagged(items, tags), timeout=20, settle=3.0)
+            # once: a second copy would be a second item with the same record key
+            assert tagged(got, tags) == tags, f"{tags}: {[(i['id'], i['item'].get('record_key')) for i in got][-6:]}"
+    finally:
+        shanghai.close()
+        jiangsu.close()
+        hebei.close()
 
 
 def test_resume_with_last_event_id_gives_exactly_the_missed_items(own_gateway, tokens, settings):

@@ -470,3 +470,45 @@ def test_the_shipper_s_in_memory_records_merge_to_the_rows_its_journal_lines_giv
     assert from_records == from_lines and len(from_lines) == 2
     assert json.loads(from_records[0][8])["hit_ids"] == ["h1", "h2", "h3"] and from_records[0][9] == 3
     assert shared["hit_ids"] == ["h1"]  # the streams' shared params are not changed by the merge
+
+
+class _Msg:
+    """What confluent-kafka's Message gives the hub: topic, key."""
+
+    def __init__(self, topic, key):
+        self._topic, self._key = topic, key
+
+    def topic(self):
+        return self._topic
+
+    def key(self):
+        return self._key
+
+
+def test_a_view_shows_the_copy_of_a_hit_written_for_its_province_once_where_provinces_share_a_partition():
+    """Shanghai's and Jiangsu's copies of a hit between them are both in intel.hit partition 4 (31
+    provinces in 6 partitions): a Shanghai wall read both and showed the hit twice. Each view now
+    shows its own province's copy; a Beijing-Tianjin hit (copies in partitions 0 and 3) as before."""
+    from gateway.feed import copy_key, shown_copy
+    from identity.entitlement import Entitlement
+    from schemas.regions import load_regions
+    from sinks.feed import hit_partition
+
+    regions = load_regions()
+    assert hit_partition("310000", 6) == hit_partition("320000", 6) == 4  # the premise
+    shanghai, jiangsu = (Entitlement(identity_of(r), regions) for r in ("310000", "320000"))
+    hit = {"classification": "INTERNAL", "notify_regions": ["310000", "320000"], "hit_id": "h-1"}
+    copies = []
+    for province in ("310000", "320000"):
+        e = entry_of(HIT_TOPIC, 4, len(copies), 1000, dict(hit), render=False)
+        e.copy_for = copy_key(_Msg(HIT_TOPIC, province.encode()))
+        copies.append(e)
+    assert [visible(e, shanghai, "310000") for e in copies] == [True, False]
+    assert [visible(e, jiangsu, "320000") for e in copies] == [False, True]
+    # the control: without the key (how the hub held hits before), both copies showed on the Shanghai wall
+    for e in copies:
+        e.copy_for, e.seen = "", {}
+    assert [visible(e, shanghai, "310000") for e in copies] == [True, True]
+    # the pull feed's rule is the same function; other topics carry no copy key
+    assert shown_copy("310000", "310000") and not shown_copy("320000", "310000") and shown_copy("", "310000")
+    assert copy_key(_Msg(ALERT_TOPIC, b"310000")) == "" and copy_key(_Msg(HIT_TOPIC, None)) == ""
