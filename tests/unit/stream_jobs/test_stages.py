@@ -565,3 +565,15 @@ def test_split_match_requests_read_in_separate_batches_still_hit_every_sighting(
                             "description": "y" * 1500}) for i in range(30)]
     bus.publish_batch(checks[:15] + [("wanted", wanted("130822", "W1", t=T0))] + checks[15:])
     assert len(bus.distinct_hits()) == 30
+
+
+@pytest.mark.parametrize("kind, record, field", [
+    ("incident", incident("120119", "C2", plates=["京A12345", "not a plate!"]), "vehicles[1].plate"),
+    ("incident", incident("120119", "C3", phones=["13800000000", "12"]), "phones[1]"),
+    ("incident", incident("120119", "C4", persons=[person(ID18), person("110105194912310021")]), "persons[1].id_number"),
+    ("wanted", wanted("110000", "W1", id_number="110105194912310021"), "person.id_number"),
+])
+def test_a_dead_letter_names_the_field_of_the_bad_identifier(kind, record, field):
+    bus = Bus()
+    bus.publish(kind, record)
+    assert [d.stage for d in bus.dead] == ["VALIDATE"] and bus.dead[0].field == field
