@@ -120,6 +120,19 @@ class PidFiles:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# The Popen of every process spawned here, until its exit is collected (`forget`). A Popen dropped
+# while its process runs goes to subprocess's own list, and every later Popen (a restart of another
+# component) reaps that list: the supervisor's `waitpid` then found nothing, and said "exit status
+# unknown: the supervisor is not its parent" of a ClickHouse it had started and that was SIGKILLed
+# (test_stack_lifecycle, 2026-12-01: the registry's restart came in between).
+_SPAWNED: dict[int, subprocess.Popen] = {}
+
+
+def forget(pid: int) -> None:
+    """The process's exit was collected (the supervisor's waitpid): its Popen can go."""
+    _SPAWNED.pop(pid, None)
+
+
 def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None) -> PidRecord:
     """Start argv detached from our session, stdout and stderr appended to log."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +148,7 @@ def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | Non
             cwd=cwd,
             start_new_session=True,
         )
+    _SPAWNED[proc.pid] = proc
     return PidRecord(name=name, pid=proc.pid, started_at=time.time(), marker=marker, log=str(log))
 
 

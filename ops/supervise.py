@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from ops import processes
 from ops.settings import Settings, load_settings
 
 SUPERVISOR = "supervisor"  # its pid file's name, beside the components' in <stack>/run
@@ -214,6 +215,7 @@ class Supervisor:
             if pid == 0:
                 return
             self.exits[pid] = status
+            processes.forget(pid)
 
     def tick(self) -> None:
         self._reap()

@@ -320,3 +320,29 @@ def test_what_changed_is_named_with_passwords_hidden():
     assert lines[1] == "INTELBUS_STARTUP_TUNING=all -> none" and "secret" not in lines[0] and "9001" in lines[0]
     assert changed_settings(old, old) == [] and changed_settings(None, new) == ["unknown"]
     assert changed_settings({}, {"B": "2"}) == ["B=(unset) -> 2"]
+
+
+def test_the_exit_of_a_killed_child_stays_the_supervisors_to_collect_after_another_spawn(tmp_path):
+    """A spawned process SIGKILLed, then another spawned (a restart of another component): the first's
+    exit status is still there for the supervisor's waitpid. Dropped, its Popen went to subprocess's
+    list, which the next Popen reaped: "exit status unknown" of a ClickHouse the supervisor started."""
+    import os
+    import signal
+    import time
+
+    from ops import processes
+    from ops.supervise import describe_exit
+
+    first = processes.spawn("a", ["sleep", "30"], log=tmp_path / "a.log", marker="m")
+    os.kill(first.pid, signal.SIGKILL)
+    time.sleep(0.2)  # a zombie now, its exit not collected
+    second = processes.spawn("b", ["sleep", "30"], log=tmp_path / "b.log", marker="m")  # subprocess reaps its list here
+    try:
+        pid, status = os.waitpid(first.pid, os.WNOHANG)
+        assert pid == first.pid and "SIGKILL" in describe_exit(status)
+        processes.forget(first.pid)
+        assert first.pid not in processes._SPAWNED and second.pid in processes._SPAWNED  # the control: still running
+    finally:
+        os.kill(second.pid, signal.SIGKILL)
+        os.waitpid(second.pid, 0)
+        processes.forget(second.pid)
