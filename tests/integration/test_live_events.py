@@ -32,20 +32,21 @@ def person_id() -> str:
     return first17 + resident_id_check_digit(first17)
 
 
-def make_hits(settings, n: int = 1) -> list[str]:
-    """n hits (Xinglong listing x Jizhou check); their tags, which the hits' record keys carry."""
+def make_hits(settings, n: int = 1, *, listed: str = "130822", checked: str = "120119") -> list[str]:
+    """n hits (a listing in `listed`, Xinglong by default, x a check in `checked`, Jizhou); their tags,
+    which the hits' record keys carry."""
     from producers.regional import RegionalProducer
 
     tags = [uuid.uuid4().hex[:10] for _ in range(n)]
     with RegionalProducer(settings=settings) as p:
         for tag in tags:
             person = person_id()
-            p.publish("wanted", {"source_region": "130822", "source_system": "ztry", "source_ref": f"LV-{tag}",
+            p.publish("wanted", {"source_region": listed, "source_system": "ztry", "source_ref": f"LV-{tag}",
                                  "occurred_at": iso(-60), "action": "LISTED", "offence": "FRAUD",
                                  "person": {"id_type": "RESIDENT_ID", "id_number": person, "name": "周九"}})
-            p.publish("incident", {"source_region": "120119", "source_system": "kakou", "source_ref": f"LVC-{tag}",
+            p.publish("incident", {"source_region": checked, "source_system": "kakou", "source_ref": f"LVC-{tag}",
                                    "occurred_at": iso(-1), "incident_type": "CHECKPOINT_CHECK",
-                                   "location": {"region": "120119"},
+                                   "location": {"region": checked},
                                    "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
     return tags
 
@@ -209,7 +210,6 @@ def test_a_hit_between_provinces_that_share_a_partition_reaches_each_wall_once(o
     wall read both and showed the hit twice. A listing in Huangpu (310101) and a check in Suzhou (320500):
     each command center gets it once, in the same seconds in which the control (Hebei's own hit, copies
     in other partitions) arrives once too."""
-    from producers.regional import RegionalProducer
     from sinks.feed import hit_partition
 
     assert hit_partition("310000", 6) == hit_partition("320000", 6)  # the premise, with the stack's 6 partitions
@@ -218,16 +218,7 @@ def test_a_hit_between_provinces_that_share_a_partition_reaches_each_wall_once(o
     hebei = SSE(own_gateway.url, tokens["lv-hb-cc"], since="1m")
     try:
         assert shanghai.status == jiangsu.status == hebei.status == 200
-        tag = uuid.uuid4().hex[:10]
-        person = person_id()
-        with RegionalProducer(settings=settings) as p:
-            p.publish("wanted", {"source_region": "310101", "source_system": "ztry", "source_ref": f"LV-{tag}",
-                                 "occurred_at": iso(-60), "action": "LISTED", "offence": "FRAUD",
-                                 "person": {"id_type": "RESIDENT_ID", "id_number": person, "name": "吴十"}})
-            p.publish("incident", {"source_region": "320500", "source_system": "kakou", "source_ref": f"LVC-{tag}",
-                                   "occurred_at": iso(-1), "incident_type": "CHECKPOINT_CHECK",
-                                   "location": {"region": "320500"},
-                                   "persons": [{"id_type": "RESIDENT_ID", "id_number": person, "role": "CHECKED"}]})
+        [tag] = make_hits(settings, listed="310101", checked="320500")  # Huangpu x Suzhou
         [control] = make_hits(settings)
         for sse, tags in ((shanghai, [tag]), (jiangsu, [tag]), (hebei, [control])):
             got = sse.items(until=lambda items, tags=tags: tagged(items, tags), timeout=20, settle=3.0)
