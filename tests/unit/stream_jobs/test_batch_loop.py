@@ -476,3 +476,97 @@ def test_a_stage_keeps_up_to_its_depth_of_batches_in_delivery_and_acknowledges_t
         assert c._acked[TP_M] == [1, 2, 3, 4]
 
     asyncio.run(main())
+
+
+# --- the loop itself, over a fake of faust's consumer: faust's own path (the changelogs in a recovery) ----------
+
+CHANGELOG = FaustTP("intelbus-jobs-index-changelog", 0)
+
+
+class LoopConsumer:
+    """What `_drain_batch_loop` uses of faust's consumer. `fetch(consumer)` plays one
+    `_wait_next_records` (it may play a rebalance too); the loop stops after `fetches` of them."""
+
+    def __init__(self, fetches, *, generation=3):
+        self.fetches = list(fetches)
+        self.delivered = []
+        self.flow_active = True
+        self.should_stop = False
+        self._stopped = asyncio.Event()
+        self._read_offset = defaultdict(lambda: None)
+        self._buffered_partitions = set()
+        self._commit_every = None
+        self._n_acked = 0
+        self.suspend_flow = asyncio.Event()
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self.app = SimpleNamespace(consumer_generation_id=generation,
+                                   topics=SimpleNamespace(acks_enabled_for=lambda topic: False),
+                                   monitor=SimpleNamespace(track_tp_end_offset=lambda tp, hw: None))
+
+        async def callback(message):
+            self.delivered.append((message.tp.topic, message.offset))
+            if self.on_delivery is not None:
+                self.on_delivery(self, message)
+
+        self.callback, self.on_delivery = callback, None
+
+    async def _wait_next_records(self, timeout):
+        if not self.fetches:
+            self._stopped.set()
+            return None, None
+        return self.fetches.pop(0)(self)
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+
+    def _to_message(self, tp, record):
+        return SimpleNamespace(tp=tp, topic=tp.topic, offset=record.offset)
+
+    def highwater(self, tp):
+        return 1000
+
+    async def wait_first(self, *coros):
+        await coros[0]
+        coros[1].close()
+
+    async def _add_gap(self, tp, a, b):
+        pass
+
+
+def run_loop(consumer):
+    async def main():
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        await faust_patches._drain_batch_loop(consumer, fetcher)
+
+    asyncio.run(main())
+
+
+def test_changelog_records_of_a_recovery_that_began_while_the_fetch_waited_are_handed_to_faust(monkeypatch):
+    """The hang of 2026-12-01: a worker's fetch was waiting when the second worker left; the rebalance
+    (generation 3 to 4) began, its recovery sought the changelogs and resumed them, and the fetch
+    returned their records. Judged by the generation from before the fetch, they were dropped, the
+    recovery never reached the changelogs' highwater, and the worker stayed "rebalancing" for good."""
+    monkeypatch.setattr(faust_patches, "_batches", StageBatches({}, {"intel.incident": "dedupe"}))
+
+    def fetch_across_a_rebalance(consumer):
+        consumer.app.consumer_generation_id = 4  # set by aiokafka's thread while the fetch waited
+        return {CHANGELOG: recs(12232, 12233, 12234, topic=CHANGELOG.topic)}, {CHANGELOG}
+
+    consumer = LoopConsumer([fetch_across_a_rebalance])
+    run_loop(consumer)
+    assert consumer.delivered == [(CHANGELOG.topic, 12232), (CHANGELOG.topic, 12233), (CHANGELOG.topic, 12234)]
+    assert consumer._read_offset[CHANGELOG] == 12234
+
+
+def test_changelog_records_are_not_handed_over_once_a_rebalance_begins_while_they_are(monkeypatch):
+    """The control: a rebalance that begins while a fetch's records are being handed over stops them,
+    as in faust's own loop (the recovery it starts seeks the changelogs back to the tables' offsets)."""
+    monkeypatch.setattr(faust_patches, "_batches", StageBatches({}, {"intel.incident": "dedupe"}))
+    consumer = LoopConsumer([lambda c: ({CHANGELOG: recs(5, 6, 7, topic=CHANGELOG.topic)}, {CHANGELOG})])
+
+    def rebalance_after_the_first(c, message):
+        c.app.consumer_generation_id += 1
+
+    consumer.on_delivery = rebalance_after_the_first
+    run_loop(consumer)
+    assert consumer.delivered == [(CHANGELOG.topic, 5)]
