@@ -31,7 +31,7 @@ from stream_jobs.stages import (
     CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
 )
 from stream_jobs.tables import FaustTableState
-from stream_jobs.watchdog import CommitWatchdog, PartitionView
+from stream_jobs.watchdog import CommitWatchdog, PartitionView, StuckNotReady
 
 log = logging.getLogger("intelbus.jobs")
 
@@ -466,9 +466,16 @@ def add_housekeeping(app, settings: Settings, producer, worker_index: int) -> No
         # have had nothing to recover: a worker joining a busy group can get an empty first
         # assignment and its partitions in the next rebalance, then read their changelogs
         # for minutes if its store is behind.
-        frozen, since, reason = False, time.monotonic(), "joining the consumer group"
+        frozen, since, reason = False, time.monotonic(), JOINING
+        stuck = StuckNotReady(settings.jobs_stuck_not_ready_s)
         while True:
             now_reason = not_ready_because(app)
+            if settings.jobs_stuck_not_ready_s > 0:
+                # judged in a rebalance or a recovery; not while it waits for its first assignment (Kafka away)
+                judged = None if now_reason == JOINING else now_reason
+                stuck_s = stuck.check(judged, not_ready_progress(app))
+                if stuck_s is not None:
+                    exit_stuck(worker_index, now_reason, stuck_s, app)
             if now_reason is None and reason is not None:
                 if not frozen:
                     gc.freeze()  # what start-up built (modules, schemas, region tables) lives as long as the worker
@@ -494,8 +501,60 @@ def not_ready_because(app) -> str | None:
     if recovery.in_recovery:
         return "recovering its tables from the changelogs"
     if not recovery.completed.is_set():
-        return "joining the consumer group"
+        return JOINING
     return None
+
+
+JOINING = "joining the consumer group"
+
+
+def not_ready_progress(app) -> tuple:
+    """What moves while a rebalance or a table recovery gets on: faust's rebalance count, the group's
+    generation, whether the tables are recovering and how many changelog records they have left."""
+    recovery = app.tables.recovery
+    try:
+        left = recovery.active_remaining_total() if recovery.in_recovery else None
+    except Exception:  # faust's bookkeeping changing under a rebalance
+        left = None
+    return app.rebalancing_count, app.consumer_generation_id, recovery.in_recovery, left
+
+
+def exit_stuck(worker_index: int, reason: str, stuck_s: float, app) -> None:
+    """End a worker stuck not ready (`StuckNotReady`), after logging where its threads and tasks wait."""
+    rebalances, generation, recovering, left = not_ready_progress(app)
+    log.critical("worker %d has been not ready (%s) for %.0f s with nothing moving (rebalance %d, generation %s, "
+                 "tables %s; Kafka away, or a rebalance stalled): it exits so that it is restarted "
+                 "(INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s",
+                 worker_index, reason, stuck_s, rebalances, generation,
+                 f"recovering, {left} changelog records left" if recovering else "not recovering", where_it_waits(app))
+    logging.shutdown()
+    os._exit(70)
+
+
+def where_it_waits(app) -> str:
+    """Every thread's stack, and every task's of the event loop and of the consumer thread's loop.
+    Code locations only: no local variables, which hold records (people's names and numbers)."""
+    import io
+    import sys
+    import threading
+    import traceback
+
+    out = io.StringIO()
+    try:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            out.write(f"thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame, limit=12))}")
+        loops = [("event loop", asyncio.get_running_loop())]
+        thread_loop = getattr(getattr(app.consumer, "_thread", None), "thread_loop", None)
+        if thread_loop is not None:  # aiokafka's consumer runs in a thread with a loop of its own
+            loops.append(("consumer thread's loop", thread_loop))
+        for name, loop in loops:
+            for task in list(asyncio.all_tasks(loop)):
+                out.write(f"task of the {name}: {task.get_name()} {task.get_coro()!r}\n")
+                task.print_stack(limit=12, file=out)
+    except Exception as exc:  # for the post-mortem only: the exit must happen
+        out.write(f"(could not be listed further: {exc!r})\n")
+    return out.getvalue()
 
 
 _held: set = set()

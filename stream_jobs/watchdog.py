@@ -108,3 +108,41 @@ class CommitWatchdog:
                 at, strikes = self._strikes.get(tp, (None, 0))
                 self._strikes[tp] = (view.committed, strikes + 1 if at == view.committed else 1)
         return stuck
+
+
+class StuckNotReady:
+    """A worker that has been not ready for `after` seconds with nothing moving.
+
+    A rebalance ends in seconds; a table recovery can take minutes, but the changelog records it
+    has left to read go down. What the worker reports each look is its reason for not being ready
+    and a `progress` value that changes whenever either moves (faust's rebalance count, the group's
+    generation, the records left to recover). The worker exits when `check` says so
+    (`stream_jobs.app.exit_stuck`, which logs where its threads and tasks waited), and its
+    supervisor restarts it: state is in RocksDB and the changelogs, and what it had not committed
+    is read again.
+
+    A safety net, as the commit watchdog is. What it was built after (CI and two of four local
+    suite runs, 2026-12-01): when the second worker left, the recovery of the partitions handed
+    back never read six of its changelog partitions, their records dropped by the batch loop
+    (fixed: `faust_patches._drain_batch_loop`), and the worker stayed "rebalancing" for good, the
+    group stable, every thread idle; only a restart brought it back.
+
+    Pure bookkeeping over the looks; the clock is injected."""
+
+    def __init__(self, after: float, clock=time.monotonic):
+        self.after = after
+        self.clock = clock
+        self._seen: tuple | None = None
+        self._since = 0.0
+
+    def check(self, reason: str | None, progress: Hashable = None) -> float | None:
+        """The seconds the worker has been stuck, once they reach `after`; else None."""
+        now = self.clock()
+        if reason is None:
+            self._seen = None
+            return None
+        if self._seen != (reason, progress):
+            self._seen, self._since = (reason, progress), now
+            return None
+        stuck = now - self._since
+        return stuck if stuck >= self.after else None

@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "asyncio", "httpx", "httpx2", "httpcore")
+# Quiet but for rebalances: they log a few lines per rebalance (joined with generation N, the partitions
+# assigned, changelogs read, "Worker ready"), which is what a worker that stays "not ready" is judged by.
+REBALANCE_LOGGERS = ("faust.tables.recovery", "aiokafka.consumer.group_coordinator")
 
 
 def add_jobs(p):
@@ -70,6 +73,11 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ours.addHandler(handler)
     ours.propagate = False
+    for name in REBALANCE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def run_worker(settings, index: int, args) -> int:

@@ -37,6 +37,7 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_JOBS_LOOKBACK_S", "jobs_lookback_s", 30.0),
     ("INTELBUS_JOBS_STUCK_AFTER_S", "jobs_stuck_after_s", 60.0),
     ("INTELBUS_JOBS_HOLE_AFTER_S", "jobs_hole_after_s", 2.0),
+    ("INTELBUS_JOBS_STUCK_NOT_READY_S", "jobs_stuck_not_ready_s", 0.0),
     ("INTELBUS_JOBS_GIL_SWITCH_S", "jobs_gil_switch_s", 0.005),
     ("INTELBUS_GATEWAY_GIL_SWITCH_S", "gateway_gil_switch_s", 0.005),
     ("INTELBUS_LIVE_RING_MS", "live_ring_ms", 0.0),
