@@ -17,6 +17,7 @@ from ops.lag import JOBS_TOPICS, wait_for_zero_lag
 from ops.verify import verify
 from producers.simulate import run_simulation, write_truth
 from producers.simulator import SimConfig, Simulation
+from tests.integration.seeds import fresh_seed
 
 COUNT = int(os.environ.get("INTELBUS_TEST_SIM_COUNT", "100000"))
 
@@ -107,7 +108,7 @@ def assert_exact(verdict, sim, **context) -> None:
 
 def test_simulator_run_matches_its_ground_truth_exactly(stack, settings, tmp_path):
     before = duplicates_dropped(settings)
-    sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=0)
+    sim, truth, report = simulate(settings, tmp_path, seed=fresh_seed(settings), rate=0)
     verdict = verify(settings, str(truth))
     assert_exact(verdict, sim, report=report)
     assert duplicates_dropped(settings) - before == sim.truth.duplicates
@@ -132,7 +133,7 @@ def test_worker_killed_mid_run_and_restarted_still_gives_the_ground_truth(stack,
             time.sleep(0.5)
         restarted["loops"] = started_loops(settings, since)
 
-    sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=4000, during=kill_and_restart)
+    sim, truth, report = simulate(settings, tmp_path, seed=fresh_seed(settings), rate=4000, during=kill_and_restart)
     verdict = verify(settings, str(truth))
     # the worker after the kill ran the loop under test (the supervisor restarts it with the default)
     assert restarted["loops"] == [consumer_loop_from(os.environ)], restarted
@@ -161,7 +162,7 @@ def test_a_second_worker_joining_and_leaving_mid_run_changes_nothing(stack, sett
         moments["left"] = time.monotonic()
 
     started = time.monotonic()
-    sim, truth, report = simulate(settings, tmp_path, seed=uuid.uuid4().int % 10**6, rate=1000,
+    sim, truth, report = simulate(settings, tmp_path, seed=fresh_seed(settings), rate=1000,
                                   during=join_then_leave, count=40_000)
     verdict = verify(settings, str(truth))
     assert stack.pids.read("jobs-1") is None or not stack.pids.read("jobs-1").alive()

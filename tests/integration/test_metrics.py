@@ -12,6 +12,7 @@ from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
 from producers.metrics import serve
 from producers.simulate import run_simulation
 from producers.simulator import SimConfig, Simulation
+from tests.integration.seeds import fresh_seed
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -34,7 +35,7 @@ def free_port() -> int:
 
 def test_every_process_reports_non_zero_metrics_after_a_simulator_run(stack, settings):
     port = serve(free_port(), "simulate")  # what `intelbus simulate` does, in this process
-    sim = Simulation(SimConfig(seed=uuid.uuid4().int % 10**6, count=4000, invalid_rate=0.01, duplicate_rate=0.05,
+    sim = Simulation(SimConfig(seed=fresh_seed(settings), count=4000, invalid_rate=0.01, duplicate_rate=0.05,
                                ref_prefix=f"M{uuid.uuid4().hex[:6]}-"))
     before = scrape(port)  # other tests in this process may have produced already
     report = run_simulation(sim, rate=0, settings=settings, phase_pause=0.2)
