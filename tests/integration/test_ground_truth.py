@@ -62,11 +62,20 @@ def jobs_loop_as_asked(stack, settings):
     assert started_loops(settings)[-1:] == [wanted]
 
 
-def duplicates_dropped(settings) -> float:
+def jobs_counter(settings, name: str) -> float:
+    """The sum of a counter of jobs-0's over its labels."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port_base + 1}/metrics", timeout=5).read().decode()
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("intelbus_jobs_duplicates_dropped_total{"))
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
+
+
+def duplicates_dropped(settings) -> float:
+    return jobs_counter(settings, "intelbus_jobs_duplicates_dropped_total")
+
+
+def repairs(settings) -> float:
+    return jobs_counter(settings, "intelbus_jobs_partition_repairs_total")
 
 
 def settled(settings):
@@ -107,11 +116,18 @@ def assert_exact(verdict, sim, **context) -> None:
 
 
 def test_simulator_run_matches_its_ground_truth_exactly(stack, settings, tmp_path):
-    before = duplicates_dropped(settings)
+    before, repairs_before = duplicates_dropped(settings), repairs(settings)
     sim, truth, report = simulate(settings, tmp_path, seed=fresh_seed(settings), rate=0)
     verdict = verify(settings, str(truth))
     assert_exact(verdict, sim, report=report)
-    assert duplicates_dropped(settings) - before == sim.truth.duplicates
+    # The metric counts each drop, so a duplicate dropped again in a batch the commit watchdog had
+    # read again counts twice (a clean-clone run of 2026-12-01: one repair, 2026-12-01 07:12:58);
+    # intel.duplicates counted by where its messages were read (in assert_exact) stays exact.
+    dropped, repaired = duplicates_dropped(settings) - before, repairs(settings) - repairs_before
+    if repaired:
+        assert dropped >= sim.truth.duplicates, (dropped, repaired)
+    else:
+        assert dropped == sim.truth.duplicates
 
 
 def test_worker_killed_mid_run_and_restarted_still_gives_the_ground_truth(stack, settings, tmp_path):
