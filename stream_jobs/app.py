@@ -557,6 +557,24 @@ def where_it_waits(app) -> str:
     return out.getvalue()
 
 
+def private_worker(app, **kwargs):
+    """faust's Worker for `app`, with mode's SIGUSR1 dump replaced by `where_it_waits`.
+
+    mode's Worker answers SIGUSR1 with `mode.utils.logging.cry`, which pprints every frame's local
+    variables: in a stage those are the records (people's names, ID numbers, places), written to
+    the worker's log for anyone who reads logs. An operator who sends SIGUSR1 to a worker that
+    seems stuck gets the same picture as the stuck-worker exit: every thread's and task's code
+    location, no values."""
+    import faust
+
+    class Worker(faust.Worker):
+        def _on_sigusr1(self) -> None:
+            log.warning("SIGUSR1: where every thread and task of this worker waits (code locations only; "
+                        "mode's own dump, which prints local variables, is replaced):\n%s", where_it_waits(app))
+
+    return Worker(app, **kwargs)
+
+
 _held: set = set()
 
 

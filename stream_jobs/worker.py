@@ -92,10 +92,9 @@ def run_worker(settings, index: int, args) -> int:
     # releases the GIL (a RocksDB read, the producer's flush), getting it back waited for that
     # thread's switch interval, 5 ms by default: hundreds of times a second.
     sys.setswitchinterval(settings.jobs_gil_switch_s)
-    import faust
     from prometheus_client import start_http_server
 
-    from stream_jobs.app import create_app, rocksdb_available
+    from stream_jobs.app import create_app, private_worker, rocksdb_available
 
     port = metrics_port(settings, index)
     app = create_app(settings, worker_index=index, batch_size=args.batch, batch_within=args.within)
@@ -115,7 +114,7 @@ def run_worker(settings, index: int, args) -> int:
              index, settings.kafka, settings.registry_url, settings.partitions, settings.dedupe_window_days,
              "rocksdb" if rocksdb_available() else "memory", args.batch, args.within,
              app.intelbus_consumer_loop, port)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker = private_worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

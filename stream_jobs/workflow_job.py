@@ -1386,15 +1386,16 @@ def run_worker(settings, args) -> int:
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sys.setswitchinterval(0.0005)
-    import faust
     from prometheus_client import start_http_server
+
+    from stream_jobs.app import private_worker
 
     port = args.metrics_port or metrics_port(settings, args.worker_index)
     app = create_app(settings, worker_index=args.worker_index, app_id=args.app_id, datadir=args.datadir)
     start_http_server(port, addr=settings.metrics_bind)
     log.info("workflows worker %d: app=%s kafka=%s metrics=:%d policy=%s", args.worker_index, args.app_id, settings.kafka,
              port, os.environ.get("INTELBUS_WORKFLOWS_FILE") or "ops/workflows.yaml")
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker = private_worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

@@ -105,3 +105,42 @@ def test_where_a_stuck_worker_waits_names_its_tasks_code_and_none_of_the_records
     dump = asyncio.run(main())
     assert "stage-dedupe" in dump and "holding_a_record" in dump and "thread MainThread" in dump
     assert "411425198507247233" not in dump and "王霞英" not in dump
+
+
+def test_sigusr1_on_a_worker_logs_where_it_waits_and_none_of_the_records_it_holds(caplog, tmp_path):
+    """What an operator gets by sending SIGUSR1 to a worker that seems stuck: mode's own answer
+    (`mode.utils.logging.cry`) pprints every frame's local variables, a stage's records among them;
+    ours logs the code locations only. The control: mode's dump of the same task shows the record."""
+    import io
+    import logging
+
+    import faust
+    from mode.utils.logging import cry
+
+    from stream_jobs.app import private_worker
+
+    app = faust.App("sigusr1-test", broker="kafka://127.0.0.1:1", datadir=str(tmp_path), web_enabled=False)
+    worker = private_worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    assert type(worker)._on_sigusr1 is not faust.Worker._on_sigusr1
+
+    async def holding_a_record(record):
+        await asyncio.sleep(10)
+
+    async def main():
+        task = asyncio.create_task(holding_a_record({"name": "王霞英", "id_number": "411425198507247233"}),
+                                   name="stage-dedupe")
+        await asyncio.sleep(0)
+        try:
+            with caplog.at_level(logging.WARNING, logger="intelbus.jobs"):
+                worker._on_sigusr1()
+            modes = io.StringIO()
+            cry(file=modes)
+            return modes.getvalue()
+        finally:
+            task.cancel()
+
+    modes_dump = asyncio.run(main())
+    ours = caplog.text
+    assert "SIGUSR1" in ours and "stage-dedupe" in ours and "holding_a_record" in ours
+    assert "411425198507247233" not in ours and "王霞英" not in ours
+    assert "411425198507247233" in modes_dump  # what mode's handler would have written to the log
