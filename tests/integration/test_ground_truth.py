@@ -17,6 +17,7 @@ from ops.lag import JOBS_TOPICS, wait_for_zero_lag
 from ops.verify import verify
 from producers.simulate import run_simulation, write_truth
 from producers.simulator import SimConfig, Simulation
+from tests.integration.scrape import jobs_counter
 from tests.integration.seeds import fresh_seed
 
 COUNT = int(os.environ.get("INTELBUS_TEST_SIM_COUNT", "100000"))
@@ -60,14 +61,6 @@ def jobs_loop_as_asked(stack, settings):
         full_stack(settings, out=lambda m: None).down(only={"jobs-0"})
         full_stack(settings, out=lambda m: None).up()
     assert started_loops(settings)[-1:] == [wanted]
-
-
-def jobs_counter(settings, name: str) -> float:
-    """The sum of a counter of jobs-0's over its labels."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port_base + 1}/metrics", timeout=5).read().decode()
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
 
 
 def duplicates_dropped(settings) -> float:

@@ -3,28 +3,14 @@ what the operators' dashboard and alert rules read (issue: metrics, dashboards, 
 from __future__ import annotations
 
 import socket
-import urllib.request
 import uuid
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from ops.lag import JOBS_TOPICS, SINK_TOPICS, wait_for_zero_lag
 from producers.metrics import serve
 from producers.simulate import run_simulation
 from producers.simulator import SimConfig, Simulation
+from tests.integration.scrape import scrape
 from tests.integration.seeds import fresh_seed
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Sample name (labels folded in) -> value, summed over label sets: {'name': total, 'name{k="v"}': value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}"] = s.value
-    return out
 
 
 def free_port() -> int:
