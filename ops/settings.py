@@ -108,6 +108,9 @@ class Settings:
     jobs_gil_switch_s: float = _env("INTELBUS_JOBS_GIL_SWITCH_S", "jobs: the worker's GIL switch interval, s (Python's "
                                     "default 0.005 made the event loop wait for aiokafka's thread hundreds of times a "
                                     "second)", 0.0005)
+    jobs_batch_depth: int = _env("INTELBUS_JOBS_BATCH_DEPTH", "jobs (batch loop): batches of a stage begun and not yet "
+                                 "acknowledged, at most: one is processed while the others wait for their delivery "
+                                 "reports (docs/architecture.md)", 2)
     jobs_lookback_s: float = _env("INTELBUS_JOBS_LOOKBACK_S", "jobs: how much of a partition's match requests a worker "
                                   "reads back when it is assigned the partition, s", 120.0)
     jobs_stuck_after_s: float = _env("INTELBUS_JOBS_STUCK_AFTER_S", "jobs: the commit watchdog repairs a partition "

@@ -298,7 +298,7 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     producer = make_producer(settings)
     stages = build_stages(app, settings, codec, regions)
     wire_stages(app, stages, producer, codec, consumer_loop=consumer_loop, batch_size=batch_size,
-                batch_within=batch_within)
+                batch_within=batch_within, depth=settings.jobs_batch_depth)
     add_housekeeping(app, settings, producer, worker_index)
     app.intelbus_producer = producer
     app.intelbus_consumer_loop = consumer_loop
@@ -408,7 +408,7 @@ def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
 
 
 def wire_stages(app, stages: list[StageWiring], producer, codec, *, consumer_loop: str, batch_size: int,
-                batch_within: float) -> None:
+                batch_within: float, depth: int = 2) -> None:
     """Feed each stage: an agent per stage (faust's loop), and the batch loop's handlers (the default)."""
     from stream_jobs import faust_patches
 
@@ -426,7 +426,9 @@ def wire_stages(app, stages: list[StageWiring], producer, codec, *, consumer_loo
         handlers[w.name] = _batch_handler(runner, w.stage, w.state, batch_size, w.before)
         stage_of_topic.update(dict.fromkeys(w.topic.topics, w.name))
     if consumer_loop == "batch":
-        faust_patches.install_batch_loop(faust_patches.StageBatches(handlers, stage_of_topic))
+        faust_patches.install_batch_loop(faust_patches.StageBatches(handlers, stage_of_topic,
+                                                                     depth=depth,
+                                                                     observe=metrics.observe_arrival))
 
 
 def add_housekeeping(app, settings: Settings, producer, worker_index: int) -> None:

@@ -288,8 +288,13 @@ class StageBatches:
     handlers: stage name -> async handler(records) that makes the batch's effects durable (or
     raises); topics: topic -> stage name."""
 
-    def __init__(self, handlers: dict, topics: dict[str, str], max_queued: int = 10_000, depth: int = 2):
+    def __init__(self, handlers: dict, topics: dict[str, str], max_queued: int = 10_000, depth: int = 2,
+                 observe=None):
         self.handlers = handlers
+        # observe(stage, step, seconds): where records waited before their stage (None: not measured);
+        # steps "fetched" (Kafka timestamp to hand-over) and "queued" (hand-over to the batch's start)
+        self.observe = observe
+        self.handed_at: dict[str, float] = {}  # stage -> when the oldest batch waiting in its queue was handed over
         self.depth = depth  # batches of a stage begun and not yet acknowledged, at most (see `_run`)
         self.stage_of = topics
         self.in_flight: dict[str, asyncio.Task] = {}  # each stage's runner, while it has batches to run
@@ -374,7 +379,15 @@ class StageBatches:
                 monitor.track_tp_end_offset(tp, consumer.highwater(tp))
                 monitor.stream_inbound_time[tp] = now  # faust's livelock detector: this partition is processed
         if batch:
-            self.queued.setdefault(stage, []).append((batch, offsets))
+            if self.observe is not None:
+                wall_ms = _wall_ms()
+                for recs in parts.values():
+                    if recs and recs[0].timestamp is not None:
+                        self.observe(stage, "fetched", max(0.0, (wall_ms - recs[0].timestamp) / 1000))
+            queue = self.queued.setdefault(stage, [])
+            if not queue:
+                self.handed_at[stage] = now
+            queue.append((batch, offsets))
             self.queued_records[stage] = self.queued_records.get(stage, 0) + len(batch)
             runner = self.in_flight.get(stage)
             if runner is None or runner.done():
@@ -423,9 +436,13 @@ class StageBatches:
         Up to `depth` batches are begun and not yet acknowledged: a batch is processed and its
         outputs produced while the batches before it wait for their delivery reports (two
         round trips each: the outputs, then the state writes). The default, 2, lets one batch
-        be processed while one is delivered. 4 took 200 events/s from p50 128-149 to 121-124 ms
-        (2026-12-01), but a clean-clone run with it hung jobs-0 after a worker left the group
-        (test_ground_truth's join-and-leave; cause not found), so it is not the default.
+        be processed while one is delivered (`INTELBUS_JOBS_BATCH_DEPTH`). 4 took 200 events/s
+        from p50 128-149 to 121-124 ms (2026-12-01 morning); a clean-clone run with it then hung
+        jobs-0 after a worker left the group, which was the generation check of `_drain_batch_loop`
+        (it hung CI with 2 as well, fixed since). Measured again that afternoon, 4 did not pay: a
+        60,000-event backlog 2,048 and 1,691 events/s against 1,751 and 1,850 with 2, and at 200
+        events/s the wait for a batch's start (`intelbus_jobs_arrival_seconds`, queued) 5.5-9.3 ms
+        against 4.0-8.3 ms. So 2 stays.
         The batches write their state in the order they started (`BatchRunner`), and are
         acknowledged in that order here, whatever order their reports come in."""
         from faust.types.tuples import ack_lock
@@ -460,6 +477,8 @@ class StageBatches:
                     continue
                 batch, offsets = take_queued(queue)
                 self.queued_records[stage] = 0
+                if self.observe is not None and stage in self.handed_at:
+                    self.observe(stage, "queued", _monotonic() - self.handed_at[stage])
                 # a handler returns once the batch is processed and its outputs produced, with an
                 # awaitable for their delivery (or None: it waited itself)
                 finishing = await self.handlers[stage](batch)
@@ -504,6 +523,12 @@ def _monotonic() -> float:
     import time
 
     return time.monotonic()
+
+
+def _wall_ms() -> float:
+    import time
+
+    return time.time() * 1000
 
 
 _batches: StageBatches | None = None

@@ -38,6 +38,13 @@ PHASE_SECONDS = Histogram("intelbus_jobs_phase_seconds",
                           "changelog records to the producer), deliver (waiting for Kafka's acknowledgements), "
                           "apply (state store write)", ["stage", "phase"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+ARRIVAL_SECONDS = Histogram("intelbus_jobs_arrival_seconds",
+                            "Where a record waits before its stage works on it (batch loop): fetched = from its "
+                            "Kafka timestamp (the producer's clock when it was produced: linger, the broker and the "
+                            "fetch) to the loop handing it to its stage, for each partition's oldest record of a "
+                            "fetch; queued = from that hand-over to its stage starting the batch (the batches before "
+                            "it being processed or delivered)", ["stage", "step"],
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 LOOP_LAG = Histogram("intelbus_jobs_event_loop_lag_seconds",
                      "How late the worker's event loop ran a 50 ms timer: time it spent on something else "
                      "without giving control back (a long batch, a garbage collection, a blocking call)",
@@ -83,6 +90,10 @@ REGISTRY.register(STATE_SIZES)
 def observe_phases(stage: str, **seconds: float) -> None:
     for phase, value in seconds.items():
         PHASE_SECONDS.labels(stage, phase).observe(value)
+
+
+def observe_arrival(stage: str, step: str, seconds: float) -> None:
+    ARRIVAL_SECONDS.labels(stage, step).observe(seconds)
 
 
 def observe_batch(stage: str, size: int, seconds: float, result) -> None:

@@ -35,6 +35,7 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_GATEWAY_HTTP", "gateway_http", "h11"),
     ("INTELBUS_JOBS_CONSUMER_LOOP", "jobs_consumer_loop", "faust"),
     ("INTELBUS_JOBS_LOOKBACK_S", "jobs_lookback_s", 30.0),
+    ("INTELBUS_JOBS_BATCH_DEPTH", "jobs_batch_depth", 4),
     ("INTELBUS_JOBS_STUCK_AFTER_S", "jobs_stuck_after_s", 60.0),
     ("INTELBUS_JOBS_HOLE_AFTER_S", "jobs_hole_after_s", 2.0),
     ("INTELBUS_JOBS_STUCK_NOT_READY_S", "jobs_stuck_not_ready_s", 0.0),

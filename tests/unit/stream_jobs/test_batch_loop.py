@@ -570,3 +570,42 @@ def test_changelog_records_are_not_handed_over_once_a_rebalance_begins_while_the
     consumer.on_delivery = rebalance_after_the_first
     run_loop(consumer)
     assert consumer.delivered == [(CHANGELOG.topic, 5)]
+
+
+def test_the_loop_says_how_long_a_record_waited_before_and_after_it_reached_its_stage(monkeypatch):
+    """`intelbus_jobs_arrival_seconds`: fetched = the record's Kafka timestamp to the hand-over
+    (each partition's oldest record of the fetch), queued = the hand-over to the batch's start,
+    here held up by the batch before it (depth 1)."""
+    async def main():
+        release = asyncio.Event()
+        seen = []
+
+        async def dedupe(records):
+            seen.append([r.offset for r in records])
+            if len(seen) == 1:
+                await release.wait()
+
+        observed = []
+        monkeypatch.setattr(faust_patches, "_wall_ms", lambda: 1_000_250.0)
+        c = with_generation(FakeConsumer(committed=10))
+        c._read_offset[TP] = 9
+        batches = StageBatches({"dedupe": dedupe}, {"intel.incident": "dedupe"}, depth=1,
+                               observe=lambda stage, step, s: observed.append((stage, step, round(s, 3))))
+        first = recs(10, 11)
+        first[0].timestamp, first[1].timestamp = 1_000_000, 1_000_200
+        await batches.submit(c, "dedupe", {TP: first}, 7, batches.marks.now(), {TP})
+        await asyncio.sleep(0)
+        assert observed[0] == ("dedupe", "fetched", 0.25)  # the oldest record's wait, not the newest's
+        second = recs(12)
+        second[0].timestamp = 1_000_240
+        await batches.submit(c, "dedupe", {TP: second}, 7, batches.marks.now(), {TP})
+        await asyncio.sleep(0.05)
+        assert seen == [[10, 11]]  # the second batch waits for the first (depth 1)
+        release.set()
+        assert await batches.wait_in_flight(1)
+        assert seen == [[10, 11], [12]]
+        queued = [s for stage, step, s in observed if step == "queued"]
+        assert len(queued) == 2 and queued[0] < 0.01 and queued[1] >= 0.04
+        assert ("dedupe", "fetched", 0.01) in observed
+
+    asyncio.run(main())
