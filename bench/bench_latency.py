@@ -116,6 +116,7 @@ class Hops(threading.Thread):
         self.hits: dict[str, tuple] = {}        # hit id -> (reported ms, trigger event id, hit's Kafka time, receipt ms)
         self.stop = threading.Event()
         self.assigned = threading.Event()
+        self.receipt_s: list[float] = []  # every message read: its Kafka time to this consumer's receipt
 
     def run(self) -> None:
         import orjson
@@ -132,6 +133,7 @@ class Hops(threading.Thread):
                 if m.error() or m.value() is None:
                     continue
                 topic, ts = m.topic(), m.timestamp()[1]
+                self.receipt_s.append(max(0.0, now_ms - ts) / 1000)
                 if topic == request_t:
                     for event_id in orjson.loads(m.value()).get("events", ()):
                         self.request_ms.setdefault(event_id, ts)
@@ -157,7 +159,11 @@ class Hops(threading.Thread):
             for name, (a, b) in zip(segments, ((reported, request), (request, candidate), (candidate, hit_ms),
                                                (hit_ms, got_ms))):
                 segments[name].append((b - a) / 1000)
-        return {"linked_hits": linked, **{name: {"p50_ms": _ms(percentile(v, 0.5)), "p99_ms": _ms(percentile(v, 0.99))}
+        receipt = self.receipt_s
+        return {"linked_hits": linked,
+                "plain consumer": {"messages": len(receipt), "p50_ms": _ms(percentile(receipt, 0.5)),
+                                   "mean_ms": _ms(sum(receipt) / len(receipt)) if receipt else None},
+                **{name: {"p50_ms": _ms(percentile(v, 0.5)), "p99_ms": _ms(percentile(v, 0.99))}
                                           for name, v in segments.items()}}
 
 
@@ -177,9 +183,45 @@ def jobs_loop(settings) -> str:
     return found[-1] if found else "unknown"
 
 
-def one_run(settings, rate: float, seconds: float) -> dict:
-    from bench.bench_e2e import fixed_rate
+def worker_waits(settings) -> dict:
+    """jobs-0's running sums and counts of `intelbus_jobs_arrival_seconds` (fetched, queued) and
+    `intelbus_jobs_phase_seconds` (process), by stage: {(stage, step): (sum, count)}."""
+    from prometheus_client.parser import text_string_to_metric_families
 
+    from bench.bench_jobs import metrics_text
+
+    try:
+        text = metrics_text(settings.metrics_port_base + 1)
+    except OSError:
+        return {}
+    out: dict = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("intelbus_jobs_arrival_seconds", "intelbus_jobs_phase_seconds"):
+            continue
+        for sample in family.samples:
+            step = sample.labels.get("step") or sample.labels.get("phase")
+            if step not in ("fetched", "queued", "process") or not sample.name.endswith(("_sum", "_count")):
+                continue
+            key = (sample.labels["stage"], step)
+            total, count = out.get(key, (0.0, 0.0))
+            out[key] = (total + sample.value, count) if sample.name.endswith("_sum") else (total, count + sample.value)
+    return out
+
+
+def waits_between(before: dict, after: dict) -> dict:
+    """Mean ms per (stage, step) over the run: {"dedupe fetched": 12.3, ...}."""
+    out = {}
+    for (stage, step), (total, count) in sorted(after.items()):
+        t0, c0 = before.get((stage, step), (0.0, 0.0))
+        if count > c0:
+            out[f"{stage} {step}"] = round(1000 * (total - t0) / (count - c0), 1)
+    return out
+
+
+def one_run(settings, rate: float, seconds: float) -> dict:
+    from bench.bench_e2e import fixed_rate, machine_shares, machine_times
+
+    before, machine = worker_waits(settings), machine_times()
     probe = Probe(settings)
     probe.start()
     hops = Hops(settings)
@@ -188,23 +230,26 @@ def one_run(settings, rate: float, seconds: float) -> dict:
     r = fixed_rate(settings, rate, seconds)
     baseline = probe.finish()
     waits = hops.finish()
+    waits["inside jobs-0 (mean ms)"] = waits_between(before, worker_waits(settings))
+    shares = machine_shares(machine, machine_times())
     hit = r["produce_to_hit_s"]
     return {"rate": rate, "seconds": seconds, "achieved_publish_rate": r["achieved_publish_rate"], "hits": r["hits"],
             "drained": r["drained"], "p50_ms": _ms(hit["p50"]), "p99_ms": _ms(hit["p99"]), "max_ms": _ms(hit["max"]),
-            "probe": baseline, "hops": waits, "cpu_cores_used": r["cpu_cores_used"],
+            "probe": baseline, "hops": waits, "cpu_cores_used": r["cpu_cores_used"], "machine": shares,
             "lag_at_end_of_publishing": r["lag_at_end_of_publishing"]}
 
 
 def table(runs: list[dict]) -> list[str]:
     lines = ["| run | rate (achieved) | hits | produce-to-hit p50 / p99 / max | raw client, one hop: p50 / p99 | "
-             "p99 over 4 hops of the raw client | jobs-0 cores |",
-             "|---|---|---|---|---|---|---|"]
+             "p99 over 4 hops of the raw client | jobs-0 cores | machine busy / stolen |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs, 1):
         p = r["probe"]
         ratio = round(r["p99_ms"] / (4 * p["p99_ms"]), 1) if r["p99_ms"] and p["p99_ms"] else None
         lines.append(f"| {i} | {r['rate']:.0f} ({r['achieved_publish_rate']}) | {r['hits']} | "
                      f"{r['p50_ms']} / {r['p99_ms']} / {r['max_ms']} ms | {p['p50_ms']} / {p['p99_ms']} ms | {ratio} | "
-                     f"{r['cpu_cores_used'].get('jobs-0')} |")
+                     f"{r['cpu_cores_used'].get('jobs-0')} | {(r.get('machine') or {}).get('busy')} / "
+                     f"{(r.get('machine') or {}).get('stolen')} |")
     return lines
 
 
@@ -216,6 +261,20 @@ def hops_table(runs: list[dict]) -> list[str]:
         h = r.get("hops") or {}
         lines.append(f"| {i} | {h.get('linked_hits')} | " + " | ".join(
             f"{h.get(n, {}).get('p50_ms')} / {h.get(n, {}).get('p99_ms')} ms" for n in names) + " |")
+    return lines
+
+
+def split_table(runs: list[dict]) -> list[str]:
+    """Each hop inside jobs-0 (means of its metrics over the run) beside a plain consumer of the same topics."""
+    stages = ("dedupe", "match", "hits")
+    lines = ["| run | plain consumer of the jobs' topics: Kafka time to receipt p50 / mean | " + " | ".join(
+        f"{s}: fetched / queued / process" for s in stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for i, r in enumerate(runs, 1):
+        h = r.get("hops") or {}
+        plain, inside = h.get("plain consumer") or {}, h.get("inside jobs-0 (mean ms)") or {}
+        lines.append(f"| {i} | {plain.get('p50_ms')} / {plain.get('mean_ms')} ms | " + " | ".join(
+            f"{inside.get(s + ' fetched')} / {inside.get(s + ' queued')} / {inside.get(s + ' process')} ms"
+            for s in stages) + " |")
     return lines
 
 
@@ -245,7 +304,12 @@ def main(argv=None) -> int:
     for rate in rates:
         mine = [r for r in runs if r["rate"] == rate]
         lines += [f"### {rate:.0f} events/s", "", *table(mine), "", "Where the hits waited (`Hops`: Kafka times of "
-                  "each hit's match request, candidate and hit, and its receipt):", "", *hops_table(mine), ""]
+                  "each hit's match request, candidate and hit, and its receipt):", "", *hops_table(mine), "",
+                  "Each hop inside jobs-0 (`intelbus_jobs_arrival_seconds`, `intelbus_jobs_phase_seconds`: means "
+                  "over the run; *fetched*: a record's Kafka time to its stage's hand-over, each partition's oldest "
+                  "record of a fetch; *queued*: to its batch's start; *process*: the stage's logic a batch), beside "
+                  "the `Hops` consumer's own Kafka time to receipt over the same topics (match requests, candidates, "
+                  "hits) in the same seconds:", "", *split_table(mine), ""]
     if not (RESULTS / "latency.md").exists():
         lines = ["# Produce-to-hit latency over runs (bench/bench_latency.py)", "", __doc__.split("\n\n")[1], *lines]
     with open(RESULTS / "latency.md", "a", encoding="utf-8") as f:
