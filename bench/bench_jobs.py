@@ -84,8 +84,12 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
     cpu0, t0 = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports), time.monotonic()
     events0 = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
+    from bench.bench_e2e import machine_shares, machine_times
+
+    machine0 = machine_times()
     wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=1800, stable=2)
     done = time.monotonic()
+    machine = machine_shares(machine0, machine_times())
     processed = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
     cpu = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports) - cpu0
     full_stack(scaled, out=lambda m: None).down(only=names - {"jobs-0"})
@@ -99,7 +103,8 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
             "seconds_to_all_ready": round(run["ready"] - run["started"], 2),
             "warmup_seconds_alone_to_ready": warmup,
             "workers_cpu_cores": round(cpu / max(1e-9, done - t0), 2),
-            "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None}
+            "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None,
+            "machine": machine}
 
 
 def _start_together(stack, indexes: list[int], ports: list[int]) -> dict:
@@ -248,6 +253,14 @@ def main() -> int:
             run["baseline_decode"] = decode_baseline(settings, run.pop("input_offsets_before"))
             base = run["baseline_decode"]["events_per_s"]
             run["ratio_to_baseline"] = round(run["events_per_s"] / base, 3) if base else None
+            # the yardstick: fastavro decoding incidents alone, no Kafka, in the same minute
+            from bench.bench_e2e import avro_ceiling
+
+            decode_only = avro_ceiling()["decode_per_s"]
+            run["fastavro_decode_only_per_s"] = decode_only
+            run["ratio_to_decode_only"] = round(run["events_per_s"] / decode_only, 3)
+            run["ratio_per_worker_cpu_second_to_decode_only"] = (
+                round(run["events_per_worker_cpu_second"] / decode_only, 3) if run["events_per_worker_cpu_second"] else None)
             run["round"] = r + 1
             runs.append(run)
             print(json.dumps(run), flush=True)
