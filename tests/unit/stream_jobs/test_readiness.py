@@ -87,22 +87,28 @@ def test_the_progress_of_a_worker_counts_rebalances_generations_and_the_records_
     assert not_ready_progress(app) == (5, 17, False, None)
 
 
-def test_where_a_stuck_worker_waits_names_its_tasks_code_and_none_of_the_records_it_holds():
-    from stream_jobs.app import where_it_waits
+async def holding_a_record(record):
+    await asyncio.sleep(10)
 
-    async def holding_a_record(record):
-        await asyncio.sleep(10)
 
+def while_a_stage_holds_a_record(look):
+    """`look()`'s result, called in a running loop while a task named stage-dedupe holds a person's record."""
     async def main():
         task = asyncio.create_task(holding_a_record({"name": "王霞英", "id_number": "411425198507247233"}),
                                    name="stage-dedupe")
         await asyncio.sleep(0)
         try:
-            return where_it_waits(SimpleNamespace(consumer=SimpleNamespace()))
+            return look()
         finally:
             task.cancel()
 
-    dump = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_where_a_stuck_worker_waits_names_its_tasks_code_and_none_of_the_records_it_holds():
+    from stream_jobs.app import where_it_waits
+
+    dump = while_a_stage_holds_a_record(lambda: where_it_waits(SimpleNamespace(consumer=SimpleNamespace())))
     assert "stage-dedupe" in dump and "holding_a_record" in dump and "thread MainThread" in dump
     assert "411425198507247233" not in dump and "王霞英" not in dump
 
@@ -123,23 +129,14 @@ def test_sigusr1_on_a_worker_logs_where_it_waits_and_none_of_the_records_it_hold
     worker = private_worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     assert type(worker)._on_sigusr1 is not faust.Worker._on_sigusr1
 
-    async def holding_a_record(record):
-        await asyncio.sleep(10)
+    def signal_then_modes_dump():
+        with caplog.at_level(logging.WARNING, logger="intelbus.jobs"):
+            worker._on_sigusr1()
+        modes = io.StringIO()
+        cry(file=modes)
+        return modes.getvalue()
 
-    async def main():
-        task = asyncio.create_task(holding_a_record({"name": "王霞英", "id_number": "411425198507247233"}),
-                                   name="stage-dedupe")
-        await asyncio.sleep(0)
-        try:
-            with caplog.at_level(logging.WARNING, logger="intelbus.jobs"):
-                worker._on_sigusr1()
-            modes = io.StringIO()
-            cry(file=modes)
-            return modes.getvalue()
-        finally:
-            task.cancel()
-
-    modes_dump = asyncio.run(main())
+    modes_dump = while_a_stage_holds_a_record(signal_then_modes_dump)
     ours = caplog.text
     assert "SIGUSR1" in ours and "stage-dedupe" in ours and "holding_a_record" in ours
     assert "411425198507247233" not in ours and "王霞英" not in ours
