@@ -133,14 +133,49 @@ def forget(pid: int) -> None:
     _SPAWNED.pop(pid, None)
 
 
-def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None) -> PidRecord:
-    """Start argv detached from our session, stdout and stderr appended to log."""
+def allowed_nice(requested: int, *, euid: int, rlimit_nice: int) -> int:
+    """The nice value a process may get of `requested`: any with root (CAP_SYS_NICE); without it,
+    lowering one's priority (0..19) always, raising it only as far as RLIMIT_NICE allows (a soft
+    limit r lets nice go down to 20 - r; Linux's default r = 0 allows none)."""
+    requested = max(-20, min(19, int(requested)))
+    if requested >= 0 or euid == 0:
+        return requested
+    return min(0, max(requested, 20 - rlimit_nice))
+
+
+def effective_nice(requested: int) -> int:
+    import resource
+
+    return allowed_nice(requested, euid=os.geteuid(), rlimit_nice=resource.getrlimit(resource.RLIMIT_NICE)[0])
+
+
+def set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Linux with autogroup scheduling (sched_autogroup_enabled, Debian's default) shares the CPU
+    between sessions first and between a session's threads second: every process `spawn` starts
+    is a session of its own, so its nice value alone changes nothing against the other
+    components; the session's autogroup nice does (/proc/<pid>/autogroup, sched(7)). False where
+    there is no autogroup or it may not be set."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+        return True
+    except OSError:
+        return False
+
+
+def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None,
+          nice: int = 0) -> PidRecord:
+    """Start argv detached from our session, stdout and stderr appended to log; with `nice`, at that
+    CPU priority (every thread, and the session's autogroup), as far as `effective_nice` allows."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    nice = effective_nice(nice) if nice else 0
     with open(log, "ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} intelbus starts {name}: {' '.join(argv)}\n".encode())
+        at = f" (nice {nice})" if nice else ""
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} intelbus starts {name}{at}: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            argv,
+            # `nice` execs argv at that priority: threads inherit it, the pid and marker stay argv's
+            (["nice", "-n", str(nice)] if nice else []) + argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -149,6 +184,8 @@ def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | Non
             start_new_session=True,
         )
     _SPAWNED[proc.pid] = proc
+    if nice:
+        set_autogroup_nice(proc.pid, nice)
     return PidRecord(name=name, pid=proc.pid, started_at=time.time(), marker=marker, log=str(log))
 
 

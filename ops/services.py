@@ -32,6 +32,7 @@ class PythonService(Component):
     argv: list[str] = field(default_factory=list)
     metrics_port: int = 0
     env: dict[str, str] = field(default_factory=dict)  # extra environment (an existing value wins)
+    nice: int = 0  # CPU priority (ops/processes.py spawn): the jobs workers, the detection path, go first
     start_timeout: float = 120.0  # a restart waits for the group to rebalance and state to recover
     is_service = True
 
@@ -68,7 +69,8 @@ def services(settings: Settings) -> list[Component]:
         # a worker joining a group recovers its partitions' state from the changelogs first:
         # minutes for a new worker on a bus with a long history
         PythonService(f"jobs-{i}", settings, argv=["-m", "ops.cli", "jobs", "--worker-index", str(i)],
-                      metrics_port=base + 1 + i, start_timeout=600.0, env=dict(JOBS_ALLOCATOR_ENV))
+                      metrics_port=base + 1 + i, start_timeout=600.0, env=dict(JOBS_ALLOCATOR_ENV),
+                      nice=settings.jobs_nice)
         for i in range(settings.jobs_workers)
     ]
     from urllib.parse import urlparse
@@ -79,7 +81,8 @@ def services(settings: Settings) -> list[Component]:
                               metrics_port=base + 40, start_timeout=300.0)
     return [*jobs, workflows, PythonService("sink", settings, argv=["-m", "ops.cli", "sink"], metrics_port=base + 20),
             # people's one door; serves its own /metrics on its API port
-            Gateway("gateway", settings, argv=["-m", "ops.cli", "gateway"], metrics_port=gateway_port, start_timeout=60.0)]
+            Gateway("gateway", settings, argv=["-m", "ops.cli", "gateway"], metrics_port=gateway_port, start_timeout=60.0,
+                    nice=settings.gateway_nice)]
 
 
 @dataclass

@@ -111,6 +111,10 @@ class Settings:
     jobs_batch_depth: int = _env("INTELBUS_JOBS_BATCH_DEPTH", "jobs (batch loop): batches of a stage begun and not yet "
                                  "acknowledged, at most: one is processed while the others wait for their delivery "
                                  "reports (docs/architecture.md)", 2)
+    jobs_nice: int = _env("INTELBUS_JOBS_NICE", "jobs: the workers' CPU priority on the local stack (nice value, "
+                          "applied to the process and its autogroup; below 0 needs root or RLIMIT_NICE, else it "
+                          "stays 0): the detection path goes first when the components of one machine want more "
+                          "than its cores (docs/deploy.md)", -10)
     jobs_lookback_s: float = _env("INTELBUS_JOBS_LOOKBACK_S", "jobs: how much of a partition's match requests a worker "
                                   "reads back when it is assigned the partition, s", 120.0)
     jobs_stuck_after_s: float = _env("INTELBUS_JOBS_STUCK_AFTER_S", "jobs: the commit watchdog repairs a partition "
@@ -145,6 +149,9 @@ class Settings:
     gateway_gil_switch_s: float = _env("INTELBUS_GATEWAY_GIL_SWITCH_S", "gateway: the process's GIL switch interval, "
                                        "s (the live feed hub's consume thread waits for the event loop's GIL; "
                                        "Python's default is 0.005)", 0.0005)
+    gateway_nice: int = _env("INTELBUS_GATEWAY_NICE", "gateway: its CPU priority on the local stack (nice value, "
+                             "process and autogroup, as INTELBUS_JOBS_NICE): the live feed's last hop to people",
+                             -10)
     gateway_http: str = _env("INTELBUS_GATEWAY_HTTP", "the gateway's HTTP implementation in uvicorn: auto (httptools "
                              "when installed, else h11), h11 or httptools (bench/bench_fanout.py compares them)", "auto")
     # the gateway's live feed (gateway/hub.py, gateway/events.py; docs/architecture.md "The live feed"); the switches

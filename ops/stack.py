@@ -140,7 +140,8 @@ class Stack:
                     raise Missing(f"port {port} (needed by {c.name}) is in use{who}: stop that process or change the address in `intelbus config`")
             c.prepare()
             argv, env = c.command()
-            record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path)
+            record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path,
+                           nice=getattr(c, "nice", 0))
             self.pids.write(record)
             return record, True
 
