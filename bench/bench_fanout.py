@@ -69,6 +69,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ops.processes import effective_nice, set_autogroup_nice
 from schemas.catalog import HIT_TOPIC
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -125,9 +126,16 @@ def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "
     if http:
         env["INTELBUS_GATEWAY_HTTP"] = http
     env.update(extra_env or {})
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)], env=env,
+    # a session of its own, as `intelbus up` starts it (ops/processes.py spawn): with autogroup
+    # scheduling a session shares the CPU as one, so a gateway in the bench's session would share
+    # its part with the clients and the producer, and its nice value would act only among them
+    nice = effective_nice(nice) if nice else 0
+    argv = [sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)]
+    proc = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + argv, env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(settings.stack_path),
-                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                            start_new_session=True)
+    if nice:
+        set_autogroup_nice(proc.pid, nice)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -668,9 +676,10 @@ def main(argv=None) -> int:
                         help="a gateway variant, one run each, in the order given (e.g. 'old:INTELBUS_LIVE_RING_MS=0,"
                              "INTELBUS_LIVE_RING_SELECT=0,INTELBUS_LIVE_AUDIT_GROUP=0,"
                              "INTELBUS_LIVE_WORKFLOW_CONSUMER=0' 'new:'); default: one run as configured")
-    parser.add_argument("--gateway-nice", type=int, nargs="+", default=[0],
-                        help="the gateway's nice value, one run per value (e.g. 0 -10: is the tail the CPU share "
-                             "a busy machine leaves it?)")
+    parser.add_argument("--gateway-nice", type=int, nargs="+", default=None,
+                        help="the gateway's nice value (process and autogroup, as `intelbus up` sets it), one run "
+                             "per value (e.g. 0 -10: is the tail the CPU share a busy machine leaves it?); default: "
+                             "INTELBUS_GATEWAY_NICE's")
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                         help="py-spy the gateway from 15 s into each run: SECONDS of every thread's samples, then "
                              "SECONDS of the samples holding the GIL (results in fanout.json, 'profile')")
@@ -686,6 +695,8 @@ def main(argv=None) -> int:
     report = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
               "argv": " ".join(sys.argv[1:] if argv is None else argv), "runs": []}
     variants = [parse_variant(v) for v in args.variant] or [("", {})]
+    if args.gateway_nice is None:
+        args.gateway_nice = [settings.gateway_nice]
     for interval in args.audit_interval:
         for http in args.uvicorn_http:
             for procs, nice, variant in [(p, n, v) for p in args.client_procs for n in args.gateway_nice
