@@ -97,6 +97,10 @@ class BatchOverlay:
         if self._scan is None:
             return []
         items = self._scan(partition, after, limit)
+        if items:  # the store's values, as `get` would read them: a sweep's `put` of one reads no more
+            fetched = self._fetched.setdefault(partition, {})
+            for k, v in items:
+                fetched.setdefault(k, v)
         for layer in (*self._held, self._pending):
             written = layer.get(partition)
             if written:

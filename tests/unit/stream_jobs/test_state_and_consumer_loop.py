@@ -40,6 +40,27 @@ def test_prefetch_reads_a_batch_in_one_call_and_serves_gets_until_drained():
     assert state.get(0, b"b") == b"changed"  # drained: the fetched copy is gone
 
 
+def test_a_sweep_writes_what_it_scanned_without_reading_it_again_and_keeps_the_count():
+    from stream_jobs.state import COUNT_KEY, KEEP, Sweeper
+
+    data = {(0, b"k%d" % i): b"old" if i % 2 else b"new" for i in range(6)}
+    data[(0, COUNT_KEY)] = b"6"
+    store = Store(data)
+
+    def scan(partition, after, limit):
+        keys = sorted(k for p, k in store.data if p == partition and k[:1] != b"\x00" and (after is None or k > after))
+        return [(k, store.data[(partition, k)]) for k in keys[:limit]]
+
+    state = BatchOverlay(store.read, store.read_many, scan)
+    examined, deleted = Sweeper(lambda value, clock: None if value == b"old" else KEEP).sweep(state, 0, 2, 1_000)
+    assert (examined, deleted) == (6, 3)  # the floor of 64 covers the partition
+    swept = {k for _, k in store.single}
+    assert not swept & {b"k1", b"k3", b"k5"}, "the deleted entries were read again from the store"
+    assert state.count(0) == 3  # the deletions still counted: the value scanned is the one before
+    state.put(0, b"elsewhere", b"v")
+    assert (0, b"elsewhere") in store.single  # the control: a key no scan brought is read from the store
+
+
 def test_prefetch_without_a_multi_read_falls_back_to_single_reads():
     store = Store({(2, b"k"): b"v"})
     state = BatchOverlay(store.read)
