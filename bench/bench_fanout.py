@@ -69,7 +69,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from ops.processes import effective_nice, set_autogroup_nice
+from ops.processes import effective_nice, start_niced
 from schemas.catalog import HIT_TOPIC
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,13 +129,9 @@ def start_gateway(settings, audit_interval: float, log_path: Path, http: str = "
     # a session of its own, as `intelbus up` starts it (ops/processes.py spawn): with autogroup
     # scheduling a session shares the CPU as one, so a gateway in the bench's session would share
     # its part with the clients and the producer, and its nice value would act only among them
-    nice = effective_nice(nice) if nice else 0
-    argv = [sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)]
-    proc = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + argv, env=env,
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(settings.stack_path),
-                            start_new_session=True)
-    if nice:
-        set_autogroup_nice(proc.pid, nice)
+    proc = start_niced([sys.executable, "-P", "-m", "ops.cli", "gateway", "--port", str(port)],
+                       effective_nice(nice) if nice else 0, env=env, stdout=open(log_path, "ab"),
+                       stderr=subprocess.STDOUT, cwd=str(settings.stack_path))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -74,6 +74,7 @@ class Component:
     start_timeout: float = 90.0
     is_service = False  # intelbus's own process (started after the servers are ready)
     quorum = None  # components of one quorum are started together, then waited for
+    nice = 0  # CPU priority of its process (ops/processes.py spawn); intelbus's services may set one
 
     @property
     def stack(self) -> Path:

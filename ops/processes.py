@@ -163,6 +163,16 @@ def set_autogroup_nice(pid: int, nice: int) -> bool:
         return False
 
 
+def start_niced(argv: list[str], nice: int, **popen) -> subprocess.Popen:
+    """Popen argv in a session of its own at `nice` (a value `effective_nice` allows): `nice` execs
+    argv at that priority, so its threads inherit it and the pid and command line stay argv's;
+    then the session's autogroup gets it too."""
+    proc = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + argv, start_new_session=True, **popen)
+    if nice:
+        set_autogroup_nice(proc.pid, nice)
+    return proc
+
+
 def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | None = None, cwd: Path | None = None,
           nice: int = 0) -> PidRecord:
     """Start argv detached from our session, stdout and stderr appended to log; with `nice`, at that
@@ -173,19 +183,9 @@ def spawn(name: str, argv: list[str], *, log: Path, marker: str, env: dict | Non
         at = f" (nice {nice})" if nice else ""
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} intelbus starts {name}{at}: {' '.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(
-            # `nice` execs argv at that priority: threads inherit it, the pid and marker stay argv's
-            (["nice", "-n", str(nice)] if nice else []) + argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-        )
+        proc = start_niced(argv, nice, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           env={**os.environ, **(env or {})}, cwd=cwd)
     _SPAWNED[proc.pid] = proc
-    if nice:
-        set_autogroup_nice(proc.pid, nice)
     return PidRecord(name=name, pid=proc.pid, started_at=time.time(), marker=marker, log=str(log))
 
 

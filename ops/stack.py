@@ -141,7 +141,7 @@ class Stack:
             c.prepare()
             argv, env = c.command()
             record = spawn(c.name, argv, log=c.stdout_log, marker=c.marker, env=env, cwd=self.settings.stack_path,
-                           nice=getattr(c, "nice", 0))
+                           nice=c.nice)
             self.pids.write(record)
             return record, True
 

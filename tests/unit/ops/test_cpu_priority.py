@@ -69,9 +69,9 @@ def test_the_jobs_workers_and_the_gateway_go_first_and_the_rest_as_before():
     from ops.services import services
     from ops.settings import Settings
 
-    by_name = {c.name: getattr(c, "nice", 0) for c in services(Settings(jobs_workers=2))}
+    by_name = {c.name: c.nice for c in services(Settings(jobs_workers=2))}
     assert by_name["jobs-0"] == by_name["jobs-1"] == by_name["gateway"] == -10
     assert by_name["sink"] == by_name["workflows-0"] == 0
-    assert all(getattr(c, "nice", 0) == 0 for c in infrastructure(Settings()))  # Kafka, the registry, ClickHouse
+    assert all(c.nice == 0 for c in infrastructure(Settings()))  # Kafka, the registry, ClickHouse
     plain = {c.name: c.nice for c in services(Settings(jobs_nice=0, gateway_nice=0))}
     assert plain["jobs-0"] == plain["gateway"] == 0
