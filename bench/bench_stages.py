@@ -1,0 +1,180 @@
+"""The jobs' three stages offline, on the input topics' real records (issue 17: "our own stages
+are not free either"): no faust, no Kafka in the loop, state in memory.
+
+The records (with their headers: the publishers' proofs) are read once from the stack `intelbus up`
+runs, from the start of `intel.alert`, `intel.wanted` and `intel.incident` (load some first:
+`bench.bench_jobs` does, or `intelbus simulate`). Then, in rounds, in this process:
+
+- decode only: the registry decoder over every record (the baseline, as `bench_jobs` has it);
+- the stages: `DedupeStage` (decode, proof of publisher, normalisation, dedupe state, match
+  requests) -> `MatchStage` (index, look-back, candidates) -> `HitStage` (hit copies), as the
+  worker builds them (`stream_jobs.app.build_stages`) but over `MemoryState`, in batches of
+  `--batch` records a partition, each stage's outputs the next one's input.
+
+Reported per round: events a second through the three stages, each stage's microseconds per
+event, and the ratio to decode only in the same round. The difference to `bench_jobs` (the
+worker with RocksDB, faust and Kafka) is what those cost.
+
+    .venv/bin/python -m bench.bench_stages [--events 60000] [--rounds 3] [--batch 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+
+
+def read_inputs(settings, limit: int) -> list:
+    """Up to `limit` records of the input topics, oldest first per partition, as `Incoming`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.catalog import INPUT_TOPICS
+    from stream_jobs.stages import Incoming
+
+    consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": "bench-stages",
+                         "enable.auto.commit": False})
+    tps = []
+    for topic in INPUT_TOPICS:
+        for p in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                tps.append((TopicPartition(topic, p, low), high))
+    remaining = {(tp.topic, tp.partition): high for tp, high in tps}
+    consumer.assign([tp for tp, _ in tps])
+    out, idle = [], 0
+    while remaining and len(out) < limit and idle < 5:
+        msgs = consumer.consume(1000, 1.0)
+        idle = 0 if msgs else idle + 1
+        for m in msgs:
+            if m.error():
+                continue
+            out.append(Incoming(m.topic(), m.partition(), m.offset(), m.key(), m.value(), tuple(m.headers() or ())))
+            if m.offset() + 1 >= remaining.get((m.topic(), m.partition()), 0):
+                remaining.pop((m.topic(), m.partition()), None)
+    consumer.close()
+    return out[:limit]
+
+
+def build(settings, codec):
+    """The three stages as `stream_jobs.app.build_stages` makes them, over memory."""
+    from identity.keys import keys_path
+    from schemas.catalog import HIT_TOPIC
+    from schemas.normalise import normalise_identifier
+    from schemas.regions import load_regions
+    from schemas.wire import RawDecoder
+    from stream_jobs.app import border_duplicate_settings, provinces_of
+    from stream_jobs.lookback import Lookback
+    from stream_jobs.proof import KeyringSource, make_verifier
+    from stream_jobs.stages import DedupeStage, HitStage, MatchStage
+    from stream_jobs.state import MemoryState
+
+    regions = load_regions()
+    decode = RawDecoder.for_registry(settings.registry_url)
+    verifier = make_verifier(KeyringSource(keys_path(settings)), regions.is_within) if settings.verify_records else None
+    records, index, seen = MemoryState(), MemoryState(), MemoryState()
+    dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=records, partitions=settings.partitions,
+                         window_ms=settings.dedupe_window_days * 86_400_000, verify=verifier)
+    match = MatchStage(state=index, partitions=settings.partitions, is_within=regions.is_within,
+                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode,
+                       lookback=Lookback(seconds=settings.jobs_lookback_s), **border_duplicate_settings(settings))
+    hits = HitStage(state=seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, h),
+                    provinces_of=lambda notify: provinces_of(notify, regions))
+    return [("dedupe", dedupe, records), ("match", match, index), ("hits", hits, seen)], decode
+
+
+def batches(messages: list, size: int):
+    """The records in the order a worker reads them: a batch of up to `size` a partition, partitions in turn."""
+    by_tp = defaultdict(list)
+    for m in messages:
+        by_tp[(m.topic, m.partition)].append(m)
+    queues = [by_tp[k] for k in sorted(by_tp)]
+    pos = 0
+    while any(pos < len(q) for q in queues):
+        for q in queues:
+            if pos < len(q):
+                yield q[pos:pos + size]
+        pos += size
+
+
+def stages_round(settings, codec, messages: list, batch: int) -> dict:
+    from stream_jobs.stages import CANDIDATE_TOPIC, MATCH_TOPIC, Incoming
+
+    stages, _ = build(settings, codec)
+    spent = {name: 0.0 for name, _, _ in stages}
+    next_topic = {"dedupe": MATCH_TOPIC, "match": CANDIDATE_TOPIC, "hits": None}
+    counts = defaultdict(int)
+    clock = time.perf_counter
+    started = clock()
+    for first in batches(messages, batch):
+        inputs = first
+        for name, stage, state in stages:
+            if not inputs:
+                break
+            t = clock()
+            result = stage.process(inputs, int(time.time() * 1000))
+            state.commit()
+            spent[name] += clock() - t
+            counts[f"{name} dead letters"] += len(result.dead_letters)
+            topic = next_topic[name]
+            if topic is None:
+                counts["hit copies"] += len(result.outputs)
+                break
+            inputs = [Incoming(o.topic, o.partition or 0, 0, o.key, o.value) for o in result.outputs if o.topic == topic]
+    seconds = clock() - started
+    n = len(messages)
+    return {"events_per_s": round(n / seconds), "us_per_event": {k: round(v / n * 1e6, 1) for k, v in spent.items()},
+            **counts}
+
+
+def decode_round(decode, messages: list) -> dict:
+    t = time.perf_counter()
+    bad = 0
+    for m in messages:
+        try:
+            decode(m.value)
+        except Exception:
+            bad += 1
+    seconds = time.perf_counter() - t
+    return {"events_per_s": round(len(messages) / seconds), "undecodable": bad}
+
+
+def main(argv=None) -> int:
+    from ops.settings import Settings
+    from schemas.wire import SchemaCodec
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=60_000, help="input records read (default 60,000)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1000, help="records a partition per batch (default 1,000)")
+    p.add_argument("--out", default="", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    settings = Settings()
+    messages = read_inputs(settings, args.events)
+    if not messages:
+        print("no input records: load some first (python -m bench.bench_jobs, or intelbus simulate)")
+        return 2
+    codec = SchemaCodec(url=settings.registry_url)
+    _, decode = build(settings, codec)
+    rounds = []
+    for r in range(args.rounds):
+        base = decode_round(decode, messages)
+        run = stages_round(settings, codec, messages, args.batch)
+        run["decode_only_per_s"] = base["events_per_s"]
+        run["ratio_to_decode_only"] = round(run["events_per_s"] / base["events_per_s"], 3)
+        run["round"] = r + 1
+        rounds.append(run)
+        print(json.dumps(run), flush=True)
+    print(json.dumps({"events": len(messages), "batch": args.batch,
+                      "median_ratio_to_decode_only": statistics.median(r["ratio_to_decode_only"] for r in rounds),
+                      "median_us_per_event": {k: statistics.median(r["us_per_event"][k] for r in rounds)
+                                              for k in rounds[0]["us_per_event"]}}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rounds, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
