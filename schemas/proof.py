@@ -82,6 +82,15 @@ _PROOF_HEADERS = frozenset((HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_ALG))
 _sha256 = hashlib.sha256
 _hmac_digest = hmac.digest
 _compare = hmac.compare_digest
+_BLOCK = 64  # SHA-256's block size, bytes (RFC 2104: keys are padded or hashed to it)
+_IPAD, _OPAD = bytes(x ^ 0x36 for x in range(256)), bytes(x ^ 0x5C for x in range(256))
+
+
+def hmac_pads(secret: bytes) -> tuple:
+    """The hash states of RFC 2104's inner and outer pads of `secret` (SHA-256), to copy per message."""
+    key = _sha256(secret).digest() if len(secret) > _BLOCK else secret
+    key = key.ljust(_BLOCK, b"\0")
+    return _sha256(key.translate(_IPAD)), _sha256(key.translate(_OPAD))
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class SigningKey:
     secret: bytes = field(repr=False)
     regions: frozenset[str] = frozenset()
     state: str = ACTIVE
+    # HMAC-SHA256's inner and outer hash states after the key's pads, made once: hmac.digest
+    # sets them up again for every record (4 us of a 5-us MAC here, on 200-byte records)
+    _pads: tuple = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self):
         if not self.key_id or not self.key_id.isascii() or not self.key_id.isprintable():
@@ -102,6 +114,16 @@ class SigningKey:
         if self.state not in (ACTIVE, REVOKED):
             raise ValueError(f"key {self.key_id}: state {self.state!r}, expected {ACTIVE} or {REVOKED}")
         object.__setattr__(self, "regions", frozenset(self.regions))
+        object.__setattr__(self, "_pads", hmac_pads(self.secret))
+
+    def mac(self, value: bytes) -> bytes:
+        """HMAC-SHA256(secret, value): the same 32 bytes as hmac.digest, from the pads made once."""
+        inner, outer = self._pads
+        inner = inner.copy()
+        inner.update(value)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     @property
     def every_region(self) -> bool:
@@ -173,7 +195,7 @@ def mac_hex(secret: bytes, value: bytes) -> str:
 def sign_headers(value: bytes, key: SigningKey) -> list[tuple[str, bytes]]:
     """The three Kafka headers proving that `key` published exactly these value bytes."""
     return [(HEADER_KEY_ID, key.key_id.encode()),
-            (HEADER_SIGNATURE, _hmac_digest(key.secret, value, "sha256").hex().encode()),
+            (HEADER_SIGNATURE, key.mac(value).hex().encode()),
             (HEADER_ALG, _ALG_BYTES)]
 
 
@@ -233,7 +255,7 @@ def verify(value: bytes, headers, keyring: Keyring, source_region: str,
     if len(given) != 32:
         return Refusal(BAD_HEADER, f"header {HEADER_SIGNATURE} holds {len(given)} bytes, an HMAC-SHA256 is 32 "
                                    f"(64 hex digits)", key_id=kid, system=key.system)
-    if not _compare(_hmac_digest(key.secret, value, "sha256"), given):
+    if not _compare(key.mac(value), given):
         revoked = " (the key is also revoked)" if key.state != ACTIVE else ""
         return Refusal(BAD_SIGNATURE, f"the MAC does not match the value bytes for key {kid} of system "
                                       f"{key.system}{revoked}: the value was changed after signing, or signed with "

@@ -126,8 +126,20 @@ def split_identifier(ident: str) -> tuple[str, str]:
 
 
 def identifiers_of(kind: str, record: dict) -> tuple[str, ...]:
-    """Every normalised identifier an event or record carries ('KIND:value'), once each, in order."""
-    return tuple(dict.fromkeys(identifier(k, v) for k, v, _ in subjects_of(kind, record)))
+    """Every normalised identifier an event or record carries ('KIND:value'), once each, in order.
+
+    The identifiers of `subjects_of` without its (kind, value, role) triples: called for every event
+    (twice for a listing), and the triples and their two de-duplications cost more than the rest."""
+    out: dict[str, None] = {}
+    for p in ((record["person"],) if kind == "wanted" else record.get("persons") or ()):
+        id_type = p.get("id_type")
+        if id_type == "RESIDENT_ID" or id_type == "PASSPORT":
+            out[id_type + ":" + p["id_number"]] = None
+    for v in record.get("vehicles") or ():
+        out["PLATE:" + v["plate"]] = None
+    for phone in record.get("phones") or ():
+        out["PHONE:" + phone] = None
+    return tuple(out)
 
 
 def case_link_identifiers(record: dict) -> tuple[str, ...]:

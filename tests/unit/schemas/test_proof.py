@@ -40,6 +40,20 @@ def test_the_headers_are_the_contract():
     assert mac_hex(K1.secret, VALUE) == sig.decode()
 
 
+def test_the_mac_from_pads_made_once_is_hmac_sha256_for_keys_shorter_longer_and_equal_to_the_block():
+    # RFC 4231 test case 1 and 6 (a key longer than SHA-256's 64-byte block is hashed first)
+    assert SigningKey("rfc-1", "rfc", b"\x0b" * 20).mac(b"Hi There").hex() == \
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+    assert SigningKey("rfc-6", "rfc", b"\xaa" * 131).mac(b"Test Using Larger Than Block-Size Key - Hash Key First").hex() \
+        == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    for size in (16, 32, 63, 64, 65, 200):
+        key = SigningKey("k-1", "k", bytes(range(size)) if size < 256 else b"k" * size)
+        for value in (b"", VALUE, VALUE * 50):
+            assert key.mac(value) == hmac.digest(key.secret, value, "sha256")
+            assert key.mac(value) == key.mac(value)  # the pads are copied, never consumed
+    assert K1.mac(VALUE) != K2.mac(VALUE)
+
+
 def test_a_valid_record_gives_its_key_id_for_its_region_and_regions_inside_a_key_s_region():
     assert verify(VALUE, sign_headers(VALUE, K1), RING, "130822", IS_WITHIN) == "xl-ztry-1"
     assert verify(VALUE, sign_headers(VALUE, HEBEI), RING, "130822", IS_WITHIN) == "hb-xczx-1"  # inside Hebei

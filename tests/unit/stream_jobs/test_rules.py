@@ -89,6 +89,24 @@ class TestIdentifiers:
         rec = {"person": {"id_type": "RESIDENT_ID", "id_number": "1"}, "vehicles": [], "phones": ["2"]}
         assert rules.identifiers_of("wanted", rec) == ("RESIDENT_ID:1", "PHONE:2")
 
+    def test_identifiers_of_are_the_subjects_identifiers_once_each_for_the_simulator_s_records(self):
+        from producers.simulator import SimConfig, Simulation
+        from schemas.records import subjects_of
+
+        seen_kinds = set()
+        for item in Simulation(SimConfig(seed=5, count=3000, start_ms=1_790_000_000_000)).records():
+            kind, record = item.kind, item.record
+            if not isinstance(record, dict) or (kind == "wanted" and not isinstance(record.get("person"), dict)):
+                continue
+            try:
+                subjects = subjects_of(kind, record)
+            except (KeyError, TypeError, AttributeError):  # the simulator's invalid records
+                continue
+            expected = tuple(dict.fromkeys(rules.identifier(k, v) for k, v, _ in subjects))
+            assert rules.identifiers_of(kind, record) == expected
+            seen_kinds.add(kind)
+        assert seen_kinds == {"alert", "wanted", "incident"}
+
     def test_case_links_use_suspects_plates_phones_of_cases_only(self):
         rec = {"incident_type": "THEFT",
                "persons": [{"id_type": "RESIDENT_ID", "id_number": "1", "role": "SUSPECT"},

@@ -151,3 +151,16 @@ def test_intelbus_jobs_refuses_the_removed_direct_loop_before_starting_a_worker(
     assert "intelbus jobs: INTELBUS_JOBS_CONSUMER_LOOP='direct': one of batch, faust (default batch)" in capsys.readouterr().err
     monkeypatch.setenv("INTELBUS_JOBS_CONSUMER_LOOP", "faust")  # the fallback starts
     assert run(p.parse_args([])) == 0 and started == [0]
+
+
+def test_state_json_writes_string_keys_plainly_and_still_takes_other_keys():
+    import json
+
+    from stream_jobs.state import dumps, loads
+
+    entry = {"seen": {"1": ["e-1", 1796188540275, 0]}, "state": {"rev": 1, "open": True, "ids": ["PLATE:津H20013"]}}
+    assert loads(dumps(entry)) == entry
+    assert dumps(entry) == json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
+    assert loads(dumps({3: "a", "b": [1]})) == {"3": "a", "b": [1]}  # a non-string key, as before: written as text
+    with pytest.raises(TypeError):
+        dumps({"a": object()})
