@@ -18,3 +18,12 @@ def test_batches_are_one_partition_each_in_offset_order_partitions_in_turn():
         [("intel.incident", 1, 4)],
     ]
     assert sum(len(b) for b in batches(records, 1000)) == len(records)  # every record once
+
+
+def test_shares_take_all_of_small_partitions_and_split_the_rest_evenly():
+    from bench.bench_stages import shares
+
+    assert shares([10, 1000, 1000], 1000) == [10, 495, 495]
+    assert shares([100, 100], 1000) == [100, 100]  # fewer than asked: everything
+    assert shares([0, 7, 500, 500, 500], 30) == [0, 7, 7, 8, 8]
+    assert sum(shares([3, 50, 9, 400], 200)) == 200
