@@ -41,21 +41,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def machine_times() -> tuple[int, int, int]:
-    """The machine's CPU time so far, in clock ticks of all cores: (busy, stolen, all). Stolen: time the
-    hypervisor ran something else while this machine's cores wanted to run (a shared host)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    steal = v[7] if len(v) > 7 else 0
-    return sum(v) - v[3] - v[4] - steal, steal, sum(v)
-
-
-def machine_shares(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict:
-    """Shares of the machine's CPU time between two `machine_times`: busy (ours) and stolen."""
-    total = max(1, after[2] - before[2])
-    return {"busy": round((after[0] - before[0]) / total, 3), "stolen": round((after[1] - before[1]) / total, 3)}
-
-
 def avro_ceiling(n: int = 20_000) -> dict:
     import fastavro
 

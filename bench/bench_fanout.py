@@ -70,6 +70,7 @@ import uuid
 from pathlib import Path
 
 from ops.processes import effective_nice, start_niced
+from bench.proc import cpu_seconds as process_cpu_seconds, machine_shares, machine_times
 from schemas.catalog import HIT_TOPIC
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -246,15 +247,7 @@ def control_process(registry_url: str, ready, go_home, conn) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4], sum(v)
+    return process_cpu_seconds(pid) or 0.0
 
 
 # where a sample of a gateway thread is, by its innermost frame that matches (first rule that matches wins)
@@ -464,18 +457,18 @@ def one_run(settings, codec, passwords, *, clients: int, rate: float, seconds: f
             spy.daemon = True
             spy.start()
         pids = [c.pid for c, _, _ in children]
-        last_cpu, last_busy = cpu_seconds(proc.pid), machine_busy()
+        last_cpu, last_busy = cpu_seconds(proc.pid), machine_times()
         last_clients = sum(cpu_seconds(pid) for pid in pids)
         started = time.monotonic()
         while sim.poll() is None and time.monotonic() - started < seconds + 120:
             time.sleep(1.0)
-            cpu, busy = cpu_seconds(proc.pid), machine_busy()
+            cpu, busy = cpu_seconds(proc.pid), machine_times()
             client_cpu = sum(cpu_seconds(pid) for pid in pids)
             with open("/proc/loadavg") as f:
                 load1 = float(f.read().split()[0])
             samples.append({"t": round(time.monotonic() - started, 1), "gateway_cpu_cores": round(cpu - last_cpu, 3),
                             "clients_cpu_cores": round(client_cpu - last_clients, 3), "loadavg_1m": load1,
-                            "machine_busy_share": round((busy[0] - last_busy[0]) / max(1, busy[1] - last_busy[1]), 3)})
+                            "machine_busy_share": machine_shares(last_busy, busy)["busy"]})
             last_cpu, last_busy, last_clients = cpu, busy, client_cpu
         if sim.poll() is None:
             sim.kill()

@@ -84,7 +84,7 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
     cpu0, t0 = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports), time.monotonic()
     events0 = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
-    from bench.bench_e2e import machine_shares, machine_times
+    from bench.proc import machine_shares, machine_times
 
     machine0 = machine_times()
     wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=1800, stable=2)

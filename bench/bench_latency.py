@@ -219,7 +219,8 @@ def waits_between(before: dict, after: dict) -> dict:
 
 
 def one_run(settings, rate: float, seconds: float) -> dict:
-    from bench.bench_e2e import fixed_rate, machine_shares, machine_times
+    from bench.bench_e2e import fixed_rate
+    from bench.proc import machine_shares, machine_times
 
     before, machine = worker_waits(settings), machine_times()
     probe = Probe(settings)

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.chaos import chaos_env, intelbus, loadavg
+from bench.proc import cpu_seconds as process_cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # its isolated stack's ports: base+180..base+650 (bench/chaos.py chaos_env's layout); the other isolated
@@ -115,11 +116,8 @@ class LogWatch:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return round((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    seconds = process_cpu_seconds(pid)
+    return None if seconds is None else round(seconds, 2)
 
 
 def hog() -> None:

@@ -52,6 +52,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench.proc import cpu_seconds as process_cpu_seconds, machine_shares, machine_times
 from bench.bench_e2e import percentile
 from schemas import catalog
 
@@ -73,9 +74,7 @@ escalation:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds(pid) or 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -84,12 +83,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def machine_busy() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4], sum(v)
 
 
 def summary(values: list[float]) -> dict:
@@ -216,7 +209,7 @@ class Phase:
         self.settings, self.pid, self.name = settings, pid, name
 
     def __enter__(self):
-        self.t0, self.cpu0, self.busy0, self.bus0 = time.monotonic(), cpu_seconds(self.pid), machine_busy(), bus_offsets(self.settings)
+        self.t0, self.cpu0, self.busy0, self.bus0 = time.monotonic(), cpu_seconds(self.pid), machine_times(), bus_offsets(self.settings)
         self.rss_max = rss_mib(self.pid)
         return self
 
@@ -225,11 +218,11 @@ class Phase:
 
     def __exit__(self, *exc):
         dt = time.monotonic() - self.t0
-        busy = machine_busy()
+        busy = machine_times()
         self.result = {"seconds": round(dt, 1),
                        "worker_cpu_cores": round((cpu_seconds(self.pid) - self.cpu0) / dt, 4),
                        "worker_rss_mib_max": round(max(self.rss_max, rss_mib(self.pid)), 1),
-                       "machine_busy_share": round((busy[0] - self.busy0[0]) / max(1, busy[1] - self.busy0[1]), 3),
+                       "machine_busy_share": machine_shares(self.busy0, busy)["busy"],
                        "bus_events_per_s": round((bus_offsets(self.settings) - self.bus0) / dt, 1),
                        "load_average_1m": float(open("/proc/loadavg").read().split()[0])}
         return False

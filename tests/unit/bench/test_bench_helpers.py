@@ -1,6 +1,7 @@
 """The benchmarks' pure helpers, and the trail generator's SQL on chDB (a current ClickHouse)."""
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -148,3 +149,21 @@ def test_worker_threads_splits_py_spy_samples_by_thread_and_innermost_package():
     got = parse_raw(raw)
     assert dict(got["thread (100): MainThread"]) == {"stream_jobs": 7, "selectors": 2}
     assert dict(got["thread (101): Thread-2"]) == {"aiokafka": 5}
+
+
+def test_proc_reads_this_process_and_the_machine_and_none_for_a_process_gone():
+    import subprocess
+
+    from bench.proc import cpu_seconds, machine_shares, machine_times
+
+    start = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))  # some CPU of our own
+    assert cpu_seconds(os.getpid()) > start
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert cpu_seconds(gone.pid) is None
+    before = machine_times()
+    busy, stolen, total = before
+    assert 0 <= busy <= total and 0 <= stolen <= total
+    shares = machine_shares(before, machine_times())
+    assert set(shares) == {"busy", "stolen"} and 0 <= shares["busy"] <= 1

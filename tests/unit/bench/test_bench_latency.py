@@ -32,7 +32,7 @@ def test_a_hop_inside_the_worker_is_the_mean_of_its_metrics_over_the_run_beside_
 
 
 def test_the_machines_share_of_stolen_time_is_read_apart_from_its_busy_time():
-    from bench.bench_e2e import machine_shares
+    from bench.proc import machine_shares
 
     # ticks: (busy, stolen, all): 600 busy and 300 stolen of 2,000
     assert machine_shares((1000, 100, 10_000), (1600, 400, 12_000)) == {"busy": 0.3, "stolen": 0.15}
