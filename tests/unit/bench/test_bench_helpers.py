@@ -167,3 +167,15 @@ def test_proc_reads_this_process_and_the_machine_and_none_for_a_process_gone():
     assert 0 <= busy <= total and 0 <= stolen <= total
     shares = machine_shares(before, machine_times())
     assert set(shares) == {"busy", "stolen"} and 0 <= shares["busy"] <= 1
+
+
+def test_the_fan_out_bench_reruns_itself_without_its_bench_nice_option():
+    from bench.bench_fanout import markdown, without_bench_nice
+
+    assert without_bench_nice(["--clients", "200", "--bench-nice", "-10", "--seconds", "60"]) == \
+        ["--clients", "200", "--seconds", "60"]
+    assert without_bench_nice(["--bench-nice=-10", "--rate", "2000"]) == ["--rate", "2000"]
+    assert without_bench_nice(["--gateway-nice", "0", "-10"]) == ["--gateway-nice", "0", "-10"]
+    report = {"at": "2026-12-02T06:06:33Z", "cpus": 2, "argv": "--clients 200", "runs": []}
+    assert "the bench at nice" not in markdown(report).splitlines()[0]
+    assert ", the bench at nice -10;" in markdown({**report, "bench_nice": -10}).splitlines()[0]
