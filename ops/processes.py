@@ -164,10 +164,12 @@ def set_autogroup_nice(pid: int, nice: int) -> bool:
 
 
 def start_niced(argv: list[str], nice: int, **popen) -> subprocess.Popen:
-    """Popen argv in a session of its own at `nice` (a value `effective_nice` allows): `nice` execs
-    argv at that priority, so its threads inherit it and the pid and command line stay argv's;
-    then the session's autogroup gets it too."""
-    proc = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + argv, start_new_session=True, **popen)
+    """Popen argv in a session of its own at `nice` (a value `effective_nice` allows; 0: the caller's):
+    `nice` execs argv at that priority, so its threads inherit it and the pid and command line stay
+    argv's; then the session's autogroup gets it too. The value is absolute: nice(1)'s -n adds to the
+    caller's own, so a caller already at -10 (a bench given --bench-nice) started its gateway at -20."""
+    delta = nice - os.nice(0) if nice else 0
+    proc = subprocess.Popen((["nice", "-n", str(delta)] if delta else []) + argv, start_new_session=True, **popen)
     if nice:
         set_autogroup_nice(proc.pid, nice)
     return proc

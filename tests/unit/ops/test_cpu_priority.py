@@ -50,7 +50,7 @@ def test_a_component_spawned_with_a_nice_value_runs_there_threads_and_autogroup_
         _threads(lowered.pid, 2)
         _threads(plain.pid, 2)
         assert lowered.alive(), "the marker is still argv's: `down` finds the process"
-        assert _nices(lowered.pid) == {os.nice(0) + 7}  # `nice` is relative to the caller's
+        assert _nices(lowered.pid) == {7}
         assert _nices(plain.pid) == {os.nice(0)}  # the control: spawned as before
         assert "intelbus starts sink (nice 7)" in (tmp_path / "a.log").read_text()
         autogroup = Path(f"/proc/{lowered.pid}/autogroup")
@@ -75,3 +75,26 @@ def test_the_jobs_workers_and_the_gateway_go_first_and_the_rest_as_before():
     assert all(c.nice == 0 for c in infrastructure(Settings()))  # Kafka, the registry, ClickHouse
     plain = {c.name: c.nice for c in services(Settings(jobs_nice=0, gateway_nice=0))}
     assert plain["jobs-0"] == plain["gateway"] == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux /proc")
+def test_the_nice_value_is_absolute_whatever_the_caller_runs_at():
+    """A caller at nice 3 starts a component at 7: 7 (nice(1)'s -n alone would make it 10); the control, a
+    component without a priority of its own, runs at the caller's 3."""
+    import subprocess
+
+    code = ("import os, subprocess, sys; os.nice(3); from ops.processes import start_niced; "
+            "argv = [sys.executable, '-c', 'import time; time.sleep(60)']; out = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}; "
+            "print(start_niced(argv, 7, **out).pid, start_niced(argv, 0, **out).pid)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3]).stdout.split()
+    niced, plain = int(out[0]), int(out[1])
+    try:
+        assert _nices(niced) == {7}
+        assert _nices(plain) == {os.nice(0) + 3}
+    finally:
+        for pid in (niced, plain):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
