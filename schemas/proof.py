@@ -103,7 +103,7 @@ class SigningKey:
     regions: frozenset[str] = frozenset()
     state: str = ACTIVE
     # HMAC-SHA256's inner and outer hash states after the key's pads, made once: hmac.digest
-    # sets them up again for every record (4 us of a 5-us MAC here, on 200-byte records)
+    # sets them up again for every record (4.1 us a 200-byte record here, 1.1 us from the pads)
     _pads: tuple = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self):
