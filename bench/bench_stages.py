@@ -2,10 +2,12 @@
 are not free either"): no faust, no Kafka in the loop, state in memory.
 
 The records (with their headers: the publishers' proofs) are read once from the stack `intelbus up`
-runs, from the start of `intel.alert`, `intel.wanted` and `intel.incident` (load some first:
+runs: the oldest of each partition of `intel.alert`, `intel.wanted` and `intel.incident`, as evenly
+as the partitions' sizes allow, so that runs on one stack read the same records (load some first:
 `bench.bench_jobs` does, or `intelbus simulate`). Then, in rounds, in this process:
 
-- decode only: the registry decoder over every record (the baseline, as `bench_jobs` has it);
+- decode only: the registry decoder over the same records, the median of three passes (the
+  yardstick; `bench_jobs` uses fastavro on generated incidents, `bench_e2e.avro_ceiling`);
 - the stages: `DedupeStage` (decode, proof of publisher, normalisation, dedupe state, match
   requests) -> `MatchStage` (index, look-back, candidates) -> `HitStage` (hit copies), as the
   worker builds them (`stream_jobs.app.build_stages`) but over `MemoryState`, in batches of
