@@ -72,8 +72,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from ops.processes import effective_nice, start_niced
 from bench.proc import cpu_seconds as process_cpu_seconds, machine_shares, machine_times
+from ops.processes import effective_nice, start_niced
 from schemas.catalog import HIT_TOPIC
 
 RESULTS = Path(__file__).resolve().parent / "results"

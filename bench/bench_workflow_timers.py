@@ -52,8 +52,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from bench.proc import cpu_seconds as process_cpu_seconds, machine_shares, machine_times
 from bench.bench_e2e import percentile
+from bench.proc import cpu_seconds as process_cpu_seconds, machine_shares, machine_times
 from schemas import catalog
 
 REPO = Path(__file__).resolve().parents[1]
