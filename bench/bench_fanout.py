@@ -669,8 +669,6 @@ def without_bench_nice(argv: list[str]) -> list[str]:
 
 def rerun_niced(argv: list[str], nice: int) -> int:
     """This bench again, in a session of its own at `nice` (as far as `effective_nice` allows); its exit code."""
-    from ops.processes import effective_nice, start_niced
-
     allowed = effective_nice(nice)
     if allowed != nice:
         print(f"--bench-nice {nice}: this user may not; the bench runs at {allowed}", file=sys.stderr)
