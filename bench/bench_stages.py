@@ -73,30 +73,14 @@ def shares(sizes: list[int], total: int) -> list[int]:
 
 
 def build(settings, codec):
-    """The three stages as `stream_jobs.app.build_stages` makes them, over memory."""
-    from identity.keys import keys_path
-    from schemas.catalog import HIT_TOPIC
-    from schemas.normalise import normalise_identifier
+    """The three stages as the worker makes them (`stream_jobs.app.make_stages`), over memory; and their decoder."""
     from schemas.regions import load_regions
-    from schemas.wire import RawDecoder
-    from stream_jobs.app import border_duplicate_settings, provinces_of
-    from stream_jobs.lookback import Lookback
-    from stream_jobs.proof import KeyringSource, make_verifier
-    from stream_jobs.stages import DedupeStage, HitStage, MatchStage
+    from stream_jobs.app import make_stages
     from stream_jobs.state import MemoryState
 
-    regions = load_regions()
-    decode = RawDecoder.for_registry(settings.registry_url)
-    verifier = make_verifier(KeyringSource(keys_path(settings)), regions.is_within) if settings.verify_records else None
     records, index, seen = MemoryState(), MemoryState(), MemoryState()
-    dedupe = DedupeStage(decode=decode, normalise=normalise_identifier, state=records, partitions=settings.partitions,
-                         window_ms=settings.dedupe_window_days * 86_400_000, verify=verifier)
-    match = MatchStage(state=index, partitions=settings.partitions, is_within=regions.is_within,
-                       case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode,
-                       lookback=Lookback(seconds=settings.jobs_lookback_s), **border_duplicate_settings(settings))
-    hits = HitStage(state=seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, h),
-                    provinces_of=lambda notify: provinces_of(notify, regions))
-    return [("dedupe", dedupe, records), ("match", match, index), ("hits", hits, seen)], decode
+    dedupe, match, hits = make_stages(settings, codec, load_regions(), records, index, seen)
+    return [("dedupe", dedupe, records), ("match", match, index), ("hits", hits, seen)], dedupe.decode
 
 
 def batches(messages: list, size: int):
@@ -136,7 +120,8 @@ def stages_round(settings, codec, messages: list, batch: int) -> dict:
             if topic is None:
                 counts["hit copies"] += len(result.outputs)
                 break
-            inputs = [Incoming(o.topic, o.partition or 0, 0, o.key, o.value) for o in result.outputs if o.topic == topic]
+            inputs = [Incoming(o.topic, o.partition or 0, 0, o.key, o.value)
+                      for o in result.outputs if o.topic == topic]
     seconds = clock() - started
     n = len(messages)
     return {"events_per_s": round(n / seconds), "us_per_event": {k: round(v / n * 1e6, 1) for k, v in spent.items()},

@@ -358,13 +358,13 @@ class StageWiring(NamedTuple):
     before: object = None
 
 
-def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
-    """The three stages over the app's tables, each with the topic it reads (dedupe, match, hits)."""
+def make_stages(settings: Settings, codec, regions, records, index,
+                hits_seen) -> tuple[DedupeStage, MatchStage, HitStage]:
+    """The three stages with the worker's settings over the states given (records, index, hits-seen):
+    the app's tables (`build_stages`), or memory (bench/bench_stages.py)."""
     from schemas.normalise import normalise_identifier
     from schemas.wire import RawDecoder
 
-    records, index, hits_seen = (FaustTableState(_raw_table(app, name, settings.partitions))
-                                 for name in ("records", "index", "hits-seen"))
     decode = RawDecoder.for_registry(settings.registry_url)
     verifier = None
     if settings.verify_records:
@@ -383,15 +383,24 @@ def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
     match = MatchStage(state=index, partitions=settings.partitions, is_within=regions.is_within,
                        case_window_ms=settings.case_link_window_days * 86_400_000, decode=decode, lookback=lookback,
                        **border_duplicate_settings(settings))
+    hits = HitStage(state=hits_seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, hit_record(h)),
+                    provinces_of=lambda notify: provinces_of(notify, regions))
+    return dedupe, match, hits
+
+
+def build_stages(app, settings: Settings, codec, regions) -> list[StageWiring]:
+    """The three stages over the app's tables, each with the topic it reads (dedupe, match, hits)."""
+    records, index, hits_seen = (FaustTableState(_raw_table(app, name, settings.partitions))
+                                 for name in ("records", "index", "hits-seen"))
+    dedupe, match, hits = make_stages(settings, codec, regions, records, index, hits_seen)
     kafka_config = settings.kafka_config(JOBS)
-    restorer = LookbackRestorer(lookback, lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
+    restorer = LookbackRestorer(match.lookback,
+                                lambda stops, since_ms: read_since(kafka_config, MATCH_TOPIC, stops, since_ms),
                                 topic=MATCH_TOPIC)
 
     @app.on_partitions_assigned.connect
     async def _match_partitions_assigned(sender, assigned, **kwargs):
         restorer.on_assigned(tp.partition for tp in assigned if tp.topic == MATCH_TOPIC)
-    hits = HitStage(state=hits_seen, encode_hit=lambda h: codec.encode(HIT_TOPIC, hit_record(h)),
-                    provinces_of=lambda notify: provinces_of(notify, regions))
     emitted = EmittedHits(hits, lambda since_ms: read_hit_copies_since(kafka_config, HIT_TOPIC, since_ms),
                           seconds=settings.jobs_lookback_s)
 
