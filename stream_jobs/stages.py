@@ -355,6 +355,20 @@ def source_region_of(summary: dict) -> str:
 
 # --- stage 2: match -----------------------------------------------------------------------
 
+def adds_keys(op: Op) -> bool:
+    """Whether an operation can add a key to the index (`MatchStage._apply`): an add, or a lookup
+    that keeps its event (a case incident's `recent`, a border report). A plain lookup only reads,
+    a remove only changes a record that is there.
+
+    The index sweep walks `Sweeper.per_message` keys per such operation (and its floor of keys a
+    second): its bound (a pass takes at most half as many key-adding operations as the partition
+    holds keys) needs no more. Walking per operation, as before 2026-12-02, walked five times as
+    many keys as the index gained (of 100,889 operations of 60,000 simulated events, 82,038 were
+    plain lookups), and the sweep was a tenth of the stages' time."""
+    t = type(op)
+    return t is AddOp or (t is LookupOp and (op.case or op.dup))
+
+
 class MatchStage:
     """Keeps the identifier index (open records, recent case incidents) and finds hits."""
 
@@ -392,7 +406,9 @@ class MatchStage:
     def process(self, batch: list[Incoming], now_ms: int) -> StageResult:
         result = StageResult()
         requests = []
-        clock, ops_by_partition = 0, Counter()  # the sweep's clock: the newest publish time of the batch's events
+        # the sweep's clock: the newest publish time of the batch's events; and each partition's
+        # operations that can add an index key (`adds_keys`), which set how far its sweep walks
+        clock, adding_by_partition = 0, Counter()
         for msg in batch:
             try:
                 req = decode_match_request(msg.value)
@@ -402,7 +418,7 @@ class MatchStage:
                 continue
             events, ops = req.events, req.ops
             requests.append((msg, events, ops))
-            ops_by_partition[msg.partition] += len(ops)
+            adding_by_partition[msg.partition] += sum(map(adds_keys, ops))
             for ev in events.values():
                 reported = ev.get("reported")
                 if type(reported) is int and reported > clock:
@@ -423,7 +439,7 @@ class MatchStage:
                         self._apply(op, events, msg.partition, now_ms, result)
                     except Exception as exc:  # never stall the partition on one bad operation
                         result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {op.op} on {op.id}"))
-        sweep_partitions(self.sweeper, self.state, INDEX_TABLE, ops_by_partition, min(clock, now_ms), result)
+        sweep_partitions(self.sweeper, self.state, INDEX_TABLE, adding_by_partition, min(clock, now_ms), result)
         return result
 
     def _apply(self, op: Op, events: dict, partition: int, now_ms: int, result: StageResult) -> None:

@@ -228,6 +228,8 @@ class Sweeper:
     def sweep(self, state: PartitionedState, partition: int, messages: int, clock_ms: int) -> tuple[int, int]:
         """Walk the next slice of the partition; returns (keys examined, keys deleted)."""
         limit = self.slice_for(partition, messages, clock_ms)
+        if limit <= 0:  # a batch that adds no key, within the floor's second: nothing to walk
+            return 0, 0
         raw = state.get(partition, CURSOR_KEY)
         kept_before, cursor = (0, None) if raw is None else (int(raw.partition(b":")[0]), raw.partition(b":")[2])
         items = state.scan(partition, cursor, limit)
