@@ -209,6 +209,10 @@ class LookbackRestorer:
                         exc_info=True)
             return
         restored = sum(self.lookback.restore(p, found.get(p, ())) for p in stops)
+        from stream_jobs import metrics
+
+        metrics.LOOKBACK_RESTORED.inc(restored)
+        metrics.LOOKBACK_RESTORE_SECONDS.inc(time.monotonic() - started)
         log.info("%s %s: look-back restored, %d lookups of the last %.0f s read back in %.1f s",
                  self.topic, sorted(stops), restored, self.lookback.seconds, time.monotonic() - started)
 

@@ -60,6 +60,12 @@ STATE_SWEPT = Counter("intelbus_jobs_state_swept_total",
                       "State entries examined by the expiry sweep (a slice of each table per batch), by table",
                       ["table"])
 
+LOOKBACK_RESTORED = Counter("intelbus_jobs_lookback_restored_total",
+                            "Lookups of intel.match.requests read back into the look-back when the worker got "
+                            "partitions of it (start, restart, rebalance)")
+LOOKBACK_RESTORE_SECONDS = Counter("intelbus_jobs_lookback_restore_seconds_total",
+                                   "Time the match stage waited for those read-backs (reading and remembering)")
+
 
 class StateSizes:
     """`intelbus_jobs_state_entries{table}`: the entries of each table in the partitions this

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from stream_jobs import metrics
 from stream_jobs.lookback import Lookback, LookbackRestorer
 from stream_jobs.stages import Incoming, MATCH_TOPIC
 
@@ -109,10 +110,12 @@ def test_a_partition_gained_is_read_back_up_to_its_first_offset_in_the_batch_onc
                        (clock.now - 10, 12, request(("c", "PHONE:1")))]})
     restorer = LookbackRestorer(lb, reads, topic=MATCH_TOPIC)
     restorer.on_assigned([1, 2])
+    restored_before = metrics.LOOKBACK_RESTORED._value.get()
     asyncio.run(restorer.before(batch((2, 12), (2, 13))))
     # offset 12 is about to be processed: only what came before it is read back
     assert reads.calls == [({2: 12}, int((clock.now - 600) * 1000))]
     assert [e["event_id"] for e in lb.recent(2, "PHONE:1")] == ["a", "b"]
+    assert metrics.LOOKBACK_RESTORED._value.get() - restored_before == 2  # what an operator sees of a restart's cost
     asyncio.run(restorer.before(batch((2, 14))))  # restored already: not read again
     assert len(reads.calls) == 1
     asyncio.run(restorer.before(batch((1, 0))))  # partition 1's turn when it has traffic
