@@ -91,6 +91,12 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     done = time.monotonic()
     machine = machine_shares(machine0, machine_times())
     processed = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
+    # A worker that gets match partitions first reads the last INTELBUS_JOBS_LOOKBACK_S of their
+    # requests back (stream_jobs/lookback.py): a run started within that time of an earlier load
+    # does that work too (measured 2026-12-02: a quarter of the worker's main thread, after the
+    # previous round's 60,000 events). Reported, so rounds are compared knowing it.
+    restored = sum(_metric_sum(p, "intelbus_jobs_lookback_restored_total") for p in ports)
+    restore_s = sum(_metric_sum(p, "intelbus_jobs_lookback_restore_seconds_total") for p in ports)
     cpu = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports) - cpu0
     full_stack(scaled, out=lambda m: None).down(only=names - {"jobs-0"})
     first = run["first_event"] or run["ready"]
@@ -104,6 +110,7 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
             "warmup_seconds_alone_to_ready": warmup,
             "workers_cpu_cores": round(cpu / max(1e-9, done - t0), 2),
             "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None,
+            "lookback_restored_lookups": int(restored), "lookback_restore_seconds": round(restore_s, 2),
             "machine": machine}
 
 
