@@ -3,11 +3,16 @@
 The input topics are loaded first with the jobs stopped (the simulator, --rate 0); then the
 workers start together and the clock runs from the first event a dedupe stage counts to
 the moment the group's lag reaches zero (rebalances among the starting workers, table
-recovery and look-back reads inside it included). Produce-to-hit latency is measured separately, at a
-fixed rate, from the workers' intelbus_produce_to_hit_seconds histogram.
+recovery and look-back reads inside it included). Before they start, the run waits until the
+bus's match requests are older than the workers' look-back (up to INTELBUS_JOBS_LOOKBACK_S, 2
+minutes): otherwise a run started soon after another restores that run's lookups, and the
+runs are not alike; what is restored anyway is reported (`lookback_restored_lookups`).
+Produce-to-hit latency is measured separately, at a fixed rate, from the workers'
+intelbus_produce_to_hit_seconds histogram.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import urllib.request
@@ -79,6 +84,7 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     starts = end_offsets(settings, INPUT_TOPICS)
     load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
     events = load["published"]
+    waited = _after_previous_lookback(settings)
     run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
     # the workers' own CPU from here to the drain: events per CPU-second of a worker says whether
     # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
@@ -111,7 +117,57 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
             "workers_cpu_cores": round(cpu / max(1e-9, done - t0), 2),
             "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None,
             "lookback_restored_lookups": int(restored), "lookback_restore_seconds": round(restore_s, 2),
+            "seconds_waited_for_previous_lookback": round(waited, 1),
             "machine": machine}
+
+
+def newest_request_ms(settings, timeout: float = 10.0) -> int | None:
+    """The Kafka timestamp (ms) of the newest message of `intel.match.requests`, None if it is empty."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.catalog import MATCH_REQUESTS_TOPIC
+
+    consumer = Consumer({**settings.kafka_config("intelbus-admin"), "group.id": "bench-jobs-newest",
+                         "enable.auto.commit": False})
+    try:
+        last = []
+        for p in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(MATCH_REQUESTS_TOPIC, p), timeout=timeout)
+            if high > low:
+                last.append(TopicPartition(MATCH_REQUESTS_TOPIC, p, high - 1))
+        if not last:
+            return None
+        consumer.assign(last)
+        newest, left, deadline = None, {tp.partition for tp in last}, time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(len(left), 0.5):
+                if msg.error() is None and msg.partition() in left:
+                    left.discard(msg.partition())
+                    newest = max(newest or 0, msg.timestamp()[1])
+        return newest
+    finally:
+        consumer.close()
+
+
+def _after_previous_lookback(settings, out=sys.stderr) -> float:
+    """Wait, if need be, until the bus's match requests are older than the workers' look-back.
+
+    A worker that gets match partitions first reads the last `jobs_lookback_s` of their requests
+    back (stream_jobs/lookback.py). Started within that time of an earlier run's drain, the measured
+    workers would restore its lookups (98,268 in the 2-worker run of `make bench` on 2026-12-02,
+    2.7 s of waiting, while the 1-worker run before it restored none): a start-up cost, like the
+    changelog recovery the warm-up keeps out of the drain, and one that made runs unlike each other.
+    Returns the seconds waited; what is restored anyway is reported per run."""
+    newest = newest_request_ms(settings)
+    if newest is None:
+        return 0.0
+    wait = newest / 1000 + settings.jobs_lookback_s + 2 - time.time()
+    if wait <= 0:
+        return 0.0
+    print(f"[bench jobs] waiting {wait:.0f} s: the last match requests leave the workers' look-back "
+          f"({settings.jobs_lookback_s:.0f} s) first, so this run does not restore them", file=out, flush=True)
+    time.sleep(wait)
+    return wait
 
 
 def _start_together(stack, indexes: list[int], ports: list[int]) -> dict:
