@@ -124,8 +124,9 @@ class Settings:
                                     "partition's commit point (a message not acknowledged while later ones were) "
                                     "after this long, s", 5.0)
     jobs_stuck_not_ready_s: float = _env("INTELBUS_JOBS_STUCK_NOT_READY_S", "jobs: a worker not ready (a rebalance "
-                                         "or a table recovery) with nothing moving for this long exits, and its "
-                                         "supervisor restarts it, s (0: never)", 120.0)
+                                         "or a table recovery) with nothing moving for this long, or whose consumer "
+                                         "has not ended a seek to the committed offsets for this long, exits, and "
+                                         "its supervisor restarts it, s (0: never)", 120.0)
     workflows_session_s: float = _env("INTELBUS_WORKFLOWS_SESSION_S", "workflow job: consumer session timeout, s", 10.0)
     workflows_offset_reset: str = _env("INTELBUS_WORKFLOWS_OFFSET_RESET", "workflow job: where a new group starts "
                                        "reading its inputs (earliest, latest)", "earliest")

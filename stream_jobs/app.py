@@ -31,7 +31,7 @@ from stream_jobs.stages import (
     CANDIDATE_TOPIC, DedupeStage, DeadLetter, HitStage, Incoming, MatchStage, MATCH_TOPIC, StageResult,
 )
 from stream_jobs.tables import FaustTableState
-from stream_jobs.watchdog import CommitWatchdog, PartitionView, StuckNotReady
+from stream_jobs.watchdog import CommitWatchdog, PartitionView, SeeksNotEnding, StuckNotReady
 
 log = logging.getLogger("intelbus.jobs")
 
@@ -451,11 +451,15 @@ def add_housekeeping(app, settings: Settings, producer, worker_index: int) -> No
 
     watched = {*INPUT_TOPICS, MATCH_TOPIC, CANDIDATE_TOPIC}
     watchdog = CommitWatchdog(stuck_after=settings.jobs_stuck_after_s, hole_after=settings.jobs_hole_after_s)
+    seeks = SeeksNotEnding(settings.jobs_stuck_not_ready_s)
 
     @app.timer(interval=1.0)
     async def _watch_commits():
         try:
-            await repair_stuck_partitions(app, watchdog, watched, probe=lambda *where: probe_hole(kafka_config, *where))
+            await repair_stuck_partitions(app, watchdog, watched, probe=lambda *where: probe_hole(kafka_config, *where),
+                                          seeks=seeks)
+        except SeeksStuck as exc:
+            exit_stuck_seeking(worker_index, exc.stuck_s, app)
         except Exception:  # the broker away, say: a safety net must not take the worker down
             log.warning("could not check or repair the partitions' commits; trying again in 5 s", exc_info=True)
             watchdog.reset()
@@ -538,6 +542,16 @@ def exit_stuck(worker_index: int, reason: str, stuck_s: float, app) -> None:
                  "(INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s",
                  worker_index, reason, stuck_s, rebalances, generation,
                  f"recovering, {left} changelog records left" if recovering else "not recovering", where_it_waits(app))
+    logging.shutdown()
+    os._exit(70)
+
+
+def exit_stuck_seeking(worker_index: int, stuck_s: float, app) -> None:
+    """End a worker whose consumer no longer answers its seeks (`SeeksNotEnding`), after logging where
+    its threads and tasks wait."""
+    log.critical("worker %d: the seeks to the committed offsets have not ended for %.0f s while it counts as ready "
+                 "(its consumer fetches nothing; seen after a broker restart): it exits so that it is restarted "
+                 "(INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s", worker_index, stuck_s, where_it_waits(app))
     logging.shutdown()
     os._exit(70)
 
@@ -632,8 +646,16 @@ def probe_hole(kafka_config: dict, topic: str, partition: int, first: int, last:
         consumer.close()
 
 
+class SeeksStuck(Exception):
+    """The repairs' seeks have not ended for `stuck_s` seconds (`SeeksNotEnding`)."""
+
+    def __init__(self, stuck_s: float):
+        super().__init__(f"the seeks to the committed offsets have not ended for {stuck_s:.0f} s")
+        self.stuck_s = stuck_s
+
+
 async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str], settle: float = 0.2,
-                                  probe=None, seek_timeout: float = 30.0) -> list:
+                                  probe=None, seek_timeout: float = 30.0, seeks: SeeksNotEnding | None = None) -> list:
     """When the watchdog finds a partition stuck (`stream_jobs.watchdog`), read the worker's
     partitions again from their committed offsets; nothing is judged while faust rebalances
     or recovers tables. Returns the stuck partitions.
@@ -659,6 +681,9 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
             pending = acked.get(tp)
             views[tp] = PartitionView(committed.get(tp), len(pending) if pending else 0, highwater,
                                       hole=hole_at_commit_point(consumer, tp) is not None)
+    progress = tuple(sorted((tp.topic, tp.partition, view.committed or -1) for tp, view in views.items()))
+    if seeks is not None:
+        seeks.look(progress)
     stuck = watchdog.check(views)
     if stuck and probe is not None:
         stuck = [tp for tp in stuck if not await _hole_without_messages(consumer, tp, probe)]
@@ -704,6 +729,12 @@ async def repair_stuck_partitions(app, watchdog: CommitWatchdog, topics: set[str
                 except asyncio.TimeoutError:
                     log.warning("the seek to the committed offsets did not end within %.0f s (the broker or the "
                                 "group's coordinator away?): the flow resumes, the watchdog looks again", seek_timeout)
+                    stuck_s = seeks.timed_out(seek_timeout, progress) if seeks is not None else None
+                    if stuck_s is not None:
+                        raise SeeksStuck(stuck_s)
+                else:
+                    if seeks is not None:
+                        seeks.ended()
         finally:
             if rebalance_since(app, looked_at):
                 log.info("a rebalance began during the partitions' repair: the repair leaves the flow to faust, "

@@ -146,3 +146,42 @@ class StuckNotReady:
             return None
         stuck = now - self._since
         return stuck if stuck >= self.after else None
+
+
+class SeeksNotEnding:
+    """Since when the commit watchdog's seeks to the committed offsets have been timing out, one
+    after the other (`stream_jobs.app.repair_stuck_partitions` bounds each by `seek_timeout`).
+
+    Seen in the broker-kill ground-truth test (a clean-clone `make test`, 2026-12-02): the broker
+    came back 30 s after its SIGKILL, and for the next 10 minutes every seek of the worker's
+    repairs timed out, its consumer fetched nothing ("last inbound 10.60 minutes ago"), and it
+    stayed "ready". The seek's own bound let the flow resume, but nothing flowed. A worker in that
+    state exits once the seeks have not ended for `after` seconds (the same setting as
+    `StuckNotReady`), and its supervisor restarts it: a new consumer joins the group and reads from
+    the committed offsets, and what was processed since is a replay. The count starts again when a
+    seek ends or when the worker's committed offsets move (`look`): a seek that once hung while
+    the worker went on processing says nothing about a later one. Pure bookkeeping; the clock is
+    injected."""
+
+    def __init__(self, after: float, clock=time.monotonic):
+        self.after = after
+        self.clock = clock
+        self._since: float | None = None
+        self._progress: Hashable = None
+
+    def look(self, progress: Hashable) -> None:
+        """The worker's committed offsets now (any hashable): moved since the first timeout, the count starts again."""
+        if self._since is not None and progress != self._progress:
+            self._since = None
+
+    def timed_out(self, waited_s: float, progress: Hashable = None) -> float | None:
+        """A seek gave up after `waited_s`: the seconds the seeks have not ended, once they reach `after`."""
+        now = self.clock()
+        if self._since is None:
+            self._since, self._progress = now - waited_s, progress
+        stuck = now - self._since
+        return stuck if self.after > 0 and stuck >= self.after else None
+
+    def ended(self) -> None:
+        """A seek ended: the consumer answers."""
+        self._since = None

@@ -168,6 +168,59 @@ def test_a_seek_that_never_ends_while_the_broker_is_away_does_not_leave_the_flow
     assert "did not end within" in caplog.text
 
 
+def test_a_worker_whose_seeks_keep_not_ending_is_told_to_exit_and_one_whose_seek_ends_is_not():
+    """After a broker restart (broker-kill ground-truth test, 2026-12-02) every repair's seek timed out
+    for 10 minutes and the worker, "ready", fetched nothing: once the seeks have not ended for the
+    stuck-not-ready time the repair says so (the worker exits and its supervisor restarts it)."""
+    import asyncio
+
+    import pytest
+
+    from stream_jobs.app import INPUT_TOPICS, SeeksStuck, repair_stuck_partitions
+    from stream_jobs.watchdog import SeeksNotEnding
+
+    dog, clock = watchdog()
+    seeks = SeeksNotEnding(after=120, clock=clock)
+    app = FakeApp()
+    hanging = [True]
+
+    async def seek():
+        app.consumer.calls.append("perform_seek")
+        if hanging[0]:
+            await asyncio.Event().wait()
+
+    app.consumer.perform_seek = seek
+    run = lambda: asyncio.run(repair_stuck_partitions(app, dog, set(INPUT_TOPICS), settle=0, seek_timeout=0.05,
+                                                      seeks=seeks))
+    run()
+    for _ in range(4):  # four repairs whose seeks time out, 31 s apart: up to 93 s without a seek ending
+        clock.now += 31
+        assert run() == [app.consumer.tp]
+    clock.now += 31
+    with pytest.raises(SeeksStuck) as raised:  # the fifth: 124 s since the first seek began
+        run()
+    assert raised.value.stuck_s >= 120 and "have not ended for 124 s" in str(raised.value)
+    assert app.consumer.flow_active  # the flow was resumed all the same
+
+    # the control: a seek that ends starts the count again
+    hanging[0] = False
+    clock.now += 31
+    assert run() == [app.consumer.tp]
+    hanging[0] = True
+    for _ in range(4):
+        clock.now += 31
+        assert run() == [app.consumer.tp]  # 93 s of seeks not ending: not yet
+    assert SeeksNotEnding(after=0, clock=clock).timed_out(500) is None  # 0: never
+
+    # and one whose commits moved after a seek hung: the worker processes, the count starts again
+    app.consumer._committed_offset[app.consumer.tp] += 10
+    clock.now += 31
+    run()  # sees the commit moved
+    for _ in range(4):
+        clock.now += 31
+        assert run() == [app.consumer.tp]  # no raise: 93 s since the first timeout after the move
+
+
 def test_a_stuck_partition_whose_hole_holds_no_message_is_recorded_as_a_gap_and_not_read_again():
     import asyncio
 
