@@ -537,21 +537,25 @@ def not_ready_progress(app) -> tuple:
 def exit_stuck(worker_index: int, reason: str, stuck_s: float, app) -> None:
     """End a worker stuck not ready (`StuckNotReady`), after logging where its threads and tasks wait."""
     rebalances, generation, recovering, left = not_ready_progress(app)
-    log.critical("worker %d has been not ready (%s) for %.0f s with nothing moving (rebalance %d, generation %s, "
-                 "tables %s; Kafka away, or a rebalance stalled): it exits so that it is restarted "
-                 "(INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s",
-                 worker_index, reason, stuck_s, rebalances, generation,
-                 f"recovering, {left} changelog records left" if recovering else "not recovering", where_it_waits(app))
-    logging.shutdown()
-    os._exit(70)
+    _exit_to_be_restarted(app, "worker %d has been not ready (%s) for %.0f s with nothing moving (rebalance %d, "
+                          "generation %s, tables %s; Kafka away, or a rebalance stalled)",
+                          worker_index, reason, stuck_s, rebalances, generation,
+                          f"recovering, {left} changelog records left" if recovering else "not recovering")
 
 
 def exit_stuck_seeking(worker_index: int, stuck_s: float, app) -> None:
     """End a worker whose consumer no longer answers its seeks (`SeeksNotEnding`), after logging where
     its threads and tasks wait."""
-    log.critical("worker %d: the seeks to the committed offsets have not ended for %.0f s while it counts as ready "
-                 "(its consumer fetches nothing; seen after a broker restart): it exits so that it is restarted "
-                 "(INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s", worker_index, stuck_s, where_it_waits(app))
+    _exit_to_be_restarted(app, "worker %d: the seeks to the committed offsets have not ended for %.0f s while it "
+                          "counts as ready (its consumer fetches nothing; seen after a broker restart)",
+                          worker_index, stuck_s)
+
+
+def _exit_to_be_restarted(app, what: str, *args) -> None:
+    """Log `what` (a %-format over args) and where the worker's threads and tasks wait, then exit with
+    status 70, which the supervisor and every restarter of docs/deploy.md restart."""
+    log.critical(what + ": it exits so that it is restarted (INTELBUS_JOBS_STUCK_NOT_READY_S). Where it waited:\n%s",
+                 *args, where_it_waits(app))
     logging.shutdown()
     os._exit(70)
 

@@ -209,12 +209,13 @@ class LookbackRestorer:
                         exc_info=True)
             return
         restored = sum(self.lookback.restore(p, found.get(p, ())) for p in stops)
+        waited = time.monotonic() - started
         from stream_jobs import metrics
 
         metrics.LOOKBACK_RESTORED.inc(restored)
-        metrics.LOOKBACK_RESTORE_SECONDS.inc(time.monotonic() - started)
+        metrics.LOOKBACK_RESTORE_SECONDS.inc(waited)
         log.info("%s %s: look-back restored, %d lookups of the last %.0f s read back in %.1f s",
-                 self.topic, sorted(stops), restored, self.lookback.seconds, time.monotonic() - started)
+                 self.topic, sorted(stops), restored, self.lookback.seconds, waited)
 
 
 def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, since_ms: int,
