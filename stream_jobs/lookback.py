@@ -243,9 +243,7 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
                 raise KafkaException(described.error)
             partitions = described.partitions
             stops = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
-        found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in stops], timeout=timeout)
-        starts = {tp.partition: tp.offset for tp in found
-                  if tp.error is None and 0 <= tp.offset < stops[tp.partition]}
+        starts = where_since_begins(consumer, topic, stops, since_ms, timeout, refused=refused, short=short)
         out: dict[int, list] = {p: [] for p in starts}
         if not starts:
             return out
@@ -272,6 +270,41 @@ def read_since(kafka_config: dict, topic: str, stops: dict[int, int] | None, sin
         return out
     finally:
         consumer.close()
+
+
+def where_since_begins(consumer, topic: str, stops: dict[int, int], since_ms: int, timeout: float, *,
+                       refused=(), short: str = "", pause_s: float = 0.5, clock=time.monotonic, sleep=time.sleep
+                       ) -> dict[int, int]:
+    """partition -> the offset of its first message at or after `since_ms`, for the partitions
+    that have one before their stop (`offsets_for_times`, asked again for the partitions it
+    answered with an error until `timeout`). A partition whose leader is moving (a broker just
+    restarted) answers with an error for a moment; skipped silently, its look-back was empty and
+    a listing indexed after the restart missed the sighting before it. What is still unanswered
+    at the timeout is logged with `short`; a refusal raises at once."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    deadline = clock() + timeout
+    asking, starts = dict(stops), {}
+    while True:
+        errors = {}
+        for tp in consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in asking],
+                                             timeout=max(1.0, deadline - clock())):
+            if tp.error is not None:
+                if tp.error.code() in refused:
+                    raise KafkaException(tp.error)
+                errors[tp.partition] = tp.error
+                continue
+            asking.pop(tp.partition, None)
+            if 0 <= tp.offset < stops[tp.partition]:
+                starts[tp.partition] = tp.offset
+        if not asking or clock() + pause_s >= deadline:
+            break
+        sleep(pause_s)
+    if asking:
+        log.warning("%s %s: where the messages since %d begin was not found within %.0f s (%s); %s", topic,
+                    sorted(asking), since_ms, timeout, "; ".join(sorted({str(e) for e in errors.values()})) or "no answer",
+                    short)
+    return starts
 
 
 class ReadBack:

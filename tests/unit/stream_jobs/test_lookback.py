@@ -177,3 +177,75 @@ def test_when_full_the_oldest_lookups_are_forgotten_first(caplog):
     assert lb.entries <= 100
     assert lb.recent(0, "PHONE:149") and not lb.recent(0, "PHONE:0")
     assert "look-back full" in caplog.text
+
+
+class FakeError:
+    def __init__(self, code, text):
+        self._code, self.text = code, text
+
+    def code(self):
+        return self._code
+
+    def __str__(self):
+        return self.text
+
+
+class OffsetsAnswers:
+    """offsets_for_times answering from a script: one {partition: offset or FakeError} per call."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.asked = []
+
+    def offsets_for_times(self, tps, timeout):
+        from types import SimpleNamespace
+
+        self.asked.append(sorted(tp.partition for tp in tps))
+        answer = self.answers.pop(0)
+        # a TopicPartition's fields as librdkafka sets them: an error on a partition it could not answer
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition,
+                                offset=-1 if isinstance(answer[tp.partition], FakeError) else answer[tp.partition],
+                                error=answer[tp.partition] if isinstance(answer[tp.partition], FakeError) else None)
+                for tp in tps]
+
+
+def test_a_partition_whose_leader_is_moving_is_asked_again_not_left_with_an_empty_look_back():
+    from stream_jobs.lookback import where_since_begins
+
+    moving = FakeError(6, "NOT_LEADER_OR_FOLLOWER")
+    consumer = OffsetsAnswers({0: 40, 1: moving, 2: -1}, {1: moving}, {1: 17})
+    slept = []
+    starts = where_since_begins(consumer, "intel.match.requests", {0: 50, 1: 30, 2: 9}, 0, 60.0,
+                                sleep=slept.append, clock=lambda: 0.0)
+    # partition 1 read from offset 17 once its new leader answered; partition 2 has nothing since
+    assert starts == {0: 40, 1: 17}
+    assert consumer.asked == [[0, 1, 2], [1], [1]] and len(slept) == 2
+
+
+def test_a_partition_never_answered_is_named_in_a_warning_after_the_timeout(caplog):
+    from stream_jobs.lookback import where_since_begins
+
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    moving = FakeError(6, "NOT_LEADER_OR_FOLLOWER")
+    consumer = OffsetsAnswers(*[{0: 5, 1: moving}] + [{1: moving}] * 10)
+    starts = where_since_begins(consumer, "intel.match.requests", {0: 50, 1: 30}, 0, 2.0, sleep=sleep,
+                                clock=lambda: now[0], short="the look-back is shorter for them")
+    assert starts == {0: 5}
+    assert "intel.match.requests [1]" in caplog.text and "NOT_LEADER_OR_FOLLOWER" in caplog.text
+    assert "the look-back is shorter for them" in caplog.text
+
+
+def test_a_refused_partition_raises_at_once():
+    import pytest
+    from confluent_kafka import KafkaError, KafkaException
+
+    from stream_jobs.lookback import where_since_begins
+
+    consumer = OffsetsAnswers({0: FakeError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "TOPIC_AUTHORIZATION_FAILED")})
+    with pytest.raises(KafkaException):
+        where_since_begins(consumer, "intel.match.requests", {0: 50}, 0, 60.0, refused=(KafkaError.TOPIC_AUTHORIZATION_FAILED,),
+                           sleep=lambda s: None)
