@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,18 @@ def cluster_up(env: dict, *, log=print):
     finally:
         down = intelbus(env, "down", "--purge", timeout=300)
         log(down.stdout[-2000:])
+
+
+def keep_evidence(stack_dir: str, into: Path) -> Path:
+    """Copy a stack's logs and the runs' truth files into `into` (a failed run's evidence, before
+    `down --purge` deletes the stack's directory). Data directories are left: they are large."""
+    into.mkdir(parents=True, exist_ok=True)
+    stack = Path(stack_dir)
+    if (stack / "logs").is_dir():
+        shutil.copytree(stack / "logs", into / "logs", dirs_exist_ok=True)
+    for truth in stack.glob("truth-*.jsonl"):
+        shutil.copy2(truth, into / truth.name)
+    return into
 
 
 JVM_SERVERS = (*BROKERS, "registry", "zookeeper")

@@ -33,7 +33,7 @@ import time
 
 import pytest
 
-from bench.chaos import run_chaos, write_results
+from bench.chaos import keep_evidence, run_chaos, write_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,6 +50,9 @@ def test_every_component_killed_once_comes_back_and_the_ground_truth_is_exact(cl
                         kill_gap_s=2.0, clickhouse_wait_s=90.0)
     results["max_recovery"] = CAME_BACK_S
     paths = write_results(results, tmp_path, "chaos-short")
+    if not results["ok"]:  # `down --purge` ends the stack: what it logged, and the truth, stay with the test's files
+        kept = keep_evidence(cluster_stack["INTELBUS_STACK_DIR"], tmp_path / "stack")
+        print(f"the run failed; the stack's logs and the truth file are kept in {kept}")
     print(json.dumps({"kills": results["kills"], "kafka": results["kafka_truth"], "failures": results["failures"],
                       "clickhouse": {k: v for k, v in results["clickhouse_truth"].items() if k != "replicas"}},
                      default=str)[:4000], f"\nresults: {paths[1]}; the run took {time.monotonic() - started:.0f}s "
