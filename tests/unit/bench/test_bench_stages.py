@@ -27,3 +27,15 @@ def test_shares_take_all_of_small_partitions_and_split_the_rest_evenly():
     assert shares([100, 100], 1000) == [100, 100]  # fewer than asked: everything
     assert shares([0, 7, 500, 500, 500], 30) == [0, 7, 7, 8, 8]
     assert sum(shares([3, 50, 9, 400], 200)) == 200
+
+
+def test_the_rounds_clock_starts_at_the_records_time_not_the_wall_clock():
+    from bench.bench_stages import records_clock
+
+    wall = [1_800_000_000.0]  # hours after the records were published
+    now_ms = records_clock(1_700_000_000_000, wall=lambda: wall[0])
+    assert now_ms() == 1_700_000_000_000
+    wall[0] += 2.5  # the round's time goes on from the records' time
+    assert now_ms() == 1_700_000_002_500
+    # records without timestamps: the wall clock, as before
+    assert records_clock(0, wall=lambda: wall[0])() == int(wall[0] * 1000)
