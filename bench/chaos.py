@@ -99,7 +99,8 @@ def intelbus(env: dict, *args, timeout: float = 900) -> subprocess.CompletedProc
 
 @contextlib.contextmanager
 def cluster_up(env: dict, *, log=print):
-    """`intelbus up --profile cluster` on env's isolated stack, `down --purge` after (the tests' fixtures)."""
+    """`intelbus up --profile cluster` on env's isolated stack, `down --purge` after (the tests' fixtures);
+    with INTELBUS_KEEP_STACK set, `down` only: its directory (data and logs) stays to be looked into."""
     started = time.monotonic()
     up = intelbus(env, "up", "--profile", "cluster", timeout=900)
     assert up.returncode == 0, up.stderr[-3000:] + up.stdout[-3000:]
@@ -107,8 +108,9 @@ def cluster_up(env: dict, *, log=print):
     try:
         yield env
     finally:
-        down = intelbus(env, "down", "--purge", timeout=300)
-        log(down.stdout[-2000:])
+        keep = bool(os.environ.get("INTELBUS_KEEP_STACK"))
+        down = intelbus(env, "down", *(() if keep else ("--purge",)), timeout=300)
+        log(down.stdout[-2000:] + (f"\nkept (INTELBUS_KEEP_STACK): {env['INTELBUS_STACK_DIR']}" if keep else ""))
 
 
 def keep_evidence(stack_dir: str, into: Path) -> Path:

@@ -104,3 +104,32 @@ def test_a_run_stopped_before_its_end_leaves_its_samples_and_kills(tmp_path):
 
     written = json.loads((tmp_path / "out" / "chaos.partial.json").read_text())
     assert written["samples"] == run.samples and written["kills"][0]["healthy_after_s"] == 9.8
+
+
+def test_a_failed_runs_logs_and_truth_are_kept_and_the_stack_purged_unless_asked_to_keep(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import bench.chaos as chaos
+
+    stack = tmp_path / "stack"
+    (stack / "logs" / "kafka-1").mkdir(parents=True)
+    (stack / "logs" / "jobs-0.log").write_text("look-back restored")
+    (stack / "logs" / "kafka-1" / "server.log").write_text("x")
+    (stack / "truth-7-X1.jsonl").write_text("{}\n")
+    (stack / "kafka-1").mkdir()  # data: not copied
+    kept = chaos.keep_evidence(str(stack), tmp_path / "evidence")
+    assert (kept / "logs" / "jobs-0.log").read_text() == "look-back restored"
+    assert (kept / "logs" / "kafka-1" / "server.log").exists() and (kept / "truth-7-X1.jsonl").exists()
+    assert not (kept / "kafka-1").exists()
+
+    calls = []
+    monkeypatch.setattr(chaos, "intelbus", lambda env, *args, timeout: calls.append(args) or SimpleNamespace(
+        returncode=0, stdout="", stderr=""))
+    env = {"INTELBUS_STACK_DIR": str(stack)}
+    monkeypatch.delenv("INTELBUS_KEEP_STACK", raising=False)
+    with chaos.cluster_up(env, log=lambda m: None):
+        pass
+    monkeypatch.setenv("INTELBUS_KEEP_STACK", "1")
+    with chaos.cluster_up(env, log=lambda m: None):
+        pass
+    assert [c for c in calls if c[0] == "down"] == [("down", "--purge"), ("down",)]
