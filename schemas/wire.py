@@ -23,6 +23,36 @@ class WireFormatError(ValueError):
     """Bytes that are not a decodable Confluent wire-format Avro message; str() says why."""
 
 
+class RegistryUnavailable(RuntimeError):
+    """The schema registry did not answer (not reachable, timed out, a server error): not the
+    record's fault. Not a ValueError, so nothing dead-letters a record for it: the jobs worker
+    ends (its supervisor restarts it and it reads the record again) and the sink waits and asks
+    again. Until 2026-12-02 it was a WireFormatError: a worker or sink that met a schema id not yet
+    cached while the registry was down dead-lettered the record, or the hit, as undecodable."""
+
+
+def registry_did_not_answer(exc: BaseException) -> bool:
+    """A registry client's error that says the registry could not be asked, as opposed to an
+    answer (a 4xx: no such schema, or a refused one)."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int) and status > 0:
+        return status >= 500 or status in (408, 429)
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"TransportError", "ConnectionError", "Timeout", "TimeoutException"}) or \
+        isinstance(exc, (OSError, TimeoutError))
+
+
+def ask_registry(what: str, call):
+    """call() (a registry request about `what`), its errors told apart: RegistryUnavailable when
+    the registry did not answer, WireFormatError when it answered that it has no such schema."""
+    try:
+        return call()
+    except Exception as exc:
+        if registry_did_not_answer(exc):
+            raise RegistryUnavailable(f"the schema registry did not answer for {what}: {type(exc).__name__}: {exc}") from exc
+        raise WireFormatError(f"{what} is unknown to the registry: {exc}") from None
+
+
 def split_header(data: bytes) -> tuple[int, memoryview]:
     """(schema id, Avro body) of a wire-format message."""
     if len(data) < 5:
@@ -78,7 +108,13 @@ class SchemaCodec:
         except Exception:
             # a new subject may need its first version before a per-subject level can be set
             pass
-        schema_id = self.registry.register_schema(subj, Schema(schema_text(name), "AVRO"))
+        try:
+            schema_id = self.registry.register_schema(subj, Schema(schema_text(name), "AVRO"))
+        except Exception as exc:
+            if registry_did_not_answer(exc):
+                raise RegistryUnavailable(f"the schema registry did not answer registering {subj}: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+            raise
         try:
             self.registry.set_compatibility(subject_name=subj, level=COMPATIBILITY)
         except Exception:
@@ -97,10 +133,7 @@ class SchemaCodec:
     def _writer_schema(self, schema_id: int):
         parsed = self._by_id.get(schema_id)
         if parsed is None:
-            try:
-                text = self.registry.get_schema(schema_id).schema_str
-            except Exception as exc:
-                raise WireFormatError(f"schema id {schema_id} is unknown to the registry: {exc}") from None
+            text = ask_registry(f"schema id {schema_id}", lambda: self.registry.get_schema(schema_id).schema_str)
             parsed = self._by_id[schema_id] = fastavro.parse_schema(json.loads(text))
         return parsed
 
@@ -144,10 +177,7 @@ class RawDecoder:
         schema_id, body = split_header(data)
         parsed = self._parsed.get(schema_id)
         if parsed is None:
-            try:
-                text = self._fetch(schema_id)
-            except Exception as exc:
-                raise WireFormatError(f"schema id {schema_id} is unknown to the registry: {exc}") from None
+            text = ask_registry(f"schema id {schema_id}", lambda: self._fetch(schema_id))
             parsed = self._parsed[schema_id] = fastavro.parse_schema(strip_logical_types(json.loads(text)))
         return decode_body(body, parsed, schema_id)
 

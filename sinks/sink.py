@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from schemas import catalog
 from schemas.dead_letters import dead_letter_record
+from schemas.wire import RegistryUnavailable
 from sinks import metrics
 from sinks.batching import Backoff, Batch, FlushPolicy, RowRejected, bisect_rejects
 
@@ -136,12 +137,29 @@ class Sink:
     def _add(self, batch: Batch, msg) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         try:
-            for table, row in self.to_rows(msg):
+            for table, row in self._rows_of(msg):
                 batch.add(table, row)
         except ValueError as exc:
             self.dead_letter("SINK", f"{topic}/{partition}/{offset}", f"cannot store: {exc}", msg.value() or b"")
         batch.advance(topic, partition, offset)
         metrics.MESSAGES.labels(topic).inc()
+
+    def _rows_of(self, msg) -> list:
+        """The message's rows; while the schema registry does not answer (a schema id not cached
+        yet), asked again with the ClickHouse outages' backoff, keeping our place: the record is
+        not the one at fault, so it is not dead-lettered."""
+        attempt = 0
+        while True:
+            try:
+                return list(self.to_rows(msg))
+            except RegistryUnavailable as exc:
+                attempt += 1
+                if self.stopping:
+                    raise
+                delay = self.backoff.delay(attempt)
+                log.warning("%s/%d/%d: %s; retry %d in %.1fs, keeping our place", msg.topic(), msg.partition(),
+                            msg.offset(), exc, attempt, delay)
+                time.sleep(delay)
 
     def _submit(self, batch: Batch) -> None:
         while len(self.in_flight) >= MAX_IN_FLIGHT:

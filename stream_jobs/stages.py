@@ -24,6 +24,7 @@ from datetime import date, datetime, timedelta, timezone
 from schemas import catalog
 from schemas.catalog import unique_topic
 from schemas.dead_letters import DeadLetter
+from schemas.wire import RegistryUnavailable
 from schemas.ids import hit_id as make_hit_id
 from stream_jobs import rules
 from stream_jobs.internal import (
@@ -182,6 +183,8 @@ class DedupeStage:
         for msg in batch:
             try:
                 self._one(msg, now_ms, result, requests)
+            except RegistryUnavailable:  # not the record's fault: the worker ends and reads it again
+                raise
             except Exception as exc:  # a bug or a record we did not foresee: never stall the partition
                 result.dead_letters.append(internal_error("DEDUPE", msg, exc))
         for partition, reqs in requests.items():
@@ -437,6 +440,8 @@ class MatchStage:
                         continue
                     try:
                         self._apply(op, events, msg.partition, now_ms, result)
+                    except RegistryUnavailable:  # a hit's records not decodable now: read the request again later
+                        raise
                     except Exception as exc:  # never stall the partition on one bad operation
                         result.dead_letters.append(internal_error("MATCH", msg, exc, detail=f"operation {op.op} on {op.id}"))
         sweep_partitions(self.sweeper, self.state, INDEX_TABLE, adding_by_partition, min(clock, now_ms), result)
@@ -662,6 +667,8 @@ class HitStage:
                 continue
             try:
                 value = self.encode_hit(hit)
+            except RegistryUnavailable:  # the hit's schema not registered yet: the candidate is read again later
+                raise
             except Exception as exc:
                 result.dead_letters.append(internal_error("MATCH", msg, exc, detail="hit does not encode"))
                 continue

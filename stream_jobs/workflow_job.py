@@ -694,7 +694,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
 
     from ops.kafka_auth import JOBS, faust_credentials
     from schemas.regions import load_regions
-    from schemas.wire import RawDecoder, SchemaCodec
+    from schemas.wire import RawDecoder, RegistryUnavailable, SchemaCodec
     from stream_jobs import metrics as job_metrics
     from stream_jobs.app import (DeliveryWaiter, _raw_table, count_retention_losses, make_producer, not_ready_because,
                                  rocksdb_available)
@@ -989,6 +989,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                     if msg.topic == HIT_TOPIC and not hit_is_recent(record, int(time.time() * 1000), hit_backfill_s):
                         continue
                     routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
+                except RegistryUnavailable:  # not the record's fault: skipped, its follow-up would never open
+                    _exit_to_be_restarted("route")
                 except Exception as e:  # not ours to dead-letter: the jobs checked these records
                     log.warning("%s[%d]@%d: not routed: %s", msg.topic, msg.partition, msg.offset, e)
                     continue
@@ -1327,9 +1329,15 @@ async def _guarded(events, name: str):
     except (asyncio.CancelledError, GeneratorExit):  # the worker stops: not a failure
         raise
     except BaseException:
-        log.critical("workflow agent %s failed; the worker exits so that it is restarted", name, exc_info=True)
-        logging.shutdown()
-        os._exit(70)
+        _exit_to_be_restarted(name)
+
+
+def _exit_to_be_restarted(name: str) -> None:
+    """The worker ends with status 70 (its supervisor restarts it; it reads again from the commit),
+    the exception being handled logged."""
+    log.critical("workflow agent %s failed; the worker exits so that it is restarted", name, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
 
 
 def _ensure_topics(settings, names: list[str], partitions: int, replication: int) -> None:

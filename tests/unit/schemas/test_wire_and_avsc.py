@@ -114,3 +114,36 @@ def test_logical_types():
     assert any("date" in json.dumps(f["type"]) for f in fields["persons"]["items"]["fields"] if f["name"] == "birth_date")
     assert sorted(p.name for p in AVRO_DIR.glob("*.avsc")) == [
         "alert.avsc", "dead_letter.avsc", "envelope.avsc", "hit.avsc", "incident.avsc", "wanted.avsc", "workflow.avsc"]
+
+
+def test_a_registry_that_does_not_answer_is_told_apart_from_one_that_has_no_such_schema():
+    import socket
+    import time
+
+    import pytest
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from schemas.wire import RawDecoder, RegistryUnavailable, WireFormatError, registry_did_not_answer
+
+    # a real client against a port nobody listens on: connection refused
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    decoder = RawDecoder.for_registry(f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="did not answer for schema id 7"):
+        decoder(b"\x00\x00\x00\x00\x07\x02")
+    assert time.monotonic() - started < 30
+    assert not isinstance(RegistryUnavailable("x"), ValueError)  # no stage dead-letters it
+
+    assert registry_did_not_answer(SchemaRegistryError(503, -1, "Service Unavailable"))
+    assert not registry_did_not_answer(SchemaRegistryError(404, 40403, "Schema not found"))
+    assert registry_did_not_answer(TimeoutError())
+
+    def not_found(_id):
+        raise SchemaRegistryError(404, 40403, "Schema not found")
+
+    with pytest.raises(WireFormatError, match="schema id 7 is unknown to the registry"):  # the control: an answer
+        RawDecoder(not_found)(b"\x00\x00\x00\x00\x07\x02")
+    with pytest.raises(WireFormatError):
+        RawDecoder({}.__getitem__)(b"\x00\x00\x00\x00\x07\x02")  # a fetcher of our own that has no such id
