@@ -301,6 +301,7 @@ def register(app, ctx) -> None:
         from producers.publish import Publisher
         from producers.regional import RegionalProducer
         from schemas.regions import validate_region_code
+        from schemas.wire import RegistryUnavailable
 
         started = time.perf_counter()
         ctx.entitled(identity, request, "publish", None, "", request.url.path, params)
@@ -330,8 +331,18 @@ def register(app, ctx) -> None:
                                     kafka_producer=share if share is not None else _NoKafka())
         if share is not None:
             share.on_report = producer._delivered
-        result = ingest_lines(kind, lines, producer=producer, publisher=publisher, is_within=services.regions.is_within,
-                              source=source, dry_run=dry_run, default_system=identity.name)
+        try:
+            result = ingest_lines(kind, lines, producer=producer, publisher=publisher,
+                                  is_within=services.regions.is_within, source=source, dry_run=dry_run,
+                                  default_system=identity.name)
+        except RegistryUnavailable as exc:  # not the records' fault: nothing is refused or dead-lettered for it
+            if share is not None:
+                producer.flush(DELIVERY_TIMEOUT_S)  # what went out before, delivered: a resend drops it as a duplicate
+            reason = (f"{exc}: send the batch again in a minute (event ids are derived from the records, so what "
+                      f"did arrive is dropped as a duplicate)")
+            services.audit(AuditEntry(action="publish", identity=identity, outcome="failed", reason=reason[:500],
+                                      query_text=request.url.path, params={**params, "lines": len(lines)}))
+            raise HTTPException(status_code=503, detail=reason, headers={"Retry-After": "60"}) from None
         counts = {**params, "lines": len(lines), "accepted": 0 if dry_run else len(result.event_ids),
                   "refused": len(result.refused), "duplicates": result.duplicates,
                   "dead_lettered": result.dead_lettered, "key_id": key.key_id,

@@ -307,3 +307,33 @@ def test_publish_goes_through_the_gateway_when_logged_in(tmp_path, monkeypatch, 
     path.write_text("{}\n")
     publish.publish_command(parser.parse_args(["--kind", "incident", *flags, str(path)]))
     assert chosen == [expected]
+
+
+def test_a_batch_met_by_a_registry_that_does_not_answer_is_503_to_send_again_and_nothing_is_dead_lettered(gw):
+    from schemas.wire import RegistryUnavailable
+
+    client, engine, app = gw
+    headers = {**login(client, "xl-sys"), "Content-Type": "application/x-ndjson"}
+    services_codec = JsonCodec.encode
+    before = len(app.state.ingest["producer"].producer.messages) if app.state.ingest.get("producer") else 0
+
+    def silent(self, topic, record):
+        raise RegistryUnavailable("the schema registry did not answer registering intel.incident-value: "
+                                  "ConnectError: [Errno 111] Connection refused")
+
+    JsonCodec.encode = silent
+    try:
+        r = client.post("/api/v1/events/incident?region=130822&system=kakou", content=ndjson(check("reg1"), check("reg2")),
+                        headers=headers)
+    finally:
+        JsonCodec.encode = services_codec
+    assert r.status_code == 503 and r.headers["retry-after"] == "60"
+    assert "schema registry did not answer" in r.json()["detail"] and "send the batch again" in r.json()["detail"]
+    sent = app.state.ingest["producer"].producer.messages[before:]
+    assert not [m for m in sent if m[0] == "intel.dlq"]  # the records are not at fault
+    row = last_audit(engine, action="publish", user="xl-sys", outcome="failed")
+    assert row and "schema registry did not answer" in row["reason"]
+    # the control: the registry answers again, the same batch is accepted
+    r = client.post("/api/v1/events/incident?region=130822&system=kakou", content=ndjson(check("reg1"), check("reg2")),
+                    headers=headers)
+    assert r.status_code == 202 and r.json()["accepted"] == 2
