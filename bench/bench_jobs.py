@@ -7,6 +7,10 @@ recovery and look-back reads inside it included). Before they start, the run wai
 bus's match requests are older than the workers' look-back (up to INTELBUS_JOBS_LOOKBACK_S, 2
 minutes): otherwise a run started soon after another restores that run's lookups, and the
 runs are not alike; what is restored anyway is reported (`lookback_restored_lookups`).
+With --settled the workers start on an idle bus first and the records are loaded while they run:
+no start-up rebalance in the measure (two workers joining a few seconds apart read thousands of
+records twice); events per worker CPU-second then compare one and two workers at the same offered
+load (bench/results/jobs-loops.md, 2026-12-02 evening).
 Produce-to-hit latency is measured separately, at a fixed rate, from the workers'
 intelbus_produce_to_hit_seconds histogram.
 """
@@ -52,10 +56,17 @@ def quantile_from_buckets(buckets: list[tuple[float, float]], q: float) -> float
     return None
 
 
-def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> dict:
+def throughput(settings, n: int, workers: int = 1, loop: str | None = None, settled: float = 0.0) -> dict:
     """One load of `n` simulated records, drained by `workers` fresh workers; `loop` sets their
     INTELBUS_JOBS_CONSUMER_LOOP (None: as the environment says). With the input offsets before
-    the load, so a baseline can read the same messages (`decode_baseline`)."""
+    the load, so a baseline can read the same messages (`decode_baseline`).
+
+    settled > 0: the steady state instead of the start. The workers start on an idle bus, the
+    group is given `settled` seconds more after all are ready, and only then are the records
+    loaded (as fast as the simulator goes, in this process) while the workers take them. So no
+    rebalance falls inside the measure: in the start's drain two workers joining a few seconds apart
+    read 5,000-20,000 records twice (2026-12-02). Events a second are then the load's rate, not the
+    workers'; what compares is events per worker CPU-second."""
     import os
     from dataclasses import replace
 
@@ -81,18 +92,29 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
     full_stack(scaled, out=lambda m: None).down(only=names)
     seed = uuid.uuid4().int % 10**6
     sim = Simulation(SimConfig(seed=seed, count=n, ref_prefix=f"J{seed}-"))
-    starts = end_offsets(settings, INPUT_TOPICS)
-    load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
-    events = load["published"]
-    waited = _after_previous_lookback(settings)
-    run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
-    # the workers' own CPU from here to the drain: events per CPU-second of a worker says whether
-    # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
-    cpu0, t0 = sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports), time.monotonic()
-    events0 = sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports)
     from bench.proc import machine_shares, machine_times
 
-    machine0 = machine_times()
+    def measure_from() -> tuple:
+        # the workers' own CPU from here to the drain: events per CPU-second of a worker says whether
+        # a worker gets slower with company (it does not scale) or only gets less of the 2 cores
+        return (sum(_metric_sum(p, "process_cpu_seconds_total") for p in ports), time.monotonic(),
+                sum(_metric_sum(p, "intelbus_jobs_events_total") for p in ports), machine_times())
+
+    if settled > 0:
+        waited = _after_previous_lookback(settings)
+        run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
+        time.sleep(settled)
+        starts = end_offsets(settings, INPUT_TOPICS)
+        cpu0, t0, events0, machine0 = measure_from()
+        run["first_event"] = time.monotonic()  # the clock runs from the load's start
+        load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
+    else:
+        starts = end_offsets(settings, INPUT_TOPICS)
+        load = run_simulation(sim, rate=0, settings=settings, phase_pause=0)
+        waited = _after_previous_lookback(settings)
+        run = _start_together(full_stack(scaled, out=lambda m: None), list(range(workers)), ports)
+        cpu0, t0, events0, machine0 = measure_from()
+    events = load["published"]
     wait_for_zero_lag(settings, "intelbus-jobs", JOBS_TOPICS, timeout=1800, stable=2)
     done = time.monotonic()
     machine = machine_shares(machine0, machine_times())
@@ -116,6 +138,7 @@ def throughput(settings, n: int, workers: int = 1, loop: str | None = None) -> d
             "warmup_seconds_alone_to_ready": warmup,
             "workers_cpu_cores": round(cpu / max(1e-9, done - t0), 2),
             "events_per_worker_cpu_second": round((processed - events0) / cpu, 1) if cpu > 0 else None,
+            "processed_in_measure": int(processed - events0), "settled_seconds": settled,
             "lookback_restored_lookups": int(restored), "lookback_restore_seconds": round(restore_s, 2),
             "seconds_waited_for_previous_lookback": round(waited, 1),
             "machine": machine}
@@ -292,6 +315,10 @@ def main() -> int:
                         "(default faust,batch: faust's own loop, the fallback, then the batch loop, the default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the list of loops this many times")
+    parser.add_argument("--settled", type=float, default=0.0, metavar="SECONDS",
+                        help="the steady state: start the workers on an idle bus, give the group SECONDS more, then "
+                             "load while they run (no start-up rebalance in the measure; compare events per worker "
+                             "CPU-second, since events a second are then the load's). Default 0: the start's drain")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     parser.add_argument("--e2e", default="", metavar="RATE:SECONDS",
                         help="instead of the backlog: per loop, jobs-0 restarted with it, then produce-to-hit latency "
@@ -312,7 +339,7 @@ def main() -> int:
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 continue
-            run = throughput(settings, args.events, workers=args.workers, loop=loop)
+            run = throughput(settings, args.events, workers=args.workers, loop=loop, settled=args.settled)
             run["baseline_decode"] = decode_baseline(settings, run.pop("input_offsets_before"))
             base = run["baseline_decode"]["events_per_s"]
             run["ratio_to_baseline"] = round(run["events_per_s"] / base, 3) if base else None
