@@ -278,9 +278,10 @@ def where_since_begins(consumer, topic: str, stops: dict[int, int], since_ms: in
     """partition -> the offset of its first message at or after `since_ms`, for the partitions
     that have one before their stop (`offsets_for_times`, asked again for the partitions it
     answered with an error until `timeout`). A partition whose leader is moving (a broker just
-    restarted) answers with an error for a moment; skipped silently, its look-back was empty and
-    a listing indexed after the restart missed the sighting before it. What is still unanswered
-    at the timeout is logged with `short`; a refusal raises at once."""
+    restarted) answers with an error for a moment (until 2026-12-02 it was skipped silently: its
+    look-back restored nothing, and a listing indexed after the restart missed the sighting read
+    before it). What is still unanswered at the timeout is logged with `short`; a refusal raises
+    at once."""
     from confluent_kafka import KafkaException, TopicPartition
 
     deadline = clock() + timeout
