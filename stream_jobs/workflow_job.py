@@ -1317,11 +1317,11 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             await asyncio.sleep(0.25)
 
     raw = dict(key_serializer="raw", value_serializer="raw")
-    app.agent(app.topic(COMMANDS_TOPIC, **raw), name="intelbus.workflows.commands")(commands_agent)
-    app.agent(app.topic(HIT_TOPIC, WANTED_TOPIC, **raw), name="intelbus.workflows.route")(route_agent)
-    app.agent(app.topic(records_t, **raw), name="intelbus.workflows.records")(records_agent)
-    app.agent(app.topic(items_t, **raw), name="intelbus.workflows.items")(items_agent)
-    app.agent(app.topic(answers_t, **raw), name="intelbus.workflows.answers")(answers_agent)
+    app.agent(app.topic(COMMANDS_TOPIC, **raw), name="intelbus.workflows.commands")(_exits_on_failure("commands", commands_agent))
+    app.agent(app.topic(HIT_TOPIC, WANTED_TOPIC, **raw), name="intelbus.workflows.route")(_exits_on_failure("route", route_agent))
+    app.agent(app.topic(records_t, **raw), name="intelbus.workflows.records")(_exits_on_failure("records", records_agent))
+    app.agent(app.topic(items_t, **raw), name="intelbus.workflows.items")(_exits_on_failure("items", items_agent))
+    app.agent(app.topic(answers_t, **raw), name="intelbus.workflows.answers")(_exits_on_failure("answers", answers_agent))
     app.intelbus_producer = producer
     app.intelbus_policy = policy
     return app
@@ -1336,6 +1336,23 @@ async def _guarded(events, name: str):
         raise
     except BaseException:
         _exit_to_be_restarted(name)
+
+
+def _exits_on_failure(name: str, agent):
+    """The agent, ending the worker when its body fails too, not only its stream (`_guarded` sees
+    only the stream's failures). Otherwise faust restarts the crashed actor, and `take_events`
+    acknowledges the batch in hand in its `finally` when the abandoned generator is closed: the
+    batch that failed could be committed unprocessed (a hit with no follow-up, a command lost)."""
+    @functools.wraps(agent)
+    async def run(stream):
+        try:
+            await agent(stream)
+        except (asyncio.CancelledError, GeneratorExit):  # a rebalance or the worker stopping: not a failure
+            raise
+        except BaseException:
+            _exit_to_be_restarted(name)
+
+    return run
 
 
 def _exit_to_be_restarted(name: str) -> None:
