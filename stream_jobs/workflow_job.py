@@ -773,14 +773,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     async def publish(messages, table: FaustTableState | None = None):
         await publish_outputs_then_state(producer, waiter, messages, table, KafkaException)
 
-    def encode(topic: str, record: dict) -> bytes:
-        try:
-            return codec.encode(topic, record)
-        except RegistryUnavailable:  # not the command's fault: the worker ends before the input is acknowledged
-            _exit_to_be_restarted(f"encoding for {topic}")
-
     def event_messages(events):
-        return [(out_t, e.item_id.encode(), encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in emitted.fresh(events)]
+        return [(out_t, e.item_id.encode(), codec.encode(WORKFLOW_TOPIC, e.to_avro()), None) for e in emitted.fresh(events)]
 
     def load(partition: int, item_id: str):
         raw = items_table.get(partition, item_id.encode())
@@ -1074,7 +1068,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
         except BadCommand as e:
             COMMANDS.labels("undecodable").inc()
             job_metrics.DLQ.labels("WORKFLOW").inc()
-            return state, [(DLQ_TOPIC, key.encode() or None, encode(DLQ_TOPIC, refusal_dead_letter(value, str(e))), None)]
+            return state, [(DLQ_TOPIC, key.encode() or None, codec.encode(DLQ_TOPIC, refusal_dead_letter(value, str(e))), None)]
         cmd = env.command
         try:
             if cmd.item_id != key:
@@ -1085,7 +1079,7 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             job_metrics.DLQ.labels("WORKFLOW").inc()
             log.info("refused %s %s on %s: %s", type(cmd).__name__, cmd.command_id, cmd.item_id, e)
             dl = refusal_dead_letter(value, str(e), cmd, at=env.issued_at)
-            return state, [(DLQ_TOPIC, cmd.item_id.encode(), encode(DLQ_TOPIC, dl), None)]
+            return state, [(DLQ_TOPIC, cmd.item_id.encode(), codec.encode(DLQ_TOPIC, dl), None)]
         COMMANDS.labels("applied" if events else "no-op").inc()
         indexed = [index_message(e.answer) for e in effects if isinstance(e, m.IndexAnswer)]
         return after, event_messages(events) + [(answers_t, k.encode(), v, None) for k, v in indexed]
