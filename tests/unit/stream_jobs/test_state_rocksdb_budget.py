@@ -61,3 +61,32 @@ def test_a_store_with_open_partitions_keeps_its_options(tmp_path, monkeypatch):
     before = store.rocksdb_options
     assert tables.budget_store(store) is False  # a partition is open: its options stay those it was opened with
     assert store.rocksdb_options is before and capacity(state, 1) == ROCKSDB_OPTIONS["block_cache_size"]
+
+
+def filter_policy(state, partition):
+    """The filter policy the store runs with, as RocksDB wrote it in the store's newest OPTIONS file."""
+    directory = state.table.data.partition_path(partition)
+    newest = max(directory.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [line.split("=", 1)[1].strip() for line in newest.read_text().splitlines()
+            if line.strip().startswith("filter_policy=")]
+
+
+@pytest.mark.parametrize("shared", ["1", "0"])
+def test_a_store_opened_again_keeps_its_bloom_filter_and_cache(tmp_path, monkeypatch, shared):
+    # rocksdict 0.3.29 opens a store that exists with the table options it loads from the store's
+    # OPTIONS file unless the default column family's are named: the reopened store had no bloom
+    # filter and a private 8 MiB cache, so every look-up of a key it does not hold read a data block
+    monkeypatch.setenv("INTELBUS_JOBS_ROCKSDB_SHARED", shared)
+    expected = tables.ROCKSDB_WORKER_CACHE_MIB * 2**20 if shared == "1" else ROCKSDB_OPTIONS["block_cache_size"]
+    first = table_state(tmp_path, "again")
+    first.put(0, b"IDENTIFIER", b"x" * 100)
+    first.apply(first.drain(), {})
+    assert filter_policy(first, 0) == ["bloomfilter"] and capacity(first, 0) == expected  # the control: a new store
+    for db in first.table.data._dbs.values():
+        db.close()
+    first.table.data._dbs.clear()
+
+    again = table_state(tmp_path, "again")  # the worker restarted: same data directory
+    assert again.get(0, b"IDENTIFIER") == b"x" * 100
+    assert filter_policy(again, 0) == ["bloomfilter"]
+    assert capacity(again, 0) == expected
