@@ -193,6 +193,14 @@ def publish_command(args) -> int:
     producer = RegionalProducer(region=args.region, system=args.system, settings=settings, topic=args.topic,
                                 signer=signer if signer is not None else False)
     short = name.rsplit("/", 1)[-1]
+    from schemas.wire import RegistryUnavailable
+
+    try:  # the schema ids the run needs, cached while the registry answers: one lost mid-file costs nothing
+        producer.prepare(args.kind)
+    except RegistryUnavailable as exc:
+        print(f"intelbus publish: {exc}; nothing sent", file=sys.stderr)
+        producer.close()
+        return EXIT_USAGE
     seen_ids: set[str] = set()
     staged: list = []  # --strict: (kind, valid) held back until the whole file is known good
     refused: list = []

@@ -188,6 +188,13 @@ class RegionalProducer:
             metrics.REJECTED.labels(kind, metrics.reason_class(exc.field, exc.reason)).inc()
             raise
 
+    def prepare(self, kind: str) -> None:
+        """Register, once, the schemas a run of `kind` records needs (its topic's and intel.dlq's), so
+        that a registry lost later in the run costs nothing: the ids are cached. Raises
+        RegistryUnavailable if the registry does not answer."""
+        self.codec.register(self._topic or input_topic(kind), kind)
+        self.codec.register(DLQ_TOPIC)
+
     def publish(self, kind: str, record: dict, *, now_ms: int | None = None) -> Published:
         """Validate, encode and hand one record to Kafka. Raises RecordError for a bad record."""
         return self.publish_valid(kind, self.validate(kind, record, now_ms=now_ms))

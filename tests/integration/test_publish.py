@@ -113,3 +113,46 @@ def test_unreachable_broker_is_exit_2_with_one_line(tmp_path, people):
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("%")]
     assert len(lines) == 1 and "cannot reach Kafka at 127.0.0.1:1" in lines[0]
+
+
+def test_a_registry_lost_mid_file_costs_no_line_and_prints_no_traceback(stack, settings, reader, codec, ids, people):
+    """An integrator streams checks into `intelbus publish -` while the schema registry is upgraded. Until
+    2026-12-03 the first bad line after the registry went away ended the run with a traceback: the dead
+    letters' schema was registered at the first dead letter. Now the run registers what it needs before
+    its first line, and a registry lost later costs nothing; the control is the good line sent before."""
+    from ops.services import full_stack
+
+    tag = f"R{uuid.uuid4().hex[:8]}"
+    incidents, dlq = reader("intel.incident"), reader("intel.dlq")
+    good = [{"source_ref": f"{tag}-{i}", "occurred_at": "2026-11-23T09:00:00+08:00", "incident_type": "CHECKPOINT_CHECK",
+             "location": {"region": "120119"}, "persons": [{"id_type": "RESIDENT_ID", "id_number": ids.new("130822")}]}
+            for i in (1, 2)]
+    bad = dict(good[0], source_ref=f"{tag}-bad", persons=[{"id_type": "RESIDENT_ID", "id_number": "110105194912310021"}])
+    run = subprocess.Popen([sys.executable, "-m", "ops.cli", "publish", "--via", "kafka", "--kind", "incident",
+                            "--region", "120119", "--system", "kakou", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, **people.env("t-integrator")})
+    services = full_stack(settings, out=lambda m: None)
+
+    def mine(got, n):
+        return len([m for m in got if tag in (m.key() or b"").decode()]) >= n
+
+    try:
+        run.stdin.write(json.dumps(good[0]) + "\n")
+        run.stdin.flush()
+        first = incidents.read(until=lambda got: mine(got, 1), timeout=60)
+        assert mine(first, 1)  # the control: sent while the registry answers
+        services.down(only={"registry"})
+        out, err = run.communicate(json.dumps(bad) + "\n" + json.dumps(good[1]) + "\n", timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        services.up()
+    assert "Traceback" not in err, err
+    assert run.returncode == 1, err
+    assert "<stdin>:2: persons[0].id_number: check digit is 1, expected X" in err.splitlines()
+    assert out.strip().splitlines()[-1].startswith("read 3, published 2, rejected 1, ")
+    sent = first + incidents.read(until=lambda got: mine(first + got, 2), timeout=60, settle=1)
+    assert sorted(codec.decode(m.value())["source_ref"] for m in sent if tag in m.key().decode()) == [f"{tag}-1", f"{tag}-2"]
+    letters = [codec.decode(m.value()) for m in dlq.read(until=lambda got: any(f"{tag}-bad".encode() in m.value() for m in got),
+                                                         timeout=60)]
+    assert [(d["source"], d["stage"]) for d in letters if f"{tag}-bad".encode() in d["raw"]] == [("<stdin>:2", "PUBLISH")]
