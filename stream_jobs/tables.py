@@ -52,13 +52,22 @@ def worker_budget_mib(settings=None) -> tuple[int, int] | None:
     return settings.jobs_rocksdb_cache_mib, settings.jobs_rocksdb_memtables_mib
 
 
+# The clock cache sizes its table by this estimate of a cached block (data blocks are 4 KiB
+# before compression, index and filter blocks larger).
+CLOCK_CACHE_ENTRY_BYTES = 8192
+
+
 def worker_rocksdb_budget() -> tuple:
     """The worker's one block cache and one write buffer manager (made on first use)."""
     if not _shared:
         import rocksdict
 
         cache_mib, memtables_mib = worker_budget_mib() or (ROCKSDB_WORKER_CACHE_MIB, ROCKSDB_WORKER_MEMTABLES_MIB)
-        _shared["cache"] = rocksdict.Cache(cache_mib * 2**20)
+        # RocksDB's clock cache, not its LRU cache: with the index and filter blocks in it, an LRU
+        # cache of 32 MiB (64 shards of 512 KiB) churns them (a records store's filter block is
+        # 0.3-0.4 MiB), and a read of a key cost 8.6-9.0 us against 3.5-3.7 us with this cache of
+        # the same capacity (offline, copies of a worker's stores, 2026-12-03; bench/results/jobs-loops.md).
+        _shared["cache"] = rocksdict.Cache.new_hyper_clock_cache(cache_mib * 2**20, CLOCK_CACHE_ENTRY_BYTES)
         _shared["memtables"] = rocksdict.WriteBufferManager(memtables_mib * 2**20, False)
     return _shared["cache"], _shared["memtables"]
 
