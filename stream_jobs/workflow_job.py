@@ -70,6 +70,8 @@ FIRED_BY_HOLD = Counter("intelbus_workflows_fired_by_hold_total", "Deadline step
                         "bounded hold, the command watermark stuck or missing")
 COMMANDS = Counter("intelbus_workflows_commands_total", "Workflow commands applied, by outcome (applied, no-op, refused, "
                    "undecodable)", ["outcome"])
+COPIES_SKIPPED = Counter("intelbus_workflows_hit_copies_skipped_total", "Copies of a hit on intel.hit (one per notified "
+                         "province) not routed again: the worker routed another copy of the same hit moments before")
 
 
 def items_topic(app_id: str = APP_ID) -> str:
@@ -194,6 +196,30 @@ def hit_is_recent(hit: dict, now_ms: int, backfill_s: float) -> bool:
     `backfill_s` seconds, rather than reminding and escalating every old hit at once. A hit
     older than that whose follow-up exists already is a no-op anyway."""
     return backfill_s <= 0 or now_ms - int(hit.get("detected_at") or 0) <= backfill_s * 1000
+
+
+class RecentHits:
+    """The hit ids this worker routed lately (at most `capacity`, the oldest forgotten first).
+
+    intel.hit carries one copy of a hit per notified province; each copy would open the same follow-up
+    (command id = hit id), so every copy after the first is a no-op that still costs a message on
+    APP-records, one on APP-items and a state-machine step. Only this process's memory: after a
+    restart, or with the copies read by two workers, a copy is routed again, which is the no-op it was
+    before. The first copy seen is always routed; nothing is skipped that was not routed in this
+    process (a failed publish ends the worker, and its memory with it)."""
+
+    def __init__(self, capacity: int = 50_000):
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def first(self, hit_id: str) -> bool:
+        """True the first time a hit id is seen (remembered from now on), False for a later copy."""
+        if hit_id in self._ids:
+            return False
+        self._ids[hit_id] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+        return True
 
 
 def wanted_route(record: dict) -> tuple[str, bytes]:
@@ -977,6 +1003,8 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
             await publish(out, answers)
 
     # intel.hit, intel.wanted.unique -> APP-records, keyed by record key (in batches: the busiest input)
+    recent = RecentHits()
+
     async def route_agent(stream):
         async for batch in _guarded(stream.take_events(500, within=0.05), "route"):
             out = []
@@ -988,6 +1016,9 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
                         continue  # LISTED/UPDATED change nothing on a follow-up
                     if msg.topic == HIT_TOPIC and not hit_is_recent(record, int(time.time() * 1000), hit_backfill_s):
                         continue
+                    if msg.topic == HIT_TOPIC and record.get("hit_type") in m.HIT_TYPES and not recent.first(str(record["hit_id"])):
+                        COPIES_SKIPPED.inc()
+                        continue  # another province's copy of a hit routed moments ago (RecentHits)
                     routed = hit_route(record) if msg.topic == HIT_TOPIC else wanted_route(record)
                 except RegistryUnavailable:  # not the record's fault: skipped, its follow-up would never open
                     _exit_to_be_restarted("route")

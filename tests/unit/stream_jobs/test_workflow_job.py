@@ -10,7 +10,7 @@ import pytest
 from schemas.catalog import parsed_schema
 from stream_jobs.workflow_job import (
     BadCommand, DueIndex, answers_step, decode_command, decode_envelope, encode_envelope, hit_route, index_message,
-    lookup_message, needs_answers, refusal_dead_letter, route_by_record, wanted_route,
+    RecentHits, lookup_message, needs_answers, refusal_dead_letter, route_by_record, wanted_route,
 )
 from workflows import model as m
 from workflows.machine import apply, next_due
@@ -260,3 +260,21 @@ def test_a_starting_worker_opens_only_recent_hits():
     assert hit_is_recent(h, T0 + 7 + 86_400_000, 86_400)
     assert not hit_is_recent(h, T0 + 8 + 86_400_000, 86_400)
     assert hit_is_recent(h, T0 + 10**12, 0)  # 0: every hit, however old
+
+
+def test_recent_hits_routes_the_first_copy_of_a_hit_and_skips_the_next():
+    recent = RecentHits(capacity=3)
+    # Beijing's copy, then Hebei's copy of the same hit: one follow-up to open, one no-op to spare
+    assert recent.first("hit-1") is True
+    assert recent.first("hit-1") is False
+    assert recent.first("hit-2") is True
+
+
+def test_recent_hits_forgets_the_oldest_and_then_routes_its_copy_again():
+    recent = RecentHits(capacity=2)
+    for hit_id in ("a", "b", "c"):  # "a" is forgotten when "c" comes
+        assert recent.first(hit_id)
+    # routed again: the no-op it always was (command id = hit id), never a follow-up lost
+    assert recent.first("a") is True
+    assert recent.first("c") is False
+    assert len(recent._ids) == 2
