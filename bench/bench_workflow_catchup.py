@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
+from bench.bench_e2e import _service_pids
+from bench.bench_jobs import metrics_text
+from bench.chaos import metric_values
 from bench.proc import cpu_seconds, machine_shares, machine_times
 from schemas import catalog
 
@@ -57,19 +58,11 @@ def _topics() -> tuple[list[str], list[str]]:
     return inputs, inputs + [records_topic(GROUP), items_topic(GROUP)]
 
 
-def _workflows_pid() -> int:
-    doc = json.loads(_intelbus("status", "--json", check=False))
-    for c in doc["components"]:
-        if c["name"] == "workflows-0" and c.get("pid"):
-            return int(c["pid"])
-    raise SystemExit("workflows-0 is not running after `intelbus up`")
-
-
-def _commands(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'^intelbus_workflows_commands_total\{outcome="([^"]+)"\} (\S+)$', text, re.M)}
+def _workflows_pid(settings) -> int:
+    pid = _service_pids(settings).get("workflows-0")
+    if pid is None:
+        raise SystemExit("workflows-0 is not running after `intelbus up`")
+    return pid
 
 
 def plain_loop(settings, topic: str) -> dict:
@@ -121,7 +114,7 @@ def one_round(settings, count: int, rate: float) -> dict:
     m0 = machine_times()
     _intelbus("up")
     started = time.monotonic()
-    pid = _workflows_pid()
+    pid = _workflows_pid(settings)
     cpu0 = cpu_seconds(pid) or 0.0
     zero, caught = 0, None
     while time.monotonic() - started < 900:
@@ -137,7 +130,7 @@ def one_round(settings, count: int, rate: float) -> dict:
     cpu = (cpu_seconds(pid) or 0.0) - cpu0
     m1 = machine_times()
     probe.close()
-    commands = _commands(settings.metrics_port_base + 40)
+    commands = metric_values(metrics_text(settings.metrics_port_base + 40), "intelbus_workflows_commands_total")
     result = {
         "records": count, "rate": rate, "simulated_rate": sim.get("rate"), "expected_hits": sim.get("hits"),
         "hits_behind": hits, "wanted_behind": behind.get(catalog.unique_topic("wanted"), 0),
