@@ -292,6 +292,8 @@ def create_app(settings: Settings, *, worker_index: int = 0, batch_size: int = 2
     # in bulk; faust: faust's own loop, a stage's batch from `take_events` (the fallback).
     consumer_loop = consumer_loop_named(settings.jobs_consumer_loop)
     faust_patches.guard_commits(on_hole=_report_commit_hold, on_gap=_report_gap_left_open)
+    if settings.jobs_fetch_min_bytes > 1:  # else faust's own fetch: answered as soon as a message is there
+        faust_patches.install_fetch_wait(settings.jobs_fetch_min_bytes, settings.jobs_fetch_max_wait_ms)
     regions = load_regions()
     app = build_faust_app(settings, worker_index)
     codec = SchemaCodec(url=settings.registry_url)

@@ -700,3 +700,40 @@ def install_batch_loop(batches: StageBatches) -> bool:
                                                                               Consumer.on_stop)
         _batch_installed = True
     return True
+
+
+# --- the worker consumer's fetch wait ------------------------------------------------------------
+#
+# faust 0.15.3 builds the worker's AIOKafkaConsumer with fetch_max_wait_ms=1500 and passes no
+# fetch_min_bytes (aiokafka's default, 1 byte): the broker answers a fetch as soon as one message
+# is there. At low rates each answer carried a message or two, and each became a batch of its own
+# in every stage: a batch's cost is mostly fixed (the fetch response's parsing in aiokafka's thread,
+# the state's prefetch and apply, the sweep's floor, two delivery round trips), so the worker used
+# as much CPU at 200 events/s as at 2,000 (docs/architecture.md, "Where a hit's latency goes",
+# 2026-12-03). Off unless INTELBUS_JOBS_FETCH_MIN_BYTES is above 1: it costs a hop about half
+# the wait at low rates.
+
+def with_fetch_wait(create, min_bytes: int, max_wait_ms: int):
+    """faust's worker-consumer factory `create(self, transport)`, its consumer asking the broker to
+    hold each fetch until `min_bytes` are there or `max_wait_ms` have passed."""
+    def _create_worker_consumer(self, transport):
+        consumer = create(self, transport)
+        # aiokafka 0.14.0 hands these to its Fetcher when the consumer starts (AIOKafkaConsumer.start)
+        consumer._fetch_min_bytes = min_bytes
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    _create_worker_consumer.intelbus_fetch_wait = (min_bytes, max_wait_ms)
+    return _create_worker_consumer
+
+
+def install_fetch_wait(min_bytes: int, max_wait_ms: int) -> bool:
+    """The worker consumer's fetch.min.bytes and fetch.max.wait.ms (once per process; the values of
+    the first call)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    require_pinned()
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "intelbus_fetch_wait", None) is None:
+        AIOKafkaConsumerThread._create_worker_consumer = with_fetch_wait(create, min_bytes, max_wait_ms)
+    return True

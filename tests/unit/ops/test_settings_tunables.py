@@ -40,6 +40,8 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_JOBS_HOLE_AFTER_S", "jobs_hole_after_s", 2.0),
     ("INTELBUS_JOBS_STUCK_NOT_READY_S", "jobs_stuck_not_ready_s", 0.0),
     ("INTELBUS_JOBS_GIL_SWITCH_S", "jobs_gil_switch_s", 0.005),
+    ("INTELBUS_JOBS_FETCH_MIN_BYTES", "jobs_fetch_min_bytes", 16384),
+    ("INTELBUS_JOBS_FETCH_MAX_WAIT_MS", "jobs_fetch_max_wait_ms", 20),
     ("INTELBUS_GATEWAY_GIL_SWITCH_S", "gateway_gil_switch_s", 0.005),
     ("INTELBUS_LIVE_RING_MS", "live_ring_ms", 0.0),
     ("INTELBUS_LIVE_BROADCAST", "live_broadcast", False),
@@ -59,6 +61,7 @@ def test_the_defaults_are_the_ones_the_modules_had():
     assert worker_budget_mib(s) == (32, 48) and s.sink_fault == "" and s.workflows_only == ""
     assert (s.jobs_consumer_loop, s.jobs_lookback_s, s.jobs_stuck_after_s, s.jobs_hole_after_s) == ("batch", 120, 30, 5)
     assert s.jobs_gil_switch_s == 0.0005
+    assert (s.jobs_fetch_min_bytes, s.jobs_fetch_max_wait_ms) == (1, 10)  # 1: faust's own fetch, no patch
 
 
 def test_the_rocksdb_budget_follows_its_settings():

@@ -164,3 +164,37 @@ def test_state_json_writes_string_keys_plainly_and_still_takes_other_keys():
     assert loads(dumps({3: "a", "b": [1]})) == {"3": "a", "b": [1]}  # a non-string key, as before: written as text
     with pytest.raises(TypeError):
         dumps({"a": object()})
+
+
+def test_the_worker_consumer_asks_the_broker_to_hold_its_fetches():
+    import inspect
+
+    import aiokafka
+
+    async def build():
+        made = faust_patches.with_fetch_wait(
+            lambda thread, transport: aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1"), 16_384, 10)
+        return made(None, None)
+
+    consumer = asyncio.run(build())
+    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (16_384, 10)  # aiokafka's own: 1 and 500
+    # ... and the pinned aiokafka hands exactly these attributes to the fetcher it starts
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start and "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+
+
+def test_the_fetch_wait_is_installed_once_and_only_on_the_pinned_faust(monkeypatch):
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", original)  # restored after the test
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED, **{"aiokafka": "0.99.0"}).get)
+    with pytest.raises(faust_patches.UnsupportedFramework, match="aiokafka 0.99.0"):
+        faust_patches.install_fetch_wait(16_384, 10)
+    assert AIOKafkaConsumerThread._create_worker_consumer is original
+    monkeypatch.setattr(faust_patches, "_installed_version", dict(faust_patches.PINNED).get)
+    assert faust_patches.install_fetch_wait(16_384, 10) is True
+    installed = AIOKafkaConsumerThread._create_worker_consumer
+    assert installed.intelbus_fetch_wait == (16_384, 10)
+    faust_patches.install_fetch_wait(1, 500)  # a second call changes nothing (one worker, one consumer factory)
+    assert AIOKafkaConsumerThread._create_worker_consumer is installed
