@@ -648,9 +648,14 @@ def markdown(report: dict) -> str:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """'old:A=1,B=2' -> ('old', {'A': '1', 'B': '2'})."""
+    """'old:A=1,B=2' -> ('old', {'A': '1', 'B': '2'}); 'old:' -> ('old', {}). (Also bench_rate_cost's.)"""
     name, _, assignments = text.partition(":")
-    env = dict(a.split("=", 1) for a in assignments.split(",") if a.strip())
+    env = {}
+    for item in filter(None, (a.strip() for a in assignments.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {item!r} is not VAR=VALUE")
+        env[key] = value
     return name, env
 
 

@@ -20,32 +20,23 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.bench_fanout import parse_variant
+from bench.chaos import intelbus
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """'name:A=1,B=2' -> ('name', {'A': '1', 'B': '2'}); 'name:' -> ('name', {})."""
-    name, _, spec = text.partition(":")
-    env = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise argparse.ArgumentTypeError(f"--variant {text!r}: {item!r} is not VAR=VALUE")
-        env[key] = value
-    return name, env
 
 
 def restart_jobs(env: dict[str, str]) -> None:
     """jobs-0 stopped and started again by `intelbus up`, with `env` added to its environment."""
-    cli = [sys.executable, "-m", "ops.cli"]
-    subprocess.run(cli + ["down", "jobs-0"], check=True, capture_output=True)
-    subprocess.run(cli + ["up"], check=True, capture_output=True, env={**os.environ, **env})
+    for args in (("down", "jobs-0"), ("up",)):
+        done = intelbus({**os.environ, **env}, *args)
+        if done.returncode:
+            raise SystemExit(f"intelbus {' '.join(args)} failed: {done.stderr[-2000:] or done.stdout[-2000:]}")
 
 
 def batch_counts(port: int) -> dict[str, tuple[float, float]]:
