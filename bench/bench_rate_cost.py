@@ -1,7 +1,8 @@
 """What the stack's components cost at a fixed rate, and how many batches the jobs make of it.
 
-For each rate and each variant of jobs-0's environment (`--variant NAME:VAR=VALUE,...`; jobs-0 is
-restarted with it, then with the stack's own settings at the end), in alternating rounds:
+For each rate and each variant of a component's environment (`--variant NAME:VAR=VALUE,...`; the
+component, jobs-0 unless `--restart` names another, is restarted with it, then with the stack's own
+settings at the end), in alternating rounds:
 `intelbus simulate` at the rate (a fresh seed and reference prefix each time, so nothing is a
 duplicate of an earlier run), and over its middle seconds:
 - each component's CPU, cores (/proc/<pid>/stat), the simulator's among them, and the machine's share busy;
@@ -11,6 +12,11 @@ The baseline of the same run is the first variant (give it no variables: the def
 
     .venv/bin/python -m bench.bench_rate_cost --rates 200,1000 --seconds 40 \\
         --variant 'default:' --variant 'fetch wait:INTELBUS_JOBS_FETCH_MIN_BYTES=16384,INTELBUS_JOBS_FETCH_MAX_WAIT_MS=10'
+
+The workflow job's fetch, for instance:
+
+    .venv/bin/python -m bench.bench_rate_cost --restart workflows-0 --variant 'default:' \\
+        --variant 'fetch wait:INTELBUS_WORKFLOWS_FETCH_MIN_BYTES=65536,INTELBUS_WORKFLOWS_FETCH_MAX_WAIT_MS=50'
 
 Results are appended to bench/results/rate-cost.md and .json.
 """
@@ -31,9 +37,9 @@ from bench.chaos import intelbus
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def restart_jobs(env: dict[str, str]) -> None:
-    """jobs-0 stopped and started again by `intelbus up`, with `env` added to its environment."""
-    for args in (("down", "jobs-0"), ("up",)):
+def restart_component(env: dict[str, str], component: str = "jobs-0") -> None:
+    """`component` stopped and started again by `intelbus up`, with `env` added to its environment."""
+    for args in (("down", component), ("up",)):
         done = intelbus({**os.environ, **env}, *args)
         if done.returncode:
             raise SystemExit(f"intelbus {' '.join(args)} failed: {done.stderr[-2000:] or done.stdout[-2000:]}")
@@ -99,7 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=40.0, help="seconds the simulator publishes per run (default 40)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of every variant at every rate (default 2)")
     p.add_argument("--variant", action="append", type=parse_variant, default=None,
-                   help="NAME:VAR=VALUE,... for jobs-0 (repeatable; default: one variant, the stack's settings)")
+                   help="NAME:VAR=VALUE,... for the restarted component (repeatable; default: one variant, the "
+                   "stack's settings)")
+    p.add_argument("--restart", default="jobs-0", choices=("jobs-0", "workflows-0", "sink", "gateway"),
+                   help="the component each variant restarts with its variables (default jobs-0)")
     args = p.parse_args(argv)
     from ops.settings import load_settings
 
@@ -111,15 +120,16 @@ def main(argv=None) -> int:
     try:
         for n in range(1, args.rounds + 1):
             for name, env in variants:
-                restart_jobs(env)
+                restart_component(env, args.restart)
                 time.sleep(12)  # the worker's assignment and its stores' opening
                 for rate in rates:
-                    row = {"round": n, "variant": name, "env": env, **one_run(settings, rate, args.seconds)}
+                    row = {"round": n, "variant": name, "restarted": args.restart, "env": env,
+                           **one_run(settings, rate, args.seconds)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     finally:
         if len(variants) > 1 or variants[0][1]:
-            restart_jobs({})  # the stack as `up` runs it
+            restart_component({}, args.restart)  # the stack as `up` runs it
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "rate-cost.json", "a") as f:
         f.write(json.dumps({"started": started, "argv": sys.argv[1:], "rows": rows}) + "\n")
