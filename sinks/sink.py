@@ -274,6 +274,8 @@ def consumer_config(settings) -> dict:
         "heartbeat.interval.ms": 1_000,
         "fetch.max.bytes": 52_428_800,
         "queued.max.messages.kbytes": 262_144,
+        "fetch.min.bytes": settings.sink_fetch_min_bytes,
+        "fetch.wait.max.ms": settings.sink_fetch_max_wait_ms,
     }
 
 

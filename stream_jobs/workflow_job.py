@@ -724,10 +724,13 @@ def create_app(settings, *, worker_index: int = 0, app_id: str = APP_ID, datadir
     from stream_jobs import metrics as job_metrics
     from stream_jobs.app import (DeliveryWaiter, _raw_table, count_retention_losses, make_producer, not_ready_because,
                                  rocksdb_available)
+    from stream_jobs import faust_patches
     from stream_jobs.tables import FaustTableState
     from workflows.machine import WorkflowRefusal, apply, fire_due, next_due
     from workflows.policy import load_policy
 
+    if settings.workflows_fetch_min_bytes > 1:  # else faust's own fetch: answered as soon as a message is there
+        faust_patches.install_fetch_wait(settings.workflows_fetch_min_bytes, settings.workflows_fetch_max_wait_ms)
     policy = load_policy()
     regions = load_regions()
     hit_backfill_s = settings.workflows_hit_backfill_s

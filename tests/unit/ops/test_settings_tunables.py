@@ -42,6 +42,10 @@ NOT_TUNABLES = {"INTELBUS_TOKEN", "INTELBUS_WORKFLOWS_FILE"}
     ("INTELBUS_JOBS_GIL_SWITCH_S", "jobs_gil_switch_s", 0.005),
     ("INTELBUS_JOBS_FETCH_MIN_BYTES", "jobs_fetch_min_bytes", 16384),
     ("INTELBUS_JOBS_FETCH_MAX_WAIT_MS", "jobs_fetch_max_wait_ms", 20),
+    ("INTELBUS_SINK_FETCH_MIN_BYTES", "sink_fetch_min_bytes", 2),
+    ("INTELBUS_SINK_FETCH_MAX_WAIT_MS", "sink_fetch_max_wait_ms", 123),
+    ("INTELBUS_WORKFLOWS_FETCH_MIN_BYTES", "workflows_fetch_min_bytes", 2),
+    ("INTELBUS_WORKFLOWS_FETCH_MAX_WAIT_MS", "workflows_fetch_max_wait_ms", 123),
     ("INTELBUS_GATEWAY_GIL_SWITCH_S", "gateway_gil_switch_s", 0.005),
     ("INTELBUS_LIVE_RING_MS", "live_ring_ms", 0.0),
     ("INTELBUS_LIVE_BROADCAST", "live_broadcast", False),
@@ -62,6 +66,8 @@ def test_the_defaults_are_the_ones_the_modules_had():
     assert (s.jobs_consumer_loop, s.jobs_lookback_s, s.jobs_stuck_after_s, s.jobs_hole_after_s) == ("batch", 120, 30, 5)
     assert s.jobs_gil_switch_s == 0.0005
     assert (s.jobs_fetch_min_bytes, s.jobs_fetch_max_wait_ms) == (1, 10)  # 1: faust's own fetch, no patch
+    # the workflow job's follow-ups have no latency target of milliseconds: it waits for 64 KiB or 50 ms
+    assert (s.workflows_fetch_min_bytes, s.workflows_fetch_max_wait_ms) == (65_536, 50)
 
 
 def test_the_rocksdb_budget_follows_its_settings():

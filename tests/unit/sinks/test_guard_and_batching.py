@@ -105,3 +105,15 @@ def test_a_commit_refused_because_the_partitions_moved_or_after_the_retries_is_r
     with pytest.raises(KafkaException, match="timed out"):
         commit_with_retries(consumer, ["tp"], Backoff(), sleep=lambda s: None)
     assert consumer.calls == COMMIT_ATTEMPTS
+
+
+def test_the_sink_consumer_asks_the_broker_for_the_fetch_wait_of_its_settings():
+    from ops.settings import load_settings
+    from sinks.sink import consumer_config
+
+    default = consumer_config(load_settings(environ={}))
+    # 256 KiB or 250 ms: the sink flushes every second anyway (librdkafka's own is 1 byte, answered at once)
+    assert (default["fetch.min.bytes"], default["fetch.wait.max.ms"]) == (262_144, 250)
+    tuned = consumer_config(load_settings(environ={"INTELBUS_SINK_FETCH_MIN_BYTES": "1",
+                                                   "INTELBUS_SINK_FETCH_MAX_WAIT_MS": "500"}))
+    assert (tuned["fetch.min.bytes"], tuned["fetch.wait.max.ms"]) == (1, 500)
