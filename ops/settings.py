@@ -155,9 +155,10 @@ class Settings:
                                            "group reads intel.hit to open follow-ups, s", 86_400.0)
     workflows_fetch_min_bytes: int = _env("INTELBUS_WORKFLOWS_FETCH_MIN_BYTES", "workflow job: the broker holds its "
                                           "fetch until this many bytes are there or INTELBUS_WORKFLOWS_FETCH_MAX_WAIT_MS "
-                                          "have passed (1: answered as soon as a message is there; 65536 with 50 ms "
-                                          "cut the job's CPU by a quarter at 1,000 events/s: docs/workflows.md)",
-                                          65_536)
+                                          "have passed (1: answered as soon as a message is there, and an empty fetch "
+                                          "waits faust's 1.5 s; 65536 with 50 ms cut the job's CPU by a quarter at "
+                                          "1,000 events/s and cost the job and Kafka 0.02-0.05 cores each at idle: "
+                                          "docs/workflows.md)", 1)
     workflows_fetch_max_wait_ms: int = _env("INTELBUS_WORKFLOWS_FETCH_MAX_WAIT_MS", "workflow job: the longest the broker "
                                             "holds its fetch for INTELBUS_WORKFLOWS_FETCH_MIN_BYTES, ms (used only with "
                                             "that above 1)", 50)
